@@ -1,0 +1,24 @@
+"""The data layer: discover images, caption them, plan crops and buckets, sample batches.
+
+Pure functions plus thin I/O (PIL, numpy, huggingface_hub); nothing here imports torch.
+
+    discovery   find_images / probe / scan / file_digest       (image headers, EXIF orientation)
+    captions    caption_for                                    (filename / textfile / instanceprompt)
+    transforms  plan_crop / apply_crop / meets_minimum         (resize + crop math, 64-px buckets)
+    buckets     bucket_key / group_by_bucket / check_dataset_size / bucket_batches
+    preflight   plan_dataset / dataset_problems                (used by `validate` and the cache stage)
+    samples     materialize_samples                            (scikit-image photos for smoke runs)
+    hub         download_dataset                               (Hub dataset repos)
+"""
+from __future__ import annotations
+
+
+class DatasetError(Exception):
+    """A dataset that cannot be used, with a message meant for the user (no traceback needed)."""
+
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.message

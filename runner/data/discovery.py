@@ -1,0 +1,173 @@
+"""Find images under a dataset root and read their sizes from the file headers only.
+
+`scan` is what the rest of the runner uses: it returns the usable images (with their
+EXIF-oriented sizes) and, for everything it had to skip, a (relative path, reason) pair
+that can be shown to the user.
+
+Probing reads only the header: a JPEG whose *body* is truncated still probes fine and fails
+later when it is decoded (see `transforms.load_image`). A file whose header is cut short,
+or that is not an image at all, is skipped here.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from runner.data import DatasetError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+
+# Image formats people drop into datasets that we do not read: reported as skipped, not ignored.
+UNSUPPORTED_IMAGE_EXTENSIONS = (".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl")
+
+EXIF_ORIENTATION_TAG = 0x0112
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # transpose / rotate 270 / transverse / rotate 90
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One usable image. `width`/`height` are after EXIF orientation (what the model sees)."""
+
+    path: Path
+    rel: str  # posix path relative to the dataset root
+    width: int
+    height: int
+    size_bytes: int
+    mtime_ns: int
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every non-hidden regular file under root (hidden = a path part below root starting with '.')."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def _check_root(root: Path) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{root}: no such directory")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: is a file, not a directory of images")
+    return root
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def find_images(root: Path) -> list[Path]:
+    """Image files under `root` (recursive, case-insensitive extensions, hidden files and
+    directories skipped), sorted by their path relative to `root`."""
+    root = _check_root(root)
+    found = [p for p in _walk(root) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _orientation(image) -> int:
+    """EXIF orientation from the bytes PIL already read with the header (never decodes pixels)."""
+    from PIL import Image
+
+    raw = image.info.get("exif")
+    if not raw:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        value = int(exif.get(EXIF_ORIENTATION_TAG, 1))
+    except Exception:  # malformed EXIF: treat as upright rather than dropping the image
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _probe(path: Path, root: Path) -> ImageInfo | str:
+    """ImageInfo, or the reason the file cannot be used."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        return f"cannot read ({e.strerror or e})"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning etc.: judged below
+            with Image.open(path) as im:
+                width, height = im.size
+                orientation = _orientation(im)
+    except Image.DecompressionBombError:
+        return "image is too large to decode safely (decompression bomb limit)"
+    except UnidentifiedImageError:
+        return "not a readable image (corrupt, truncated or not an image)"
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        return f"not a readable image ({str(e) or type(e).__name__})"
+    if width <= 0 or height <= 0:
+        return f"image has no pixels ({width}x{height})"
+    if orientation in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    return ImageInfo(path=path, rel=_rel(path, root), width=width, height=height,
+                     size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+def probe(path: Path, root: Path) -> ImageInfo | None:
+    """Read the image header: its EXIF-oriented size, byte size and mtime. None if unreadable."""
+    result = _probe(path, root)
+    return result if isinstance(result, ImageInfo) else None
+
+
+def _default_workers() -> int:
+    return min(16, (os.cpu_count() or 1) * 2)
+
+
+def scan(root: Path, workers: int | None = None) -> tuple[list[ImageInfo], list[tuple[str, str]]]:
+    """Probe every image under `root`. Returns (usable images sorted by rel path, skipped as
+    (rel path, reason)). Headers are read by a thread pool (helps on network volumes).
+    Raises DatasetError if `root` is not a directory."""
+    root = _check_root(root)
+    images: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    for p in _walk(root):
+        suffix = p.suffix.lower()
+        if suffix in IMAGE_EXTENSIONS:
+            images.append(p)
+        elif suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
+            skipped.append((_rel(p, root), f"unsupported format {suffix} (convert to .jpg, .png or .webp)"))
+    images.sort(key=lambda p: _rel(p, root))
+    workers = workers or _default_workers()
+    if workers > 1 and len(images) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(lambda p: _probe(p, root), images))
+    else:
+        results = [_probe(p, root) for p in images]
+    usable: list[ImageInfo] = []
+    for path, result in zip(images, results):
+        if isinstance(result, ImageInfo):
+            usable.append(result)
+        else:
+            skipped.append((_rel(path, root), result))
+    skipped.sort()
+    return usable, skipped
+
+
+def file_digest(path: Path, chunk_size: int = 1 << 20) -> str:
+    """sha256 hex digest of the file's content, read in chunks (for cache keys)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk_size)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,186 @@
+"""Plan a dataset (images, captions, crops, buckets) and check it can train before any GPU work.
+
+`plan_dataset` is shared: `validate`/preflight calls it with `with_digest=False` (header
+reads only, fast), and the cache stage calls it with `with_digest=True`, which hashes every
+file so cache keys and random-crop offsets follow the file *content*.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.data.buckets import bucket_key, check_dataset_size, group_by_bucket
+from runner.data.captions import CaptionError, caption_for
+from runner.data.discovery import ImageInfo, file_digest, scan
+from runner.data.transforms import CropPlan, meets_minimum, plan_crop
+
+# Schema defaults of a dataset entry, so a non-defaulted dict works too.
+DATASET_DEFAULTS: dict[str, Any] = {
+    "type": "local",
+    "crop": False,
+    "cropAspect": "square",
+    "cropStyle": "random",
+    "resolution": 1.0,
+    "resolutionType": "area",
+    "captionStrategy": "filename",
+    "repeats": 0,
+    "disabled": False,
+}
+
+
+@dataclass(frozen=True)
+class PlannedItem:
+    """One trainable image: where it is, its caption, and how it becomes a sample."""
+
+    info: ImageInfo
+    caption: str
+    plan: CropPlan
+    bucket: str  # bucket_key(plan.target_size)
+    digest: str | None = None  # sha256 of the file, only with with_digest=True
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    name: str
+    root: Path
+    items: tuple[PlannedItem, ...]
+    skipped: tuple[tuple[str, str], ...] = field(default=())  # (rel path, reason)
+
+    def bucket_counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.by_bucket().items()}
+
+    def by_bucket(self) -> dict[str, list[PlannedItem]]:
+        return group_by_bucket(self.items)
+
+    def skipped_summary(self) -> str:
+        """e.g. "3 skipped: 2 no caption file, 1 smaller than minimumImageSize"."""
+        if not self.skipped:
+            return "none skipped"
+        kinds = Counter(_reason_kind(reason) for _, reason in self.skipped)
+        parts = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+        return f"{len(self.skipped)} skipped: {parts}"
+
+
+def _reason_kind(reason: str) -> str:
+    if "no caption file" in reason:
+        return "without a caption .txt"
+    if "caption" in reason:
+        return "with an unusable caption file"
+    if "minimumImageSize" in reason:
+        return "smaller than minimumImageSize"
+    if "unsupported format" in reason:
+        return "in an unsupported format"
+    return "unreadable"
+
+
+def _opt(ds: dict[str, Any], key: str) -> Any:
+    value = ds.get(key)
+    return DATASET_DEFAULTS.get(key) if value is None else value
+
+
+def seed_key_for(info: ImageInfo, seed: int, digest: str | None = None) -> str:
+    """Random-crop seed key: the content digest when known (cache stage), else rel path +
+    size + mtime (preflight). Only the crop *offset* depends on it, never the bucket."""
+    if digest:
+        return f"{digest}:{seed}"
+    return f"{info.rel}:{info.size_bytes}:{info.mtime_ns}:{seed}"
+
+
+def plan_dataset(ds: dict[str, Any], root: Path, seed: int, with_digest: bool = False,
+                 workers: int | None = None) -> DatasetPlan:
+    """Scan `root` and plan every image of dataset entry `ds` (a spec.datasets item).
+
+    Images are skipped (with a reason) when unreadable, when their caption cannot be found
+    (textfile), or when smaller than minimumImageSize. `with_digest=True` (the cache stage)
+    hashes each file into `digest` and seeds the random crop from it; False (preflight)
+    seeds it from rel path + size + mtime_ns and reads nothing but headers.
+    Raises DatasetError if `root` is not a directory."""
+    root = Path(root)
+    infos, skipped = scan(root, workers=workers)
+    skipped = list(skipped)
+    strategy = _opt(ds, "captionStrategy")
+    res_type = _opt(ds, "resolutionType")
+    minimum = ds.get("minimumImageSize")
+
+    kept: list[tuple[ImageInfo, str]] = []
+    for info in infos:
+        try:
+            caption = caption_for(info, root, strategy, ds.get("instancePrompt"))
+        except CaptionError as e:
+            skipped.append((info.rel, e.reason))
+            continue
+        if not meets_minimum(info.width, info.height, minimum, res_type):
+            unit = "MP (1.0 = 1024x1024)" if res_type == "area" else "px on the shorter side"
+            skipped.append((info.rel, f"{info.width}x{info.height} is smaller than minimumImageSize {minimum} {unit}"))
+            continue
+        kept.append((info, caption))
+
+    digests: list[str | None] = [None] * len(kept)
+    if with_digest and kept:
+        n = workers or min(16, (os.cpu_count() or 1) * 2)
+        with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
+            digests = list(pool.map(lambda ic: file_digest(ic[0].path), kept))
+
+    items = []
+    for (info, caption), digest in zip(kept, digests):
+        plan = plan_crop(info.width, info.height,
+                         resolution=_opt(ds, "resolution"), resolution_type=res_type,
+                         crop=bool(_opt(ds, "crop")), crop_aspect=_opt(ds, "cropAspect"),
+                         crop_style=_opt(ds, "cropStyle"),
+                         maximum_image_size=ds.get("maximumImageSize"),
+                         target_downsample_size=ds.get("targetDownsampleSize"),
+                         seed_key=seed_key_for(info, seed, digest))
+        items.append(PlannedItem(info=info, caption=caption, plan=plan,
+                                 bucket=bucket_key(plan.target_size), digest=digest))
+    return DatasetPlan(name=str(ds.get("name", "")), root=root, items=tuple(items),
+                       skipped=tuple(sorted(skipped)))
+
+
+def dataset_problems(spec: dict[str, Any]) -> list[str]:
+    """Problems with the local datasets that can be checked from here (defaulted spec dict).
+
+    For each enabled `type: local` dataset whose path is a directory: scan, caption, filter
+    and bucket it, then check one optimizer step can be filled
+    (batchSize x gradientAccumulationSteps x gpusPerNode*nodes images). A path that does not
+    exist is not a problem here (it may only exist inside the pod); a path that is a file is."""
+    problems: list[str] = []
+    training = spec.get("training", {}) or {}
+    hardware = spec.get("hardware", {}) or {}
+    batch = int(training.get("batchSize", 1))
+    accum = int(training.get("gradientAccumulationSteps", 1))
+    world = int(hardware.get("gpusPerNode", 1)) * int(hardware.get("nodes", 1))
+    seed = int(training.get("seed", 42))
+    for i, ds in enumerate(spec.get("datasets", []) or []):
+        if _opt(ds, "disabled") or _opt(ds, "type") != "local" or not ds.get("path"):
+            continue
+        where = f"spec.datasets[{i}]"
+        path = Path(ds["path"])
+        if not path.exists():
+            continue
+        if not path.is_dir():
+            problems.append(f"{where}.path: {path} is a file, not a directory of images")
+            continue
+        try:
+            plan = plan_dataset(ds, path, seed)
+        except Exception as e:  # DatasetError and friends: report, do not crash validate
+            problems.append(f"{where}: {path}: {e}")
+            continue
+        name = str(ds.get("name", f"#{i}"))
+        if not plan.items and not plan.skipped:
+            problems.append(f"{where}: no images (.jpg, .jpeg, .png, .webp) found under {path}")
+            continue
+        if not plan.items:
+            examples = "; ".join(f"{rel}: {reason}" for rel, reason in plan.skipped[:3])
+            problems.append(f"{where}: dataset {name!r} has no usable images under {path} "
+                            f"({plan.skipped_summary()}; e.g. {examples})")
+            continue
+        message = check_dataset_size(name, plan.bucket_counts(), batch, accum, world)
+        if message:
+            if plan.skipped:
+                message += f" ({plan.skipped_summary()} under {path})"
+            problems.append(f"{where}: {message}")
+    return problems

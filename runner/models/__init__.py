@@ -1,0 +1,1 @@
+"""Model families. Each family module owns loading, encoding and the training objective."""

@@ -1,0 +1,188 @@
+"""PixArt Sigma: loading components, caching encoders, and the training objective.
+
+Everything goes through diffusers/transformers `from_pretrained`, the same for
+`PixArt-alpha/PixArt-Sigma-XL-2-1024-MS` on an H100 and the tiny builtin on a CPU.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PIPELINE_PATTERNS = ["model_index.json", "transformer/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*"]
+
+
+class ModelError(Exception):
+    """A model that cannot be found or loaded; the message says what to do."""
+
+
+def resolve_model_dir(ref: str, revision: str, cache_dir: Path) -> Path:
+    """A local folder holding the diffusers pipeline `ref` names (builtin, local dir or Hub id)."""
+    from runner.models import tiny
+
+    if tiny.is_builtin(ref):
+        try:
+            return tiny.resolve_builtin(ref, cache_dir)
+        except ValueError as e:
+            raise ModelError(f"spec.model.pretrained: {e}") from None
+    local = Path(ref).expanduser()
+    if local.is_dir():
+        if not (local / "model_index.json").is_file():
+            raise ModelError(f"spec.model.pretrained: {local} is a folder but holds no model_index.json; "
+                             "point it at a diffusers pipeline folder")
+        return local
+    if ref.startswith((".", "/", "~")):
+        raise ModelError(f"spec.model.pretrained: local folder {ref} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id=ref, revision=revision, allow_patterns=PIPELINE_PATTERNS))
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise ModelError(f"spec.model.pretrained: {ref}@{revision} not found on the Hub ({type(e).__name__}); "
+                         "check the repo id and revision, and the token if the repo is gated") from None
+    except LocalEntryNotFoundError:
+        raise ModelError(f"spec.model.pretrained: {ref}@{revision} is not in the local Hugging Face cache and the Hub "
+                         f"cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); "
+                         "download it first, set HF_ENDPOINT to a mirror, or point pretrained at a local folder") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise ModelError(f"spec.model.pretrained: downloading {ref}@{revision} failed: {e}") from None
+
+
+# ----------------------------------------------------------------------------- text encoder
+
+def load_text_encoder(model_dir: Path, dtype: str, device: torch.device):
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
+    encoder = T5EncoderModel.from_pretrained(model_dir, subfolder="text_encoder", torch_dtype=DTYPES[dtype])
+    return tokenizer, encoder.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_captions(tokenizer, encoder, captions: Sequence[str], max_tokens: int) -> list[torch.Tensor]:
+    """T5 embeddings trimmed to each caption's real length ([L_i, D] on the CPU).
+
+    Trimming cuts the cache ~2.5x at PixArt's 300 tokens; the loader pads back with a mask,
+    which is exactly what the transformer sees (masked positions do not attend)."""
+    device = next(encoder.parameters()).device
+    tokens = tokenizer(list(captions), max_length=max_tokens, padding="max_length", truncation=True,
+                       add_special_tokens=True, return_tensors="pt")
+    mask = tokens.attention_mask.to(device)
+    hidden = encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+    lengths = mask.sum(dim=1).tolist()
+    return [hidden[i, : max(1, int(n))].to("cpu").contiguous() for i, n in enumerate(lengths)]
+
+
+def pad_embeddings(embeds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack trimmed [L_i, D] embeddings into [B, L, D] plus a [B, L] attention mask."""
+    length = max(e.shape[0] for e in embeds)
+    out = embeds[0].new_zeros((len(embeds), length, embeds[0].shape[1]))
+    mask = torch.zeros((len(embeds), length), dtype=torch.long)
+    for i, e in enumerate(embeds):
+        out[i, : e.shape[0]] = e
+        mask[i, : e.shape[0]] = 1
+    return out, mask
+
+
+# ----------------------------------------------------------------------------- VAE
+
+def load_vae(model_dir: Path, dtype: str, device: torch.device):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=DTYPES[dtype])
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def image_to_tensor(image) -> torch.Tensor:
+    """PIL RGB image -> [3, H, W] float in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+@torch.no_grad()
+def encode_images(vae, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[B, 3, H, W] in [-1, 1] -> scaled latents [B, 4, H/8, W/8] (float32 on the CPU side)."""
+    param = next(vae.parameters())
+    dist = vae.encode(pixels.to(param.device, param.dtype)).latent_dist
+    noise = torch.randn(dist.mean.shape, generator=generator, device="cpu", dtype=torch.float32)
+    sample = dist.mean.float() + dist.std.float() * noise.to(dist.mean.device)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (sample - shift) * vae.config.scaling_factor
+
+
+# ----------------------------------------------------------------------------- transformer
+
+def load_transformer(model_dir: Path, *, bit_fit: bool, gradient_checkpointing: bool):
+    from diffusers import PixArtTransformer2DModel
+
+    model = PixArtTransformer2DModel.from_pretrained(model_dir, subfolder="transformer", torch_dtype=torch.float32)
+    if gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    if bit_fit:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.endswith(".bias"))
+    model.train()
+    return model
+
+
+def load_noise_scheduler(model_dir: Path):
+    """The DDPM training schedule from the pipeline's own scheduler config (betas, T, target)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_pretrained(model_dir, subfolder="scheduler")
+
+
+@dataclass
+class Objective:
+    """Epsilon (or v) prediction on the first 4 output channels; the learned-sigma half is
+    left to the pipeline, which splits it off at inference, as PixArt was trained."""
+
+    scheduler: object
+    use_additional_conditions: bool
+
+    def __call__(self, model, latents: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        sched = self.scheduler
+        b = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        timesteps = torch.randint(0, sched.config.num_train_timesteps, (b,), device=latents.device, generator=generator)
+        noisy = sched.add_noise(latents, noise, timesteps)
+        added = {"resolution": None, "aspect_ratio": None}
+        if self.use_additional_conditions:
+            h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
+            added = {"resolution": torch.tensor([[h, w]], device=latents.device, dtype=latents.dtype).repeat(b, 1),
+                     "aspect_ratio": torch.tensor([[h / w]], device=latents.device, dtype=latents.dtype).repeat(b, 1)}
+        pred = model(noisy, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=timesteps,
+                     added_cond_kwargs=added, return_dict=False)[0]
+        if pred.shape[1] == 2 * latents.shape[1]:
+            pred = pred[:, : latents.shape[1]]
+        if sched.config.prediction_type == "v_prediction":
+            target = sched.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        return F.mse_loss(pred.float(), target.float())
+
+
+def make_objective(model_dir: Path, transformer) -> Objective:
+    return Objective(scheduler=load_noise_scheduler(model_dir),
+                     use_additional_conditions=bool(getattr(transformer.config, "use_additional_conditions", False)))
+
+
+# ----------------------------------------------------------------------------- validation pipeline
+
+def validation_pipeline(model_dir: Path, transformer, vae, dtype: torch.dtype):
+    """A PixArtSigmaPipeline around the live transformer, without T5: validation prompts are
+    encoded once in the cache stage, so the 4.7B-parameter text encoder never loads while training."""
+    from diffusers import PixArtSigmaPipeline
+
+    pipe = PixArtSigmaPipeline.from_pretrained(model_dir, transformer=transformer, vae=vae, text_encoder=None,
+                                               tokenizer=None, torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,94 @@
+"""Pure planning: where every stage reads and writes, derived from the spec alone."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from runner.semantics import world_size
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    cache_dir: Path
+    text_dir: Path
+    output_dir: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.cache_dir / "manifest.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    @property
+    def validation(self) -> Path:
+        return self.output_dir / "validation"
+
+    @property
+    def model(self) -> Path:
+        return self.output_dir / "model"
+
+    @property
+    def logs(self) -> Path:
+        return self.output_dir / "logs"
+
+    def vae_dir(self, dataset: Mapping[str, Any]) -> Path:
+        return Path(dataset["vaeCacheDir"]) if dataset.get("vaeCacheDir") else self.cache_dir / "vae" / dataset["name"]
+
+    def samples_dir(self) -> Path:
+        return self.cache_dir / "samples"
+
+    def hub_dataset_dir(self, dataset: Mapping[str, Any]) -> Path:
+        return self.cache_dir / "hub" / dataset["repo"].replace("/", "--") / dataset.get("revision", "main")
+
+
+def job_paths(spec: Mapping[str, Any]) -> JobPaths:
+    cache = Path(spec["cacheDir"])
+    text = Path(spec["textEmbeds"]["cacheDir"]) if spec["textEmbeds"].get("cacheDir") else cache / "text"
+    return JobPaths(cache_dir=cache, text_dir=text, output_dir=Path(spec["output"]["dir"]))
+
+
+def enabled_datasets(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [dict(ds) for ds in spec["datasets"] if not ds["disabled"]]
+
+
+def cache_fingerprint(spec: Mapping[str, Any]) -> str:
+    """Hash of the spec fields the cache's content depends on. The train stage refuses a
+    manifest written under a different one (run the cache stage again)."""
+    model = spec["model"]
+    relevant = {
+        "model": {k: model[k] for k in ("family", "pretrained", "revision", "textEncoderMaxLength", "vaeDtype", "textEncoderDtype")},
+        "datasets": [{k: v for k, v in ds.items() if k not in ("disabled", "repeats")} for ds in enabled_datasets(spec)],
+        "vaeCacheDisable": spec["vaeCacheDisable"],
+        "validation": {k: spec["validation"][k] for k in ("prompts", "negativePrompt")},
+        "seed": spec["training"]["seed"],
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    steps_per_epoch: int
+    total_steps: int
+
+
+def step_plan(spec: Mapping[str, Any], batches_per_epoch: int) -> StepPlan:
+    """Optimizer steps per epoch and in total; batches_per_epoch is per rank."""
+    accum = spec["training"]["gradientAccumulationSteps"]
+    per_epoch = batches_per_epoch // accum
+    if per_epoch < 1:
+        raise ValueError(f"one epoch yields {batches_per_epoch} batches per process, fewer than "
+                         f"gradientAccumulationSteps={accum}: lower it or spec.training.batchSize, or add images")
+    limits = []
+    if spec["training"].get("maxSteps"):
+        limits.append(spec["training"]["maxSteps"])
+    if spec["training"].get("epochs"):
+        limits.append(spec["training"]["epochs"] * per_epoch)
+    return StepPlan(steps_per_epoch=per_epoch, total_steps=min(limits))
+
+
+__all__ = ["JobPaths", "job_paths", "enabled_datasets", "cache_fingerprint", "StepPlan", "step_plan", "world_size"]

@@ -1,0 +1,50 @@
+"""Progress: tqdm bars on a TTY, plain periodic log lines otherwise (CI, Kubernetes logs)."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+
+class Progress:
+    def __init__(self, total: int, desc: str, unit: str = "it", enabled: bool = True, every_s: float = 10.0):
+        self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
+        self.count = 0
+        self.postfix: dict[str, Any] = {}
+        self._start = self._last = time.time()
+        self._every = every_s
+        self._bar = None
+        self._printed_final = False
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        self.count += n
+        self.postfix.update(postfix)
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(n)
+            if postfix:
+                self._bar.set_postfix(self.postfix, refresh=False)
+            return
+        now = time.time()
+        finished = self.count >= self.total
+        if (n and (now - self._last >= self._every or finished)) or (finished and not self._printed_final):
+            self._printed_final = finished
+            self._last = now
+            rate = self.count / max(now - self._start, 1e-9)
+            eta = (self.total - self.count) / rate if rate > 0 else float("inf")
+            extra = " ".join(f"{k}={_fmt(v)}" for k, v in self.postfix.items())
+            print(f"{self.desc}: {self.count}/{self.total} {self.unit} ({rate:.2f} {self.unit}/s, ETA {eta:.0f}s) {extra}".rstrip(),
+                  flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

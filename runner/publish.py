@@ -1,0 +1,64 @@
+"""Push the final pipeline to the Hugging Face Hub. The token comes from the environment
+variable the spec names; it is never logged or written anywhere."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class PublishError(Exception):
+    pass
+
+
+def hub_token(hub: dict[str, Any]) -> str:
+    name = hub["tokenEnv"]
+    token = os.environ.get(name, "")
+    if not token:
+        raise PublishError(f"spec.output.hub.push is true but the environment variable {name} is empty; "
+                           f"export {name}=<token> (on Kubernetes: spec.kubernetes.secrets.hubToken)")
+    return token
+
+
+def model_card(job_document: dict[str, Any], images: list[Path], repo_id: str) -> str:
+    spec = job_document["spec"]
+    lines = [
+        "---",
+        "library_name: diffusers",
+        "pipeline_tag: text-to-image",
+        f"base_model: {spec['model']['pretrained']}",
+        "tags: [pixart-sigma, text-to-image, diffusers, trainingjob]",
+        "---",
+        f"# {repo_id}",
+        "",
+        f"Full fine-tune of `{spec['model']['pretrained']}` made with `trainingjob`.",
+        "",
+        "## Validation images",
+        "",
+    ]
+    lines += [f"![{p.stem}](validation/{p.name})" for p in images]
+    lines += ["", "## TrainingJob", "", "```yaml", yaml.safe_dump(job_document, sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def push_to_hub(model_dir: Path, job_document: dict[str, Any], images: list[Path]) -> str:
+    from huggingface_hub import HfApi
+
+    hub = job_document["spec"]["output"]["hub"]
+    token = hub_token(hub)
+    repo_id = hub["repoId"]
+    (model_dir / "README.md").write_text(model_card(job_document, images, repo_id))
+    vdir = model_dir / "validation"
+    vdir.mkdir(exist_ok=True)
+    for p in images:
+        (vdir / p.name).write_bytes(p.read_bytes())
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=hub["private"], exist_ok=True, repo_type="model")
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(model_dir), repo_type="model",
+                                   commit_message="Upload fine-tuned PixArt Sigma pipeline (trainingjob)")
+    except Exception as e:  # noqa: BLE001 - network, auth, quota: all reported the same way
+        raise PublishError(f"pushing {model_dir} to the Hub repo {repo_id} failed: {type(e).__name__}: {e}") from None
+    return getattr(commit, "commit_url", repo_id)

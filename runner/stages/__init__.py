@@ -1,0 +1,1 @@
+"""Stages: cache (text embeddings + latents to disk) and train. Each takes a RunContext."""

@@ -1,0 +1,271 @@
+"""Cache stage: T5 text embeddings and VAE latents to disk, keyed by everything that changes them.
+
+Layout: one safetensors file per entry (`<dir>/<key[:2]>/<key>.safetensors`). Per-entry files,
+not shards, because invalidation is per entry: a changed crop re-encodes one image, a new
+caption one embedding, and an interrupted run loses at most the entries being written
+(each is written to a temp name and renamed). Captions are deduplicated by key, so 10k
+images with 300 distinct captions cost 300 T5 passes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from runner import cachekeys
+from runner.cachekeys import EncoderIdentity, atomic_write_json, entry_path
+from runner.context import RunContext
+from runner.data import DatasetError
+from runner.plan import cache_fingerprint, enabled_datasets
+
+MANIFEST_FORMAT = 1
+VAE_ENCODE_BATCH = 8
+
+
+@dataclass
+class CacheReport:
+    text_total: int = 0
+    text_encoded: int = 0
+    latents_total: int = 0
+    latents_encoded: int = 0
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # dataset, file, reason
+
+    def summary(self) -> str:
+        return (f"text embeds: {self.text_total} ({self.text_encoded} encoded, {self.text_total - self.text_encoded} reused); "
+                f"latents: {self.latents_total} ({self.latents_encoded} encoded, {self.latents_total - self.latents_encoded} reused); "
+                f"skipped images: {len(self.skipped)}")
+
+
+# ----------------------------------------------------------------------------- datasets
+
+def dataset_root(ctx: RunContext, ds: dict[str, Any]) -> Path:
+    """Local folder of a dataset's images, materialising samples or downloading Hub repos."""
+    if ds["type"] == "samples":
+        from runner.data.samples import materialize_samples
+
+        return materialize_samples(ctx.paths.samples_dir())
+    if ds["type"] == "huggingface":
+        from runner.data.hub import download_dataset
+
+        root = download_dataset(ds["repo"], ds.get("revision", "main"), ctx.paths.hub_dataset_dir(ds), ds.get("subfolder"))
+        return root / ds["subfolder"] if ds.get("subfolder") else root
+    root = Path(ds["path"])
+    if not root.is_dir():
+        raise DatasetError(f"spec.datasets[{ds['name']}].path: {root} is not a directory")
+    return root
+
+
+def plan_datasets(ctx: RunContext) -> list[tuple[dict[str, Any], Any]]:
+    """Plan every enabled dataset and check sizes, all before any model loads."""
+    from runner.data.buckets import check_dataset_size
+    from runner.data.preflight import plan_dataset
+
+    spec = ctx.spec_dict
+    training = spec["training"]
+    plans, problems = [], []
+    for ds in enabled_datasets(spec):
+        root = dataset_root(ctx, ds)
+        plan = plan_dataset(ds, root, seed=training["seed"], with_digest=True)
+        counts: dict[str, int] = {}
+        for item in plan.items:
+            counts[item.bucket] = counts.get(item.bucket, 0) + 1
+        problem = check_dataset_size(ds["name"], counts, training["batchSize"], training["gradientAccumulationSteps"],
+                                     ctx.world_size)
+        if problem:
+            problems.append(problem)
+        if plan.skipped:
+            ctx.log(f"dataset {ds['name']}: skipped {len(plan.skipped)} image(s):")
+            for rel, reason in plan.skipped:
+                ctx.log(f"  {rel}: {reason}")
+        plans.append((ds, plan))
+    if problems:
+        raise DatasetError("\n".join(problems))
+    return plans
+
+
+# ----------------------------------------------------------------------------- entries
+
+def entry_is_valid(path: Path) -> bool:
+    """An entry exists and its safetensors header parses (a torn file would not)."""
+    if not path.is_file():
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return bool(list(f.keys()))
+    except Exception:  # noqa: BLE001 - any unreadable entry is simply re-encoded
+        return False
+
+
+def write_entry(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save
+
+    cachekeys.atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i: i + size]
+
+
+# ----------------------------------------------------------------------------- encoders
+
+def encoder_identities(ctx: RunContext, model_dir: Path) -> tuple[EncoderIdentity, EncoderIdentity]:
+    model = ctx.spec.model
+    text_fp = cachekeys.component_fingerprint(model_dir / "text_encoder") + cachekeys.component_fingerprint(model_dir / "tokenizer")
+    text = EncoderIdentity(model.pretrained, model.revision, text_fp, model.textEncoderDtype)
+    vae = EncoderIdentity(model.pretrained, model.revision, cachekeys.component_fingerprint(model_dir / "vae"), model.vaeDtype)
+    return text, vae
+
+
+def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identity: EncoderIdentity,
+               report: CacheReport, writer: ThreadPoolExecutor) -> dict[str, str]:
+    from runner.models import pixart_sigma as family
+    from runner.progress import Progress
+
+    max_tokens = ctx.spec.model.textEncoderMaxLength
+    keys = {c: cachekeys.text_key(identity, max_tokens, c) for c in captions}
+    missing = [c for c in keys if not entry_is_valid(entry_path(ctx.paths.text_dir, keys[c]))]
+    report.text_total, report.text_encoded = len(keys), len(missing)
+    if missing:
+        ctx.log(f"encoding {len(missing)} caption(s) with the T5 text encoder ({len(keys) - len(missing)} cached)")
+        tokenizer, encoder = family.load_text_encoder(model_dir, ctx.spec.model.textEncoderDtype, ctx.device)
+        bar = Progress(len(missing), "text embeds", "caption")
+        futures = []
+        for batch in chunks(missing, ctx.spec.textEmbeds.writeBatchSize):
+            for caption, embed in zip(batch, family.encode_captions(tokenizer, encoder, batch, max_tokens)):
+                futures.append(writer.submit(write_entry, entry_path(ctx.paths.text_dir, keys[caption]),
+                                             {"prompt_embeds": embed}, {"caption": caption[:2000]}))
+            bar.update(len(batch))
+        for f in futures:
+            f.result()
+        bar.close()
+        del encoder, tokenizer
+        _free(ctx.device)
+    return keys
+
+
+def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIdentity, report: CacheReport,
+                  writer: ThreadPoolExecutor) -> dict[tuple[str, str], str]:
+    """Encode missing latents, grouped by bucket so each VAE batch has one shape."""
+    import torch
+
+    from runner.data.transforms import apply_crop
+    from runner.models import pixart_sigma as family
+    from runner.progress import Progress
+
+    keys: dict[tuple[str, str], str] = {}
+    todo = []
+    for ds, plan in plans:
+        vae_dir = ctx.paths.vae_dir(ds)
+        for item in plan.items:
+            key = cachekeys.latent_key(identity, item.digest, crop_plan_dict(item.plan))
+            keys[(ds["name"], item.info.rel)] = key
+            if not entry_is_valid(entry_path(vae_dir, key)):
+                todo.append((vae_dir, item, key))
+    report.latents_total, report.latents_encoded = len(keys), len(todo)
+    if not todo:
+        return keys
+    ctx.log(f"encoding {len(todo)} image(s) with the VAE ({len(keys) - len(todo)} cached)")
+    vae = family.load_vae(model_dir, ctx.spec.model.vaeDtype, ctx.device)
+    by_bucket: dict[str, list] = {}
+    for entry in todo:
+        by_bucket.setdefault(entry[1].bucket, []).append(entry)
+    bar = Progress(len(todo), "latents", "image")
+    futures = []
+
+    def load(entry):
+        from PIL import Image
+
+        with Image.open(entry[1].info.path) as im:
+            return family.image_to_tensor(apply_crop(im, entry[1].plan))
+
+    with ThreadPoolExecutor(max_workers=4) as loaders:
+        for bucket in sorted(by_bucket):
+            for batch in chunks(by_bucket[bucket], VAE_ENCODE_BATCH):
+                pixels = torch.stack(list(loaders.map(load, batch)))
+                # A generator seeded per batch makes the cached sample reproducible run to run.
+                gen = torch.Generator().manual_seed(int(batch[0][2][:8], 16))
+                latents = family.encode_images(vae, pixels, gen)
+                dtype = family.DTYPES[ctx.spec.model.vaeDtype]
+                for (vae_dir, item, key), latent in zip(batch, latents):
+                    futures.append(writer.submit(write_entry, entry_path(vae_dir, key),
+                                                 {"latent": latent.to("cpu", dtype)}, {"source": item.info.rel}))
+                bar.update(len(batch))
+    for f in futures:
+        f.result()
+    bar.close()
+    del vae
+    _free(ctx.device)
+    return keys
+
+
+def crop_plan_dict(plan) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(plan).items()}
+
+
+def _free(device: str) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- stage
+
+def run_cache(ctx: RunContext) -> CacheReport:
+    from runner.models.pixart_sigma import resolve_model_dir
+
+    spec = ctx.spec_dict
+    report = CacheReport()
+    plans = plan_datasets(ctx)
+    for ds, plan in plans:
+        report.skipped += [(ds["name"], rel, reason) for rel, reason in plan.skipped]
+    model_dir = resolve_model_dir(spec["model"]["pretrained"], spec["model"]["revision"], ctx.paths.cache_dir)
+    text_id, vae_id = encoder_identities(ctx, model_dir)
+
+    validation = spec["validation"]
+    captions = sorted({item.caption for _, plan in plans for item in plan.items}
+                      | set(validation["prompts"]) | {validation["negativePrompt"], ""})
+    with ThreadPoolExecutor(max_workers=2) as writer:
+        text_keys = cache_text(ctx, model_dir, captions, text_id, report, writer)
+        latent_keys = {} if spec["vaeCacheDisable"] else cache_latents(ctx, model_dir, plans, vae_id, report, writer)
+
+    datasets = []
+    for ds, plan in plans:
+        manifest_path = ctx.paths.vae_dir(ds) / "manifest.json"
+        items = [{
+            "rel": item.info.rel,
+            "path": str(Path(item.info.path).resolve()),
+            "caption": item.caption,
+            "text_key": text_keys[item.caption],
+            "latent_key": latent_keys.get((ds["name"], item.info.rel)),
+            "bucket": item.bucket,
+            "plan": crop_plan_dict(item.plan),
+        } for item in plan.items]
+        atomic_write_json(manifest_path, {"format": MANIFEST_FORMAT, "dataset": ds["name"], "items": items,
+                                          "skipped": [list(s) for s in plan.skipped]})
+        datasets.append({"name": ds["name"], "manifest": str(manifest_path), "vae_dir": str(ctx.paths.vae_dir(ds)),
+                         "repeats": ds["repeats"], "items": len(items)})
+    atomic_write_json(ctx.paths.manifest, {
+        "format": MANIFEST_FORMAT,
+        "cache_fingerprint": cache_fingerprint(spec),
+        "model_dir": str(Path(model_dir).resolve()),
+        "text_dir": str(ctx.paths.text_dir),
+        "text_identity": dataclasses.asdict(text_id),
+        "vae_identity": dataclasses.asdict(vae_id),
+        "empty_caption": text_keys[""],
+        "validation": {"prompts": [[p, text_keys[p]] for p in validation["prompts"]],
+                       "negative": text_keys[validation["negativePrompt"]]},
+        "datasets": datasets,
+        "report": dataclasses.asdict(report),
+    })
+    ctx.log(f"cache ready: {report.summary()}")
+    ctx.log(f"cache manifest: {ctx.paths.manifest}")
+    return report

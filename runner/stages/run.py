@@ -1,0 +1,151 @@
+"""`trainingjob run`: cache then train, in this process or as data-parallel workers."""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from runner.spec import TrainingJob
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
+
+
+def pick_device(accelerator: str) -> str:
+    import torch
+
+    if accelerator == "cpu":
+        return "cpu"
+    if accelerator == "mps":
+        if not torch.backends.mps.is_available():
+            raise RuntimeError("spec.hardware.accelerator is mps but no Apple GPU is available; use accelerator: cpu")
+        return "mps"
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"spec.hardware.accelerator is {accelerator} but no GPU is visible to PyTorch "
+                           f"(torch {torch.__version__}); use accelerator: cpu for a CPU run")
+    return "cuda"
+
+
+def in_worker() -> bool:
+    return "LOCAL_RANK" in os.environ
+
+
+def launch_workers(job: TrainingJob, gpus: int) -> int:
+    """Start one train process per GPU with torch.distributed.run; forward SIGTERM to them."""
+    spec = job.spec.to_dict()
+    effective = Path(spec["output"]["dir"]) / "trainingjob.effective.yaml"
+    effective.parent.mkdir(parents=True, exist_ok=True)
+    effective.write_text(yaml.safe_dump(job.document.to_dict(), sort_keys=False))
+    env = os.environ
+    node_rank = env.get("NODE_RANK", env.get("JOB_COMPLETION_INDEX", "0"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}",
+           f"--nnodes={spec['hardware']['nodes']}", f"--node-rank={node_rank}",
+           f"--master-addr={env.get('MASTER_ADDR', '127.0.0.1')}", f"--master-port={env.get('MASTER_PORT', '29500')}",
+           "-m", "runner", "run", str(effective), "--stage", "train"]
+    print(f"[{job.name}] launching {gpus} training processes: {' '.join(cmd[2:])}", flush=True)
+    child = subprocess.Popen(cmd, env={**env, "PYTHONUNBUFFERED": "1"})
+    previous = signal.signal(signal.SIGTERM, lambda s, f: child.send_signal(signal.SIGTERM))
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_job(job: TrainingJob, stage: str = "all") -> int:
+    from runner.data import DatasetError
+    from runner.models.pixart_sigma import ModelError
+    from runner.publish import PublishError, hub_token
+    from runner.training.data import CacheMismatch
+
+    spec = job.spec.to_dict()
+    try:
+        if spec["output"]["hub"].get("push"):
+            hub_token(spec["output"]["hub"])  # fail before hours of work, not after
+        if stage in ("cache", "all") and not in_worker():
+            run_cache_stage(job)
+        if stage in ("train", "all"):
+            gpus = spec["hardware"]["gpusPerNode"]
+            if gpus > 1 and not in_worker():
+                return launch_workers(job, gpus)
+            return run_train_stage(job)
+        return EXIT_OK
+    except (DatasetError, ModelError, CacheMismatch, PublishError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except RuntimeError as e:
+        if str(e).startswith("spec."):
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_INVALID
+        raise
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            print(f"error: no space left on device while writing {e.filename or 'a file'}; free space or move "
+                  "spec.cacheDir / spec.output.dir to a larger volume, then rerun: finished entries are kept",
+                  file=sys.stderr)
+            return EXIT_INTERNAL
+        raise
+
+
+def _metrics(job: TrainingJob, is_main: bool):
+    from runner.metrics import Metrics, NoMetrics
+
+    port = job.spec.metrics.port
+    return Metrics(job.name, port) if port and is_main else NoMetrics()
+
+
+def run_cache_stage(job: TrainingJob):
+    from runner.context import make_context
+    from runner.stages.cache import run_cache
+
+    metrics = _metrics(job, True)
+    try:
+        metrics.set_stage("cache")
+        ctx = make_context(job, pick_device(job.spec.hardware.accelerator), metrics=metrics)
+        t0 = time.time()
+        ctx.log(f"cache stage: {job.source}")
+        report = run_cache(ctx)
+        metrics.cache_report(report)
+        ctx.log(f"cache stage done in {time.time() - t0:.1f}s")
+        return report
+    finally:
+        metrics.close()
+
+
+def run_train_stage(job: TrainingJob) -> int:
+    from runner.context import make_context
+    from runner.stages.train import ResumeError, run_train
+
+    is_main = os.environ.get("RANK", "0") == "0"
+    metrics = _metrics(job, is_main)
+    try:
+        metrics.set_stage("train")
+        ctx = make_context(job, pick_device(job.spec.hardware.accelerator), metrics=metrics)
+        t0 = time.time()
+        try:
+            result = run_train(ctx)
+        except ResumeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_INVALID
+        if result.interrupted:
+            return 128 + signal.SIGTERM
+        if ctx.is_main and job.spec.output.hub.push and result.model_dir:
+            from runner.publish import push_to_hub
+            from runner.training.validation import latest_images
+
+            url = push_to_hub(result.model_dir, job.document.to_dict(), latest_images(ctx.paths.validation))
+            ctx.log(f"pushed to the Hub: {url}")
+        ctx.log(f"done in {time.time() - t0:.1f}s: {result.final_step} steps, final loss {result.last_loss:.4f}")
+        ctx.log(f"  model:       {result.model_dir}")
+        ctx.log(f"  checkpoint:  {result.checkpoint}")
+        if result.validation_dir:
+            ctx.log(f"  validation:  {result.validation_dir}")
+        if job.spec.tracking.tensorboard:
+            ctx.log(f"  tensorboard: {ctx.paths.logs}")
+        return EXIT_OK
+    finally:
+        metrics.close()

@@ -1,0 +1,229 @@
+"""Train stage: full fine-tune of the PixArt Sigma transformer from the cache.
+
+The loop is the short block in `train()`; everything else is a component set up before it.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runner.context import RunContext
+from runner.plan import cache_fingerprint, step_plan
+from runner.training import checkpoint as ckpt
+from runner.training.checkpoint import TrainerState
+from runner.training.data import TrainingData, load_manifest
+
+
+class ResumeError(Exception):
+    """An explicitly named checkpoint that cannot be used."""
+
+
+@dataclass
+class Stop:
+    """Set by SIGTERM (preemption, `kubectl delete`): checkpoint at the next step and exit."""
+
+    requested: bool = False
+    signal_name: str = ""
+
+    def install(self) -> None:
+        def handler(signum, _frame):
+            self.requested, self.signal_name = True, signal.Signals(signum).name
+
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signal.SIGTERM, handler)
+
+
+@dataclass
+class TrainResult:
+    final_step: int
+    last_loss: float
+    checkpoint: Path | None
+    model_dir: Path | None
+    validation_dir: Path | None
+    interrupted: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def make_accelerator(ctx: RunContext):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    spec = ctx.spec_dict
+    trackers = []
+    if spec["tracking"]["tensorboard"]:
+        trackers.append("tensorboard")
+    if spec["tracking"]["wandb"].get("enabled"):
+        trackers.append("wandb")
+    return Accelerator(
+        mixed_precision=spec["training"]["mixedPrecision"],
+        cpu=spec["hardware"]["accelerator"] == "cpu",
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(ctx.paths.output_dir), logging_dir=str(ctx.paths.logs)),
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def latent_source(data: TrainingData, model_dir: Path, device: torch.device, vae_dtype: str):
+    """Cached latents straight to the device, or (vaeCacheDisable) VAE-encoded per batch."""
+    if not data.on_the_fly:
+        return None, lambda batch: batch["latent"].to(device, non_blocking=True).float()
+    from runner.models import pixart_sigma as family
+
+    vae = family.load_vae(model_dir, vae_dtype, device)
+    return vae, lambda batch: family.encode_images(vae, batch["pixels"]).to(device).float()
+
+
+def resume_state(ctx: RunContext, accelerator) -> TrainerState:
+    mode = ctx.spec.training.resume
+    if mode == "none":
+        return TrainerState(spec_hash=ctx.job.hash)
+    if mode == "auto":
+        path = ckpt.latest_complete(ctx.paths.checkpoints, ctx.log)
+        if path is None:
+            return TrainerState(spec_hash=ctx.job.hash)
+    else:
+        path = Path(mode)
+        problem = ckpt.verify(path) if path.is_dir() else "no such folder"
+        if problem:
+            raise ResumeError(f"spec.training.resume: cannot resume from {path}: {problem}")
+    state = ckpt.read_state(path)
+    accelerator.load_state(str(path))
+    ctx.log(f"resuming from step {state.step} ({path})")
+    if state.spec_hash != ctx.job.hash:
+        ctx.log("note: the spec changed since that checkpoint was written; continuing with the current spec")
+    state.spec_hash = ctx.job.hash
+    return state
+
+
+def run_train(ctx: RunContext) -> TrainResult:
+    from accelerate.utils import set_seed
+
+    from runner.models import pixart_sigma as family
+    from runner.progress import Progress
+    from runner.training.optim import make_lr_scheduler, make_optimizer
+    from runner.training.validation import Validator
+
+    spec = ctx.spec_dict
+    training = spec["training"]
+    accelerator = make_accelerator(ctx)
+    ctx.rank, ctx.world_size = accelerator.process_index, accelerator.num_processes
+    device = accelerator.device
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    manifest = load_manifest(ctx.paths.manifest, cache_fingerprint(spec))
+    model_dir = Path(manifest["model_dir"])
+    set_seed(training["seed"] + ctx.rank)
+
+    data = TrainingData(manifest, batch_size=training["batchSize"], world_size=ctx.world_size, rank=ctx.rank,
+                        seed=training["seed"], dropout=training["captionDropout"],
+                        workers=training["dataloaderWorkers"], pin_memory=device.type == "cuda")
+    plan = step_plan(spec, data.batches_per_epoch)
+    transformer = family.load_transformer(model_dir, bit_fit=spec["model"]["bitFit"],
+                                          gradient_checkpointing=training["gradientCheckpointing"])
+    objective = family.make_objective(model_dir, transformer)
+    optimizer = make_optimizer(training, transformer.parameters(), device)
+    lr_scheduler = make_lr_scheduler(training, optimizer, plan.total_steps)
+    transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
+    vae, to_latents = latent_source(data, model_dir, device, spec["model"]["vaeDtype"])
+    state = resume_state(ctx, accelerator)
+    validator = Validator(spec, manifest, ctx.paths.validation, device, torch.float32, vae=vae)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(ctx.job.name, config=_flat(spec))
+    ctx.log(f"training {sum(p.numel() for p in transformer.parameters() if p.requires_grad) / 1e6:.2f}M parameters "
+            f"for {plan.total_steps} steps ({plan.steps_per_epoch} per epoch) on {ctx.world_size} x {device.type}")
+
+    stop = Stop()
+    stop.install()
+    global_batch = training["batchSize"] * ctx.world_size
+    accum = training["gradientAccumulationSteps"]
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    batches = data.stream(state.epoch, state.batch_in_epoch)
+    bar = Progress(plan.total_steps, "train", "step", enabled=accelerator.is_main_process)
+    bar.count = state.step
+    last_loss, last_ckpt, metrics, tick = math.nan, None, {}, time.time()
+
+    # ---- the loop ----
+    while state.step < plan.total_steps and not stop.requested:
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(accum):
+            state.epoch, state.batch_in_epoch, batch = next(batches)
+            sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(transformer)
+            with sync, accelerator.autocast():
+                loss = objective(transformer, to_latents(batch), batch["embeds"].to(device), batch["mask"].to(device))
+                accelerator.backward(loss / accum)
+            loss_sum += loss.detach() / accum
+        if training["maxGradNorm"] > 0:
+            accelerator.clip_grad_norm_(params, training["maxGradNorm"])
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.samples_seen += global_batch * accum
+        if state.step % 10 == 0 or state.step == plan.total_steps or state.step == 1:
+            last_loss = accelerator.reduce(loss_sum, reduction="mean").item()
+            rate = global_batch * accum * (state.step - bar.count) / max(time.time() - tick, 1e-9)
+            accelerator.log({"train/loss": last_loss, "train/lr": lr_scheduler.get_last_lr()[0],
+                             "train/samples_per_second": rate}, step=state.step)
+            bar.update(state.step - bar.count, loss=last_loss, samples_s=rate)
+            ctx.metrics.train_progress(state.step, plan.total_steps, last_loss, rate)
+            tick = time.time()
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(f"loss is {last_loss} at step {state.step}; lower spec.training.learningRate "
+                                         "or use mixedPrecision: bf16 instead of fp16")
+        if state.step % training["checkpointEvery"] == 0 or stop.requested:
+            last_ckpt = ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"])
+            ctx.metrics.checkpoint_saved()
+        if validator.enabled and state.step % spec["validation"]["every"] == 0 and state.step < plan.total_steps:
+            metrics = _validate(accelerator, validator, transformer, state.step)
+    # ---- end of loop ----
+    bar.update(state.step - bar.count)
+    bar.close()
+
+    if stop.requested:
+        ctx.log(f"{stop.signal_name}: checkpointed at step {state.step}; rerun to resume")
+        accelerator.end_training()
+        return TrainResult(state.step, last_loss, last_ckpt, None, None, interrupted=True)
+    if last_ckpt is None or last_ckpt.name != f"step-{state.step}":
+        last_ckpt = ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"])
+    if validator.enabled:
+        metrics = _validate(accelerator, validator, transformer, state.step)
+    model_out = None
+    if accelerator.is_main_process:
+        from runner.export import export_pipeline
+
+        model_out = export_pipeline(model_dir, accelerator.unwrap_model(transformer), ctx.paths.model)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(state.step, last_loss, last_ckpt, model_out, ctx.paths.validation if validator.enabled else None,
+                       metrics=metrics)
+
+
+def _validate(accelerator, validator, transformer, step: int) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    if accelerator.is_main_process:
+        metrics = validator.run(accelerator.unwrap_model(transformer), step)
+        if metrics:
+            accelerator.log(metrics, step=step)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        elif v is not None:
+            out[key] = str(v)
+    return out

@@ -1,0 +1,135 @@
+"""Checkpoints that are complete or ignored.
+
+A checkpoint is written into `.tmp-step-N`, every file is hashed into `trainer_state.json`
+(written last), and only then is the folder renamed to `step-N`. A folder without a state
+file, or whose files do not match their recorded sizes and hashes, is never loaded: a
+SIGKILL mid-write or a corrupted disk costs at most the last interval of training.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+STATE_FILE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    samples_seen: int = 0
+    spec_hash: str = ""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def seal(folder: Path, state: TrainerState) -> None:
+    """Record every file's size and hash, then the state file itself (atomically)."""
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != STATE_FILE}
+    tmp = folder / f".{STATE_FILE}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"state": asdict(state), "files": files}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / STATE_FILE)
+
+
+def verify(folder: Path) -> str | None:
+    """None when the checkpoint is complete and intact, else why not."""
+    state_path = folder / STATE_FILE
+    if not state_path.is_file():
+        return f"no {STATE_FILE} (incomplete write)"
+    try:
+        record = json.loads(state_path.read_text())
+        files = record["files"]
+        TrainerState(**record["state"])
+    except (ValueError, KeyError, TypeError) as e:
+        return f"unreadable {STATE_FILE} ({e})"
+    if not files:
+        return "records no files"
+    for rel, meta in files.items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if path.stat().st_size != meta["size"]:
+            return f"{rel} has {path.stat().st_size} bytes, expected {meta['size']} (truncated?)"
+        if _sha256(path) != meta["sha256"]:
+            return f"{rel} checksum mismatch (corrupt)"
+    return None
+
+
+def read_state(folder: Path) -> TrainerState:
+    return TrainerState(**json.loads((folder / STATE_FILE).read_text())["state"])
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return sorted(found)
+
+
+def latest_complete(root: Path, log: Callable[[str], None]) -> Path | None:
+    for step, path in reversed(list_checkpoints(root)):
+        problem = verify(path)
+        if problem is None:
+            return path
+        log(f"ignoring checkpoint {path}: {problem}")
+    return None
+
+
+def publish(tmp: Path, root: Path, step: int) -> Path:
+    """Rename a sealed temp folder to `step-N`, replacing an older folder of that step."""
+    final = root / f"step-{step}"
+    if final.exists():
+        trash = root / f".old-step-{step}-{os.getpid()}"
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def prune(root: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints, and stale temp folders."""
+    removed = []
+    for p in root.glob(".tmp-step-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for _, path in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def save(accelerator, root: Path, state: TrainerState, keep: int) -> Path:
+    """Collective: every process calls it (accelerate saves per-process RNG states)."""
+    tmp = root / f".tmp-step-{state.step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    final = root / f"step-{state.step}"
+    if accelerator.is_main_process:
+        seal(tmp, state)
+        final = publish(tmp, root, state.step)
+        prune(root, keep)
+    accelerator.wait_for_everyone()
+    return final

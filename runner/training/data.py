@@ -1,0 +1,124 @@
+"""Batches from the cache: each batch from one aspect bucket, deterministic per (seed, epoch),
+resumable at any batch, with caption dropout decided by the sampler (so it resumes too)."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import load_file
+
+from runner.cachekeys import entry_path
+
+
+class CacheMismatch(Exception):
+    """The cache on disk was written for a different spec."""
+
+
+def load_manifest(manifest_path: Path, expected_fingerprint: str) -> dict[str, Any]:
+    if not manifest_path.is_file():
+        raise CacheMismatch(f"{manifest_path}: no cache manifest; run the cache stage first "
+                            "(trainingjob run FILE --stage cache, or --stage all)")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("cache_fingerprint") != expected_fingerprint:
+        raise CacheMismatch(f"{manifest_path}: the cache was built for different model/dataset/validation settings; "
+                            "run the cache stage again (only what changed is re-encoded)")
+    return manifest
+
+
+@dataclass(frozen=True)
+class Sample:
+    latent_path: str | None
+    image_path: str
+    plan: dict[str, Any]
+    text_key: str
+    bucket: str
+
+
+def load_samples(manifest: dict[str, Any]) -> list[Sample]:
+    samples = []
+    for ds in manifest["datasets"]:
+        items = json.loads(Path(ds["manifest"]).read_text())["items"]
+        vae_dir = Path(ds["vae_dir"])
+        one_pass = [Sample(str(entry_path(vae_dir, it["latent_key"])) if it["latent_key"] else None,
+                           it["path"], it["plan"], it["text_key"], it["bucket"]) for it in items]
+        samples += one_pass * (1 + ds["repeats"])
+    return samples
+
+
+class CachedDataset(torch.utils.data.Dataset):
+    """Index by (sample index, drop caption?)."""
+
+    def __init__(self, samples: list[Sample], text_dir: Path, empty_key: str):
+        self.samples, self.text_dir, self.empty_key = samples, text_dir, empty_key
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: tuple[int, bool]) -> dict[str, Any]:
+        i, drop = index
+        s = self.samples[i]
+        embed = load_file(str(entry_path(self.text_dir, self.empty_key if drop else s.text_key)))["prompt_embeds"]
+        if s.latent_path is not None:
+            return {"latent": load_file(s.latent_path)["latent"], "embed": embed}
+        from PIL import Image
+
+        from runner.data.transforms import CropPlan, apply_crop
+        from runner.models.pixart_sigma import image_to_tensor
+
+        plan = CropPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.plan.items()})
+        with Image.open(s.image_path) as im:
+            return {"pixels": image_to_tensor(apply_crop(im, plan)), "embed": embed}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    from runner.models.pixart_sigma import pad_embeddings
+
+    embeds, mask = pad_embeddings([it["embed"] for it in items])
+    key = "latent" if "latent" in items[0] else "pixels"
+    return {key: torch.stack([it[key] for it in items]), "embeds": embeds, "mask": mask}
+
+
+class EpochBatches:
+    """The batches one rank sees in one epoch, optionally starting part-way through."""
+
+    def __init__(self, samples: list[Sample], batch_size: int, world_size: int, rank: int, seed: int,
+                 epoch: int, dropout: float, start: int = 0):
+        from runner.data.buckets import bucket_batches
+
+        by_bucket: dict[str, list[int]] = {}
+        for i, s in enumerate(samples):
+            by_bucket.setdefault(s.bucket, []).append(i)
+        batches = bucket_batches(by_bucket, batch_size, world_size, rank, seed, epoch)
+        rng = random.Random(f"{seed}:{epoch}:{rank}:dropout")
+        self.batches = [[(i, rng.random() < dropout) for i in b] for b in batches][start:]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class TrainingData:
+    def __init__(self, manifest: dict[str, Any], *, batch_size: int, world_size: int, rank: int, seed: int,
+                 dropout: float, workers: int, pin_memory: bool):
+        self.samples = load_samples(manifest)
+        self.dataset = CachedDataset(self.samples, Path(manifest["text_dir"]), manifest["empty_caption"])
+        self.kw = dict(batch_size=batch_size, world_size=world_size, rank=rank, seed=seed, dropout=dropout)
+        self.workers, self.pin_memory = workers, pin_memory
+        self.batches_per_epoch = len(EpochBatches(self.samples, epoch=0, **self.kw))
+        self.on_the_fly = any(s.latent_path is None for s in self.samples)
+
+    def stream(self, epoch: int, start: int) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
+        """Yield (epoch, index of the next batch in that epoch, batch) forever, from a position."""
+        while True:
+            sampler = EpochBatches(self.samples, epoch=epoch, start=start, **self.kw)
+            loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
+                                                 num_workers=self.workers, pin_memory=self.pin_memory)
+            for i, batch in enumerate(loader, start=start + 1):
+                yield epoch, i, batch
+            epoch, start = epoch + 1, 0

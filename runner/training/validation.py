@@ -1,0 +1,103 @@
+"""Validation images: every prompt at every resolution with the spec's guidance, steps and seed,
+using the live transformer and T5 embeddings cached by the cache stage."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from runner.cachekeys import atomic_write_json, entry_path
+from runner.semantics import parse_resolutions
+
+
+class Validator:
+    def __init__(self, spec: dict[str, Any], manifest: dict[str, Any], out_dir: Path, device: torch.device,
+                 dtype: torch.dtype, vae=None):
+        self.cfg = spec["validation"]
+        self.eval_cfg = spec["evaluation"]
+        self.cache_dir = Path(spec["cacheDir"])
+        self.manifest, self.out_dir, self.device, self.dtype = manifest, out_dir, device, dtype
+        self.vae = vae
+        self.pipe = None
+        self.scorer = None
+        text_dir = Path(manifest["text_dir"])
+        self.prompts = [(p, load_file(str(entry_path(text_dir, k)))["prompt_embeds"])
+                        for p, k in manifest["validation"]["prompts"]]
+        self.negative = load_file(str(entry_path(text_dir, manifest["validation"]["negative"])))["prompt_embeds"]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.prompts)
+
+    def _pipeline(self, transformer):
+        from runner.models import pixart_sigma as family
+
+        if self.pipe is None:
+            model_dir = Path(self.manifest["model_dir"])
+            vae = self.vae if self.vae is not None else family.load_vae(model_dir, "float32", self.device)
+            self.pipe = family.validation_pipeline(model_dir, transformer, vae, torch.float32)
+        self.pipe.transformer = transformer
+        return self.pipe
+
+    @torch.no_grad()
+    def run(self, transformer, step: int) -> dict[str, float]:
+        from runner.models.pixart_sigma import pad_embeddings
+
+        folder = self.out_dir / f"step-{step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pipe = self._pipeline(transformer)
+        was_training = transformer.training
+        transformer.eval()
+        records, images, texts = [], [], []
+        try:
+            for pi, (prompt, embed) in enumerate(self.prompts):
+                (pos, neg), mask = pad_embeddings([embed, self.negative])
+                pos, neg = pos.to(self.device, self.dtype), neg.to(self.device, self.dtype)
+                mask = mask.to(self.device)
+                for w, h in parse_resolutions(self.cfg["resolutions"]):
+                    gen = torch.Generator(device="cpu").manual_seed(self.cfg["seed"])
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                        image = pipe(prompt=None, negative_prompt=None, prompt_embeds=pos[None], prompt_attention_mask=mask[:1],
+                                     negative_prompt_embeds=neg[None], negative_prompt_attention_mask=mask[1:],
+                                     width=w, height=h, num_inference_steps=self.cfg["inferenceSteps"],
+                                     guidance_scale=self.cfg["guidance"], generator=gen,
+                                     use_resolution_binning=False, clean_caption=False).images[0]
+                    name = f"p{pi}-{w}x{h}.png"
+                    image.save(folder / name)
+                    records.append({"file": name, "prompt": prompt, "width": w, "height": h})
+                    images.append(image)
+                    texts.append(prompt)
+        finally:
+            transformer.train(was_training)
+        metrics: dict[str, float] = {}
+        if self.eval_cfg["clipScore"]:
+            scores = self._clip().score(images, texts)
+            for rec, s in zip(records, scores):
+                rec["clip_score"] = s
+            metrics["validation/clip_score"] = sum(scores) / len(scores)
+        atomic_write_json(folder / "images.json", {"step": step, "guidance": self.cfg["guidance"],
+                                                    "steps": self.cfg["inferenceSteps"], "seed": self.cfg["seed"],
+                                                    "images": records, **metrics})
+        return metrics
+
+    def _clip(self):
+        from runner.evaluation.clip_score import ClipScorer
+        from runner.models import tiny
+
+        if self.scorer is None:
+            ref = self.eval_cfg["clipModel"]
+            if tiny.is_builtin(ref):
+                ref = str(tiny.resolve_builtin(ref, self.cache_dir))
+            self.scorer = ClipScorer(ref, device=str(self.device))
+        return self.scorer
+
+
+def latest_images(out_dir: Path) -> list[Path]:
+    steps = sorted((int(p.name.split("-")[1]), p) for p in out_dir.glob("step-*") if p.is_dir())
+    return sorted(steps[-1][1].glob("*.png")) if steps else []
+
+
+__all__ = ["Validator", "latest_images", "json"]

@@ -1,0 +1,154 @@
+"""runner.data.discovery: finding images, header probing, EXIF orientation, corrupt files."""
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from runner.data import DatasetError
+from runner.data.discovery import IMAGE_EXTENSIONS, ImageInfo, file_digest, find_images, probe, scan
+
+
+def write_image(path: Path, size=(96, 64), fmt=None, orientation: int | None = None, color=(200, 30, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.new("RGB", size, color)
+    fmt = fmt or {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}[path.suffix.lower()]
+    kwargs = {}
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        kwargs["exif"] = exif.tobytes()
+    im.save(path, format=fmt, **kwargs)
+    return path
+
+
+def test_extensions_constant():
+    assert IMAGE_EXTENSIONS == (".jpg", ".jpeg", ".png", ".webp")
+
+
+def test_find_images_recursive_sorted_case_insensitive_skips_hidden(tmp_path):
+    for rel in ["b.png", "a.JPG", "sub/c.jpeg", "sub/deeper/d.WebP", "e.Png"]:
+        write_image(tmp_path / rel)
+    for rel in [".hidden.png", ".git/x.png", "sub/.cache/y.jpg", "notes.txt", "f.gif"]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)]
+    assert found == ["a.JPG", "b.png", "e.Png", "sub/c.jpeg", "sub/deeper/d.WebP"]
+
+
+def test_find_images_inside_hidden_root_still_works(tmp_path):
+    root = tmp_path / ".cache" / "ds"
+    write_image(root / "x.png")
+    assert [p.name for p in find_images(root)] == ["x.png"]
+
+
+@pytest.mark.parametrize("name,fmt", [("x.jpg", "JPEG"), ("x.png", "PNG"), ("x.webp", "WEBP")])
+def test_probe_reads_size_and_stat(tmp_path, name, fmt):
+    p = write_image(tmp_path / "d" / name, size=(130, 70), fmt=fmt)
+    info = probe(p, tmp_path)
+    assert isinstance(info, ImageInfo)
+    assert (info.width, info.height) == (130, 70)
+    assert info.rel == f"d/{name}"
+    assert info.size_bytes == p.stat().st_size
+    assert info.mtime_ns == p.stat().st_mtime_ns
+
+
+@pytest.mark.parametrize("orientation,expected", [
+    (1, (120, 80)), (2, (120, 80)), (3, (120, 80)), (4, (120, 80)),
+    (5, (80, 120)), (6, (80, 120)), (7, (80, 120)), (8, (80, 120)),
+])
+def test_probe_applies_exif_orientation(tmp_path, orientation, expected):
+    p = write_image(tmp_path / "o.jpg", size=(120, 80), orientation=orientation)
+    info = probe(p, tmp_path)
+    assert (info.width, info.height) == expected
+
+
+def test_probe_exif_orientation_in_png_and_webp(tmp_path):
+    for name in ("o.png", "o.webp"):
+        p = write_image(tmp_path / name, size=(120, 80), orientation=6)
+        info = probe(p, tmp_path)
+        assert (info.width, info.height) == (80, 120), name
+
+
+def _jpeg_bytes(size=(200, 150)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (1, 2, 3)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name,content", [
+    ("junk.png", b"this is not a png at all" * 10),
+    ("empty.jpg", b""),
+    ("header_cut.jpg", _jpeg_bytes()[:40]),          # truncated inside the header
+    ("png_magic_only.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 8),
+    ("text.webp", b"RIFF....WEBPnope"),
+])
+def test_probe_returns_none_for_corrupt(tmp_path, name, content):
+    p = tmp_path / name
+    p.write_bytes(content)
+    assert probe(p, tmp_path) is None
+
+
+def test_probe_missing_file_is_none(tmp_path):
+    assert probe(tmp_path / "nope.png", tmp_path) is None
+
+
+def test_body_truncated_jpeg_probes_but_fails_to_decode(tmp_path):
+    """Header-only probing cannot see a cut-off body; load_image reports it clearly."""
+    from runner.data.transforms import load_image
+
+    data = _jpeg_bytes((256, 256))
+    p = tmp_path / "half.jpg"
+    p.write_bytes(data[: len(data) // 2])
+    info = probe(p, tmp_path)
+    assert info is not None and (info.width, info.height) == (256, 256)
+    with pytest.raises(DatasetError, match="half.jpg.*corrupt or truncated"):
+        load_image(p)
+
+
+def test_scan_splits_usable_and_skipped(tmp_path):
+    write_image(tmp_path / "good1.png", size=(64, 64))
+    write_image(tmp_path / "sub/good2.jpg", size=(100, 50))
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    (tmp_path / "trunc.jpg").write_bytes(_jpeg_bytes()[:30])
+    (tmp_path / "empty.webp").write_bytes(b"")
+    (tmp_path / "anim.gif").write_bytes(b"GIF89a")
+    (tmp_path / "caption.txt").write_text("hello")
+    usable, skipped = scan(tmp_path)
+    assert [i.rel for i in usable] == ["good1.png", "sub/good2.jpg"]
+    assert [(i.width, i.height) for i in usable] == [(64, 64), (100, 50)]
+    reasons = dict(skipped)
+    assert set(reasons) == {"bad.png", "trunc.jpg", "empty.webp", "anim.gif"}
+    assert "not a readable image" in reasons["bad.png"]
+    assert "empty" in reasons["empty.webp"]
+    assert "unsupported format .gif" in reasons["anim.gif"]
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_scan_is_deterministic_across_worker_counts(tmp_path, workers):
+    for i in range(12):
+        write_image(tmp_path / f"d{i % 3}" / f"img_{i:02d}.png", size=(64 + i, 64))
+    usable, skipped = scan(tmp_path, workers=workers)
+    assert [i.rel for i in usable] == sorted(i.rel for i in usable)
+    assert len(usable) == 12 and skipped == []
+
+
+@pytest.mark.parametrize("make", ["missing", "file"])
+def test_scan_bad_root_raises(tmp_path, make):
+    root = tmp_path / "root"
+    if make == "file":
+        root.write_text("x")
+    with pytest.raises(DatasetError, match="root"):
+        scan(root)
+
+
+@pytest.mark.parametrize("content", [b"", b"abc", b"x" * (3 << 20)])
+def test_file_digest_matches_hashlib(tmp_path, content):
+    p = tmp_path / "f.bin"
+    p.write_bytes(content)
+    assert file_digest(p) == hashlib.sha256(content).hexdigest()
+    assert file_digest(p, chunk_size=7) == hashlib.sha256(content).hexdigest()
