@@ -5,12 +5,14 @@ Exit codes: 0 ok, 2 bad input (spec, arguments, data), 1 internal error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from runner.spec import SpecError, load_spec
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
+DEBUG_ENV = "TRAININGJOB_DEBUG"
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -18,18 +20,38 @@ def _add_set(p: argparse.ArgumentParser) -> None:
                    help="override a field, e.g. --set spec.training.maxSteps=10 (repeatable)")
 
 
+def _dataset_checker() -> Callable[[dict[str, Any]], list[str]] | None:
+    """runner.data.preflight's dataset_problems, or None while that module does not exist.
+    Only its absence is tolerated: an import error inside it is a bug and surfaces as one."""
+    try:
+        from runner.data.preflight import dataset_problems
+    except ModuleNotFoundError as e:
+        if e.name in ("runner.data", "runner.data.preflight"):
+            return None
+        raise
+    return dataset_problems
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     status = EXIT_OK
+    check_datasets = _dataset_checker()
     for path in args.files:
         try:
             job = load_spec(path, args.overrides)
         except SpecError as e:
-            for line in e.problems:
+            for line in e.warnings + e.problems:
                 print(line, file=sys.stderr)
             status = EXIT_INVALID
             continue
         for w in job.warnings:
             print(w, file=sys.stderr)
+        # Data checks only make sense once the spec itself is sound.
+        data_problems = check_datasets(job.document.to_dict()) if check_datasets else []
+        if data_problems:
+            for line in data_problems:
+                print(f"{path}: {line}", file=sys.stderr)
+            status = EXIT_INVALID
+            continue
         print(f"{path}: valid TrainingJob {job.name!r}")
     return status
 
@@ -48,6 +70,76 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_job(job, stage=args.stage)
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from runner import schema as schema_mod
+
+    data = schema_mod.load_schema()
+    if args.format == "yaml":
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100))
+    else:
+        import json
+
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from runner.explain import ExplainError, explain
+
+    try:
+        sys.stdout.write(explain(args.field, recursive=args.recursive))
+    except ExplainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from runner.starter import run_init
+
+    return run_init(args.output, yes=args.yes, force=args.force)
+
+
+def cmd_import_simpletuner(args: argparse.Namespace) -> int:
+    from runner.simpletuner import import_files
+
+    if args.output != "-" and os.path.lexists(args.output) and not args.force:
+        print(f"{args.output}: already exists; pass --force to overwrite it", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        conversion, text, warnings = import_files(args.config, args.backends)
+    except SpecError as e:
+        for line in e.problems:
+            print(line, file=sys.stderr)
+        return EXIT_INVALID
+    if conversion.unmapped:
+        print("options with no TrainingJob equivalent (not converted; listed at the top of the output):",
+              file=sys.stderr)
+        for line in conversion.unmapped:
+            print(f"  {line}", file=sys.stderr)
+    for line in conversion.notes:
+        print(f"note: {line}", file=sys.stderr)
+    for line in warnings:
+        print(line.replace("converted spec", args.output if args.output != "-" else "<stdout>", 1), file=sys.stderr)
+    if args.output == "-":
+        sys.stdout.write(text)
+        return EXIT_OK
+    from runner.starter import write
+
+    try:
+        write(text, args.output, force=args.force)
+    except FileExistsError:
+        print(f"{args.output}: already exists; pass --force to overwrite it", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as e:
+        print(f"{args.output}: cannot write ({e.strerror or e})", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"wrote {args.output}; check it with: trainingjob validate {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainingjob", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +154,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", choices=["cache", "train", "all"], default="all")
     _add_set(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("schema", help="print the TrainingJob JSON Schema (the source of truth for every field)")
+    p.add_argument("--format", choices=["json", "yaml"], default="json")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("explain", help="document a field and its children, like kubectl explain")
+    p.add_argument("field", nargs="?", default="", metavar="FIELD",
+                   help="dotted field path, e.g. spec.training or spec.datasets.crop (default: the whole job)")
+    p.add_argument("--recursive", action="store_true", help="list every nested field")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("init", help="write a commented starter TrainingJob (asks a few questions on a terminal)")
+    p.add_argument("--output", "-o", default="trainingjob.yaml", metavar="FILE",
+                   help="where to write it ('-' for stdout; default trainingjob.yaml)")
+    p.add_argument("--yes", "-y", action="store_true", help="take every default without asking")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("import-simpletuner",
+                       help="convert a SimpleTuner config.json + multidatabackend.json into a TrainingJob")
+    p.add_argument("config", metavar="CONFIG.json")
+    p.add_argument("backends", metavar="MULTIDATABACKEND.json")
+    p.add_argument("--output", "-o", default="-", metavar="FILE", help="where to write it (default: stdout)")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    p.set_defaults(func=cmd_import_simpletuner)
     return parser
 
 
@@ -78,6 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as e:  # anything else is our bug, not the user's input
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"This is a bug in trainingjob, not in your input. Please report it with the command you ran "
+              f"(rerun with {DEBUG_ENV}=1 for the traceback).", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

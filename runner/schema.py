@@ -31,7 +31,8 @@ KIND = "TrainingJob"
 
 def apply_defaults(doc: Any, schema: dict[str, Any] | None = None) -> Any:
     """Return a copy of `doc` with every schema default filled in (objects are created when
-    any of their children has a default, so `spec.training.batchSize` always exists)."""
+    any of their children has a default, so `spec.training.batchSize` always exists), and
+    integral floats in integer fields turned into ints."""
     schema = load_schema() if schema is None else schema
     if schema.get("type") == "object" and "properties" in schema:
         out = dict(doc) if isinstance(doc, dict) else {}
@@ -47,6 +48,8 @@ def apply_defaults(doc: Any, schema: dict[str, Any] | None = None) -> Any:
         return out
     if schema.get("type") == "array" and isinstance(doc, list) and isinstance(schema.get("items"), dict):
         return [apply_defaults(item, schema["items"]) for item in doc]
+    if schema.get("type") == "integer" and isinstance(doc, float) and doc.is_integer():
+        return int(doc)  # JSON Schema counts 1000.0 (YAML `1e3`) as an integer; code wants an int
     return doc
 
 

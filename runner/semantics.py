@@ -2,8 +2,8 @@
 
 Each rule yields (level, "field.path: message") pairs; `check` collects them into
 (errors, warnings). Rules also run on documents the schema rejected (so one `validate` lists
-every problem), which is why each is guarded: a rule that trips over a malformed field is
-skipped, the schema has already reported that field.
+every problem); there a rule that trips over a malformed field is skipped, since the schema
+has already reported that field.
 """
 from __future__ import annotations
 

@@ -162,7 +162,7 @@ def parse_document(text: bytes | str, source: str = "<spec>") -> dict[str, Any]:
         raise SpecError([f"{source}: the file is empty; expected a TrainingJob (run `trainingjob init` for a starter)"])
     if not isinstance(doc, dict):
         raise SpecError([f"{source}: expected a mapping with apiVersion, kind, metadata and spec; "
-                         f"got a {_yaml_type(doc)}"])
+                         f"got {_a(_yaml_type(doc))}"])
     return doc
 
 
@@ -200,7 +200,17 @@ def _split_path(path: str) -> list[str]:
 
 def apply_overrides(doc: dict[str, Any], overrides: Iterable[str], source: str = "--set") -> dict[str, Any]:
     """Apply `path=value` overrides; values are YAML (`null` removes the field, so its default
-    applies). Paths are checked against the schema here so a typo names the flag, not the file."""
+    applies). Paths are checked against the schema here so a typo names the flag, not the file.
+    Raises SpecError listing every override that could not be applied."""
+    doc, problems = _apply_overrides(doc, overrides, source)
+    if problems:
+        raise SpecError(problems)
+    return doc
+
+
+def _apply_overrides(doc: dict[str, Any], overrides: Iterable[str], source: str) -> tuple[dict[str, Any], list[str]]:
+    """Apply what can be applied and report the rest, so the caller can still validate the
+    result and list every problem in one go."""
     doc = copy.deepcopy(doc)
     problems = []
     for item in overrides:
@@ -224,9 +234,7 @@ def apply_overrides(doc: dict[str, Any], overrides: Iterable[str], source: str =
         problem = _set_path(doc, parts, value)
         if problem:
             problems.append(f"{source} {path}: {problem}")
-    if problems:
-        raise SpecError(problems)
-    return doc
+    return doc, problems
 
 
 def _schema_at(parts: list[str]) -> tuple[dict[str, Any], str | None]:
@@ -247,7 +255,7 @@ def _schema_at(parts: list[str]) -> tuple[dict[str, Any], str | None]:
         elif isinstance(node.get("additionalProperties"), dict):
             node = node["additionalProperties"]  # a free-form map (labels, nodeSelector): any key goes
         else:
-            return {}, f"{here} is a {node.get('type', 'value')}; it has no field {part!r}"
+            return {}, f"{here} is {_a(str(node.get('type', 'value')))}; it has no field {part!r}"
     return node, None
 
 
@@ -352,7 +360,7 @@ def _schema_error_message(err) -> list[str]:
         return [line]
     if v == "type":
         want = sch["type"] if isinstance(sch["type"], str) else " or ".join(sch["type"])
-        line = f"{path}: {_short(val)} is a {_json_type(val)}, expected {want}"
+        line = f"{path}: {_short(val)} is {_a(_json_type(val))}, expected {want}"
         if isinstance(val, bool) and "string" in want:
             line += _bool_hint(val)
         return [line]
@@ -376,6 +384,10 @@ def _bool_hint(val: bool) -> str:
             f"(e.g. \"{'yes' if val else 'no'}\")")
 
 
+def _a(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
 def _json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
@@ -396,14 +408,17 @@ def schema_problems(doc: Any) -> list[str]:
     (a wrong kind or apiVersion shows at the top)."""
     errors = sorted(_validator().iter_errors(doc),
                     key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    # A value of the wrong type also fails its enum/pattern/range; the type is the one to fix.
+    mistyped = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
     lines: list[str] = []
     for err in errors:
+        if err.validator != "type" and tuple(err.absolute_path) in mistyped:
+            continue
         for line in _schema_error_message(err):
             if line not in lines:
                 lines.append(line)
-    for line in _non_finite(doc, []):
-        if line not in lines:
-            lines.append(line)
+    reported = [_line_path(line) for line in lines]
+    lines += [line for line in _non_finite(doc, []) if _line_path(line) not in reported]
     return lines
 
 
@@ -419,8 +434,8 @@ def field_problems(path: str, value: Any) -> list[str]:
     lines = []
     for err in jsonschema.Draft202012Validator(node).iter_errors(value):
         for line in _schema_error_message(err):
-            lines.append(path + line.removeprefix("(document)") if line.startswith("(document)")
-                         else f"{path}.{line}")
+            line = line.removeprefix("(document)")
+            lines.append(path + line if line.startswith(("[", ":")) else f"{path}.{line}")
     return lines + [path + line.removeprefix("(document)") for line in _non_finite(value, [])]
 
 
@@ -439,8 +454,9 @@ def _line_path(line: str) -> str:
     return line.removeprefix("warning: ").split(": ", 1)[0]
 
 
-def _overlaps(a: str, b: str) -> bool:
-    return a == b or a.startswith((b + ".", b + "[")) or b.startswith((a + ".", a + "["))
+def _within(path: str, other: str) -> bool:
+    """`path` is `other` or one of its descendants."""
+    return other == "(document)" or path == other or path.startswith((other + ".", other + "["))
 
 
 # ----------------------------------------------------------------------------- frozen result
@@ -527,7 +543,7 @@ def validate_document(doc: Any, source: str = "<spec>") -> tuple[dict[str, Any],
     """Return (defaulted document, problems, warnings). Problems are `source: path: message` lines.
 
     The semantic checks run even when the schema rejects something, so one pass reports every
-    problem; their findings about fields the schema already rejected are dropped as noise."""
+    problem; their findings inside fields the schema already rejected are dropped as noise."""
     from runner import semantics
 
     schema_lines = schema_problems(doc)
@@ -535,8 +551,8 @@ def validate_document(doc: Any, source: str = "<spec>") -> tuple[dict[str, Any],
     errors, warnings = semantics.check(full, tolerant=bool(schema_lines))
     if schema_lines:
         bad = [_line_path(line) for line in schema_lines]
-        errors = [e for e in errors if not any(_overlaps(_line_path(e), b) for b in bad)]
-        warnings = [w for w in warnings if not any(_overlaps(_line_path(w), b) for b in bad)]
+        errors = [e for e in errors if not any(_within(_line_path(e), b) for b in bad)]
+        warnings = [w for w in warnings if not any(_within(_line_path(w), b) for b in bad)]
     problems = [f"{source}: {p}" for p in schema_lines + [e for e in errors if e not in schema_lines]]
     return full, problems, [f"{source}: {w}" for w in warnings]
 
@@ -573,9 +589,11 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> TrainingJob:
 
 
 def job_from_document(doc: dict[str, Any], source: str = "<spec>", overrides: Sequence[str] = ()) -> TrainingJob:
+    override_problems: list[str] = []
     if overrides:
-        doc = apply_overrides(doc, overrides)
+        doc, override_problems = _apply_overrides(doc, overrides, "--set")
     full, problems, warnings = validate_document(doc, source)
+    problems = [f"{source}: {p}" for p in override_problems] + problems
     if problems:
         raise SpecError(problems, warnings)
     full.pop("status", None)

@@ -95,7 +95,8 @@ def _copy_from_hub_cache(repo: str, revision: str, dest: Path, patterns: list[st
 
 def download_dataset(repo: str, revision: str, dest: Path, subfolder: str | None = None) -> Path:
     """Download the images and .txt captions of Hub dataset `repo` at `revision` into `dest`
-    (resumable). Returns the image root: `dest/subfolder` if given, else `dest`.
+    (resumable), keeping the repo's layout. Returns `dest`; with `subfolder` only files under
+    it are fetched and the images are under `dest / subfolder` (checked to hold at least one).
     Raises DatasetError with a user-facing message on any failure."""
     try:
         from huggingface_hub import constants, snapshot_download
@@ -128,9 +129,13 @@ def download_dataset(repo: str, revision: str, dest: Path, subfolder: str | None
     except hf_errors.LocalEntryNotFoundError as e:  # offline or unreachable, nothing usable on disk
         if _copy_from_hub_cache(repo, revision, dest, patterns):
             return _result(dest, subfolder, where, fixes)
-        reason = ("HF_HUB_OFFLINE is set, and the files are neither in "
-                  f"{dest} nor in the Hub cache ({constants.HF_HUB_CACHE})" if _offline()
-                  else f"the Hub at {_endpoint()} could not be reached ({_short(e.__cause__ or e)})")
+        cause = e.__cause__ or e
+        if _offline():
+            reason = f"HF_HUB_OFFLINE is set, and the files are neither in {dest} nor in the Hub cache ({constants.HF_HUB_CACHE})"
+        elif isinstance(cause, hf_errors.HfHubHTTPError):
+            reason = f"the Hub at {_endpoint()} answered with an error ({_short(cause)})"
+        else:
+            reason = f"the Hub at {_endpoint()} could not be reached ({_short(cause)})"
         raise DatasetError(f"{where}: cannot download: {reason}. Fix: {fixes}") from None
     except hf_errors.HFValidationError as e:
         raise DatasetError(f"{where}: invalid repo id or revision ({_short(e)})") from None
@@ -151,7 +156,7 @@ def _result(dest: Path, subfolder: str | None, where: str, fixes: str) -> Path:
     if not root.is_dir() or not find_images(root):
         raise DatasetError(f"{where}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {root} after download; "
                            f"check the subfolder and that the repo holds image files. Fix: {fixes}")
-    return root
+    return dest
 
 
 def _short(e: BaseException, limit: int = 300) -> str:

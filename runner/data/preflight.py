@@ -56,12 +56,16 @@ class DatasetPlan:
     def by_bucket(self) -> dict[str, list[PlannedItem]]:
         return group_by_bucket(self.items)
 
+    def bucket_to_indices(self) -> dict[str, list[int]]:
+        """Bucket -> positions in `items`: the input of buckets.bucket_batches."""
+        return group_by_bucket(list(range(len(self.items))), key=lambda i: self.items[i].bucket)
+
     def skipped_summary(self) -> str:
-        """e.g. "3 skipped: 2 no caption file, 1 smaller than minimumImageSize"."""
+        """e.g. "3 skipped: 2 without a caption .txt, 1 smaller than minimumImageSize"."""
         if not self.skipped:
             return "none skipped"
         kinds = Counter(_reason_kind(reason) for _, reason in self.skipped)
-        parts = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+        parts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
         return f"{len(self.skipped)} skipped: {parts}"
 
 
@@ -146,7 +150,10 @@ def dataset_problems(spec: dict[str, Any]) -> list[str]:
     For each enabled `type: local` dataset whose path is a directory: scan, caption, filter
     and bucket it, then check one optimizer step can be filled
     (batchSize x gradientAccumulationSteps x gpusPerNode*nodes images). A path that does not
-    exist is not a problem here (it may only exist inside the pod); a path that is a file is."""
+    exist is not a problem here (it may only exist inside the pod); a path that is a file is.
+    A whole document ({"apiVersion", ..., "spec": {...}}) is accepted too and its spec used."""
+    if "datasets" not in spec and isinstance(spec.get("spec"), dict):
+        spec = spec["spec"]
     problems: list[str] = []
     training = spec.get("training", {}) or {}
     hardware = spec.get("hardware", {}) or {}

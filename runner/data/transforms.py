@@ -43,6 +43,10 @@ PIXART_ASPECT_BINS_1024: tuple[tuple[int, int], ...] = (
 )
 
 
+class ImageMismatchError(DatasetError, ValueError):
+    """The image handed to apply_crop is not the size its plan was made for."""
+
+
 @dataclass(frozen=True)
 class CropPlan:
     """How one image becomes one training sample. Sizes are (width, height)."""
@@ -142,7 +146,7 @@ def _seeded_offsets(seed_key: str, span_x: int, span_y: int) -> tuple[int, int]:
 
 def plan_crop(width: int, height: int, *, resolution: float, resolution_type: str, crop: bool,
               crop_aspect: str, crop_style: str, maximum_image_size: float | None = None,
-              target_downsample_size: float | None = None, seed_key: str = "") -> CropPlan:
+              target_downsample_size: float | None = None, seed_key: str) -> CropPlan:
     """Plan the downsample, cover-resize and crop of a width x height image (see module doc)."""
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
@@ -239,12 +243,13 @@ def load_image(path: Path):
 
 def apply_crop(image, plan: CropPlan):
     """Apply a plan to a PIL image: EXIF transpose, RGB, LANCZOS downsample/resize, crop.
-    Returns an RGB image of exactly `plan.target_size`."""
+    Returns an RGB image of exactly `plan.target_size`. Raises ImageMismatchError (a
+    DatasetError and a ValueError) if the image is not `plan.source_size` after transposing."""
     from PIL import Image, ImageOps
 
     image = to_rgb(ImageOps.exif_transpose(image))
     if image.size != plan.source_size:
-        raise DatasetError(f"image is {image.size[0]}x{image.size[1]} but was planned as "
+        raise ImageMismatchError(f"image is {image.size[0]}x{image.size[1]} but was planned as "
                            f"{plan.source_size[0]}x{plan.source_size[1]}; the file changed since it was scanned")
     if plan.downsample_size is not None and image.size != plan.downsample_size:
         image = image.resize(plan.downsample_size, Image.Resampling.LANCZOS)

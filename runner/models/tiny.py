@@ -98,7 +98,7 @@ T5_MAX_LENGTH = 300  # PixArt Sigma's max_sequence_length
 T5_VOCAB_SIZE = 400  # target size of the trained Unigram vocab (incl. specials)
 CLIP_IMAGE_SIZE = 32
 CLIP_MAX_LENGTH = 77
-CLIP_BPE_VOCAB_SIZE = 900  # incl. the 256 byte-level characters and specials
+CLIP_BPE_MERGES = 400  # at most; merges of pairs seen at least twice
 
 # A fixed English text covering typical captions: the tokenizers are trained
 # on it so that common prompt words become single tokens.
@@ -153,6 +153,9 @@ an airplane flying above the clouds, view from the window
 a pizza with cheese, pepperoni and mushrooms on a table
 a snowy mountain peak reflected in a calm blue lake
 a sunflower field under a dramatic sky, wide angle, hdr
+a latte art coffee in a white cup next to a croissant on a cafe table
+ancient roman coins on a velvet cloth, museum photo of old coins
+a photo of an astronaut drinking coffee on the moon next to a rocket
 the quick brown fox jumps over the lazy dog
 high quality, best quality, masterpiece, ultra realistic, sharp focus
 low quality, blurry, ugly, deformed, bad anatomy, watermark, text
@@ -321,9 +324,13 @@ def build_t5_tokenizer():
     # The trainer is multi-threaded: scores differ between runs in the last
     # bits and equal-score pieces come out in varying order.  Canonicalise
     # (round, then sort by score and piece) so builds are byte-identical.
-    vocab = [(p, 0.0) for p in specials] + sorted(
-        ((p, round(s, 4)) for p, s in trained[3:]), key=lambda ps: (-ps[1], ps[0])
-    )
+    # Characters the EM step pruned are re-added by the trainer just below the
+    # lowest score, 1e-4 apart in hash order: give them one common score.
+    pieces = [(p, round(s, 4)) for p, s in trained[3:]]
+    lowest = min(s for _, s in pieces)
+    floor = round(lowest, 2) - 0.01
+    pieces = [(p, floor if len(p) == 1 and s < lowest + 0.01 else s) for p, s in pieces]
+    vocab = [(p, 0.0) for p in specials] + sorted(pieces, key=lambda ps: (-ps[1], ps[0]))
     # Make every printable ASCII character a piece (characters missing from the
     # corpus; the trainer's ``initial_alphabet`` would add them in hash order).
     present = {p for p, _ in vocab}
@@ -338,22 +345,22 @@ def build_clip_tokenizer():
     """A ``CLIPTokenizer`` (byte-level BPE, ``</w>`` end-of-word suffix).
 
     The vocab holds the 256 byte-level characters with and without ``</w>``
-    (so any text encodes without ``<unk>``), merges trained on :data:`CORPUS`,
-    and ``<|startoftext|>``/``<|endoftext|>`` last, as in OpenAI's vocab.
+    (so any text encodes without ``<unk>``), then the merges learned on
+    :data:`CORPUS`, and ``<|startoftext|>``/``<|endoftext|>`` last, as in
+    OpenAI's vocab.  The merges are learned here rather than with
+    ``tokenizers.trainers.BpeTrainer``, whose tie-breaking between equally
+    frequent pairs follows hash order and so differs from run to run.
     """
-    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
-    from tokenizers.models import BPE
-    from tokenizers.trainers import BpeTrainer
+    from collections import Counter
+
+    from tokenizers import Regex, normalizers, pre_tokenizers
     from transformers import CLIPTokenizer
 
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    alphabet.sort()
-    tok = Tokenizer(BPE(continuing_subword_prefix="", end_of_word_suffix="</w>"))
     # Same normalizer / pre-tokenizer as transformers' CLIPTokenizer.
-    tok.normalizer = normalizers.Sequence(
+    normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
     )
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
+    pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(
                 Regex(
@@ -365,25 +372,39 @@ def build_clip_tokenizer():
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ]
     )
-    trainer = BpeTrainer(
-        vocab_size=CLIP_BPE_VOCAB_SIZE,
-        min_frequency=2,
-        special_tokens=[],
-        initial_alphabet=alphabet,
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus_lines(), trainer=trainer)
-    model = json.loads(tok.to_str())["model"]
-    trained = sorted(model["vocab"].items(), key=lambda kv: kv[1])
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    word_freq: Counter[str] = Counter()
+    for line in _corpus_lines():
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line)):
+            word_freq[word] += 1
+    words = [(list(w[:-1]) + [w[-1] + "</w>"], n) for w, n in sorted(word_freq.items())]
 
-    tokens: list[str] = list(alphabet) + [c + "</w>" for c in alphabet]
+    merges: list[tuple[str, str]] = []
+    while len(merges) < CLIP_BPE_MERGES:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for symbols, n in words:
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best, count = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
+        if count < 2:
+            break
+        merges.append(best)
+        a, b = best
+        for symbols, _ in words:
+            i = 0
+            while i < len(symbols) - 1:
+                if symbols[i] == a and symbols[i + 1] == b:
+                    symbols[i : i + 2] = [a + b]
+                i += 1
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens: list[str] = alphabet + [c + "</w>" for c in alphabet]
     seen = set(tokens)
-    for piece, _ in trained:
-        if piece not in seen:
-            seen.add(piece)
-            tokens.append(piece)
+    for a, b in merges:
+        if a + b not in seen:
+            seen.add(a + b)
+            tokens.append(a + b)
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(tokens)}
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH)
@@ -586,6 +607,7 @@ def build_tiny_clip(dest: Path, seed: int = 0) -> Path:
             do_convert_rgb=True,
         )
         processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+        _orient_clip(model, processor)
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
         image_processor.save_pretrained(tmp)  # standalone preprocessor_config.json
@@ -593,6 +615,35 @@ def build_tiny_clip(dest: Path, seed: int = 0) -> Path:
     return _atomic_build(
         Path(dest), kind="tiny-clip", seed=seed, required="config.json", build=build
     )
+
+
+def _orient_clip(model, processor) -> None:
+    """Make typical CLIP scores of the random model positive.
+
+    With random weights the image and text embeddings each cluster around one
+    direction, so nearly every cosine has the same sign; when it is negative,
+    every CLIP score (``100 * max(cos, 0)``) would be 0.  Flip the sign of the
+    visual projection if the mean image and mean text embeddings of a fixed
+    probe set point apart.  Deterministic, and the model stays a plain
+    ``CLIPModel``.
+    """
+    import torch
+    from PIL import Image
+
+    colors = [(255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255), (0, 0, 0), (128, 128, 128)]
+    images = [Image.new("RGB", (CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE), c) for c in colors]
+    prompts = _corpus_lines()[:16]
+    with torch.no_grad():
+        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        text = processor.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
+        img = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+        txt = model.text_projection(
+            model.text_model(input_ids=text["input_ids"], attention_mask=text["attention_mask"]).pooler_output
+        )
+        img = torch.nn.functional.normalize(img, dim=-1).mean(0)
+        txt = torch.nn.functional.normalize(txt, dim=-1).mean(0)
+        if float(img @ txt) < 0:
+            model.visual_projection.weight.neg_()
 
 
 BUILTINS: dict[str, Callable[..., Path]] = {

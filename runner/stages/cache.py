@@ -59,29 +59,19 @@ def dataset_root(ctx: RunContext, ds: dict[str, Any]) -> Path:
 
 def plan_datasets(ctx: RunContext) -> list[tuple[dict[str, Any], Any]]:
     """Plan every enabled dataset and check sizes, all before any model loads."""
-    from runner.data.buckets import check_dataset_size
     from runner.data.preflight import plan_dataset
 
     spec = ctx.spec_dict
-    training = spec["training"]
-    plans, problems = [], []
+    plans = []
     for ds in enabled_datasets(spec):
         root = dataset_root(ctx, ds)
-        plan = plan_dataset(ds, root, seed=training["seed"], with_digest=True)
-        counts: dict[str, int] = {}
-        for item in plan.items:
-            counts[item.bucket] = counts.get(item.bucket, 0) + 1
-        problem = check_dataset_size(ds["name"], counts, training["batchSize"], training["gradientAccumulationSteps"],
-                                     ctx.world_size)
-        if problem:
-            problems.append(problem)
+        plan = plan_dataset(ds, root, seed=spec["training"]["seed"], with_digest=True)
         if plan.skipped:
             ctx.log(f"dataset {ds['name']}: skipped {len(plan.skipped)} image(s):")
             for rel, reason in plan.skipped:
                 ctx.log(f"  {rel}: {reason}")
         plans.append((ds, plan))
-    if problems:
-        raise DatasetError("\n".join(problems))
+    check_sizes(ctx, plans)
     return plans
 
 
@@ -149,7 +139,7 @@ def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identi
 
 
 def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIdentity, report: CacheReport,
-                  writer: ThreadPoolExecutor) -> dict[tuple[str, str], str]:
+                  writer: ThreadPoolExecutor) -> tuple[dict[tuple[str, str], str], list[tuple[Any, str]]]:
     """Encode missing latents, grouped by bucket so each VAE batch has one shape."""
     import torch
 
@@ -158,7 +148,7 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
     from runner.progress import Progress
 
     keys: dict[tuple[str, str], str] = {}
-    todo = []
+    todo: list[tuple[Path, Any, str]] = []
     for ds, plan in plans:
         vae_dir = ctx.paths.vae_dir(ds)
         for item in plan.items:
@@ -168,7 +158,7 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
                 todo.append((vae_dir, item, key))
     report.latents_total, report.latents_encoded = len(keys), len(todo)
     if not todo:
-        return keys
+        return keys, []
     ctx.log(f"encoding {len(todo)} image(s) with the VAE ({len(keys) - len(todo)} cached)")
     vae = family.load_vae(model_dir, ctx.spec.model.vaeDtype, ctx.device)
     by_bucket: dict[str, list] = {}
@@ -177,30 +167,53 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
     bar = Progress(len(todo), "latents", "image")
     futures = []
 
-    def load(entry):
-        from PIL import Image
-
-        with Image.open(entry[1].info.path) as im:
-            return family.image_to_tensor(apply_crop(im, entry[1].plan))
-
+    failed: list[tuple[str, Any, str]] = []
     with ThreadPoolExecutor(max_workers=4) as loaders:
         for bucket in sorted(by_bucket):
             for batch in chunks(by_bucket[bucket], VAE_ENCODE_BATCH):
-                pixels = torch.stack(list(loaders.map(load, batch)))
+                loaded = list(loaders.map(lambda e: load_pixels(e[1]), batch))
+                good = [(e, px) for e, px in zip(batch, loaded) if not isinstance(px, str)]
+                failed += [(e[0], e[1], px) for e, px in zip(batch, loaded) if isinstance(px, str)]
+                bar.update(len(batch))
+                if not good:
+                    continue
                 # A generator seeded per batch makes the cached sample reproducible run to run.
-                gen = torch.Generator().manual_seed(int(batch[0][2][:8], 16))
-                latents = family.encode_images(vae, pixels, gen)
+                gen = torch.Generator().manual_seed(int(good[0][0][2][:8], 16))
+                latents = family.encode_images(vae, torch.stack([px for _, px in good]), gen)
                 dtype = family.DTYPES[ctx.spec.model.vaeDtype]
-                for (vae_dir, item, key), latent in zip(batch, latents):
+                for ((vae_dir, item, key), _), latent in zip(good, latents):
                     futures.append(writer.submit(write_entry, entry_path(vae_dir, key),
                                                  {"latent": latent.to("cpu", dtype)}, {"source": item.info.rel}))
-                bar.update(len(batch))
     for f in futures:
         f.result()
     bar.close()
     del vae
     _free(ctx.device)
-    return keys
+    report.latents_encoded -= len(failed)
+    report.latents_total -= len(failed)
+    return keys, [(item, reason) for _, item, reason in failed]
+
+
+def load_pixels(item) -> Any:
+    """The cropped image as a tensor, or the reason it cannot be decoded (headers can parse
+    while the pixel data is truncated, so this is where most corrupt files surface)."""
+    from PIL import Image
+
+    from runner.data.transforms import apply_crop
+    from runner.models.pixart_sigma import image_to_tensor
+
+    try:
+        with Image.open(item.info.path) as im:
+            return image_to_tensor(apply_crop(im, item.plan))
+    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for broken files
+        return f"cannot decode ({e})"
+
+
+def verify_images(plans) -> list[tuple[Any, str]]:
+    """Decode every image once (used with vaeCacheDisable, where nothing else would before training)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        items = [item for _, plan in plans for item in plan.items]
+        return [(it, r) for it, r in zip(items, pool.map(load_pixels, items)) if isinstance(r, str)]
 
 
 def crop_plan_dict(plan) -> dict[str, Any]:
@@ -219,6 +232,43 @@ def _free(device: str) -> None:
 
 # ----------------------------------------------------------------------------- stage
 
+def drop_broken(ctx: RunContext, plans, broken, report: CacheReport):
+    """Remove images that failed to decode, report them, and re-check dataset sizes."""
+    if not broken:
+        return plans
+    bad = {id(item): reason for item, reason in broken}
+    out = []
+    for ds, plan in plans:
+        gone = [(it.info.rel, bad[id(it)]) for it in plan.items if id(it) in bad]
+        if gone:
+            ctx.log(f"dataset {ds['name']}: skipped {len(gone)} image(s) that do not decode:")
+            for rel, reason in gone:
+                ctx.log(f"  {rel}: {reason}")
+            report.skipped += [(ds["name"], rel, reason) for rel, reason in gone]
+            plan = dataclasses.replace(plan, items=tuple(it for it in plan.items if id(it) not in bad),
+                                       skipped=tuple(plan.skipped) + tuple(gone))
+        out.append((ds, plan))
+    check_sizes(ctx, out)
+    return out
+
+
+def check_sizes(ctx: RunContext, plans) -> None:
+    from runner.data.buckets import check_dataset_size
+
+    training = ctx.spec_dict["training"]
+    problems = []
+    for ds, plan in plans:
+        counts: dict[str, int] = {}
+        for item in plan.items:
+            counts[item.bucket] = counts.get(item.bucket, 0) + 1
+        problem = check_dataset_size(ds["name"], counts, training["batchSize"], training["gradientAccumulationSteps"],
+                                     ctx.world_size)
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise DatasetError("\n".join(problems))
+
+
 def run_cache(ctx: RunContext) -> CacheReport:
     from runner.models.pixart_sigma import resolve_model_dir
 
@@ -234,8 +284,12 @@ def run_cache(ctx: RunContext) -> CacheReport:
     captions = sorted({item.caption for _, plan in plans for item in plan.items}
                       | set(validation["prompts"]) | {validation["negativePrompt"], ""})
     with ThreadPoolExecutor(max_workers=2) as writer:
+        if spec["vaeCacheDisable"]:
+            latent_keys, broken = {}, verify_images(plans)
+        else:
+            latent_keys, broken = cache_latents(ctx, model_dir, plans, vae_id, report, writer)
+        plans = drop_broken(ctx, plans, broken, report)
         text_keys = cache_text(ctx, model_dir, captions, text_id, report, writer)
-        latent_keys = {} if spec["vaeCacheDisable"] else cache_latents(ctx, model_dir, plans, vae_id, report, writer)
 
     datasets = []
     for ds, plan in plans:

@@ -1,0 +1,1 @@
+"""Kubernetes artefacts derived from the TrainingJob schema (the CRD; see `crd.py`)."""

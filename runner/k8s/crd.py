@@ -1,0 +1,163 @@
+"""Generate the TrainingJob CustomResourceDefinition from schemas/trainingjob.schema.json.
+
+`make crd` (python -m runner.k8s.crd > k8s/crd.yaml) writes it; a unit test fails when the
+committed file drifts from this output. The API server only accepts *structural* OpenAPI v3
+schemas, so the JSON Schema (draft 2020-12) is translated rather than copied:
+
+- `$schema`, `$id`, `title`, `$comment`, `examples` go (not part of the CRD dialect);
+- `$ref` into `$defs` is inlined, `const` becomes a one-value `enum`;
+- `if`/`then`/`else` go: conditional rules are enforced by `trainingjob validate` and the
+  operator (runner/semantics.py), since structural schemas cannot express them;
+- numeric `exclusiveMinimum: N` becomes `minimum: N` + `exclusiveMinimum: true` (OpenAPI v3.0);
+- `additionalProperties: false` goes (the API server prunes unknown fields instead; structural
+  schemas forbid it next to `properties`);
+- `type: [string, integer]` becomes `x-kubernetes-int-or-string: true` (+ anyOf, as
+  controller-gen writes for resource quantities); `null` in a type list becomes `nullable`;
+- root `metadata` is reduced to `{type: object}` (the API server owns its schema).
+
+Anything else unknown raises, so a new schema keyword cannot slip into the CRD untranslated.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+
+from runner import schema as schema_mod
+
+DROP = {"$schema", "$id", "title", "$comment", "examples", "$defs", "definitions", "if", "then", "else"}
+KEEP = {"type", "description", "properties", "items", "required", "enum", "default", "minimum", "maximum",
+        "minLength", "maxLength", "minItems", "maxItems", "pattern", "format", "multipleOf", "uniqueItems",
+        "minProperties", "maxProperties", "nullable", "anyOf", "allOf", "oneOf", "not",
+        "x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string", "x-kubernetes-list-type",
+        "x-kubernetes-list-map-keys", "x-kubernetes-map-type", "x-kubernetes-embedded-resource",
+        "x-kubernetes-validations"}
+SHORT_NAMES = ["tj"]
+CATEGORIES = ["ml"]
+
+PRINTER_COLUMNS = [
+    {"name": "Stage", "type": "string", "jsonPath": ".status.stage",
+     "description": "The stage the job is in, as the operator reports it."},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progress",
+     "description": "Training progress, as the operator reports it."},
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.pretrained", "priority": 1,
+     "description": "The pretrained pipeline being fine-tuned."},
+    {"name": "Accelerator", "type": "string", "jsonPath": ".spec.hardware.accelerator", "priority": 1,
+     "description": "Hardware flavour."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def structural(node: dict[str, Any], defs: dict[str, Any], where: str = "#") -> dict[str, Any]:
+    """Translate one JSON Schema node (and its children) into a structural OpenAPI v3 schema."""
+    if "$ref" in node:
+        ref = node["$ref"]
+        if not ref.startswith("#/$defs/") or ref.split("/")[-1] not in defs:
+            raise ValueError(f"{where}: cannot inline $ref {ref!r}; only local #/$defs/ references are supported")
+        merged = {**defs[ref.split("/")[-1]], **{k: v for k, v in node.items() if k != "$ref"}}
+        return structural(merged, defs, where)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in DROP:
+            continue
+        if key == "const":
+            out["enum"] = [value]
+        elif key == "type" and isinstance(value, list):
+            out.update(_type_list(value, where))
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
+        elif key == "additionalProperties":
+            if isinstance(value, dict) and "properties" not in node:
+                out[key] = structural(value, defs, f"{where}/additionalProperties")
+            elif value is True and "properties" not in node:
+                out["x-kubernetes-preserve-unknown-fields"] = True
+        elif key == "properties":
+            out[key] = {name: structural(sub, defs, f"{where}/properties/{name}") for name, sub in value.items()}
+        elif key == "items":
+            out[key] = structural(value, defs, f"{where}/items")
+        elif key in ("anyOf", "allOf", "oneOf"):
+            out[key] = [structural(sub, defs, f"{where}/{key}/{i}") for i, sub in enumerate(value)]
+        elif key == "not":
+            out[key] = structural(value, defs, f"{where}/not")
+        elif key in KEEP:
+            out[key] = value
+        else:
+            raise ValueError(f"{where}: JSON Schema keyword {key!r} has no CRD translation; add one in {__name__}")
+    return out
+
+
+def _type_list(types: list[str], where: str) -> dict[str, Any]:
+    rest = [t for t in types if t != "null"]
+    extra: dict[str, Any] = {"nullable": True} if "null" in types else {}
+    if sorted(rest) == ["integer", "string"]:
+        return {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}], **extra}
+    if len(rest) == 1:
+        return {"type": rest[0], **extra}
+    raise ValueError(f"{where}: type {types} has no structural equivalent (only string|integer and X|null)")
+
+
+def openapi_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    root = structural(schema, schema.get("$defs", {}))
+    props = root["properties"]
+    # The API server owns metadata's schema and sets apiVersion/kind itself.
+    props["metadata"] = {"type": "object"}
+    for key in ("apiVersion", "kind"):
+        props[key] = {"type": "string", "description": props[key].get("description", "")}
+    root["required"] = ["spec"]
+    status = props.get("status")
+    if status is not None:
+        props["status"] = {**status, "type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return root
+
+
+def build_crd(schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    schema = schema or schema_mod.load_schema()
+    api_versions = schema["properties"]["apiVersion"]["enum"]
+    kind = schema["properties"]["kind"]["enum"][0]
+    group = api_versions[0].split("/", 1)[0]
+    plural, singular = kind.lower() + "s", kind.lower()
+    body = openapi_schema(schema)
+    versions = []
+    for i, api_version in enumerate(api_versions):
+        version_group, version = api_version.split("/", 1)
+        if version_group != group:
+            raise ValueError(f"apiVersion enum mixes groups: {group} and {version_group}")
+        versions.append({
+            "name": version,
+            "served": True,
+            "storage": i == len(api_versions) - 1,  # the newest version is stored
+            "schema": {"openAPIV3Schema": body},
+            "subresources": {"status": {}},
+            "additionalPrinterColumns": PRINTER_COLUMNS,
+        })
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}", "labels": {"app.kubernetes.io/part-of": "trainingjob-runner"}},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": singular,
+                      "shortNames": SHORT_NAMES, "categories": CATEGORIES},
+            "versions": versions,
+        },
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """No anchors/aliases: every version repeats its schema in full, as kubectl shows it."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def render(schema: dict[str, Any] | None = None) -> str:
+    header = ("# Generated by `make crd` (python -m runner.k8s.crd) from schemas/trainingjob.schema.json.\n"
+              "# Do not edit: change the schema and regenerate; a unit test fails when this file drifts.\n")
+    return header + yaml.dump(build_crd(schema), Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

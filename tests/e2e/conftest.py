@@ -1,0 +1,64 @@
+"""End-to-end fixtures: the CLI in a subprocess on the smoke spec, with the tiny model built once."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "examples" / "smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from runner.models.tiny import build_tiny_pixart_sigma
+
+    return build_tiny_pixart_sigma(tmp_path_factory.mktemp("models") / "tiny-pixart-sigma")
+
+
+@pytest.fixture(scope="session")
+def sample_photos(tmp_path_factory) -> Path:
+    from runner.data.samples import materialize_samples
+
+    return materialize_samples(tmp_path_factory.mktemp("photos") / "samples")
+
+
+class Runner:
+    """Runs `python -m runner run` on the smoke spec with per-test cache and output dirs."""
+
+    def __init__(self, tmp: Path, model: Path):
+        self.tmp, self.model = tmp, model
+        self.cache = tmp / "cache"
+        self.out = tmp / "out"
+
+    def args(self, *sets: str, spec: Path = SMOKE, stage: str = "all") -> list[str]:
+        base = [f"spec.cacheDir={self.cache}", f"spec.output.dir={self.out}", f"spec.model.pretrained={self.model}"]
+        cmd = [sys.executable, "-m", "runner", "run", str(spec), "--stage", stage]
+        for s in base + list(sets):
+            cmd += ["--set", s]
+        return cmd
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+
+    def run(self, *sets: str, stage: str = "all", timeout: int = 300, spec: Path = SMOKE) -> subprocess.CompletedProcess:
+        return subprocess.run(self.args(*sets, spec=spec, stage=stage), cwd=REPO, env=self.env(), capture_output=True,
+                              text=True, timeout=timeout)
+
+    def cache_report(self) -> dict:
+        return json.loads((self.cache / "manifest.json").read_text())["report"]
+
+
+@pytest.fixture
+def runner(tmp_path, tiny_model) -> Runner:
+    return Runner(tmp_path, tiny_model)
+
+
+def assert_clean(proc: subprocess.CompletedProcess, code: int = 0) -> None:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == code, out[-4000:]
+    assert "Traceback" not in out, out[-4000:]

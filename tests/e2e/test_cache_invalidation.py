@@ -1,0 +1,41 @@
+"""Cache keys in action: reruns reuse, changed parameters re-encode only what they affect."""
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import assert_clean
+
+pytestmark = pytest.mark.e2e
+
+
+def test_rerun_reencodes_nothing_and_changes_reencode_only_what_they_affect(runner):
+    assert_clean(runner.run(stage="cache"))
+    first = runner.cache_report()
+    assert first["text_encoded"] == first["text_total"] > 0
+    assert first["latents_encoded"] == first["latents_total"] >= 12
+
+    assert_clean(runner.run(stage="cache"))
+    again = runner.cache_report()
+    assert again["text_encoded"] == 0 and again["latents_encoded"] == 0
+
+    # A new resolution changes every crop plan: all latents re-encode, no text embed does.
+    assert_clean(runner.run("spec.datasets.0.resolution=64", stage="cache"))
+    res = runner.cache_report()
+    assert res["latents_encoded"] == res["latents_total"] and res["text_encoded"] == 0
+
+    # A new T5 max length changes every text embedding and no latent.
+    assert_clean(runner.run("spec.model.textEncoderMaxLength=16", stage="cache"))
+    tok = runner.cache_report()
+    assert tok["text_encoded"] == tok["text_total"] and tok["latents_encoded"] == 0
+
+    # Back to the original settings: everything is still there.
+    assert_clean(runner.run(stage="cache"))
+    back = runner.cache_report()
+    assert back["text_encoded"] == 0 and back["latents_encoded"] == 0
+
+
+def test_train_stage_refuses_a_cache_built_for_other_settings(runner):
+    assert_clean(runner.run(stage="cache"))
+    proc = runner.run("spec.datasets.0.resolution=64", stage="train")
+    assert_clean(proc, code=2)
+    assert "run the cache stage again" in proc.stderr

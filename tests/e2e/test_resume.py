@@ -1,0 +1,44 @@
+"""SIGKILL after the first checkpoint, rerun: resume from it and finish at the final step."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.e2e.conftest import REPO, assert_clean
+
+pytestmark = pytest.mark.e2e
+
+
+def test_sigkill_then_rerun_resumes_from_the_last_complete_checkpoint(runner):
+    sets = ("spec.training.maxSteps=24", "spec.training.checkpointEvery=4", "spec.training.checkpointsTotalLimit=10",
+            "spec.validation.prompts=[]")
+    assert_clean(runner.run(*sets, stage="cache"))
+    proc = subprocess.Popen(runner.args(*sets, stage="train"), cwd=REPO, env=runner.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = runner.out / "checkpoints" / "step-4" / "trainer_state.json"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), "the first checkpoint was never written"
+    assert proc.returncode == -signal.SIGKILL
+
+    # A half-written checkpoint from the kill must never be loaded: fake one that is newer.
+    torn = runner.out / "checkpoints" / "step-100"
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes(b"torn")
+
+    again = runner.run(*sets, stage="train")
+    assert_clean(again)
+    resumed = int(re.search(r"resuming from step (\d+)", again.stdout).group(1))
+    assert resumed >= 4 and resumed % 4 == 0
+    assert "ignoring checkpoint" in again.stdout and "step-100" in again.stdout
+    final = json.loads((runner.out / "checkpoints" / "step-24" / "trainer_state.json").read_text())
+    assert final["state"]["step"] == 24
+    assert re.search(r"done in .*: 24 steps", again.stdout)

@@ -1,0 +1,62 @@
+"""The embedded default end to end: cache, train, checkpoints, validation, exported pipeline."""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+from safetensors.torch import load_file
+
+from runner.cachekeys import entry_path
+from tests.e2e.conftest import assert_clean
+
+pytestmark = pytest.mark.e2e
+
+
+def test_smoke_job_caches_trains_validates_and_exports(runner):
+    proc = runner.run()
+    assert_clean(proc)
+    out = proc.stdout
+
+    # Cache: every manifest entry exists and loads, with the shapes the model needs.
+    manifest = json.loads((runner.cache / "manifest.json").read_text())
+    items = json.loads((runner.cache / "vae" / "photos" / "manifest.json").read_text())["items"]
+    assert len(items) >= 12
+    for it in items:
+        latent = load_file(str(entry_path(runner.cache / "vae" / "photos", it["latent_key"])))["latent"]
+        w, h = map(int, it["bucket"].split("x"))
+        assert tuple(latent.shape) == (4, h // 8, w // 8)
+        embed = load_file(str(entry_path(runner.cache / "text", it["text_key"])))["prompt_embeds"]
+        assert embed.ndim == 2 and 1 <= embed.shape[0] <= 32
+    assert len({it["bucket"] for it in items}) >= 2, "the smoke data should exercise several aspect buckets"
+    assert manifest["validation"]["prompts"]
+
+    # Training: finite loss, checkpoints (every 8 steps + final; the newest 2 kept), sealed.
+    loss = float(re.search(r"final loss (\S+)", out).group(1))
+    assert math.isfinite(loss)
+    ckpts = sorted(p.name for p in (runner.out / "checkpoints").iterdir())
+    assert ckpts == ["step-16", "step-20"]
+    state = json.loads((runner.out / "checkpoints" / "step-20" / "trainer_state.json").read_text())
+    assert state["state"]["step"] == 20 and state["files"]
+
+    # Validation: each prompt at each resolution, at the interval and at the end.
+    for step in (10, 20):
+        pngs = sorted(p.name for p in (runner.out / "validation" / f"step-{step}").glob("*.png"))
+        assert pngs == ["p0-128x128.png", "p0-192x128.png", "p1-128x128.png", "p1-192x128.png"]
+    from PIL import Image
+
+    assert Image.open(runner.out / "validation" / "step-20" / "p0-192x128.png").size == (192, 128)
+    assert (runner.out / "logs").is_dir() and list((runner.out / "logs").rglob("events.out.tfevents*"))
+
+    # The exported model is a complete diffusers pipeline that generates.
+    import torch
+    from diffusers import PixArtSigmaPipeline
+
+    pipe = PixArtSigmaPipeline.from_pretrained(runner.out / "model")
+    trained = load_file(str(runner.out / "model" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    base = load_file(str(runner.model / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(trained[k], base[k]) for k in base), "the exported transformer was not trained"
+    image = pipe("a cat", num_inference_steps=2, height=128, width=128, use_resolution_binning=False,
+                 clean_caption=False, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (128, 128)

@@ -1,0 +1,204 @@
+"""runner.data.preflight: plan_dataset and dataset_problems over real files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from runner.data import DatasetError
+from runner.data.discovery import file_digest
+from runner.data.preflight import DatasetPlan, dataset_problems, plan_dataset, seed_key_for
+
+
+def img(path: Path, size=(256, 256), caption: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (10, 200, 90)).save(path)
+    if caption is not None:
+        path.with_suffix(".txt").write_text(caption)
+    return path
+
+
+def spec(datasets, batch=1, accum=1, gpus=1, nodes=1, seed=42):
+    return {"datasets": datasets,
+            "training": {"batchSize": batch, "gradientAccumulationSteps": accum, "seed": seed},
+            "hardware": {"gpusPerNode": gpus, "nodes": nodes}}
+
+
+def ds(path, **kw):
+    base = {"name": "photos", "type": "local", "path": str(path), "crop": True, "cropAspect": "preserve",
+            "cropStyle": "random", "resolution": 128, "resolutionType": "pixel", "captionStrategy": "filename",
+            "disabled": False}
+    return base | kw
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    root = tmp_path / "data"
+    for i in range(4):
+        img(root / f"square_{i}.png", (256, 256), caption=f"square {i}")
+    for i in range(3):
+        img(root / "wide" / f"wide ({i}).jpg", (384, 256))           # 192x128, no captions
+    img(root / "tiny.png", (40, 40), caption="tiny")
+    (root / "broken.png").write_bytes(b"not an image")
+    return root
+
+
+def test_plan_dataset_items_captions_buckets(mixed):
+    plan = plan_dataset(ds(mixed, minimumImageSize=64), mixed, seed=1)
+    assert isinstance(plan, DatasetPlan) and plan.name == "photos" and plan.root == mixed
+    assert plan.bucket_counts() == {"128x128": 4, "192x128": 3}
+    by_rel = {it.info.rel: it for it in plan.items}
+    assert by_rel["wide/wide (1).jpg"].caption == "wide"
+    assert by_rel["square_2.png"].caption == "square"
+    assert all(it.digest is None for it in plan.items)
+    assert all(it.bucket == f"{it.plan.target_size[0]}x{it.plan.target_size[1]}" for it in plan.items)
+    reasons = dict(plan.skipped)
+    assert set(reasons) == {"tiny.png", "broken.png"}
+    assert "smaller than minimumImageSize 64" in reasons["tiny.png"]
+    assert "2 skipped" in plan.skipped_summary()
+    indices = plan.bucket_to_indices()
+    assert {k: len(v) for k, v in indices.items()} == plan.bucket_counts()
+    assert all(plan.items[i].bucket == k for k, idx in indices.items() for i in idx)
+
+
+def test_plan_dataset_textfile_skips_uncaptioned(mixed):
+    plan = plan_dataset(ds(mixed, captionStrategy="textfile"), mixed, seed=1)
+    assert sorted(it.info.rel for it in plan.items) == ["square_0.png", "square_1.png", "square_2.png",
+                                                        "square_3.png", "tiny.png"]
+    assert [it.caption for it in plan.items if it.info.rel == "square_3.png"] == ["square 3"]
+    reasons = dict(plan.skipped)
+    assert reasons["wide/wide (0).jpg"].startswith("no caption file; captionStrategy textfile expects wide/wide (0).txt")
+    assert "3 without a caption .txt" in plan.skipped_summary()
+
+
+def test_plan_dataset_with_digest_changes_only_the_seed(mixed):
+    a = plan_dataset(ds(mixed), mixed, seed=5)
+    b = plan_dataset(ds(mixed), mixed, seed=5, with_digest=True)
+    assert [it.bucket for it in a.items] == [it.bucket for it in b.items]
+    for it in b.items:
+        assert it.digest == file_digest(it.info.path)
+    # random crop seeded from content: identical files (same colour, same size) crop identically
+    wide = [it.plan.crop_box for it in b.items if it.info.rel.startswith("wide/")]
+    assert len(set(wide)) == 1
+    assert seed_key_for(b.items[0].info, 5, b.items[0].digest) == f"{b.items[0].digest}:5"
+    info = a.items[0].info
+    assert seed_key_for(info, 5) == f"{info.rel}:{info.size_bytes}:{info.mtime_ns}:5"
+
+
+def test_plan_dataset_is_reproducible(mixed):
+    ds_ = ds(mixed, cropAspect="square")
+    for _ in range(2):
+        img(mixed / "big.png", (900, 300))
+        os.utime(mixed / "big.png", ns=(1, 1))  # same mtime each time: same seed key
+        first = {it.info.rel: it.plan for it in plan_dataset(ds_, mixed, seed=3).items}
+        assert first == {it.info.rel: it.plan for it in plan_dataset(ds_, mixed, seed=3).items}
+    assert first["big.png"].crop_box[1] == 0
+
+
+def test_plan_dataset_works_on_undefaulted_entry(mixed):
+    plan = plan_dataset({"name": "x"}, mixed, seed=0)  # schema defaults: area 1.0, crop false -> preserve
+    assert plan.bucket_counts() == {"1024x1024": 5, "1280x832": 3}
+
+
+def test_plan_dataset_missing_root(tmp_path):
+    with pytest.raises(DatasetError, match="no such directory"):
+        plan_dataset(ds(tmp_path / "nope"), tmp_path / "nope", seed=0)
+
+
+# ----------------------------------------------------------------------------- dataset_problems
+
+PROBLEM_CASES = [
+    # id, dataset overrides, spec kwargs, expected fragments (None = no problem)
+    ("fits", {}, dict(batch=2, accum=2), None),
+    ("needs-more", {}, dict(batch=2, accum=2, gpus=2),
+     ["spec.datasets[0]: dataset 'photos' has 5 usable image(s) but one optimizer step needs 8",
+      "(batchSize 2 x gradientAccumulationSteps 2 x 2 GPUs)", "128x128: 5, 192x128: 3", "dropped (3 of 8",
+      "1 skipped: 1 unreadable under"]),
+    ("world-size-is-gpus-times-nodes", {}, dict(batch=1, accum=2, gpus=2, nodes=2),
+     ["needs 8", "x 4 GPUs"]),
+    ("textfile-uncaptioned-unusable", {"captionStrategy": "textfile", "minimumImageSize": 64}, dict(batch=4),
+     ["has 0 usable", "needs 4", "128x128: 3;", "dropped (3 of 3",
+      "6 skipped: 4 without a caption .txt, 1 smaller than minimumImageSize, 1 unreadable"]),
+    ("square-merges-buckets", {"cropAspect": "square", "minimumImageSize": 64}, dict(batch=7), None),
+    ("minimum-too-high", {"minimumImageSize": 10000}, dict(),
+     ["spec.datasets[0]: dataset 'photos' has no usable images", "smaller than minimumImageSize"]),
+]
+
+
+@pytest.mark.parametrize("case,over,kw,expected", PROBLEM_CASES, ids=[c[0] for c in PROBLEM_CASES])
+def test_dataset_problems_table(mixed, case, over, kw, expected):
+    if case == "textfile-uncaptioned-unusable":
+        (mixed / "square_0.txt").unlink()  # 3 captioned squares + tiny(filtered) -> 3 usable
+    problems = dataset_problems(spec([ds(mixed, **over)], **kw))
+    if expected is None:
+        assert problems == []
+        return
+    assert len(problems) == 1, problems
+    for fragment in expected:
+        assert fragment in problems[0], (fragment, problems[0])
+
+
+def test_missing_dir_disabled_and_other_types_are_not_checked(tmp_path, mixed):
+    problems = dataset_problems(spec([
+        ds(tmp_path / "only-in-the-pod"),
+        ds(mixed, disabled=True, minimumImageSize=10000),
+        {"name": "hub", "type": "huggingface", "repo": "a/b", "disabled": False},
+        {"name": "s", "type": "samples", "disabled": False},
+    ], batch=1000))
+    assert problems == []
+
+
+def test_path_that_is_a_file(tmp_path):
+    f = tmp_path / "images.zip"
+    f.write_bytes(b"PK")
+    assert dataset_problems(spec([ds(tmp_path / "ok"), ds(f)])) == [
+        f"spec.datasets[1].path: {f} is a file, not a directory of images"]
+
+
+def test_empty_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.md").write_text("no images")
+    problems = dataset_problems(spec([ds(tmp_path / "empty")]))
+    assert problems == [f"spec.datasets[0]: no images (.jpg, .jpeg, .png, .webp) found under {tmp_path / 'empty'}"]
+
+
+def test_indexes_follow_spec_positions(tmp_path, mixed):
+    problems = dataset_problems(spec([ds(mixed), ds(mixed, name="second", minimumImageSize=10000)], batch=2))
+    assert [p.split(":")[0] for p in problems] == ["spec.datasets[1]"]
+
+
+def test_with_a_loaded_spec(tmp_path, mixed):
+    """The defaulted dict from runner.spec works as input."""
+    from runner.spec import job_from_document
+
+    doc = {"apiVersion": "diffusion.runner.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "t"},
+           "spec": {"datasets": [{"name": "photos", "path": str(mixed), "crop": True, "cropAspect": "square",
+                                  "resolution": 128, "resolutionType": "pixel"}],
+                    "training": {"maxSteps": 1, "batchSize": 3, "gradientAccumulationSteps": 3},
+                    "hardware": {"accelerator": "cpu"}}}
+    full = job_from_document(doc).spec.to_dict()
+    assert dataset_problems(full) == [
+        "spec.datasets[0]: dataset 'photos' has 8 usable image(s) but one optimizer step needs 9 "
+        "(batchSize 3 x gradientAccumulationSteps 3 x 1 GPU); images per bucket: 128x128: 8. "
+        "Fix: add images, lower spec.training.batchSize or spec.training.gradientAccumulationSteps, "
+        "use cropAspect: square (with crop: true) so all images share one bucket, or lower minimumImageSize "
+        f"(1 skipped: 1 unreadable under {mixed})"]
+    # the whole document (what `trainingjob validate` passes) works the same
+    assert dataset_problems(job_from_document(doc).document.to_dict()) == dataset_problems(full)
+    doc["spec"]["training"]["gradientAccumulationSteps"] = 2
+    assert dataset_problems(job_from_document(doc).spec.to_dict()) == []
+
+
+def test_data_layer_imports_neither_torch_nor_hub_eagerly():
+    import subprocess
+    import sys
+
+    code = ("import sys, runner.data.discovery, runner.data.captions, runner.data.transforms, runner.data.buckets, "
+            "runner.data.preflight, runner.data.samples, runner.data.hub; "
+            "print(sorted(m for m in ('torch', 'huggingface_hub', 'skimage', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
