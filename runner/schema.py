@@ -41,7 +41,9 @@ def apply_defaults(doc: Any, schema: dict[str, Any] | None = None) -> Any:
                 out[key] = apply_defaults(out[key], sub)
             elif "default" in sub:
                 out[key] = json.loads(json.dumps(sub["default"]))
-            elif sub.get("type") == "object" and "properties" in sub:
+            elif sub.get("type") == "object" and "properties" in sub and not sub.get("required"):
+                # An absent object with required fields stays absent: creating it from
+                # defaults alone would make a valid spec invalid.
                 filled = apply_defaults({}, sub)
                 if filled:
                     out[key] = filled

@@ -115,6 +115,21 @@ def _check_node_tree(node: yaml.Node) -> str | None:
     return None
 
 
+def _check_events(text: str) -> str | None:
+    """Refuse deep nesting from the flat event stream, before the (recursive, and slow to fail)
+    composer sees it: `[[[[...` 20,000 deep would otherwise cost seconds of stack unwinding."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_StrictLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                m = event.start_mark
+                return f"line {m.line + 1}, column {m.column + 1}: nesting deeper than {MAX_DEPTH} levels"
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+    return None
+
+
 def _decode(data: bytes, source: str) -> str:
     if len(data) > MAX_SPEC_BYTES:
         raise SpecError([f"{source}: file is {len(data)} bytes; specs are limited to {MAX_SPEC_BYTES} bytes (1 MiB)"])
@@ -131,6 +146,9 @@ def load_yaml(text: str, source: str = "<spec>") -> Any:
     if len(text) > MAX_SPEC_BYTES:
         raise SpecError([f"{source}: larger than 1 MiB; specs are limited to {MAX_SPEC_BYTES} bytes"])
     try:
+        problem = _check_events(text)
+        if problem:
+            raise SpecError([f"{source}: {problem}"])
         nodes = [n for n in yaml.compose_all(text, Loader=_StrictLoader) if n is not None]
         if len(nodes) > 1:
             raise SpecError([f"{source}: holds {len(nodes)} YAML documents; put one TrainingJob per file"])

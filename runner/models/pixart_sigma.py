@@ -61,7 +61,7 @@ def load_text_encoder(model_dir: Path, dtype: str, device: torch.device):
     from transformers import AutoTokenizer, T5EncoderModel
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
-    encoder = T5EncoderModel.from_pretrained(model_dir, subfolder="text_encoder", torch_dtype=DTYPES[dtype])
+    encoder = T5EncoderModel.from_pretrained(model_dir, subfolder="text_encoder", dtype=DTYPES[dtype])
     return tokenizer, encoder.to(device).eval().requires_grad_(False)
 
 
@@ -96,7 +96,7 @@ def pad_embeddings(embeds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.
 def load_vae(model_dir: Path, dtype: str, device: torch.device):
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=DTYPES[dtype])
+    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", dtype=DTYPES[dtype])
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -122,7 +122,7 @@ def encode_images(vae, pixels: torch.Tensor, generator: torch.Generator | None =
 def load_transformer(model_dir: Path, *, bit_fit: bool, gradient_checkpointing: bool):
     from diffusers import PixArtTransformer2DModel
 
-    model = PixArtTransformer2DModel.from_pretrained(model_dir, subfolder="transformer", torch_dtype=torch.float32)
+    model = PixArtTransformer2DModel.from_pretrained(model_dir, subfolder="transformer", dtype=torch.float32)
     if gradient_checkpointing:
         model.enable_gradient_checkpointing()
     if bit_fit:
@@ -181,8 +181,10 @@ def validation_pipeline(model_dir: Path, transformer, vae, dtype: torch.dtype):
     """A PixArtSigmaPipeline around the live transformer, without T5: validation prompts are
     encoded once in the cache stage, so the 4.7B-parameter text encoder never loads while training."""
     from diffusers import PixArtSigmaPipeline
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.disable_progress_bar()
     pipe = PixArtSigmaPipeline.from_pretrained(model_dir, transformer=transformer, vae=vae, text_encoder=None,
-                                               tokenizer=None, torch_dtype=dtype)
+                                               tokenizer=None, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -328,7 +328,7 @@ def build_t5_tokenizer():
     # lowest score, 1e-4 apart in hash order: give them one common score.
     pieces = [(p, round(s, 4)) for p, s in trained[3:]]
     lowest = min(s for _, s in pieces)
-    floor = round(lowest, 2) - 0.01
+    floor = round(round(lowest, 2) - 0.01, 2)
     pieces = [(p, floor if len(p) == 1 and s < lowest + 0.01 else s) for p, s in pieces]
     vocab = [(p, 0.0) for p in specials] + sorted(pieces, key=lambda ps: (-ps[1], ps[0]))
     # Make every printable ASCII character a piece (characters missing from the

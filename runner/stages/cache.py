@@ -254,6 +254,7 @@ def drop_broken(ctx: RunContext, plans, broken, report: CacheReport):
 
 def check_sizes(ctx: RunContext, plans) -> None:
     from runner.data.buckets import check_dataset_size
+    from runner.semantics import world_size
 
     training = ctx.spec_dict["training"]
     problems = []
@@ -261,8 +262,9 @@ def check_sizes(ctx: RunContext, plans) -> None:
         counts: dict[str, int] = {}
         for item in plan.items:
             counts[item.bucket] = counts.get(item.bucket, 0) + 1
+        # The spec's world size, not this process's: the cache runs once for all trainers.
         problem = check_dataset_size(ds["name"], counts, training["batchSize"], training["gradientAccumulationSteps"],
-                                     ctx.world_size)
+                                     world_size(ctx.spec_dict))
         if problem:
             problems.append(problem)
     if problems:

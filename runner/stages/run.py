@@ -35,23 +35,52 @@ def in_worker() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+def worker_env(base: dict[str, str], *, local_rank: int, gpus: int, nodes: int, node_rank: int) -> dict[str, str]:
+    """The torch.distributed env:// variables for one local worker (pure)."""
+    return {**base, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": base.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // gpus))),
+            "MASTER_ADDR": base.get("MASTER_ADDR", "127.0.0.1"), "MASTER_PORT": base.get("MASTER_PORT", "29500"),
+            "WORLD_SIZE": str(gpus * nodes), "RANK": str(node_rank * gpus + local_rank),
+            "LOCAL_RANK": str(local_rank), "LOCAL_WORLD_SIZE": str(gpus), "NODE_RANK": str(node_rank),
+            "GROUP_RANK": str(node_rank)}
+
+
 def launch_workers(job: TrainingJob, gpus: int) -> int:
-    """Start one train process per GPU with torch.distributed.run; forward SIGTERM to them."""
+    """One train process per GPU of this node. On Kubernetes each pod of the Indexed Job is a
+    node: its rank comes from JOB_COMPLETION_INDEX, the master from MASTER_ADDR (pod 0's
+    headless-Service hostname). The first worker to fail stops the others; SIGTERM is passed on
+    so every worker checkpoints before exiting."""
     spec = job.spec.to_dict()
     effective = Path(spec["output"]["dir"]) / "trainingjob.effective.yaml"
     effective.parent.mkdir(parents=True, exist_ok=True)
     effective.write_text(yaml.safe_dump(job.document.to_dict(), sort_keys=False))
-    env = os.environ
-    node_rank = env.get("NODE_RANK", env.get("JOB_COMPLETION_INDEX", "0"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}",
-           f"--nnodes={spec['hardware']['nodes']}", f"--node-rank={node_rank}",
-           f"--master-addr={env.get('MASTER_ADDR', '127.0.0.1')}", f"--master-port={env.get('MASTER_PORT', '29500')}",
-           "-m", "runner", "run", str(effective), "--stage", "train"]
-    print(f"[{job.name}] launching {gpus} training processes: {' '.join(cmd[2:])}", flush=True)
-    child = subprocess.Popen(cmd, env={**env, "PYTHONUNBUFFERED": "1"})
-    previous = signal.signal(signal.SIGTERM, lambda s, f: child.send_signal(signal.SIGTERM))
+    node_rank = int(os.environ.get("NODE_RANK", os.environ.get("JOB_COMPLETION_INDEX", "0")))
+    cmd = [sys.executable, "-m", "runner", "run", str(effective), "--stage", "train"]
+    print(f"[{job.name}] launching {gpus} training processes on node {node_rank}", flush=True)
+    workers = [subprocess.Popen(cmd, env=worker_env(dict(os.environ), local_rank=r, gpus=gpus,
+                                                    nodes=spec["hardware"]["nodes"], node_rank=node_rank))
+               for r in range(gpus)]
+
+    def forward(signum, _frame):
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
-        return child.wait()
+        while True:
+            codes = [w.poll() for w in workers]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                forward(signal.SIGTERM, None)
+                for w in workers:
+                    try:
+                        w.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        w.kill()
+                return failed[0] if failed[0] > 0 else 128 - failed[0]
+            if all(c == 0 for c in codes):
+                return EXIT_OK
+            time.sleep(0.2)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

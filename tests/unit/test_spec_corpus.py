@@ -5,12 +5,27 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import pytest
 import yaml
 
-from tests.unit.conftest import MINIMAL_SPEC, REPO
+REPO = Path(__file__).resolve().parents[2]
+# The corpus base: the smallest valid TrainingJob (its dataset path never exists, so no data
+# checks run). Each case breaks it in one way.
+MINIMAL_SPEC = """\
+apiVersion: diffusion.runner.dev/v1alpha1
+kind: TrainingJob
+metadata:
+  name: corpus
+spec:
+  datasets:
+    - name: photos
+      path: /nonexistent-trainingjob-corpus/photos
+  training:
+    maxSteps: 10
+"""
 
 
 @dataclass(frozen=True)
@@ -56,7 +71,7 @@ CASES = [
     raw("only-comments", "# nothing here\n---\n", "the file is empty"),
     raw("binary-nul", bytes(range(256)) * 4, "not a text file"),
     raw("not-utf8", b"apiVersion: \xff\xfe\xfa\n", "not UTF-8"),
-    raw("control-char", "apiVersion: a\x01b\n", "line 1, column 13: character U+0001"),
+    raw("control-char", "apiVersion: a\x01b\n", "line 1, column 14: character U+0001"),
     raw("list", "- a\n- b\n", "got a list"),
     raw("scalar-number", "42\n", "got a number"),
     raw("scalar-string", "hello world\n", "got a string"),
@@ -117,7 +132,7 @@ CASES = [
     mutate("batch-fraction", lambda d: d["spec"]["training"].update(batchSize=1.5), "spec.training.batchSize: 1.5 is a number, expected integer"),
     mutate("lr-zero", lambda d: d["spec"]["training"].update(learningRate=0), "spec.training.learningRate: 0 is not greater than 0"),
     mutate("lr-too-big", lambda d: d["spec"]["training"].update(learningRate=2), "spec.training.learningRate: 2 is greater than the maximum of 1"),
-    raw("lr-nan", MINIMAL_SPEC + "    learningRate: .nan\n", "spec.training.learningRate: NaN"),
+    raw("lr-nan", MINIMAL_SPEC + "    learningRate: .nan\n", "spec.training.learningRate: nan is not a finite number"),
     raw("resolution-inf", MINIMAL_SPEC.replace("      path:", "      resolution: .inf\n      path:"),
         "spec.datasets[0].resolution: inf is not a finite number"),
     mutate("optimizer-typo", lambda d: d["spec"]["training"].update(optimizer="adam"), "did you mean 'adamw'?"),

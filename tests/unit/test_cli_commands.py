@@ -1,0 +1,153 @@
+"""`schema`, `explain`, exit codes, and the promise that the light commands never import torch."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runner import schema as schema_mod
+from runner.explain import ExplainError, explain, resolve
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_schema_prints_the_json_schema(cli):
+    result = cli("schema")
+    assert result.code == 0
+    assert json.loads(result.out) == schema_mod.load_schema()
+
+
+def test_schema_as_yaml(cli):
+    result = cli("schema", "--format", "yaml")
+    assert result.code == 0
+    assert yaml.safe_load(result.out) == schema_mod.load_schema()
+
+
+def test_explain_an_object_lists_children_like_kubectl(cli):
+    result = cli("explain", "spec.training")
+    assert result.code == 0
+    out = result.out
+    assert "KIND:       TrainingJob" in out and "VERSION:    diffusion.runner.dev/v1alpha1" in out
+    assert "FIELD:      spec.training" in out and "TYPE:       <Object>" in out
+    assert "DESCRIPTION:\n    The optimisation loop." in out
+    assert "FIELDS:\n  batchSize\t<integer>\n    Images per device per micro-batch (train_batch_size). Default: 1." in out
+    assert "One of: adamw, adafactor, sgd. Default: adamw." in out
+
+
+def test_explain_a_leaf_shows_default_enum_and_limits(cli):
+    out = cli("explain", "spec.datasets[0].cropAspect").out
+    assert "TYPE:       <string>" in out and "DEFAULT:    square" in out
+    assert "ENUM:       square, preserve, closest" in out
+    assert "ALLOWED:    >= 1" in cli("explain", "spec.training.batchSize").out
+
+
+def test_explain_lists_required_children_and_array_types():
+    out = explain("spec")
+    assert "  datasets\t<[]Object> -required-" in out
+    assert "TYPE:       <map[string]IntOrString>" in explain("spec.kubernetes.resources.limits")
+    assert "-required-" in explain("trainingjob.metadata.name")
+
+
+def test_explain_recursive_shows_the_tree(cli):
+    out = cli("explain", "spec.kubernetes", "--recursive").out
+    assert "  volumes\t<Object>\n    data\t<Object>\n      claimName\t<string> -required-" in out
+
+
+def test_explain_the_whole_job(cli):
+    out = cli("explain").out
+    assert "FIELD:      <TrainingJob>" in out and "  spec\t<Object> -required-" in out
+
+
+@pytest.mark.parametrize("path, hint", [
+    ("spec.trainng", "did you mean 'training'?"),
+    ("spec.training.batchsize", "did you mean 'batchSize'?"),
+    ("spec.training.batchSize.x", "spec.training.batchSize has no fields"),
+    ("spex", "did you mean 'spec'?"),
+])
+def test_explain_unknown_field_exits_2_with_a_hint(cli, path, hint):
+    result = cli("explain", path)
+    assert result.code == 2
+    assert hint in result.err and result.out == ""
+
+
+def test_every_schema_field_has_a_description():
+    missing = []
+
+    def walk(node, path):
+        for name, child in node.get("properties", {}).items():
+            if not child.get("description"):
+                missing.append(f"{path}.{name}")
+            walk(child, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], path)
+
+    walk(schema_mod.load_schema(), "")
+    assert missing == []
+
+
+def test_every_schema_field_is_explainable():
+    def walk(node, parts):
+        for name, child in node.get("properties", {}).items():
+            assert resolve(parts + [name]) is child
+            walk(child.get("items", child) if child.get("type") == "array" else child, parts + [name])
+
+    walk(schema_mod.load_schema(), [])
+    with pytest.raises(ExplainError):
+        resolve(["nope"])
+
+
+def test_usage_errors_exit_2(cli):
+    assert cli("validate").code == 2
+    assert cli("frobnicate").code == 2
+
+
+def test_unexpected_exceptions_are_internal_errors_with_exit_1(cli, monkeypatch, tmp_path):
+    import runner.cli
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(runner.cli, "load_spec", boom)
+    monkeypatch.delenv("TRAININGJOB_DEBUG", raising=False)
+    result = cli("validate", tmp_path / "x.yaml")
+    assert result.code == 1
+    assert "internal error: RuntimeError: kaboom" in result.err
+    assert "report it" in result.err and "Traceback" not in result.err
+
+
+# Runs every light command in one process, then reports which heavy modules got imported.
+LIGHT_COMMANDS = textwrap.dedent("""
+    import contextlib, io, json, sys
+    from runner.cli import main
+    codes = []
+    for argv in json.loads(sys.argv[1]):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            codes.append(main(argv))
+    heavy = sorted(m for m in ("torch", "diffusers", "transformers", "accelerate") if m in sys.modules)
+    print(json.dumps({"codes": codes, "heavy": heavy}))
+""")
+
+
+def test_light_commands_never_import_torch(tmp_path):
+    config, backends = tmp_path / "config.json", tmp_path / "multidatabackend.json"
+    config.write_text(json.dumps({"model_type": "full", "model_family": "pixart_sigma"}))
+    backends.write_text(json.dumps([{"id": "a", "type": "local", "instance_data_dir": "/nonexistent"}]))
+    commands = [
+        ["validate", "examples/smoke.yaml", "examples/pixart-sigma-1024.yaml"],
+        ["explain", "spec.training", "--recursive"],
+        ["schema"],
+        ["schema", "--format", "yaml"],
+        ["init", "--yes", "--output", str(tmp_path / "init.yaml")],
+        ["import-simpletuner", str(config), str(backends), "--output", str(tmp_path / "st.yaml")],
+    ]
+    proc = subprocess.run([sys.executable, "-c", LIGHT_COMMANDS, json.dumps(commands)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["codes"] == [0] * len(commands)
+    assert report["heavy"] == []

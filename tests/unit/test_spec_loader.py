@@ -1,0 +1,208 @@
+"""runner.spec/semantics on valid input: defaults, YAML details, overrides, freezing, warnings."""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from runner import semantics
+from runner.spec import SpecError, apply_overrides, job_from_document, load_spec, parse_document
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+
+
+def test_every_example_validates(cli):
+    assert EXAMPLES, "examples/ holds no specs"
+    result = cli("validate", *EXAMPLES)
+    assert result.code == 0, result.err
+    for example in EXAMPLES:
+        assert f"{example}: valid TrainingJob" in result.out
+
+
+def test_quickstart_example_carries_the_quickstart_settings():
+    job = load_spec(REPO / "examples" / "pixart-sigma-1024.yaml")
+    ds = job.spec.datasets[0]
+    assert job.spec.model.pretrained == "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"
+    assert (ds.type, ds.repo) == ("huggingface", "bghira/pseudo-camera-10k")
+    assert (ds.crop, ds.cropAspect, ds.cropStyle) == (True, "square", "random")
+    assert (ds.resolution, ds.resolutionType, ds.minimumImageSize, ds.maximumImageSize,
+            ds.targetDownsampleSize) == (1.0, "area", 0.25, 1.0, 1.0)
+    assert ds.captionStrategy == "filename"
+    assert job.spec.validation.resolutions == "1024x1024,1280x768"
+    assert job.spec.validation.guidance == 4.0
+    assert job.spec.hardware.accelerator == "cuda12"
+    assert 1 <= job.spec.training.batchSize <= 4
+    assert job.warnings == ()
+
+
+def test_defaults_are_filled_and_the_result_is_frozen(minimal_spec):
+    job = job_from_document(parse_document(minimal_spec))
+    assert job.spec.training.batchSize == 1
+    assert job.spec.datasets[0].cropAspect == "square"
+    assert job.spec.hardware.accelerator == "cuda12"
+    assert job.spec.training.epochs is None
+    with pytest.raises(AttributeError):
+        job.spec.training.batchSize = 4  # type: ignore[misc]
+    assert len(job.hash) == 16
+    assert job.hash == job_from_document(parse_document(minimal_spec)).hash
+
+
+def test_yaml12_style_exponent_reads_as_a_number(minimal_spec):
+    job = job_from_document(parse_document(minimal_spec + "    learningRate: 1e-5\n"))
+    assert job.spec.training.learningRate == pytest.approx(1e-5)
+
+
+def test_integral_float_in_an_integer_field_becomes_an_int(minimal_spec):
+    job = job_from_document(parse_document(minimal_spec.replace("maxSteps: 10", "maxSteps: 1e3")))
+    assert job.spec.training.maxSteps == 1000 and isinstance(job.spec.training.maxSteps, int)
+
+
+def test_merge_keys_are_allowed_and_may_be_overridden():
+    doc = parse_document("base: &b {x: 1, y: 2}\nuse:\n  <<: *b\n  y: 3\n")
+    assert doc["use"] == {"x": 1, "y": 3}
+
+
+def test_json_is_yaml_too(minimal_spec):
+    import json
+    import yaml
+
+    text = json.dumps(yaml.safe_load(minimal_spec))
+    assert job_from_document(parse_document(text)).name == "corpus"
+
+
+def test_overrides_set_coerce_index_append_and_remove(minimal_spec):
+    doc = parse_document(minimal_spec)
+    out = apply_overrides(doc, [
+        "spec.training.batchSize=4",
+        "spec.training.mixedPrecision=no",  # a string field: "no", not YAML 1.1's false
+        "spec.datasets[0].crop=true",
+        "spec.datasets.1={name: more, path: /elsewhere}",
+        "spec.training.maxSteps=null",
+        "spec.training.epochs=2",
+        "metadata.labels.team=42",  # map of strings: stays "42"
+        "spec.validation.prompts=[a cat, a dog]",
+    ])
+    assert doc["spec"]["training"] == {"maxSteps": 10}, "the input must not be modified"
+    assert out["spec"]["training"] == {"batchSize": 4, "mixedPrecision": "no", "epochs": 2}
+    assert out["spec"]["datasets"][0]["crop"] is True
+    assert out["spec"]["datasets"][1] == {"name": "more", "path": "/elsewhere"}
+    assert out["metadata"]["labels"] == {"team": "42"}
+    assert out["spec"]["validation"]["prompts"] == ["a cat", "a dog"]
+    job = job_from_document(out)
+    assert job.spec.training.mixedPrecision == "no"
+
+
+def test_override_problems_are_all_listed(minimal_spec):
+    with pytest.raises(SpecError) as e:
+        apply_overrides(parse_document(minimal_spec), ["spec.training.bachSize=1", "oops", "spec.datasets[9].x=1"])
+    assert len(e.value.problems) == 3
+    assert "did you mean 'batchSize'?" in e.value.problems[0]
+
+
+def test_set_works_on_run_too(tmp_path, cli, minimal_spec):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(minimal_spec)
+    result = cli("run", spec, "--set", "spec.training.batchSize=0")
+    assert result.code == 2
+    assert "spec.training.batchSize: 0 is less than the minimum of 1" in result.err
+
+
+def test_guidance_outside_the_pixart_range_is_a_warning_not_an_error(tmp_path, cli, minimal_spec):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(minimal_spec + "  validation:\n    guidance: 3.5\n")
+    result = cli("validate", spec)
+    assert result.code == 0
+    assert f"{spec}: warning: spec.validation.guidance: 3.5 is outside 3.6-4.4" in result.err
+    assert "valid TrainingJob 'corpus'" in result.out
+
+
+def test_warnings_still_print_when_the_spec_is_rejected(tmp_path, cli, minimal_spec):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(minimal_spec + "    batchSize: 0\n  validation:\n    guidance: 9\n")
+    result = cli("validate", spec)
+    assert result.code == 2
+    assert "warning: spec.validation.guidance: 9" in result.err
+    assert "spec.training.batchSize: 0" in result.err
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1024x1024, 1280x768", [(1024, 1024), (1280, 768)]),
+    ("512X512", [(512, 512)]),
+])
+def test_parse_resolutions(text, expected):
+    assert semantics.parse_resolutions(text) == expected
+
+
+def test_parse_resolutions_rejects_garbage():
+    with pytest.raises(ValueError):
+        semantics.parse_resolutions("1024")
+
+
+def test_semantics_is_strict_on_valid_documents_and_tolerant_otherwise():
+    broken = {"spec": {"training": 5, "validation": {"resolutions": "8x8", "guidance": "high"}}}
+    errors, warnings = semantics.check(broken, tolerant=True)
+    assert warnings == []
+    with pytest.raises(AttributeError):  # a rule tripping on a *valid* document is a bug: surface it
+        semantics.check(broken)
+
+
+def test_world_size():
+    assert semantics.world_size({"hardware": {"gpusPerNode": 4, "nodes": 2}}) == 8
+    assert semantics.world_size({}) == 1
+
+
+def _fake_preflight(monkeypatch, problems):
+    seen = []
+    module = types.ModuleType("runner.data.preflight")
+
+    def dataset_problems(document):
+        seen.append(document)
+        return problems
+
+    module.dataset_problems = dataset_problems  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "runner.data.preflight", module)
+    return seen
+
+
+def test_validate_reports_dataset_problems_with_the_file_name(tmp_path, cli, minimal_spec, monkeypatch):
+    seen = _fake_preflight(monkeypatch, ["spec.datasets[0]: 1 usable image; one optimizer step needs 4"])
+    spec = tmp_path / "job.yaml"
+    spec.write_text(minimal_spec)
+    result = cli("validate", spec)
+    assert result.code == 2
+    assert f"{spec}: spec.datasets[0]: 1 usable image; one optimizer step needs 4" in result.err
+    # It gets the whole defaulted document.
+    assert seen[0]["spec"]["training"]["gradientAccumulationSteps"] == 1
+
+
+def test_dataset_checks_do_not_run_on_an_invalid_spec(tmp_path, cli, minimal_spec, monkeypatch):
+    seen = _fake_preflight(monkeypatch, [])
+    spec = tmp_path / "job.yaml"
+    spec.write_text(minimal_spec + "    batchSize: 0\n")
+    assert cli("validate", spec).code == 2
+    assert seen == []
+
+
+def test_validate_skips_dataset_checks_while_preflight_is_absent(tmp_path, cli, minimal_spec, monkeypatch):
+    monkeypatch.setitem(sys.modules, "runner.data.preflight", None)  # import now fails as "absent"
+    spec = tmp_path / "job.yaml"
+    spec.write_text(minimal_spec)
+    assert cli("validate", spec).code == 0
+
+
+def test_real_preflight_counts_images_when_the_directory_exists(tmp_path, cli, minimal_spec):
+    pytest.importorskip("runner.data.preflight")
+    from PIL import Image
+
+    data = tmp_path / "photos"
+    data.mkdir()
+    Image.new("RGB", (1024, 1024), (10, 20, 30)).save(data / "a_red_fox.png")
+    spec = tmp_path / "job.yaml"
+    spec.write_text(minimal_spec.replace("/nonexistent-trainingjob-corpus/photos", str(data))
+                    + "    batchSize: 2\n    gradientAccumulationSteps: 2\n")
+    result = cli("validate", spec)
+    assert result.code == 2, result.text
+    assert f"{spec}: spec.datasets[0]" in result.err
