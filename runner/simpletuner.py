@@ -305,10 +305,11 @@ def _hub(out: Conversion) -> None:
     if repo is not None and "/" not in repo:
         # The Hub puts an owner-less id under the token's user; a spec has to say which one.
         del out.document["spec"]["output"]["hub"]["repoId"]
-        if out.get("spec.output.hub.push"):
+        pushing = bool(out.get("spec.output.hub.push"))
+        if pushing:
             out.set("spec.output.hub.push", False)
-        out.notes.append(f"hub_model_id {repo!r} has no owner; push disabled. Set spec.output.hub.repoId to "
-                         f"OWNER/{repo} and spec.output.hub.push to true to publish")
+        out.notes.append(f"hub_model_id {repo!r} has no owner; {'push disabled' if pushing else 'not converted'}. "
+                         f"Set spec.output.hub.repoId to OWNER/{repo} (and spec.output.hub.push: true) to publish")
 
 
 # ----------------------------------------------------------------------------- multidatabackend.json

@@ -166,8 +166,7 @@ def load_yaml(text: str, source: str = "<spec>") -> Any:
         raise SpecError([f"{source}: {_yaml_message(e, text)}"]) from None
     except RecursionError:
         raise SpecError([f"{source}: nesting too deep to parse; specs nest a few levels at most"]) from None
-    except (ValueError, OverflowError) as e:
-        # PyYAML's own constructors raise these for e.g. `2024-13-45` or a 5000-digit number.
+    except (ValueError, OverflowError) as e:  # a constructor error _construct_object did not wrap
         raise SpecError([f"{source}: unreadable value ({e}); quote it if it is meant as text"]) from None
 
 
@@ -285,11 +284,13 @@ def did_you_mean(word: str, choices: Iterable[Any]) -> str:
 
 
 def _override_value(target: dict[str, Any], raw: str) -> Any:
-    value = parse_value(raw)
-    # `--set spec.training.mixedPrecision=no` means the string "no", not YAML 1.1's false.
-    if target.get("type") == "string" and isinstance(value, (bool, int, float)) and raw.strip():
-        return raw.strip()
-    return value
+    text = raw.strip()
+    # A text field takes the text as typed: `mixedPrecision=no` is "no" (not YAML 1.1's false)
+    # and `path=/data/a #1` keeps its "#1". Quote it to get YAML parsing; `null` still removes.
+    if target.get("type") == "string" and text not in ("null", "~") and not (
+            len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""):
+        return text
+    return parse_value(raw)
 
 
 def _set_path(doc: dict[str, Any], parts: list[str], value: Any) -> str | None:
@@ -318,7 +319,7 @@ def _set_path(doc: dict[str, Any], parts: list[str], value: Any) -> str | None:
                     node[part] = value
                 return None
             if not isinstance(node.get(part), (dict, list)):
-                node[part] = {}
+                node[part] = [] if parts[i + 1].isdigit() else {}
             node = node[part]
         else:
             return f"{where} is not a mapping"
@@ -403,7 +404,7 @@ def _bool_hint(val: bool) -> str:
 
 
 def _a(word: str) -> str:
-    return ("an " if word[:1] in "aeiou" else "a ") + word
+    return ("an " if word[:1] and word[0] in "aeiou" else "a ") + word
 
 
 def _json_type(value: Any) -> str:

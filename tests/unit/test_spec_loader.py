@@ -84,7 +84,11 @@ def test_overrides_set_coerce_index_append_and_remove(minimal_spec):
         "spec.training.epochs=2",
         "metadata.labels.team=42",  # map of strings: stays "42"
         "spec.validation.prompts=[a cat, a dog]",
+        "spec.cacheDir=/data/cache #1: shared",  # text fields take the text as typed
+        "spec.output.dir='quoted'",  # quoting still works
     ])
+    assert out["spec"]["cacheDir"] == "/data/cache #1: shared"
+    assert out["spec"]["output"]["dir"] == "quoted"
     assert doc["spec"]["training"] == {"maxSteps": 10}, "the input must not be modified"
     assert out["spec"]["training"] == {"batchSize": 4, "mixedPrecision": "no", "epochs": 2}
     assert out["spec"]["datasets"][0]["crop"] is True

@@ -1,0 +1,246 @@
+"""Checkpoints: sealed folders verify, damaged ones are rejected with a reason and skipped."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runner.training import checkpoint as ckpt
+from runner.training.checkpoint import (
+    STATE_FILE,
+    TrainerState,
+    latest_complete,
+    list_checkpoints,
+    prune,
+    publish,
+    read_state,
+    seal,
+    verify,
+)
+
+FILES = {
+    "model.safetensors": b"\x00\x01" * 5000,
+    "optimizer.bin": bytes(range(256)) * 20,
+    "random_states_0.pkl": b"rng-state",
+    "nested/scheduler.bin": b"scheduler",
+}
+
+
+def _write_folder(folder: Path, files: dict[str, bytes] = FILES) -> Path:
+    for rel, data in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return folder
+
+
+def _sealed(folder: Path, step: int = 7) -> Path:
+    _write_folder(folder)
+    seal(folder, TrainerState(step=step, epoch=1, batch_in_epoch=3, samples_seen=14, spec_hash="abc"))
+    return folder
+
+
+# ----------------------------------------------------------------------------- seal / verify
+
+def test_seal_records_every_file_and_verifies(tmp_path: Path) -> None:
+    folder = _sealed(tmp_path / "step-7")
+    record = json.loads((folder / STATE_FILE).read_text())
+    assert set(record["files"]) == set(FILES)
+    for rel, data in FILES.items():
+        assert record["files"][rel]["size"] == len(data)
+    assert verify(folder) is None
+    assert read_state(folder) == TrainerState(step=7, epoch=1, batch_in_epoch=3, samples_seen=14, spec_hash="abc")
+    assert not list(folder.glob(f".{STATE_FILE}.tmp"))
+
+
+def _remove_state(folder: Path) -> None:
+    (folder / STATE_FILE).unlink()
+
+
+def _truncate(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _flip_byte(folder: Path) -> None:
+    path = folder / "optimizer.bin"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _flip_nested(folder: Path) -> None:
+    (folder / "nested" / "scheduler.bin").write_bytes(b"Scheduler")
+
+
+def _delete_file(folder: Path) -> None:
+    (folder / "random_states_0.pkl").unlink()
+
+
+def _garbage_json(folder: Path) -> None:
+    (folder / STATE_FILE).write_text('{"state": {"step": 7,')
+
+
+def _json_missing_files(folder: Path) -> None:
+    (folder / STATE_FILE).write_text(json.dumps({"state": {"step": 7}}))
+
+
+def _json_bad_state_field(folder: Path) -> None:
+    record = json.loads((folder / STATE_FILE).read_text())
+    record["state"]["unknown_field"] = 1
+    (folder / STATE_FILE).write_text(json.dumps(record))
+
+
+def _json_no_files(folder: Path) -> None:
+    record = json.loads((folder / STATE_FILE).read_text())
+    record["files"] = {}
+    (folder / STATE_FILE).write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_remove_state, "no trainer_state.json"),
+    (_truncate, "model.safetensors has 9900 bytes, expected 10000"),
+    (_flip_byte, "optimizer.bin checksum mismatch"),
+    (_flip_nested, "nested/scheduler.bin checksum mismatch"),
+    (_delete_file, "random_states_0.pkl is missing"),
+    (_garbage_json, "unreadable trainer_state.json"),
+    (_json_missing_files, "unreadable trainer_state.json"),
+    (_json_bad_state_field, "unreadable trainer_state.json"),
+    (_json_no_files, "records no files"),
+])
+def test_verify_reports_damage(tmp_path: Path, damage, reason: str) -> None:
+    folder = _sealed(tmp_path / "step-7")
+    assert verify(folder) is None
+    damage(folder)
+    problem = verify(folder)
+    assert problem is not None and reason in problem, problem
+
+
+def test_flip_byte_keeps_size(tmp_path: Path) -> None:
+    folder = _sealed(tmp_path / "step-7")
+    size = (folder / "optimizer.bin").stat().st_size
+    _flip_byte(folder)
+    assert (folder / "optimizer.bin").stat().st_size == size
+
+
+# ----------------------------------------------------------------------------- listing / latest
+
+@pytest.mark.parametrize("names, expected", [
+    ([], []),
+    (["step-1", "step-10", "step-2"], [1, 2, 10]),
+    (["step-3", ".tmp-step-4", "step-x", "step-5.bak", "Step-6", "step-", "steps-7", ".old-step-3-12"], [3]),
+])
+def test_list_checkpoints_only_step_dirs(tmp_path: Path, names: list[str], expected: list[int]) -> None:
+    for n in names:
+        (tmp_path / n).mkdir()
+    (tmp_path / "step-99").write_text("a file, not a folder")
+    found = list_checkpoints(tmp_path)
+    assert [s for s, _ in found] == expected
+    assert all(p == tmp_path / f"step-{s}" for s, p in found)
+
+
+def test_list_checkpoints_missing_root(tmp_path: Path) -> None:
+    assert list_checkpoints(tmp_path / "nope") == []
+
+
+@pytest.mark.parametrize("damages, expected", [
+    ({}, 30),
+    ({30: _truncate}, 20),
+    ({30: _remove_state, 20: _flip_byte}, 10),
+    ({30: _delete_file, 20: _garbage_json, 10: _flip_nested}, None),
+    ({10: _truncate}, 30),
+])
+def test_latest_complete_skips_and_logs_bad(tmp_path: Path, damages: dict, expected: int | None) -> None:
+    for step in (10, 20, 30):
+        folder = _sealed(tmp_path / f"step-{step}", step=step)
+        if step in damages:
+            damages[step](folder)
+    logs: list[str] = []
+    found = latest_complete(tmp_path, logs.append)
+    assert found == (tmp_path / f"step-{expected}" if expected is not None else None)
+    skipped = [s for s in (30, 20, 10) if expected is None or s > expected]
+    assert len(logs) == len(skipped)
+    for line, step in zip(logs, skipped):
+        assert f"step-{step}" in line and "ignoring checkpoint" in line
+
+
+# ----------------------------------------------------------------------------- prune / publish
+
+@pytest.mark.parametrize("steps, keep, kept", [
+    ([1, 2, 3, 4], 2, [3, 4]),
+    ([5, 40, 300], 1, [300]),
+    ([1, 2], 5, [1, 2]),
+    ([1, 2, 3], 0, [1, 2, 3]),  # 0 = keep everything
+])
+def test_prune_keeps_newest(tmp_path: Path, steps: list[int], keep: int, kept: list[int]) -> None:
+    for s in steps:
+        _sealed(tmp_path / f"step-{s}", step=s)
+    (tmp_path / ".tmp-step-99").mkdir()
+    (tmp_path / ".tmp-step-99" / "partial.bin").write_bytes(b"x")
+    (tmp_path / "notes").mkdir()
+    removed = prune(tmp_path, keep)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == kept
+    assert sorted(removed) == sorted(tmp_path / f"step-{s}" for s in steps if s not in kept)
+    assert not (tmp_path / ".tmp-step-99").exists()
+    assert (tmp_path / "notes").is_dir()
+
+
+def test_publish_new_and_replace(tmp_path: Path) -> None:
+    tmp1 = _sealed(tmp_path / ".tmp-step-8", step=8)
+    final = publish(tmp1, tmp_path, 8)
+    assert final == tmp_path / "step-8" and verify(final) is None and not tmp1.exists()
+    (final / "stale-only-in-old.bin").write_bytes(b"old")
+
+    tmp2 = tmp_path / ".tmp-step-8"
+    _write_folder(tmp2, {"model.safetensors": b"new weights"})
+    seal(tmp2, TrainerState(step=8, samples_seen=99))
+    final2 = publish(tmp2, tmp_path, 8)
+    assert final2 == final
+    assert (final / "model.safetensors").read_bytes() == b"new weights"
+    assert not (final / "stale-only-in-old.bin").exists()
+    assert read_state(final).samples_seen == 99
+    assert verify(final) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-8"]
+
+
+# ----------------------------------------------------------------------------- save with accelerate
+
+def test_save_with_real_accelerator_and_restore(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    accelerate = pytest.importorskip("accelerate")
+
+    torch.manual_seed(0)
+    accelerator = accelerate.Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model, opt = accelerator.prepare(model, opt)
+    for _ in range(2):
+        loss = model(torch.randn(5, 4)).pow(2).mean()
+        accelerator.backward(loss)
+        opt.step()
+        opt.zero_grad()
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    root = tmp_path / "checkpoints"
+    (root / ".tmp-step-1").mkdir(parents=True)  # stale temp from a killed run
+    for step in (2, 4):
+        final = ckpt.save(accelerator, root, TrainerState(step=step, epoch=0, samples_seen=step * 5), keep=1)
+    assert final == root / "step-4"
+    assert verify(final) is None
+    assert read_state(final).samples_seen == 20
+    assert sorted(p.name for p in root.iterdir()) == ["step-4"]
+    assert any(p.suffix == ".safetensors" for p in final.rglob("*"))
+
+    # A fresh model/optimizer, prepared the same way, gets the saved weights back.
+    accelerator.free_memory()
+    acc2 = accelerate.Accelerator(cpu=True)
+    torch.manual_seed(123)
+    fresh = torch.nn.Linear(4, 3)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+    fresh, fresh_opt = acc2.prepare(fresh, fresh_opt)
+    assert not torch.equal(fresh.weight, saved["weight"])
+    acc2.load_state(str(final))
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    assert fresh_opt.state_dict()["state"], "optimizer moments restored"

@@ -1,0 +1,67 @@
+"""Layering: the spec/CLI modules import only the standard library, PyYAML, jsonschema and each
+other at module level, so `validate`, `explain`, `schema`, `init` and `import-simpletuner` stay
+fast and work without the training extras. Heavy imports belong inside the functions that need
+them (e.g. `cmd_run`)."""
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner import schema as schema_mod
+
+REPO = Path(__file__).resolve().parents[2]
+LIGHT_MODULES = ["runner/cli.py", "runner/spec.py", "runner/schema.py", "runner/semantics.py",
+                 "runner/explain.py", "runner/starter.py", "runner/simpletuner.py",
+                 "runner/k8s/__init__.py", "runner/k8s/crd.py"]
+LIGHT_RUNNER = {"runner", "runner.spec", "runner.schema", "runner.semantics", "runner.explain",
+                "runner.starter", "runner.simpletuner", "runner.k8s", "runner.k8s.crd"}
+THIRD_PARTY = {"yaml", "jsonschema"}
+
+
+def module_level_imports(path: Path) -> list[str]:
+    """Imports executed when the module is imported (not those inside functions)."""
+    tree = ast.parse(path.read_text(), str(path))
+    names = []
+    for node in tree.body:
+        for sub in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else []:
+            if isinstance(sub, ast.Import):
+                names += [alias.name for alias in sub.names]
+            elif isinstance(sub, ast.ImportFrom) and sub.module and not sub.level:
+                names += [sub.module] + [f"{sub.module}.{alias.name}" for alias in sub.names
+                                         if sub.module == "runner"]
+    return names
+
+
+@pytest.mark.parametrize("module", LIGHT_MODULES)
+def test_light_modules_import_nothing_heavy_at_module_level(module):
+    for name in module_level_imports(REPO / module):
+        top = name.split(".")[0]
+        if top == "runner":
+            assert name in LIGHT_RUNNER, f"{module} imports {name} at module level"
+        else:
+            assert top in sys.stdlib_module_names or top in THIRD_PARTY or top == "__future__", (
+                f"{module} imports {name} at module level")
+
+
+def test_run_is_the_only_command_that_reaches_the_stages():
+    source = (REPO / "runner" / "cli.py").read_text()
+    assert source.count("runner.stages") == 1 and "from runner.stages.run import run_job" in source
+
+
+def test_every_schema_field_name_is_camel_case():
+    bad = []
+
+    def walk(node, path):
+        for name, child in node.get("properties", {}).items():
+            if not re.fullmatch(r"[a-z][a-zA-Z0-9]*", name):
+                bad.append(f"{path}.{name}")
+            walk(child, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], path)
+
+    walk(schema_mod.load_schema(), "")
+    assert bad == []

@@ -1,0 +1,106 @@
+"""Hub publishing: the token comes only from the environment and never reaches text we write."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runner.publish import PublishError, hub_token, model_card
+from runner.spec import job_from_document
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "hf_SuperSecretTokenValue1234567890"
+
+
+def _document(**hub) -> dict:
+    doc = yaml.safe_load((REPO / "examples" / "smoke.yaml").read_text())
+    doc["spec"]["output"]["hub"] = {"push": True, "repoId": "me/pixart-ft", **hub}
+    return job_from_document(doc).document.to_dict()
+
+
+DOC = _document()
+
+
+@pytest.mark.parametrize("env_name", ["HF_TOKEN", "MY_CUSTOM_HUB_TOKEN"])
+def test_hub_token_missing(monkeypatch, capsys, env_name: str) -> None:
+    monkeypatch.delenv(env_name, raising=False)
+    monkeypatch.setenv("HF_TOKEN_OTHER", SECRET)  # a token elsewhere must not leak into the message
+    with pytest.raises(PublishError) as info:
+        hub_token({"tokenEnv": env_name})
+    msg = str(info.value)
+    assert env_name in msg and "empty" in msg
+    assert SECRET not in msg
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err
+
+
+@pytest.mark.parametrize("value", ["", None])
+def test_hub_token_empty_is_missing(monkeypatch, value) -> None:
+    if value is None:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("HF_TOKEN", value)
+    with pytest.raises(PublishError, match="HF_TOKEN"):
+        hub_token({"tokenEnv": "HF_TOKEN"})
+
+
+@pytest.mark.parametrize("env_name", ["HF_TOKEN", "MY_CUSTOM_HUB_TOKEN"])
+def test_hub_token_set(monkeypatch, capsys, env_name: str) -> None:
+    monkeypatch.setenv(env_name, SECRET)
+    assert hub_token({"tokenEnv": env_name}) == SECRET
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err
+
+
+def test_hub_token_reads_the_named_variable_only(monkeypatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    monkeypatch.delenv("OTHER_TOKEN", raising=False)
+    with pytest.raises(PublishError, match="OTHER_TOKEN"):
+        hub_token({"tokenEnv": "OTHER_TOKEN"})
+
+
+def test_hub_token_defaults_from_spec(monkeypatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    assert DOC["spec"]["output"]["hub"]["tokenEnv"] == "HF_TOKEN"
+    assert hub_token(DOC["spec"]["output"]["hub"]) == SECRET
+
+
+@pytest.mark.parametrize("images", [
+    [],
+    [Path("/out/validation/step-20-0-a_cat.png")],
+    [Path("/out/validation/step-20-0.png"), Path("/x/step-20-1.png")],
+])
+def test_model_card(monkeypatch, images: list[Path]) -> None:
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    card = model_card(DOC, images, "me/pixart-ft")
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    assert "base_model: builtin:tiny-pixart-sigma" in front
+    assert "library_name: diffusers" in front
+    assert body.startswith("# me/pixart-ft")
+    assert "`builtin:tiny-pixart-sigma`" in body
+    for p in images:
+        assert f"![{p.stem}](validation/{p.name})" in card
+    assert card.count("![") == len(images)
+    # The full TrainingJob YAML is embedded and parses back to the document.
+    yaml_block = card.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert yaml.safe_load(yaml_block) == DOC
+    assert SECRET not in card
+
+
+def test_model_card_never_contains_token_even_if_spec_names_it(monkeypatch) -> None:
+    doc = _document(tokenEnv="MY_CUSTOM_HUB_TOKEN")
+    monkeypatch.setenv("MY_CUSTOM_HUB_TOKEN", SECRET)
+    monkeypatch.setenv("HF_TOKEN", SECRET + "2")
+    card = model_card(doc, [Path("a.png")], "me/x")
+    assert "MY_CUSTOM_HUB_TOKEN" in card  # the variable's name is fine to show ...
+    assert SECRET not in card  # ... its value never
+
+
+def test_model_card_base_model_from_document() -> None:
+    doc = copy.deepcopy(DOC)
+    doc["spec"]["model"]["pretrained"] = "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"
+    card = model_card(doc, [], "me/x")
+    assert "base_model: PixArt-alpha/PixArt-Sigma-XL-2-1024-MS" in card
+    assert "tiny-pixart-sigma" not in card.split("```yaml")[0]
