@@ -206,9 +206,20 @@ def test_publish_new_and_replace(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- save with accelerate
 
-def test_save_with_real_accelerator_and_restore(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singleton state; leave none behind for other tests."""
     accelerate = pytest.importorskip("accelerate")
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield accelerate
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def test_save_with_real_accelerator_and_restore(tmp_path: Path, fresh_accelerate_state) -> None:
+    torch = pytest.importorskip("torch")
+    accelerate = fresh_accelerate_state
 
     torch.manual_seed(0)
     accelerator = accelerate.Accelerator(cpu=True)
