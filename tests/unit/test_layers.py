@@ -65,3 +65,33 @@ def test_every_schema_field_name_is_camel_case():
 
     walk(schema_mod.load_schema(), "")
     assert bad == []
+
+
+TORCH_SIDE = ["runner/stages", "runner/training", "runner/models", "runner/data", "runner/evaluation"]
+
+
+def all_imports(path: Path) -> list[str]:
+    """Every import in a module, including those inside functions."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.append(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", TORCH_SIDE)
+def test_stages_never_import_kubernetes(package):
+    """Stages run inside pods; they talk to the cluster only through files, env and metrics."""
+    offenders = [f"{p.relative_to(REPO)}: {name}" for p in sorted((REPO / package).rglob("*.py"))
+                 for name in all_imports(p) if name.split(".")[0] in ("kubernetes", "kopf", "runner.k8s")
+                 or name.startswith("runner.k8s")]
+    assert offenders == []
+
+
+def test_data_layer_never_imports_torch():
+    """Dataset preflight runs in `validate`, which must stay light."""
+    offenders = [f"{p.relative_to(REPO)}: {name}" for p in sorted((REPO / "runner" / "data").rglob("*.py"))
+                 for name in all_imports(p) if name.split(".")[0] in ("torch", "diffusers", "transformers")]
+    assert offenders == []
