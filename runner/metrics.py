@@ -49,6 +49,7 @@ class Metrics:
     def close(self) -> None:
         if self.server is not None:
             self.server.shutdown()
+            self.server.server_close()
             self.server = None
 
 

@@ -12,10 +12,15 @@ pytestmark = pytest.mark.e2e
 
 
 def test_vae_cache_disable_trains_without_latent_files_and_scores_with_clip(runner):
-    proc = runner.run("spec.vaeCacheDisable=true", "spec.training.maxSteps=4", "spec.training.checkpointEvery=4",
+    # Also an epochs-only run (no maxSteps) with accumulation, Adafactor and checkpointing:
+    # 16 of the 17 photos fill batches of 2 -> 8 batches -> 4 optimizer steps in one epoch.
+    proc = runner.run("spec.vaeCacheDisable=true", "spec.training.maxSteps=null", "spec.training.epochs=1",
+                      "spec.training.gradientAccumulationSteps=2", "spec.training.optimizer=adafactor",
+                      "spec.training.gradientCheckpointing=true", "spec.training.checkpointEvery=4",
                       "spec.validation.every=4", "spec.validation.resolutions=128x128",
                       "spec.evaluation.clipScore=true", "spec.evaluation.clipModel=builtin:tiny-clip")
     assert_clean(proc)
+    assert "for 4 steps (4 per epoch)" in proc.stdout
     vae_dir = runner.cache / "vae" / "photos"
     assert not list(vae_dir.rglob("*.safetensors")), "vaeCacheDisable must not write latents"
     items = json.loads((vae_dir / "manifest.json").read_text())["items"]
