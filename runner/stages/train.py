@@ -149,6 +149,7 @@ def run_train(ctx: RunContext) -> TrainResult:
     bar = Progress(plan.total_steps, "train", "step", enabled=accelerator.is_main_process)
     bar.count = state.step
     last_loss, last_ckpt, metrics, tick = math.nan, None, {}, time.time()
+    paused = 0.0  # seconds spent checkpointing/validating since the last log: not training throughput
 
     # ---- the loop ----
     while state.step < plan.total_steps and not stop.requested:
@@ -169,20 +170,22 @@ def run_train(ctx: RunContext) -> TrainResult:
         state.samples_seen += global_batch * accum
         if state.step % 10 == 0 or state.step == plan.total_steps or state.step == 1:
             last_loss = accelerator.reduce(loss_sum, reduction="mean").item()
-            rate = global_batch * accum * (state.step - bar.count) / max(time.time() - tick, 1e-9)
+            rate = global_batch * accum * (state.step - bar.count) / max(time.time() - tick - paused, 1e-9)
             accelerator.log({"train/loss": last_loss, "train/lr": lr_scheduler.get_last_lr()[0],
                              "train/samples_per_second": rate}, step=state.step)
             bar.update(state.step - bar.count, loss=last_loss, samples_s=rate)
             ctx.metrics.train_progress(state.step, plan.total_steps, last_loss, rate)
-            tick = time.time()
+            tick, paused = time.time(), 0.0
             if not math.isfinite(last_loss):
                 raise FloatingPointError(f"loss is {last_loss} at step {state.step}; lower spec.training.learningRate "
                                          "or use mixedPrecision: bf16 instead of fp16")
+        t_side = time.time()
         if state.step % training["checkpointEvery"] == 0 or stop.requested:
             last_ckpt = ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"])
             ctx.metrics.checkpoint_saved()
         if validator.enabled and state.step % spec["validation"]["every"] == 0 and state.step < plan.total_steps:
             metrics = _validate(accelerator, validator, transformer, state.step)
+        paused += time.time() - t_side
     # ---- end of loop ----
     bar.update(state.step - bar.count)
     bar.close()
