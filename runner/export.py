@@ -5,6 +5,8 @@ import os
 import shutil
 from pathlib import Path
 
+from runner.atomic import replace_dir
+
 
 def _link_or_copy(src: str, dst: str) -> None:
     try:
@@ -30,12 +32,4 @@ def export_pipeline(base_dir: Path, transformer, dest: Path) -> Path:
         else:
             _link_or_copy(str(entry.resolve()), str(tmp / entry.name))
     transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
-    return dest
+    return replace_dir(tmp, dest)

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from runner import schema as schema_mod
 from runner.spec import SpecError, field_problems, job_from_document, parse_document

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from runner import cachekeys
-from runner.cachekeys import EncoderIdentity, atomic_write_json, entry_path
+from runner.atomic import atomic_write_bytes, atomic_write_json
+from runner.cachekeys import EncoderIdentity, entry_path
 from runner.context import RunContext
 from runner.data import DatasetError
 from runner.plan import cache_fingerprint, enabled_datasets
@@ -93,7 +94,7 @@ def entry_is_valid(path: Path) -> bool:
 def write_entry(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
     from safetensors.torch import save
 
-    cachekeys.atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -143,7 +144,6 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
     """Encode missing latents, grouped by bucket so each VAE batch has one shape."""
     import torch
 
-    from runner.data.transforms import apply_crop
     from runner.models import pixart_sigma as family
     from runner.progress import Progress
 

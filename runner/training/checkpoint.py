@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
+
+from runner.atomic import atomic_write_json, replace_dir
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -41,12 +42,7 @@ def seal(folder: Path, state: TrainerState) -> None:
     """Record every file's size and hash, then the state file itself (atomically)."""
     files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != STATE_FILE}
-    tmp = folder / f".{STATE_FILE}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"state": asdict(state), "files": files}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / STATE_FILE)
+    atomic_write_json(folder / STATE_FILE, {"state": asdict(state), "files": files})
 
 
 def verify(folder: Path) -> str | None:
@@ -95,15 +91,7 @@ def latest_complete(root: Path, log: Callable[[str], None]) -> Path | None:
 
 def publish(tmp: Path, root: Path, step: int) -> Path:
     """Rename a sealed temp folder to `step-N`, replacing an older folder of that step."""
-    final = root / f"step-{step}"
-    if final.exists():
-        trash = root / f".old-step-{step}-{os.getpid()}"
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    return final
+    return replace_dir(tmp, root / f"step-{step}")
 
 
 def prune(root: Path, keep: int) -> list[Path]:

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from runner.cachekeys import atomic_write_json, entry_path
+from runner.atomic import atomic_write_json
+from runner.cachekeys import entry_path
 from runner.semantics import parse_resolutions
 
 

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from runner import cachekeys
+from runner.atomic import atomic_write_bytes, atomic_write_json
 from runner.cachekeys import (
     EncoderIdentity,
-    atomic_write_bytes,
-    atomic_write_json,
     component_fingerprint,
     entry_path,
     latent_key,

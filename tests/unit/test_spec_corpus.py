@@ -12,20 +12,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-# The corpus base: the smallest valid TrainingJob (its dataset path never exists, so no data
-# checks run). Each case breaks it in one way.
-MINIMAL_SPEC = """\
-apiVersion: diffusion.runner.dev/v1alpha1
-kind: TrainingJob
-metadata:
-  name: corpus
-spec:
-  datasets:
-    - name: photos
-      path: /nonexistent-trainingjob-corpus/photos
-  training:
-    maxSteps: 10
-"""
+# The corpus base (tests/unit/conftest.py): the smallest valid TrainingJob. Each case breaks it in one way.
+from tests.unit.conftest import MINIMAL_SPEC  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from runner.cachekeys import atomic_write_json, entry_path  # noqa: E402
+from runner.atomic import atomic_write_json
+from runner.cachekeys import entry_path  # noqa: E402
 from runner.stages.cache import crop_plan_dict, write_entry  # noqa: E402
 from runner.training.data import (  # noqa: E402
     CacheMismatch,
