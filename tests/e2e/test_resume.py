@@ -56,3 +56,29 @@ def test_two_process_data_parallel_run_on_cpu(runner):
     state = json.loads((runner.out / "checkpoints" / "step-6" / "trainer_state.json").read_text())
     assert state["state"]["samples_seen"] == 6 * 2  # 6 steps x batch 1 x 2 processes
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(state["files"])
+
+
+def test_sigterm_checkpoints_at_the_next_step_and_exits_143(runner):
+    """Preemption (or `kubectl delete`): SIGTERM writes a checkpoint, then a rerun resumes."""
+    sets = ("spec.training.maxSteps=400", "spec.training.checkpointEvery=1000", "spec.validation.prompts=[]")
+    assert_clean(runner.run(*sets, stage="cache"))
+    proc = subprocess.Popen(runner.args(*sets, stage="train"), cwd=REPO, env=runner.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:  # wait until the loop runs
+        lines.append(line)
+        if line.startswith("train:") or "training " in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out = "".join(lines) + proc.stdout.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, out
+    assert "SIGTERM: checkpointed at step" in out and "Traceback" not in out
+    saved = int(re.search(r"checkpointed at step (\d+)", out).group(1))
+    assert 0 < saved < 400
+    state = json.loads((runner.out / "checkpoints" / f"step-{saved}" / "trainer_state.json").read_text())
+    assert state["state"]["step"] == saved
+
+    again = runner.run("spec.training.maxSteps=" + str(saved + 2), *sets[1:], stage="train")
+    assert_clean(again)
+    assert f"resuming from step {saved}" in again.stdout
