@@ -132,6 +132,15 @@ def load_transformer(model_dir: Path, *, bit_fit: bool, gradient_checkpointing: 
     return model
 
 
+def compile_blocks(model) -> int:
+    """torch.compile each transformer block in place (state-dict keys stay the same, so
+    checkpoints and exports are unaffected). Per block rather than whole-model: same speed,
+    a fraction of the compile time, since all 28 blocks share one compiled graph."""
+    for block in model.transformer_blocks:
+        block.compile(dynamic=False)
+    return len(model.transformer_blocks)
+
+
 def load_noise_scheduler(model_dir: Path):
     """The DDPM training schedule from the pipeline's own scheduler config (betas, T, target)."""
     from diffusers import DDPMScheduler

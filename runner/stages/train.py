@@ -128,6 +128,11 @@ def run_train(ctx: RunContext) -> TrainResult:
     plan = step_plan(spec, data.batches_per_epoch)
     transformer = family.load_transformer(model_dir, bit_fit=spec["model"]["bitFit"],
                                           gradient_checkpointing=training["gradientCheckpointing"])
+    if training["compile"]:
+        if device.type == "cuda":
+            ctx.log(f"compiling {family.compile_blocks(transformer)} transformer blocks (once per aspect bucket)")
+        else:
+            ctx.log(f"note: spec.training.compile is ignored on {device.type}")
     objective = family.make_objective(model_dir, transformer)
     optimizer = make_optimizer(training, transformer.parameters(), device)
     lr_scheduler = make_lr_scheduler(training, optimizer, plan.total_steps)
@@ -146,7 +151,8 @@ def run_train(ctx: RunContext) -> TrainResult:
     accum = training["gradientAccumulationSteps"]
     params = [p for p in transformer.parameters() if p.requires_grad]
     batches = data.stream(state.epoch, state.batch_in_epoch)
-    bar = Progress(plan.total_steps, "train", "step", enabled=accelerator.is_main_process)
+    # every_s=0: one plain log line per logged step (every 10), not throttled like the cache bars.
+    bar = Progress(plan.total_steps, "train", "step", enabled=accelerator.is_main_process, every_s=0)
     bar.count = state.step
     last_loss, last_ckpt, metrics, tick = math.nan, None, {}, time.time()
     paused = 0.0  # seconds spent checkpointing/validating since the last log: not training throughput
@@ -190,6 +196,8 @@ def run_train(ctx: RunContext) -> TrainResult:
     bar.update(state.step - bar.count)
     bar.close()
 
+    if device.type == "cuda":
+        ctx.log(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
     if stop.requested:
         ctx.log(f"{stop.signal_name}: checkpointed at step {state.step}; rerun to resume")
         accelerator.end_training()

@@ -2,6 +2,7 @@
 using the live transformer and T5 embeddings cached by the cache stage."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -52,25 +53,24 @@ class Validator:
         pipe = self._pipeline(transformer)
         was_training = transformer.training
         transformer.eval()
+        # Sampling shapes (CFG doubles the batch, other resolutions) would each trigger a
+        # recompile of compiled blocks; validation is rare, so it runs them eagerly.
+        eager = getattr(torch.compiler, "set_stance", None)
+        stance = eager("force_eager") if eager else contextlib.nullcontext()
         records, images, texts = [], [], []
         try:
-            for pi, (prompt, embed) in enumerate(self.prompts):
-                (pos, neg), mask = pad_embeddings([embed, self.negative])
-                pos, neg = pos.to(self.device, self.dtype), neg.to(self.device, self.dtype)
-                mask = mask.to(self.device)
-                for w, h in parse_resolutions(self.cfg["resolutions"]):
-                    gen = torch.Generator(device="cpu").manual_seed(self.cfg["seed"])
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                        image = pipe(prompt=None, negative_prompt=None, prompt_embeds=pos[None], prompt_attention_mask=mask[:1],
-                                     negative_prompt_embeds=neg[None], negative_prompt_attention_mask=mask[1:],
-                                     width=w, height=h, num_inference_steps=self.cfg["inferenceSteps"],
-                                     guidance_scale=self.cfg["guidance"], generator=gen,
-                                     use_resolution_binning=False, clean_caption=False).images[0]
-                    name = f"p{pi}-{w}x{h}.png"
-                    image.save(folder / name)
-                    records.append({"file": name, "prompt": prompt, "width": w, "height": h})
-                    images.append(image)
-                    texts.append(prompt)
+            with stance:
+                for pi, (prompt, embed) in enumerate(self.prompts):
+                    (pos, neg), mask = pad_embeddings([embed, self.negative])
+                    pos, neg = pos.to(self.device, self.dtype), neg.to(self.device, self.dtype)
+                    mask = mask.to(self.device)
+                    for w, h in parse_resolutions(self.cfg["resolutions"]):
+                        image = self._render(pipe, pos, neg, mask, w, h)
+                        name = f"p{pi}-{w}x{h}.png"
+                        image.save(folder / name)
+                        records.append({"file": name, "prompt": prompt, "width": w, "height": h})
+                        images.append(image)
+                        texts.append(prompt)
         finally:
             transformer.train(was_training)
         metrics: dict[str, float] = {}
@@ -83,6 +83,16 @@ class Validator:
                                                     "steps": self.cfg["inferenceSteps"], "seed": self.cfg["seed"],
                                                     "images": records, **metrics})
         return metrics
+
+    def _render(self, pipe, pos, neg, mask, width: int, height: int):
+        """One image from precomputed embeddings, with the same seed at every validation."""
+        gen = torch.Generator(device="cpu").manual_seed(self.cfg["seed"])
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return pipe(prompt=None, negative_prompt=None, prompt_embeds=pos[None], prompt_attention_mask=mask[:1],
+                        negative_prompt_embeds=neg[None], negative_prompt_attention_mask=mask[1:],
+                        width=width, height=height, num_inference_steps=self.cfg["inferenceSteps"],
+                        guidance_scale=self.cfg["guidance"], generator=gen, use_resolution_binning=False,
+                        clean_caption=False).images[0]
 
     def _clip(self):
         from runner.evaluation.clip_score import ClipScorer
