@@ -80,9 +80,11 @@ def encode_captions(tokenizer, encoder, captions: Sequence[str], max_tokens: int
     return [hidden[i, : max(1, int(n))].to("cpu").contiguous() for i, n in enumerate(lengths)]
 
 
-def pad_embeddings(embeds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack trimmed [L_i, D] embeddings into [B, L, D] plus a [B, L] attention mask."""
-    length = max(e.shape[0] for e in embeds)
+def pad_embeddings(embeds: Sequence[torch.Tensor], multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack trimmed [L_i, D] embeddings into [B, L, D] plus a [B, L] attention mask, with L
+    the longest length rounded up to `multiple`."""
+    longest = max(e.shape[0] for e in embeds)
+    length = -(-longest // multiple) * multiple
     out = embeds[0].new_zeros((len(embeds), length, embeds[0].shape[1]))
     mask = torch.zeros((len(embeds), length), dtype=torch.long)
     for i, e in enumerate(embeds):
@@ -135,7 +137,17 @@ def load_transformer(model_dir: Path, *, bit_fit: bool, gradient_checkpointing: 
 def compile_blocks(model) -> int:
     """torch.compile each transformer block in place (state-dict keys stay the same, so
     checkpoints and exports are unaffected). Per block rather than whole-model: same speed,
-    a fraction of the compile time, since all 28 blocks share one compiled graph."""
+    a fraction of the compile time, since all 28 blocks share one compiled graph.
+
+    Each aspect bucket is a new static shape, and the first block sees float32 input while
+    the rest see bf16, so one code object legitimately needs a few graphs per bucket: the
+    default limit of 8 would silently fall back to eager after ~4 buckets."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    # Static shapes per bucket: a dynamic-shape graph after the second bucket would be slower.
+    torch._dynamo.config.automatic_dynamic_shapes = False
     for block in model.transformer_blocks:
         block.compile(dynamic=False)
     return len(model.transformer_blocks)

@@ -74,6 +74,14 @@ def test_pad_embeddings(lengths: list[int], dim: int) -> None:
         assert int(mask[i].sum()) == n and mask[i, :n].all()
 
 
+@pytest.mark.parametrize("lengths,multiple,expected", [([3, 5], 1, 5), ([3, 5], 4, 8), ([64], 64, 64), ([65, 1], 64, 128)])
+def test_pad_embeddings_rounds_length_up(lengths, multiple, expected) -> None:
+    out, mask = pad_embeddings([torch.ones(n, 4) for n in lengths], multiple=multiple)
+    assert out.shape == (len(lengths), expected, 4)
+    assert mask.sum(dim=1).tolist() == lengths
+    assert float(out[mask == 0].abs().sum()) == 0.0
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_pad_embeddings_keeps_dtype(dtype) -> None:
     out, _ = pad_embeddings([torch.ones(2, 3, dtype=dtype), torch.ones(1, 3, dtype=dtype)])

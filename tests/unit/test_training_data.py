@@ -12,6 +12,7 @@ from runner.atomic import atomic_write_json
 from runner.cachekeys import entry_path  # noqa: E402
 from runner.stages.cache import crop_plan_dict, write_entry  # noqa: E402
 from runner.training.data import (  # noqa: E402
+    TEXT_PAD_MULTIPLE,
     CacheMismatch,
     EpochBatches,
     Sample,
@@ -128,7 +129,8 @@ def test_collate_pads_embeddings_with_mask(lengths: list[int]) -> None:
     items = [{"latent": torch.randn(4, 16, 24, generator=g), "embed": torch.randn(n, 32, generator=g)}
              for n in lengths]
     batch = collate(items)
-    longest = max(lengths)
+    longest = -(-max(lengths) // TEXT_PAD_MULTIPLE) * TEXT_PAD_MULTIPLE  # a few fixed shapes for compile
+    assert longest % TEXT_PAD_MULTIPLE == 0 and longest >= max(lengths)
     assert batch["latent"].shape == (len(lengths), 4, 16, 24)
     assert batch["embeds"].shape == (len(lengths), longest, 32)
     assert batch["mask"].shape == (len(lengths), longest)
