@@ -12,6 +12,6 @@ common=(--set spec.datasets.0.resolution=1.0 --set spec.training.batchSize=8 --s
 timeout 150 python3 -m runner run bench/h100-ddp.yaml "${common[@]}" --set spec.hardware.gpusPerNode=1 \
   --set spec.training.maxSteps=30 --set spec.validation.prompts=[] --set spec.output.dir=/tmp/eager 2>&1 | grep -v Loading | tee "$OUT/eager_1gpu.log"
 timeout 240 python3 -m runner run bench/h100-ddp.yaml "${common[@]}" --set spec.hardware.gpusPerNode=1 \
-  --set spec.training.maxSteps=50 --set spec.training.compile=true --set spec.output.dir=/tmp/comp1 2>&1 | grep -v Loading | tee "$OUT/compile_1gpu.log"
+  --set spec.training.maxSteps=40 --set spec.training.compile=true --set spec.output.dir=/tmp/comp1 2>&1 | grep -v Loading | tee "$OUT/compile_1gpu.log"
 timeout 200 python3 -m runner run bench/h100-ddp.yaml "${common[@]}" --set spec.hardware.gpusPerNode=2 \
-  --set spec.training.maxSteps=50 --set spec.training.compile=true --set spec.validation.prompts=[] --set spec.output.dir=/tmp/comp2 2>&1 | grep -v Loading | tee "$OUT/compile_2gpu.log"
+  --set spec.training.maxSteps=40 --set spec.training.compile=true --set spec.validation.prompts=[] --set spec.output.dir=/tmp/comp2 2>&1 | grep -v Loading | tee "$OUT/compile_2gpu.log"
