@@ -109,11 +109,17 @@ def image_to_tensor(image) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_images(vae, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[B, 3, H, W] in [-1, 1] -> scaled latents [B, 4, H/8, W/8] (float32 on the CPU side)."""
+def encode_images(vae, pixels: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:
+    """[B, 3, H, W] in [-1, 1] -> scaled latents [B, 4, H/8, W/8] (float32), sampled from the
+    VAE's posterior with per-image noise seeds when given (reproducible cache entries)."""
     param = next(vae.parameters())
     dist = vae.encode(pixels.to(param.device, param.dtype)).latent_dist
-    noise = torch.randn(dist.mean.shape, generator=generator, device="cpu", dtype=torch.float32)
+    shape = dist.mean.shape[1:]
+    if seeds is None:
+        noise = torch.randn(dist.mean.shape, dtype=torch.float32)
+    else:
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32)
+                             for s in seeds])
     sample = dist.mean.float() + dist.std.float() * noise.to(dist.mean.device)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (sample - shift) * vae.config.scaling_factor

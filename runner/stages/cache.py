@@ -167,19 +167,20 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
     bar = Progress(len(todo), "latents", "image")
     futures = []
 
-    failed: list[tuple[str, Any, str]] = []
+    failed: list[tuple[Any, str]] = []
     with ThreadPoolExecutor(max_workers=4) as loaders:
         for bucket in sorted(by_bucket):
             for batch in chunks(by_bucket[bucket], VAE_ENCODE_BATCH):
                 loaded = list(loaders.map(lambda e: load_pixels(e[1]), batch))
                 good = [(e, px) for e, px in zip(batch, loaded) if not isinstance(px, str)]
-                failed += [(e[0], e[1], px) for e, px in zip(batch, loaded) if isinstance(px, str)]
+                failed += [(e[1], px) for e, px in zip(batch, loaded) if isinstance(px, str)]
                 bar.update(len(batch))
                 if not good:
                     continue
-                # A generator seeded per batch makes the cached sample reproducible run to run.
-                gen = torch.Generator().manual_seed(int(good[0][0][2][:8], 16))
-                latents = family.encode_images(vae, torch.stack([px for _, px in good]), gen)
+                # Noise seeded by each entry's key: an image's cached latent is the same
+                # whichever other images happen to share its batch.
+                seeds = [int(key[:8], 16) for (_, _, key), _ in good]
+                latents = family.encode_images(vae, torch.stack([px for _, px in good]), seeds)
                 dtype = family.DTYPES[ctx.spec.model.vaeDtype]
                 for ((vae_dir, item, key), _), latent in zip(good, latents):
                     futures.append(writer.submit(write_entry, entry_path(vae_dir, key),
@@ -191,7 +192,7 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
     _free(ctx.device)
     report.latents_encoded -= len(failed)
     report.latents_total -= len(failed)
-    return keys, [(item, reason) for _, item, reason in failed]
+    return keys, failed
 
 
 def load_pixels(item) -> Any:

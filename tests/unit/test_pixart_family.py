@@ -243,3 +243,16 @@ def test_bit_fit_trainable_params(tiny_dir: Path, bit_fit: bool) -> None:
                    if n.endswith(".bias"))
     else:
         assert frozen == []
+
+
+def test_cached_latent_of_an_image_does_not_depend_on_its_batch(tiny_dir: Path) -> None:
+    from runner.models.pixart_sigma import encode_images, load_vae
+
+    vae = load_vae(tiny_dir, "float32", torch.device("cpu"))
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(3, 64, 64, generator=g) * 2 - 1, torch.rand(3, 64, 64, generator=g) * 2 - 1
+    together = encode_images(vae, torch.stack([a, b]), seeds=[11, 22])
+    alone = encode_images(vae, a[None], seeds=[11])
+    assert together.shape == (2, 4, 8, 8)
+    assert torch.allclose(together[0], alone[0], atol=1e-5)
+    assert not torch.allclose(encode_images(vae, a[None], seeds=[12])[0], alone[0])
