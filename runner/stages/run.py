@@ -85,6 +85,27 @@ def launch_workers(job: TrainingJob, gpus: int) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def tracker_problems(spec: dict) -> list[str]:
+    """Trackers that would fail hours in: missing package or missing key, checked up front.
+    W&B reads WANDB_API_KEY; a spec naming another variable gets it copied across."""
+    wandb = spec["tracking"].get("wandb", {})
+    if not wandb.get("enabled"):
+        return []
+    problems = []
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        problems.append("spec.tracking.wandb.enabled is true but the wandb package is not installed; "
+                        "pip install wandb (or disable it)")
+    key_env = wandb["apiKeyEnv"]
+    if not os.environ.get(key_env):
+        problems.append(f"spec.tracking.wandb.enabled is true but the environment variable {key_env} is empty; "
+                        f"export {key_env}=<key> (on Kubernetes: spec.kubernetes.secrets.wandbApiKey)")
+    elif key_env != "WANDB_API_KEY":
+        os.environ["WANDB_API_KEY"] = os.environ[key_env]
+    return problems
+
+
 def run_job(job: TrainingJob, stage: str = "all") -> int:
     from runner.data import DatasetError
     from runner.models.pixart_sigma import ModelError
@@ -95,6 +116,10 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     try:
         if spec["output"]["hub"].get("push"):
             hub_token(spec["output"]["hub"])  # fail before hours of work, not after
+        problems = tracker_problems(spec) if stage != "cache" else []
+        if problems:
+            print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
+            return EXIT_INVALID
         if stage in ("cache", "all") and not in_worker():
             run_cache_stage(job)
         if stage in ("train", "all"):

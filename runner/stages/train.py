@@ -1,6 +1,6 @@
 """Train stage: full fine-tune of the PixArt Sigma transformer from the cache.
 
-The loop is the short block in `train()`; everything else is a component set up before it.
+The loop is the marked block in `run_train()`; everything else is a component set up before it.
 """
 from __future__ import annotations
 

@@ -77,3 +77,24 @@ def test_does_not_read_os_environ(monkeypatch) -> None:
     monkeypatch.setenv("MASTER_PORT", "1")
     env = worker_env({}, local_rank=0, gpus=1, nodes=1, node_rank=0)
     assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("127.0.0.1", "29500")
+
+
+def _wandb_spec(enabled: bool, key_env: str = "WANDB_API_KEY") -> dict:
+    return {"tracking": {"wandb": {"enabled": enabled, "project": "p", "apiKeyEnv": key_env}}}
+
+
+def test_tracker_problems_name_the_missing_key_and_never_its_value(monkeypatch):
+    from runner.stages.run import tracker_problems
+
+    assert tracker_problems(_wandb_spec(False)) == []
+    monkeypatch.delenv("MY_WANDB", raising=False)
+    problems = tracker_problems(_wandb_spec(True, "MY_WANDB"))
+    assert any("MY_WANDB is empty" in p for p in problems)
+    monkeypatch.setenv("MY_WANDB", "secret-value-123")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    problems = tracker_problems(_wandb_spec(True, "MY_WANDB"))
+    assert not any("secret-value-123" in p for p in problems)
+    assert not any("is empty" in p for p in problems)
+    import os
+
+    assert os.environ["WANDB_API_KEY"] == "secret-value-123"
