@@ -27,6 +27,15 @@ def sample_photos(tmp_path_factory) -> Path:
     return materialize_samples(tmp_path_factory.mktemp("photos") / "samples")
 
 
+def free_port() -> int:
+    """A free local port for torch.distributed's rendezvous (29500 may be taken on CI)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Runner:
     """Runs `python -m runner run` on the smoke spec with per-test cache and output dirs."""
 
@@ -43,7 +52,7 @@ class Runner:
         return cmd
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        return {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "MASTER_PORT": str(free_port())}
 
     def run(self, *sets: str, stage: str = "all", timeout: int = 300, spec: Path = SMOKE) -> subprocess.CompletedProcess:
         return subprocess.run(self.args(*sets, spec=spec, stage=stage), cwd=REPO, env=self.env(), capture_output=True,

@@ -13,6 +13,7 @@ Endpoints the client uses for create_repo + upload_folder of small files:
   POST /api/validate-yaml                      README.md front matter check (create_commit)
   POST /api/models/{repo}/preupload/{revision} upload mode per file
   POST /api/models/{repo}/commit/{revision}    NDJSON: header line + one "file" line per file
+  GET  /api/agent-harnesses                    user-agent registry, once per process, no credentials
 """
 from __future__ import annotations
 
@@ -154,7 +155,8 @@ class FakeHub:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
         self.thread.start()
 
     def repo_requests(self) -> list[dict]:
@@ -304,6 +306,13 @@ def test_push_uploads_the_folder(fake_hub, model_dir, images, capfd):
     assert elapsed < 10
 
 
+def test_push_public_repo(fake_hub, model_dir, images):
+    doc = job_document()
+    doc["spec"]["output"]["hub"]["private"] = False
+    push_to_hub(model_dir, doc, images)
+    assert fake_hub.created[REPO_ID]["visibility"] == "public"
+
+
 def test_push_again_into_an_existing_folder(fake_hub, model_dir, images):
     """A second push (README and validation/ already there from the first) uploads the same set."""
     doc = job_document()
@@ -338,6 +347,8 @@ def test_push_server_errors_raise_publish_error(fake_hub, model_dir, images, cap
     assert TOKEN not in msg
     assert TOKEN not in out.out + out.err
     assert fake_hub.commits == []
+    if (stage, status) == ("create", 401):  # exist_ok: the client checks whether the repo exists anyway
+        assert fake_hub.calls() == [("POST", "/api/repos/create"), ("GET", f"/api/models/{REPO_ID}")]
     assert elapsed < 5  # no retry/backoff loop on these endpoints
 
 
