@@ -144,6 +144,14 @@ def plan_dataset(ds: dict[str, Any], root: Path, seed: int, with_digest: bool = 
                        skipped=tuple(sorted(skipped)))
 
 
+def size_problem(ds: dict[str, Any], plan: DatasetPlan, batch: int, accum: int, world: int) -> str | None:
+    """The dataset-size check on a plan, counting `repeats` (each extra pass adds every image
+    to its bucket again, exactly as the trainer's sampler sees them)."""
+    passes = 1 + int(_opt(ds, "repeats") or 0)
+    counts = {bucket: n * passes for bucket, n in plan.bucket_counts().items()}
+    return check_dataset_size(str(ds.get("name", plan.name)), counts, batch, accum, world)
+
+
 def dataset_problems(spec: dict[str, Any]) -> list[str]:
     """Problems with the local datasets that can be checked from here (defaulted spec dict).
 
@@ -185,7 +193,7 @@ def dataset_problems(spec: dict[str, Any]) -> list[str]:
             problems.append(f"{where}: dataset {name!r} has no usable images under {path} "
                             f"({plan.skipped_summary()}; e.g. {examples})")
             continue
-        message = check_dataset_size(name, plan.bucket_counts(), batch, accum, world)
+        message = size_problem(ds, plan, batch, accum, world)
         if message:
             if plan.skipped:
                 message += f" ({plan.skipped_summary()} under {path})"

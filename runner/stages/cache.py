@@ -254,22 +254,15 @@ def drop_broken(ctx: RunContext, plans, broken, report: CacheReport):
 
 
 def check_sizes(ctx: RunContext, plans) -> None:
-    from runner.data.buckets import check_dataset_size
+    from runner.data.preflight import size_problem
     from runner.semantics import world_size
 
     training = ctx.spec_dict["training"]
-    problems = []
-    for ds, plan in plans:
-        counts: dict[str, int] = {}
-        for item in plan.items:
-            counts[item.bucket] = counts.get(item.bucket, 0) + 1
-        # The spec's world size, not this process's: the cache runs once for all trainers.
-        problem = check_dataset_size(ds["name"], counts, training["batchSize"], training["gradientAccumulationSteps"],
-                                     world_size(ctx.spec_dict))
-        if problem:
-            problems.append(problem)
-    if problems:
-        raise DatasetError("\n".join(problems))
+    # The spec's world size, not this process's: the cache runs once for all trainers.
+    problems = [size_problem(ds, plan, training["batchSize"], training["gradientAccumulationSteps"],
+                             world_size(ctx.spec_dict)) for ds, plan in plans]
+    if any(problems):
+        raise DatasetError("\n".join(p for p in problems if p))
 
 
 def run_cache(ctx: RunContext) -> CacheReport:

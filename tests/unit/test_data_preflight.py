@@ -121,6 +121,9 @@ PROBLEM_CASES = [
     ("textfile-uncaptioned-unusable", {"captionStrategy": "textfile", "minimumImageSize": 64}, dict(batch=4),
      ["has 0 usable", "needs 4", "128x128: 3;", "dropped (3 of 3",
       "6 skipped: 4 without a caption .txt, 1 smaller than minimumImageSize, 1 unreadable"]),
+    # repeats: 1 doubles every bucket (5 -> 10 square, 3 -> 6 wide), as the sampler sees it.
+    ("repeats-count", {"repeats": 1}, dict(batch=2, accum=2, gpus=2), None),
+    ("repeats-not-enough", {"repeats": 1}, dict(batch=4, accum=5), ["has 16 usable image(s)", "needs 20"]),
     ("square-merges-buckets", {"cropAspect": "square", "minimumImageSize": 64}, dict(batch=7), None),
     ("minimum-too-high", {"minimumImageSize": 10000}, dict(),
      ["spec.datasets[0]: dataset 'photos' has no usable images", "smaller than minimumImageSize"]),
