@@ -38,6 +38,14 @@ class Sample:
     bucket: str
 
 
+def missing_entries(samples: list[Sample], text_dir: Path, empty_key: str) -> list[str]:
+    """Cache files the manifest promises but the disk lacks (deleted, or a cache stage that
+    did not finish): found before training rather than as a crash hours in."""
+    wanted = {s.latent_path for s in samples if s.latent_path} | {str(entry_path(text_dir, k)) for k in
+                                                                  {s.text_key for s in samples} | {empty_key}}
+    return sorted(p for p in wanted if not Path(p).is_file())
+
+
 def load_samples(manifest: dict[str, Any]) -> list[Sample]:
     samples = []
     for ds in manifest["datasets"]:
@@ -113,6 +121,10 @@ class TrainingData:
     def __init__(self, manifest: dict[str, Any], *, batch_size: int, world_size: int, rank: int, seed: int,
                  dropout: float, workers: int, pin_memory: bool):
         self.samples = load_samples(manifest)
+        missing = missing_entries(self.samples, Path(manifest["text_dir"]), manifest["empty_caption"])
+        if missing:
+            raise CacheMismatch(f"the cache is incomplete: {len(missing)} entr{'y is' if len(missing) == 1 else 'ies are'} "
+                                f"missing (e.g. {missing[0]}); run the cache stage again, it encodes only what is missing")
         self.dataset = CachedDataset(self.samples, Path(manifest["text_dir"]), manifest["empty_caption"])
         self.kw = dict(batch_size=batch_size, world_size=world_size, rank=rank, seed=seed, dropout=dropout)
         self.workers, self.pin_memory = workers, pin_memory

@@ -39,3 +39,18 @@ def test_train_stage_refuses_a_cache_built_for_other_settings(runner):
     proc = runner.run("spec.datasets.0.resolution=64", stage="train")
     assert_clean(proc, code=2)
     assert "run the cache stage again" in proc.stderr
+
+
+def test_train_stage_refuses_an_incomplete_cache_and_the_cache_stage_repairs_it(runner):
+    import json
+
+    from runner.cachekeys import entry_path
+
+    assert_clean(runner.run(stage="cache"))
+    items = json.loads((runner.cache / "vae" / "photos" / "manifest.json").read_text())["items"]
+    entry_path(runner.cache / "vae" / "photos", items[3]["latent_key"]).unlink()
+    proc = runner.run(stage="train")
+    assert_clean(proc, code=2)
+    assert "cache is incomplete: 1 entry is missing" in proc.stderr
+    assert_clean(runner.run(stage="cache"))
+    assert runner.cache_report()["latents_encoded"] == 1
