@@ -54,7 +54,8 @@ def dataset_root(ctx: RunContext, ds: dict[str, Any]) -> Path:
         return root / ds["subfolder"] if ds.get("subfolder") else root
     root = Path(ds["path"])
     if not root.is_dir():
-        raise DatasetError(f"spec.datasets[{ds['name']}].path: {root} is not a directory")
+        index = [d["name"] for d in ctx.spec_dict["datasets"]].index(ds["name"])
+        raise DatasetError(f"spec.datasets[{index}].path: {root} is not a directory (dataset {ds['name']!r})")
     return root
 
 

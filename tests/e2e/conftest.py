@@ -59,7 +59,11 @@ class Runner:
                               text=True, timeout=timeout)
 
     def cache_report(self) -> dict:
-        return json.loads((self.cache / "manifest.json").read_text())["report"]
+        return self.cache_report_at(self.cache)
+
+    @staticmethod
+    def cache_report_at(cache_dir: Path) -> dict:
+        return json.loads((cache_dir / "manifest.json").read_text())["report"]
 
 
 @pytest.fixture
