@@ -5,8 +5,10 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -43,3 +45,38 @@ def replace_dir(tmp: Path, dest: Path) -> Path:
     else:
         os.replace(tmp, dest)
     return dest
+
+
+def build_dir_once(dest: Path, build: Callable[[Path], None], is_complete: Callable[[Path], bool],
+                   may_replace: Callable[[Path], bool] = lambda _dest: True) -> Path:
+    """Build a folder at most once, safely under concurrency.
+
+    `build(tmp)` fills a temp folder next to `dest` (its completion marker written last);
+    the temp folder is then renamed into place. A `dest` that is already complete is
+    returned untouched. When several processes race, one rename wins and the others keep
+    the winner's folder. An incomplete `dest` is replaced only if `may_replace(dest)`
+    (so a folder someone else made is never deleted); otherwise FileExistsError."""
+    dest = Path(dest)
+    if is_complete(dest):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        build(tmp)
+        if dest.exists() and not is_complete(dest):
+            if not may_replace(dest):
+                raise FileExistsError(str(dest))
+            trash = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex}"
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(dest, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if is_complete(dest):  # lost the race (ENOTEMPTY/EEXIST): the winner's folder is in place
+                return dest
+            raise
+        return dest
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -8,11 +8,9 @@ exist: most are 512x512, others are 3:2, 4:3, 5:6 or about 2:1.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from runner.atomic import build_dir_once
 from runner.data import DatasetError
 
 MARKER = ".samples-complete.json"
@@ -97,9 +95,8 @@ def materialize_samples(dest: Path) -> Path:
     except ImportError:
         raise DatasetError("type: samples needs scikit-image; install it with "
                            "pip install 'trainingjob-runner[samples]' (or pip install scikit-image)") from None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         written, failed = [], []
         for func, caption in SAMPLES:
             try:
@@ -114,21 +111,12 @@ def materialize_samples(dest: Path) -> Path:
             raise DatasetError(f"type: samples: only {len(written)} scikit-image photos could be loaded offline "
                                f"(need {MIN_SAMPLES}); failed: {', '.join(failed)}. Upgrade scikit-image or use a local dataset")
         (tmp / MARKER).write_text(json.dumps({"version": SAMPLES_VERSION, "files": written}, indent=1))
-        if dest.exists():
-            if _is_complete(dest):  # someone else finished first
-                return dest
-            if (dest / MARKER).exists() or (dest.is_dir() and not any(dest.iterdir())):
-                shutil.rmtree(dest)  # an older samples version, or an empty directory
-            else:
-                raise DatasetError(f"{dest}: exists but is not a samples directory written by this tool; "
-                                   "delete it or point spec.cacheDir elsewhere")
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if _is_complete(dest):  # lost a race with a concurrent writer
-                return dest
-            raise
-        return dest
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def ours(folder: Path) -> bool:  # an older samples version, or an empty folder
+        return (folder / MARKER).exists() or (folder.is_dir() and not any(folder.iterdir()))
+
+    try:
+        return build_dir_once(dest, fill, _is_complete, may_replace=ours)
+    except FileExistsError:
+        raise DatasetError(f"{dest}: exists but is not a samples directory written by this tool; "
+                           "delete it or point spec.cacheDir elsewhere") from None

@@ -71,11 +71,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Callable, Iterator
+
+from runner.atomic import build_dir_once
 
 __all__ = [
     "BUILTIN_PREFIX",
@@ -217,36 +216,15 @@ def _atomic_build(
     processes race, exactly one rename wins; the losers discard their temp
     directory and return the winner's ``dest``.
     """
-    dest = Path(dest)
-    if _is_complete(dest, required):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    def fill(tmp: Path) -> None:
         build(tmp)
         _make_readable(tmp)
         (tmp / MARKER).write_text(
             json.dumps({"builder": kind, "version": BUILD_VERSION, "seed": seed}, indent=2) + "\n"
         )
-        # A stale/incomplete dest (e.g. older BUILD_VERSION, or a directory that
-        # someone created by hand) is moved aside first; rename cannot replace a
-        # non-empty directory.
-        if dest.exists() and not _is_complete(dest, required):
-            trash = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex}"
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(dest, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            # Lost the race (ENOTEMPTY/EEXIST): someone else's build is in place.
-            if _is_complete(dest, required):
-                return dest
-            raise
-        return dest
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    # A stale dest (an older BUILD_VERSION, or a folder made by hand) is replaced.
+    return build_dir_once(Path(dest), fill, lambda d: _is_complete(d, required))
 
 
 def _make_readable(root: Path) -> None:

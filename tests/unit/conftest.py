@@ -51,3 +51,15 @@ def cli(capsys):
 @pytest.fixture
 def minimal_spec() -> str:
     return MINIMAL_SPEC
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """Tiny models' matmuls take microseconds; on a busy 2-core box intra-op threads turn them
+    into milliseconds (spin/wake). Modules that use this run single-threaded, then restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -14,13 +14,7 @@ from runner.models.pixart_sigma import load_transformer  # noqa: E402
 from runner.models.tiny import MARKER, build_tiny_pixart_sigma  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: single-threaded is much faster than contended intra-op threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")

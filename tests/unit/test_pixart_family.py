@@ -21,14 +21,7 @@ from runner.models.pixart_sigma import (  # noqa: E402
 from runner.models.tiny import build_tiny_pixart_sigma  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny model's matmuls are microseconds; on a busy 2-core box intra-op threads make them
-    milliseconds (spin/wake), so run this module single-threaded and restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")
