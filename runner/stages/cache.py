@@ -25,6 +25,23 @@ MANIFEST_FORMAT = 1
 VAE_ENCODE_BATCH = 8
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process encodes the entries whose key falls in its shard. With several GPUs each
+    worker takes one shard; a final unsharded pass (which finds everything cached) then
+    re-checks the few images that failed to decode and writes the manifest."""
+
+    index: int = 0
+    count: int = 1
+
+    def owns(self, key: str) -> bool:
+        return self.count == 1 or int(key[:8], 16) % self.count == self.index
+
+    @property
+    def is_whole(self) -> bool:
+        return self.count == 1
+
+
 @dataclass
 class CacheReport:
     text_total: int = 0
@@ -114,13 +131,13 @@ def encoder_identities(ctx: RunContext, model_dir: Path) -> tuple[EncoderIdentit
 
 
 def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identity: EncoderIdentity,
-               report: CacheReport, writer: ThreadPoolExecutor) -> dict[str, str]:
+               report: CacheReport, writer: ThreadPoolExecutor, shard: Shard = Shard()) -> dict[str, str]:
     from runner.models import pixart_sigma as family
     from runner.progress import Progress
 
     max_tokens = ctx.spec.model.textEncoderMaxLength
     keys = {c: cachekeys.text_key(identity, max_tokens, c) for c in captions}
-    missing = [c for c in keys if not entry_is_valid(entry_path(ctx.paths.text_dir, keys[c]))]
+    missing = [c for c in keys if shard.owns(keys[c]) and not entry_is_valid(entry_path(ctx.paths.text_dir, keys[c]))]
     report.text_total, report.text_encoded = len(keys), len(missing)
     if missing:
         ctx.log(f"encoding {len(missing)} caption(s) with the T5 text encoder ({len(keys) - len(missing)} cached)")
@@ -141,7 +158,7 @@ def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identi
 
 
 def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIdentity, report: CacheReport,
-                  writer: ThreadPoolExecutor) -> tuple[dict[tuple[str, str], str], list[tuple[Any, str]]]:
+                  writer: ThreadPoolExecutor, shard: Shard = Shard()) -> tuple[dict[tuple[str, str], str], list[tuple[Any, str]]]:
     """Encode missing latents, grouped by bucket so each VAE batch has one shape."""
     import torch
 
@@ -155,7 +172,7 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
         for item in plan.items:
             key = cachekeys.latent_key(identity, item.digest, crop_plan_dict(item.plan))
             keys[(ds["name"], item.info.rel)] = key
-            if not entry_is_valid(entry_path(vae_dir, key)):
+            if shard.owns(key) and not entry_is_valid(entry_path(vae_dir, key)):
                 todo.append((vae_dir, item, key))
     report.latents_total, report.latents_encoded = len(keys), len(todo)
     if not todo:
@@ -266,7 +283,8 @@ def check_sizes(ctx: RunContext, plans) -> None:
         raise DatasetError("\n".join(p for p in problems if p))
 
 
-def run_cache(ctx: RunContext) -> CacheReport:
+def run_cache(ctx: RunContext, shard: Shard = Shard()) -> CacheReport:
+    """Encode what is missing; with the whole range (the default) also write the manifests."""
     from runner.models.pixart_sigma import resolve_model_dir
 
     spec = ctx.spec_dict
@@ -281,6 +299,13 @@ def run_cache(ctx: RunContext) -> CacheReport:
     captions = sorted({item.caption for _, plan in plans for item in plan.items}
                       | set(validation["prompts"]) | {validation["negativePrompt"], ""})
     with ThreadPoolExecutor(max_workers=2) as writer:
+        if not shard.is_whole:
+            if not spec["vaeCacheDisable"]:
+                cache_latents(ctx, model_dir, plans, vae_id, report, writer, shard)
+            cache_text(ctx, model_dir, captions, text_id, report, writer, shard)
+            # Every shard reports (ctx.log speaks for rank 0 only).
+            print(f"[{ctx.job.name}] cache shard {shard.index + 1}/{shard.count} done: {report.summary()}", flush=True)
+            return report
         if spec["vaeCacheDisable"]:
             latent_keys, broken = {}, verify_images(plans)
         else:

@@ -44,8 +44,8 @@ def worker_env(base: dict[str, str], *, local_rank: int, gpus: int, nodes: int, 
             "GROUP_RANK": str(node_rank)}
 
 
-def launch_workers(job: TrainingJob, gpus: int) -> int:
-    """One train process per GPU of this node. On Kubernetes each pod of the Indexed Job is a
+def launch_workers(job: TrainingJob, gpus: int, stage: str = "train") -> int:
+    """One process per GPU of this node, for the train stage or for a cache shard each. On Kubernetes each pod of the Indexed Job is a
     node: its rank comes from JOB_COMPLETION_INDEX, the master from MASTER_ADDR (pod 0's
     headless-Service hostname). The first worker to fail stops the others; SIGTERM is passed on
     so every worker checkpoints before exiting."""
@@ -54,8 +54,9 @@ def launch_workers(job: TrainingJob, gpus: int) -> int:
     effective.parent.mkdir(parents=True, exist_ok=True)
     effective.write_text(yaml.safe_dump(job.document.to_dict(), sort_keys=False))
     node_rank = int(os.environ.get("NODE_RANK", os.environ.get("JOB_COMPLETION_INDEX", "0")))
-    cmd = [sys.executable, "-m", "runner", "run", str(effective), "--stage", "train"]
-    print(f"[{job.name}] launching {gpus} training processes on node {node_rank}", flush=True)
+    cmd = [sys.executable, "-m", "runner", "run", str(effective), "--stage", stage]
+    what = "training processes" if stage == "train" else "cache workers"
+    print(f"[{job.name}] launching {gpus} {what} on node {node_rank}", flush=True)
     workers = [subprocess.Popen(cmd, env=worker_env(dict(os.environ), local_rank=r, gpus=gpus,
                                                     nodes=spec["hardware"]["nodes"], node_rank=node_rank))
                for r in range(gpus)]
@@ -120,10 +121,17 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
         if problems:
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
             return EXIT_INVALID
-        if stage in ("cache", "all") and not in_worker():
-            run_cache_stage(job)
+        gpus = spec["hardware"]["gpusPerNode"]
+        if stage in ("cache", "all"):
+            if in_worker():
+                run_cache_stage(job, shard_of_worker())
+                return EXIT_OK
+            if gpus > 1:
+                code = launch_workers(job, gpus, stage="cache")
+                if code != EXIT_OK:
+                    return code
+            run_cache_stage(job)  # with shards done: re-check broken images, write manifests
         if stage in ("train", "all"):
-            gpus = spec["hardware"]["gpusPerNode"]
             if gpus > 1 and not in_worker():
                 return launch_workers(job, gpus)
             return run_train_stage(job)
@@ -152,17 +160,28 @@ def _metrics(job: TrainingJob, is_main: bool):
     return Metrics(job.name, port) if port and is_main else NoMetrics()
 
 
-def run_cache_stage(job: TrainingJob):
-    from runner.context import make_context
-    from runner.stages.cache import run_cache
+def shard_of_worker():
+    """The cache shard of a launched worker: one per process of the whole (multi-node) job."""
+    from runner.stages.cache import Shard
 
-    metrics = _metrics(job, True)
+    return Shard(index=int(os.environ["RANK"]), count=int(os.environ["WORLD_SIZE"]))
+
+
+def run_cache_stage(job: TrainingJob, shard=None):
+    from runner.context import make_context
+    from runner.stages.cache import Shard, run_cache
+
+    shard = shard or Shard()
+    metrics = _metrics(job, shard.index == 0)
     try:
         metrics.set_stage("cache")
-        ctx = make_context(job, pick_device(job.spec.hardware.accelerator), metrics=metrics)
+        device = pick_device(job.spec.hardware.accelerator)
+        if device == "cuda" and not shard.is_whole:
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        ctx = make_context(job, device, rank=shard.index, world_size=shard.count, metrics=metrics)
         t0 = time.time()
-        ctx.log(f"cache stage: {job.source}")
-        report = run_cache(ctx)
+        ctx.log(f"cache stage: {job.source}" + ("" if shard.is_whole else f" ({shard.count} shards)"))
+        report = run_cache(ctx, shard)
         metrics.cache_report(report)
         ctx.log(f"cache stage done in {time.time() - t0:.1f}s")
         return report

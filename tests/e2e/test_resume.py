@@ -51,6 +51,14 @@ def test_two_process_data_parallel_run_on_cpu(runner):
             "spec.training.checkpointEvery=3", "spec.validation.prompts=[]")
     proc = runner.run(*sets)
     assert_clean(proc)
+    # The cache is encoded in two shards, one per worker; the final pass finds it all cached.
+    assert "launching 2 cache workers" in proc.stdout
+    assert "cache shard 1/2 done" in proc.stdout and "cache shard 2/2 done" in proc.stdout
+    shard_counts = [int(n) for n in re.findall(r"cache shard \d/2 done: text embeds: \d+ \((\d+) encoded", proc.stdout)]
+    assert len(shard_counts) == 2 and all(n > 0 for n in shard_counts)
+    final = runner.cache_report()
+    assert final["latents_encoded"] == 0 and final["text_encoded"] == 0
+    assert sum(shard_counts) == final["text_total"]
     assert "launching 2 training processes" in proc.stdout
     assert "on 2 x cpu" in proc.stdout
     state = json.loads((runner.out / "checkpoints" / "step-6" / "trainer_state.json").read_text())

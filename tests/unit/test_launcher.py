@@ -98,3 +98,17 @@ def test_tracker_problems_name_the_missing_key_and_never_its_value(monkeypatch):
     import os
 
     assert os.environ["WANDB_API_KEY"] == "secret-value-123"
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 8])
+def test_cache_shards_partition_the_keys(count):
+    import hashlib
+
+    from runner.stages.cache import Shard
+
+    keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(400)]
+    owners = [[i for i in range(count) if Shard(i, count).owns(k)] for k in keys]
+    assert all(len(o) == 1 for o in owners)  # every entry is encoded by exactly one worker
+    if count > 1:
+        sizes = [sum(o == [i] for o in owners) for i in range(count)]
+        assert min(sizes) > 400 / count / 2  # and the work is spread
