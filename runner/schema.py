@@ -66,3 +66,15 @@ def subschema(path: str) -> dict[str, Any] | None:
             return None
         node = props[part]
     return node
+
+
+def iter_fields(node: dict[str, Any] | None = None, path: str = ""):
+    """Every field of the schema as (dotted path, schema node), depth first; list items are
+    transparent (`spec.datasets.crop`)."""
+    node = load_schema() if node is None else node
+    for name, child in node.get("properties", {}).items():
+        child_path = f"{path}.{name}" if path else name
+        yield child_path, child
+        yield from iter_fields(child, child_path)
+    if isinstance(node.get("items"), dict):
+        yield from iter_fields(node["items"], path)
