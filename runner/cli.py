@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 from runner.spec import SpecError, load_spec
 
@@ -20,33 +20,26 @@ def _add_set(p: argparse.ArgumentParser) -> None:
                    help="override a field, e.g. --set spec.training.maxSteps=10 (repeatable)")
 
 
-def _dataset_checker() -> Callable[[dict[str, Any]], list[str]] | None:
-    """runner.data.preflight's dataset_problems, or None while that module does not exist.
-    Only its absence is tolerated: an import error inside it is a bug and surfaces as one."""
-    try:
-        from runner.data.preflight import dataset_problems
-    except ModuleNotFoundError as e:
-        if e.name in ("runner.data", "runner.data.preflight"):
-            return None
-        raise
-    return dataset_problems
+def _print_spec_error(e: SpecError) -> None:
+    for line in e.warnings + e.problems:
+        print(line, file=sys.stderr)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from runner.data.preflight import dataset_problems  # reads image headers; never torch
+
     status = EXIT_OK
-    check_datasets = _dataset_checker()
     for path in args.files:
         try:
             job = load_spec(path, args.overrides)
         except SpecError as e:
-            for line in e.warnings + e.problems:
-                print(line, file=sys.stderr)
+            _print_spec_error(e)
             status = EXIT_INVALID
             continue
         for w in job.warnings:
             print(w, file=sys.stderr)
         # Data checks only make sense once the spec itself is sound.
-        data_problems = check_datasets(job.document.to_dict()) if check_datasets else []
+        data_problems = dataset_problems(job.document.to_dict())
         if data_problems:
             for line in data_problems:
                 print(f"{path}: {line}", file=sys.stderr)
@@ -60,8 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         job = load_spec(args.file, args.overrides)
     except SpecError as e:
-        for line in e.problems:
-            print(line, file=sys.stderr)
+        _print_spec_error(e)
         return EXIT_INVALID
     for w in job.warnings:
         print(w, file=sys.stderr)

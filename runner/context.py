@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+from runner.metrics import NoMetrics
 from runner.plan import JobPaths, job_paths
 from runner.spec import TrainingJob
 
@@ -17,15 +18,15 @@ class RunContext:
     device: str
     rank: int = 0
     world_size: int = 1
-    metrics: Any = None
-    started: float = field(default_factory=time.time)
+    metrics: Any = field(default_factory=NoMetrics)
 
     @property
     def spec(self):
         return self.job.spec
 
-    @property
+    @cached_property
     def spec_dict(self) -> dict[str, Any]:
+        """Plain-dict view of the frozen spec (built once; treat it as read-only)."""
         return self.job.spec.to_dict()
 
     @property
@@ -39,4 +40,4 @@ class RunContext:
 
 def make_context(job: TrainingJob, device: str, rank: int = 0, world_size: int = 1, metrics: Any = None) -> RunContext:
     return RunContext(job=job, paths=job_paths(job.spec.to_dict()), device=device, rank=rank,
-                      world_size=world_size, metrics=metrics)
+                      world_size=world_size, metrics=metrics if metrics is not None else NoMetrics())

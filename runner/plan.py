@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from runner.semantics import world_size
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,10 @@ class JobPaths:
     def vae_dir(self, dataset: Mapping[str, Any]) -> Path:
         return Path(dataset["vaeCacheDir"]) if dataset.get("vaeCacheDir") else self.cache_dir / "vae" / dataset["name"]
 
+    @property
+    def digests(self) -> Path:
+        return self.cache_dir / "digests.json"
+
     def samples_dir(self) -> Path:
         return self.cache_dir / "samples"
 
@@ -57,14 +60,15 @@ def enabled_datasets(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def cache_fingerprint(spec: Mapping[str, Any]) -> str:
-    """Hash of the spec fields the cache's content depends on. The train stage refuses a
-    manifest written under a different one (run the cache stage again)."""
+    """Hash of the spec fields the cached dataset depends on. The train stage refuses a
+    manifest written under a different one (run the cache stage again). Validation prompts
+    are not part of it: they are looked up by key, so turning validation off or back on to
+    already-cached prompts needs no re-caching."""
     model = spec["model"]
     relevant = {
         "model": {k: model[k] for k in ("family", "pretrained", "revision", "textEncoderMaxLength", "vaeDtype", "textEncoderDtype")},
         "datasets": [{k: v for k, v in ds.items() if k not in ("disabled", "repeats")} for ds in enabled_datasets(spec)],
         "vaeCacheDisable": spec["vaeCacheDisable"],
-        "validation": {k: spec["validation"][k] for k in ("prompts", "negativePrompt")},
         "seed": spec["training"]["seed"],
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
@@ -90,5 +94,3 @@ def step_plan(spec: Mapping[str, Any], batches_per_epoch: int) -> StepPlan:
         limits.append(spec["training"]["epochs"] * per_epoch)
     return StepPlan(steps_per_epoch=per_epoch, total_steps=min(limits))
 
-
-__all__ = ["JobPaths", "job_paths", "enabled_datasets", "cache_fingerprint", "StepPlan", "step_plan", "world_size"]

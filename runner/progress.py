@@ -7,9 +7,12 @@ from typing import Any
 
 
 class Progress:
-    def __init__(self, total: int, desc: str, unit: str = "it", enabled: bool = True, every_s: float = 10.0):
+    def __init__(self, total: int, desc: str, unit: str = "it", enabled: bool = True, every_s: float = 10.0,
+                 initial: int = 0):
+        """`initial`: work already done before this process (a resumed run); rates and ETA
+        count only what this process does."""
         self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
-        self.count = 0
+        self.count = self._initial = initial
         self.postfix: dict[str, Any] = {}
         self._start = self._last = time.time()
         self._every = every_s
@@ -18,7 +21,7 @@ class Progress:
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+            self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, initial=initial)
 
     def update(self, n: int = 1, **postfix: Any) -> None:
         self.count += n
@@ -35,7 +38,7 @@ class Progress:
         if (n and (now - self._last >= self._every or finished)) or (finished and not self._printed_final):
             self._printed_final = finished
             self._last = now
-            rate = self.count / max(now - self._start, 1e-9)
+            rate = (self.count - self._initial) / max(now - self._start, 1e-9)
             eta = (self.total - self.count) / rate if rate > 0 else float("inf")
             extra = " ".join(f"{k}={_fmt(v)}" for k, v in self.postfix.items())
             print(f"{self.desc}: {self.count}/{self.total} {self.unit} ({rate:.2f} {self.unit}/s, ETA {eta:.0f}s) {extra}".rstrip(),

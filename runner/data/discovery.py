@@ -11,6 +11,7 @@ or that is not an image at all, is skipped here.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -171,3 +172,41 @@ def file_digest(path: Path, chunk_size: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
+
+
+class DigestMemo:
+    """Content digests remembered by (absolute path, size, mtime_ns) in a JSON file.
+
+    The cache keys need each image's sha256; without a memo every rerun, and every cache
+    worker, would read the whole dataset again (10 GB for 10k photos) to find nothing new.
+    A file rewritten in place changes size or mtime, so it is hashed again."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, list] = self._read()
+
+    def _read(self) -> dict[str, list]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}  # a damaged memo only costs re-hashing
+
+    def __call__(self, info: ImageInfo) -> str:
+        key = str(Path(info.path).resolve())
+        hit = self.entries.get(key)
+        if hit and hit[0] == info.size_bytes and hit[1] == info.mtime_ns:
+            return hit[2]
+        digest = file_digest(info.path)
+        self.entries[key] = [info.size_bytes, info.mtime_ns, digest]
+        return digest
+
+    def save(self) -> None:
+        """Merge with what other processes saved meanwhile, then write atomically."""
+        if self.path is None:
+            return
+        from runner.atomic import atomic_write_json
+
+        atomic_write_json(self.path, {**self._read(), **self.entries})

@@ -11,11 +11,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from runner.data.buckets import bucket_key, check_dataset_size, group_by_bucket
 from runner.data.captions import CaptionError, caption_for
-from runner.data.discovery import ImageInfo, file_digest, scan
+from runner.data.discovery import ImageInfo, scan
 from runner.data.transforms import CropPlan, meets_minimum, plan_crop
 
 # Schema defaults of a dataset entry, so a non-defaulted dict works too.
@@ -94,14 +94,14 @@ def seed_key_for(info: ImageInfo, seed: int, digest: str | None = None) -> str:
     return f"{info.rel}:{info.size_bytes}:{info.mtime_ns}:{seed}"
 
 
-def plan_dataset(ds: dict[str, Any], root: Path, seed: int, with_digest: bool = False,
+def plan_dataset(ds: dict[str, Any], root: Path, seed: int, digest: Callable[[ImageInfo], str] | None = None,
                  workers: int | None = None) -> DatasetPlan:
     """Scan `root` and plan every image of dataset entry `ds` (a spec.datasets item).
 
     Images are skipped (with a reason) when unreadable, when their caption cannot be found
-    (textfile), or when smaller than minimumImageSize. `with_digest=True` (the cache stage)
-    hashes each file into `digest` and seeds the random crop from it; False (preflight)
-    seeds it from rel path + size + mtime_ns and reads nothing but headers.
+    (textfile), or when smaller than minimumImageSize. With `digest` (the cache stage passes a
+    DigestMemo) each item gets its content digest, which also seeds the random crop; without
+    it (preflight) the seed comes from rel path + size + mtime_ns and only headers are read.
     Raises DatasetError if `root` is not a directory."""
     root = Path(root)
     infos, skipped = scan(root, workers=workers)
@@ -124,10 +124,10 @@ def plan_dataset(ds: dict[str, Any], root: Path, seed: int, with_digest: bool = 
         kept.append((info, caption))
 
     digests: list[str | None] = [None] * len(kept)
-    if with_digest and kept:
+    if digest is not None and kept:
         n = workers or min(16, (os.cpu_count() or 1) * 2)
         with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
-            digests = list(pool.map(lambda ic: file_digest(ic[0].path), kept))
+            digests = list(pool.map(lambda ic: digest(ic[0]), kept))
 
     items = []
     for (info, caption), digest in zip(kept, digests):

@@ -76,20 +76,24 @@ def dataset_root(ctx: RunContext, ds: dict[str, Any]) -> Path:
     return root
 
 
-def plan_datasets(ctx: RunContext) -> list[tuple[dict[str, Any], Any]]:
-    """Plan every enabled dataset and check sizes, all before any model loads."""
+def plan_datasets(ctx: RunContext, quiet: bool = False) -> list[tuple[dict[str, Any], Any]]:
+    """Plan every enabled dataset and check sizes, all before any model loads. `quiet` for
+    cache workers: the process that launched them has already listed skipped images."""
+    from runner.data.discovery import DigestMemo
     from runner.data.preflight import plan_dataset
 
     spec = ctx.spec_dict
+    memo = DigestMemo(ctx.paths.digests)
     plans = []
     for ds in enabled_datasets(spec):
         root = dataset_root(ctx, ds)
-        plan = plan_dataset(ds, root, seed=spec["training"]["seed"], with_digest=True)
-        if plan.skipped:
+        plan = plan_dataset(ds, root, seed=spec["training"]["seed"], digest=memo)
+        if plan.skipped and not quiet:
             ctx.log(f"dataset {ds['name']}: skipped {len(plan.skipped)} image(s):")
             for rel, reason in plan.skipped:
                 ctx.log(f"  {rel}: {reason}")
         plans.append((ds, plan))
+    memo.save()
     check_sizes(ctx, plans)
     return plans
 
@@ -283,13 +287,14 @@ def check_sizes(ctx: RunContext, plans) -> None:
         raise DatasetError("\n".join(p for p in problems if p))
 
 
-def run_cache(ctx: RunContext, shard: Shard = Shard()) -> CacheReport:
-    """Encode what is missing; with the whole range (the default) also write the manifests."""
+def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheReport:
+    """Encode what is missing; with the whole range (the default) also write the manifests.
+    `plans` from an earlier plan_datasets() of this process are reused, not recomputed."""
     from runner.models.pixart_sigma import resolve_model_dir
 
     spec = ctx.spec_dict
     report = CacheReport()
-    plans = plan_datasets(ctx)
+    plans = plan_datasets(ctx, quiet=not shard.is_whole) if plans is None else plans
     for ds, plan in plans:
         report.skipped += [(ds["name"], rel, reason) for rel, reason in plan.skipped]
     model_dir = resolve_model_dir(spec["model"]["pretrained"], spec["model"]["revision"], ctx.paths.cache_dir)
@@ -328,7 +333,7 @@ def run_cache(ctx: RunContext, shard: Shard = Shard()) -> CacheReport:
         atomic_write_json(manifest_path, {"format": MANIFEST_FORMAT, "dataset": ds["name"], "items": items,
                                           "skipped": [list(s) for s in plan.skipped]})
         datasets.append({"name": ds["name"], "manifest": str(manifest_path), "vae_dir": str(ctx.paths.vae_dir(ds)),
-                         "repeats": ds["repeats"], "items": len(items)})
+                         "items": len(items)})
     atomic_write_json(ctx.paths.manifest, {
         "format": MANIFEST_FORMAT,
         "cache_fingerprint": cache_fingerprint(spec),
@@ -337,8 +342,6 @@ def run_cache(ctx: RunContext, shard: Shard = Shard()) -> CacheReport:
         "text_identity": dataclasses.asdict(text_id),
         "vae_identity": dataclasses.asdict(vae_id),
         "empty_caption": text_keys[""],
-        "validation": {"prompts": [[p, text_keys[p]] for p in validation["prompts"]],
-                       "negative": text_keys[validation["negativePrompt"]]},
         "datasets": datasets,
         "report": dataclasses.asdict(report),
     })

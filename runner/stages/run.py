@@ -16,6 +16,18 @@ from runner.spec import TrainingJob
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
 
 
+class HardwareError(Exception):
+    """The spec asks for hardware this machine does not have."""
+
+
+class WorkerFailed(Exception):
+    """A launched worker process failed; it has printed its own error."""
+
+    def __init__(self, code: int):
+        super().__init__(f"worker exited with {code}")
+        self.code = code
+
+
 def pick_device(accelerator: str) -> str:
     import torch
 
@@ -23,11 +35,11 @@ def pick_device(accelerator: str) -> str:
         return "cpu"
     if accelerator == "mps":
         if not torch.backends.mps.is_available():
-            raise RuntimeError("spec.hardware.accelerator is mps but no Apple GPU is available; use accelerator: cpu")
+            raise HardwareError("spec.hardware.accelerator is mps but no Apple GPU is available; use accelerator: cpu")
         return "mps"
     if not torch.cuda.is_available():
-        raise RuntimeError(f"spec.hardware.accelerator is {accelerator} but no GPU is visible to PyTorch "
-                           f"(torch {torch.__version__}); use accelerator: cpu for a CPU run")
+        raise HardwareError(f"spec.hardware.accelerator is {accelerator} but no GPU is visible to PyTorch "
+                            f"(torch {torch.__version__}); use accelerator: cpu for a CPU run")
     return "cuda"
 
 
@@ -45,10 +57,12 @@ def worker_env(base: dict[str, str], *, local_rank: int, gpus: int, nodes: int, 
 
 
 def launch_workers(job: TrainingJob, gpus: int, stage: str = "train") -> int:
-    """One process per GPU of this node, for the train stage or for a cache shard each. On Kubernetes each pod of the Indexed Job is a
-    node: its rank comes from JOB_COMPLETION_INDEX, the master from MASTER_ADDR (pod 0's
-    headless-Service hostname). The first worker to fail stops the others; SIGTERM is passed on
-    so every worker checkpoints before exiting."""
+    """One process per GPU of this node, for the train stage or for a cache shard each.
+
+    On Kubernetes each pod of the Indexed Job is a node: its rank comes from
+    JOB_COMPLETION_INDEX, the master from MASTER_ADDR (pod 0's headless-Service hostname).
+    The first worker to fail stops the others; SIGTERM is passed on so every worker
+    checkpoints before exiting."""
     spec = job.spec.to_dict()
     effective = Path(spec["output"]["dir"]) / "trainingjob.effective.yaml"
     effective.parent.mkdir(parents=True, exist_ok=True)
@@ -108,9 +122,12 @@ def tracker_problems(spec: dict) -> list[str]:
 
 
 def run_job(job: TrainingJob, stage: str = "all") -> int:
+    import torch
+
     from runner.data import DatasetError
     from runner.models.pixart_sigma import ModelError
     from runner.publish import PublishError, hub_token
+    from runner.stages.train import ResumeError
     from runner.training.data import CacheMismatch
 
     spec = job.spec.to_dict()
@@ -126,24 +143,22 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
             if in_worker():
                 run_cache_stage(job, shard_of_worker())
                 return EXIT_OK
-            if gpus > 1:
-                code = launch_workers(job, gpus, stage="cache")
-                if code != EXIT_OK:
-                    return code
-            run_cache_stage(job)  # with shards done: re-check broken images, write manifests
+            run_cache_stage(job, launch_shards=gpus)
         if stage in ("train", "all"):
             if gpus > 1 and not in_worker():
                 return launch_workers(job, gpus)
             return run_train_stage(job)
         return EXIT_OK
-    except (DatasetError, ModelError, CacheMismatch, PublishError) as e:
+    except WorkerFailed as e:
+        return e.code
+    except (DatasetError, ModelError, CacheMismatch, PublishError, ResumeError, HardwareError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    except RuntimeError as e:
-        if str(e).startswith("spec."):
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_INVALID
-        raise
+    except torch.cuda.OutOfMemoryError:
+        print("error: out of GPU memory; lower spec.training.batchSize (raise gradientAccumulationSteps to keep "
+              "the effective batch), set gradientCheckpointing: true, or use optimizer: adafactor. "
+              "Checkpoints already written are kept; the rerun resumes from the last one.", file=sys.stderr)
+        return EXIT_INTERNAL
     except OSError as e:
         if e.errno == errno.ENOSPC:
             print(f"error: no space left on device while writing {e.filename or 'a file'}; free space or move "
@@ -167,12 +182,15 @@ def shard_of_worker():
     return Shard(index=int(os.environ["RANK"]), count=int(os.environ["WORLD_SIZE"]))
 
 
-def run_cache_stage(job: TrainingJob, shard=None):
+def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
+    """Run the cache stage in this process, or (launch_shards > 1) plan it here, once, so dataset
+    errors show before any worker starts and image digests are remembered for them, let one
+    worker per GPU encode a shard each, then re-check broken images and write the manifests."""
     from runner.context import make_context
-    from runner.stages.cache import Shard, run_cache
+    from runner.stages.cache import Shard, plan_datasets, run_cache
 
     shard = shard or Shard()
-    metrics = _metrics(job, shard.index == 0)
+    metrics = _metrics(job, shard.is_whole)  # the launching process serves /metrics, not its workers
     try:
         metrics.set_stage("cache")
         device = pick_device(job.spec.hardware.accelerator)
@@ -181,7 +199,13 @@ def run_cache_stage(job: TrainingJob, shard=None):
         ctx = make_context(job, device, rank=shard.index, world_size=shard.count, metrics=metrics)
         t0 = time.time()
         ctx.log(f"cache stage: {job.source}" + ("" if shard.is_whole else f" ({shard.count} shards)"))
-        report = run_cache(ctx, shard)
+        plans = None
+        if launch_shards > 1:
+            plans = plan_datasets(ctx)
+            code = launch_workers(job, launch_shards, stage="cache")
+            if code != EXIT_OK:
+                raise WorkerFailed(code)
+        report = run_cache(ctx, shard, plans)
         metrics.cache_report(report)
         ctx.log(f"cache stage done in {time.time() - t0:.1f}s")
         return report
@@ -191,7 +215,7 @@ def run_cache_stage(job: TrainingJob, shard=None):
 
 def run_train_stage(job: TrainingJob) -> int:
     from runner.context import make_context
-    from runner.stages.train import ResumeError, run_train
+    from runner.stages.train import run_train
 
     is_main = os.environ.get("RANK", "0") == "0"
     metrics = _metrics(job, is_main)
@@ -199,11 +223,7 @@ def run_train_stage(job: TrainingJob) -> int:
         metrics.set_stage("train")
         ctx = make_context(job, pick_device(job.spec.hardware.accelerator), metrics=metrics)
         t0 = time.time()
-        try:
-            result = run_train(ctx)
-        except ResumeError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_INVALID
+        result = run_train(ctx)
         if result.interrupted:
             return 128 + signal.SIGTERM
         if ctx.is_main and job.spec.output.hub.push and result.model_dir:

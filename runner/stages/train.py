@@ -8,14 +8,14 @@ import contextlib
 import math
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from runner.context import RunContext
-from runner.plan import cache_fingerprint, step_plan
+from runner.plan import cache_fingerprint, enabled_datasets, step_plan
 from runner.training import checkpoint as ckpt
 from runner.training.checkpoint import TrainerState
 from runner.training.data import TrainingData, load_manifest
@@ -48,7 +48,6 @@ class TrainResult:
     model_dir: Path | None
     validation_dir: Path | None
     interrupted: bool = False
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def make_accelerator(ctx: RunContext):
@@ -122,7 +121,8 @@ def run_train(ctx: RunContext) -> TrainResult:
     model_dir = Path(manifest["model_dir"])
     set_seed(training["seed"] + ctx.rank)
 
-    data = TrainingData(manifest, batch_size=training["batchSize"], world_size=ctx.world_size, rank=ctx.rank,
+    repeats = {ds["name"]: ds["repeats"] for ds in enabled_datasets(spec)}
+    data = TrainingData(manifest, repeats=repeats, batch_size=training["batchSize"], world_size=ctx.world_size, rank=ctx.rank,
                         seed=training["seed"], dropout=training["captionDropout"],
                         workers=training["dataloaderWorkers"], pin_memory=device.type == "cuda")
     plan = step_plan(spec, data.batches_per_epoch)
@@ -152,9 +152,9 @@ def run_train(ctx: RunContext) -> TrainResult:
     params = [p for p in transformer.parameters() if p.requires_grad]
     batches = data.stream(state.epoch, state.batch_in_epoch)
     # every_s=0: one plain log line per logged step (every 10), not throttled like the cache bars.
-    bar = Progress(plan.total_steps, "train", "step", enabled=accelerator.is_main_process, every_s=0)
-    bar.count = state.step
-    last_loss, last_ckpt, metrics, tick = math.nan, None, {}, time.time()
+    bar = Progress(plan.total_steps, "train", "step", enabled=accelerator.is_main_process, every_s=0,
+                   initial=state.step)
+    last_loss, last_ckpt, logged_step, tick = math.nan, None, state.step, time.time()
     paused = 0.0  # seconds spent checkpointing/validating since the last log: not training throughput
 
     # ---- the loop ----
@@ -176,12 +176,12 @@ def run_train(ctx: RunContext) -> TrainResult:
         state.samples_seen += global_batch * accum
         if state.step % 10 == 0 or state.step == plan.total_steps or state.step == 1:
             last_loss = accelerator.reduce(loss_sum, reduction="mean").item()
-            rate = global_batch * accum * (state.step - bar.count) / max(time.time() - tick - paused, 1e-9)
+            rate = global_batch * accum * (state.step - logged_step) / max(time.time() - tick - paused, 1e-9)
             accelerator.log({"train/loss": last_loss, "train/lr": lr_scheduler.get_last_lr()[0],
                              "train/samples_per_second": rate}, step=state.step)
-            bar.update(state.step - bar.count, loss=last_loss, samples_s=rate)
+            bar.update(state.step - logged_step, loss=last_loss, samples_s=rate)
             ctx.metrics.train_progress(state.step, plan.total_steps, last_loss, rate)
-            tick, paused = time.time(), 0.0
+            tick, paused, logged_step = time.time(), 0.0, state.step
             if not math.isfinite(last_loss):
                 raise FloatingPointError(f"loss is {last_loss} at step {state.step}; lower spec.training.learningRate "
                                          "or use mixedPrecision: bf16 instead of fp16")
@@ -190,10 +190,10 @@ def run_train(ctx: RunContext) -> TrainResult:
             last_ckpt = ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"])
             ctx.metrics.checkpoint_saved()
         if validator.enabled and state.step % spec["validation"]["every"] == 0 and state.step < plan.total_steps:
-            metrics = _validate(accelerator, validator, transformer, state.step)
+            _validate(accelerator, validator, transformer, state.step)
         paused += time.time() - t_side
     # ---- end of loop ----
-    bar.update(state.step - bar.count)
+    bar.update(state.step - logged_step)
     bar.close()
 
     if device.type == "cuda":
@@ -205,7 +205,7 @@ def run_train(ctx: RunContext) -> TrainResult:
     if last_ckpt is None or last_ckpt.name != f"step-{state.step}":
         last_ckpt = ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"])
     if validator.enabled:
-        metrics = _validate(accelerator, validator, transformer, state.step)
+        _validate(accelerator, validator, transformer, state.step)
     model_out = None
     if accelerator.is_main_process:
         from runner.export import export_pipeline
@@ -213,18 +213,16 @@ def run_train(ctx: RunContext) -> TrainResult:
         model_out = export_pipeline(model_dir, accelerator.unwrap_model(transformer), ctx.paths.model)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(state.step, last_loss, last_ckpt, model_out, ctx.paths.validation if validator.enabled else None,
-                       metrics=metrics)
+    return TrainResult(state.step, last_loss, last_ckpt, model_out, ctx.paths.validation if validator.enabled else None)
 
 
-def _validate(accelerator, validator, transformer, step: int) -> dict[str, float]:
-    metrics: dict[str, float] = {}
+def _validate(accelerator, validator, transformer, step: int) -> None:
+    """Collective: the main process renders (and logs CLIP scores), the others wait."""
     if accelerator.is_main_process:
         metrics = validator.run(accelerator.unwrap_model(transformer), step)
         if metrics:
             accelerator.log(metrics, step=step)
     accelerator.wait_for_everyone()
-    return metrics
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -38,6 +38,17 @@ class Sample:
     bucket: str
 
 
+def text_entry(manifest: dict[str, Any], max_tokens: int, text: str) -> Path:
+    """The cached T5 embedding of `text` under the encoder the cache was built with."""
+    from runner.cachekeys import EncoderIdentity, text_key
+
+    path = entry_path(Path(manifest["text_dir"]), text_key(EncoderIdentity(**manifest["text_identity"]), max_tokens, text))
+    if not path.is_file():
+        raise CacheMismatch(f"{text!r} has no cached text embedding; run the cache stage again "
+                            "(it encodes only the new prompts)")
+    return path
+
+
 def missing_entries(samples: list[Sample], text_dir: Path, empty_key: str) -> list[str]:
     """Cache files the manifest promises but the disk lacks (deleted, or a cache stage that
     did not finish): found before training rather than as a crash hours in."""
@@ -46,14 +57,16 @@ def missing_entries(samples: list[Sample], text_dir: Path, empty_key: str) -> li
     return sorted(p for p in wanted if not Path(p).is_file())
 
 
-def load_samples(manifest: dict[str, Any]) -> list[Sample]:
+def load_samples(manifest: dict[str, Any], repeats: dict[str, int]) -> list[Sample]:
+    """Every sample of an epoch. `repeats` (dataset name -> extra passes) comes from the live
+    spec, not the manifest: it changes no cached bytes, so it can change without re-caching."""
     samples = []
     for ds in manifest["datasets"]:
         items = json.loads(Path(ds["manifest"]).read_text())["items"]
         vae_dir = Path(ds["vae_dir"])
         one_pass = [Sample(str(entry_path(vae_dir, it["latent_key"])) if it["latent_key"] else None,
                            it["path"], it["plan"], it["text_key"], it["bucket"]) for it in items]
-        samples += one_pass * (1 + ds["repeats"])
+        samples += one_pass * (1 + repeats.get(ds["name"], 0))
     return samples
 
 
@@ -118,9 +131,9 @@ class EpochBatches:
 
 
 class TrainingData:
-    def __init__(self, manifest: dict[str, Any], *, batch_size: int, world_size: int, rank: int, seed: int,
-                 dropout: float, workers: int, pin_memory: bool):
-        self.samples = load_samples(manifest)
+    def __init__(self, manifest: dict[str, Any], *, repeats: dict[str, int], batch_size: int, world_size: int,
+                 rank: int, seed: int, dropout: float, workers: int, pin_memory: bool):
+        self.samples = load_samples(manifest, repeats)
         missing = missing_entries(self.samples, Path(manifest["text_dir"]), manifest["empty_caption"])
         if missing:
             raise CacheMismatch(f"the cache is incomplete: {len(missing)} entr{'y is' if len(missing) == 1 else 'ies are'} "

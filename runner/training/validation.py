@@ -3,7 +3,6 @@ using the live transformer and T5 embeddings cached by the cache stage."""
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from runner.atomic import atomic_write_json
-from runner.cachekeys import entry_path
 from runner.semantics import parse_resolutions
+from runner.training.data import text_entry
 
 
 class Validator:
@@ -25,10 +24,13 @@ class Validator:
         self.vae = vae
         self.pipe = None
         self.scorer = None
-        text_dir = Path(manifest["text_dir"])
-        self.prompts = [(p, load_file(str(entry_path(text_dir, k)))["prompt_embeds"])
-                        for p, k in manifest["validation"]["prompts"]]
-        self.negative = load_file(str(entry_path(text_dir, manifest["validation"]["negative"])))["prompt_embeds"]
+        max_tokens = spec["model"]["textEncoderMaxLength"]
+
+        def embed(text: str):
+            return load_file(str(text_entry(manifest, max_tokens, text)))["prompt_embeds"]
+
+        self.prompts = [(p, embed(p)) for p in self.cfg["prompts"]]
+        self.negative = embed(self.cfg["negativePrompt"]) if self.prompts else None
 
     @property
     def enabled(self) -> bool:
@@ -110,5 +112,3 @@ def latest_images(out_dir: Path) -> list[Path]:
     steps = sorted((int(p.name.split("-")[1]), p) for p in out_dir.glob("step-*") if p.is_dir())
     return sorted(steps[-1][1].glob("*.png")) if steps else []
 
-
-__all__ = ["Validator", "latest_images", "json"]

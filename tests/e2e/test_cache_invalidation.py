@@ -1,6 +1,8 @@
 """Cache keys in action: reruns reuse, changed parameters re-encode only what they affect."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.e2e.conftest import assert_clean
@@ -54,3 +56,16 @@ def test_train_stage_refuses_an_incomplete_cache_and_the_cache_stage_repairs_it(
     assert "cache is incomplete: 1 entry is missing" in proc.stderr
     assert_clean(runner.run(stage="cache"))
     assert runner.cache_report()["latents_encoded"] == 1
+
+
+def test_repeats_change_training_without_recaching(runner):
+    """`repeats` changes no cached bytes: the train stage takes it from the live spec."""
+    assert_clean(runner.run(stage="cache"))
+    sets = ("spec.training.maxSteps=1", "spec.validation.prompts=[]")
+    once = runner.run(*sets, stage="train")
+    assert_clean(once)
+    twice = runner.run(*sets, "spec.datasets.0.repeats=1", "spec.output.dir=" + str(runner.tmp / "out2"),
+                       stage="train")
+    assert_clean(twice)
+    per_epoch = [int(re.search(r"\((\d+) per epoch\)", p.stdout).group(1)) for p in (once, twice)]
+    assert per_epoch[1] >= 2 * per_epoch[0]

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from runner.data import DatasetError
-from runner.data.discovery import file_digest
+from runner.data.discovery import DigestMemo, file_digest
 from runner.data.preflight import DatasetPlan, dataset_problems, plan_dataset, seed_key_for
 
 
@@ -75,7 +75,7 @@ def test_plan_dataset_textfile_skips_uncaptioned(mixed):
 
 def test_plan_dataset_with_digest_changes_only_the_seed(mixed):
     a = plan_dataset(ds(mixed), mixed, seed=5)
-    b = plan_dataset(ds(mixed), mixed, seed=5, with_digest=True)
+    b = plan_dataset(ds(mixed), mixed, seed=5, digest=DigestMemo(None))
     assert [it.bucket for it in a.items] == [it.bucket for it in b.items]
     for it in b.items:
         assert it.digest == file_digest(it.info.path)
@@ -205,3 +205,27 @@ def test_data_layer_imports_neither_torch_nor_hub_eagerly():
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_digest_memo_reuses_unchanged_files_and_rehashes_rewritten_ones(tmp_path, mixed):
+    import os
+
+    memo_path = tmp_path / "digests.json"
+    memo = DigestMemo(memo_path)
+    first = plan_dataset(ds(mixed), mixed, seed=5, digest=memo)
+    memo.save()
+    target = mixed / "square_0.png"
+    # A file rewritten in place (new content, new mtime) must be hashed again...
+    Image.new("RGB", (256, 256), (1, 2, 3)).save(target)
+    os.utime(target, ns=(1, 1))
+    again = DigestMemo(memo_path)
+    second = plan_dataset(ds(mixed), mixed, seed=5, digest=again)
+    before = {it.info.rel: it.digest for it in first.items}
+    after = {it.info.rel: it.digest for it in second.items}
+    assert after["square_0.png"] == file_digest(target) != before["square_0.png"]
+    # ...while the others come from the memo: poison one remembered digest to prove it is read.
+    key = str((mixed / "square_1.png").resolve())
+    again.entries[key][2] = "remembered"
+    third = plan_dataset(ds(mixed), mixed, seed=5, digest=again)
+    assert {it.info.rel: it.digest for it in third.items}["square_1.png"] == "remembered"
+    assert {k: v for k, v in after.items() if k != "square_0.png"} == {k: v for k, v in before.items() if k != "square_0.png"}

@@ -171,7 +171,7 @@ def test_load_manifest_ok(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- real on-disk cache
 
-def _write_cache(tmp_path: Path, repeats: int = 0, with_latents: bool = True) -> dict:
+def _write_cache(tmp_path: Path, with_latents: bool = True) -> dict:
     """A cache as the cache stage writes it: safetensors entries under two-level fan-out."""
     from PIL import Image
 
@@ -202,14 +202,14 @@ def _write_cache(tmp_path: Path, repeats: int = 0, with_latents: bool = True) ->
     atomic_write_json(vae_dir / "manifest.json", {"items": items})
     manifest = {"cache_fingerprint": "fp", "text_dir": str(text_dir), "empty_caption": "00" + "t" * 62,
                 "datasets": [{"name": "photos", "manifest": str(vae_dir / "manifest.json"), "vae_dir": str(vae_dir),
-                              "repeats": repeats, "items": len(items)}]}
+                              "items": len(items)}]}
     atomic_write_json(tmp_path / "manifest.json", manifest)
     return load_manifest(tmp_path / "manifest.json", "fp")
 
 
 @pytest.mark.parametrize("repeats", [0, 2])
 def test_load_samples_repeats(tmp_path: Path, repeats: int) -> None:
-    samples = load_samples(_write_cache(tmp_path, repeats=repeats))
+    samples = load_samples(_write_cache(tmp_path), {"photos": repeats})
     assert len(samples) == 6 * (1 + repeats)
     assert all(Path(s.latent_path).is_file() for s in samples)
     assert {s.bucket for s in samples} == {"64x64", "128x64"}  # 3:2 aligned to multiples of 64
@@ -217,7 +217,7 @@ def test_load_samples_repeats(tmp_path: Path, repeats: int) -> None:
 
 @pytest.mark.parametrize("with_latents, dropout", [(True, 0.0), (True, 1.0), (False, 0.0)])
 def test_training_data_stream_reads_real_entries(tmp_path: Path, with_latents: bool, dropout: float) -> None:
-    data = TrainingData(_write_cache(tmp_path, with_latents=with_latents), batch_size=2, world_size=1, rank=0,
+    data = TrainingData(_write_cache(tmp_path, with_latents=with_latents), repeats={}, batch_size=2, world_size=1, rank=0,
                         seed=3, dropout=dropout, workers=0, pin_memory=False)
     # 3 images per bucket, batch size 2: one batch per bucket, the odd one out is left for this epoch.
     assert data.batches_per_epoch == 2 and data.on_the_fly is (not with_latents)
