@@ -1,0 +1,1 @@
+"""How a run is started: in this process, through torchrun, or inside a container image."""
