@@ -36,15 +36,25 @@ KEEP = {"type", "description", "properties", "items", "required", "enum", "defau
 SHORT_NAMES = ["tj"]
 CATEGORIES = ["ml"]
 
+# `kubectl get trainingjobs`: what users ask for most is a visible state, progress and ETA.
+# The operator writes these status fields (runner/k8s/status.py).
 PRINTER_COLUMNS = [
+    {"name": "State", "type": "string", "jsonPath": ".status.state",
+     "description": "Pending, Caching, Training, Succeeded, Failed or Suspended."},
     {"name": "Stage", "type": "string", "jsonPath": ".status.stage",
-     "description": "The stage the job is in, as the operator reports it."},
-    {"name": "Progress", "type": "string", "jsonPath": ".status.progress",
-     "description": "Training progress, as the operator reports it."},
+     "description": "The stage whose Job runs or ran last."},
+    {"name": "Step/Total", "type": "string", "jsonPath": ".status.progress.steps",
+     "description": "Optimizer steps done and planned."},
+    {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss",
+     "description": "Latest training loss."},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta",
+     "description": "Estimated time to the last step."},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.pretrained", "priority": 1,
      "description": "The pretrained pipeline being fine-tuned."},
     {"name": "Accelerator", "type": "string", "jsonPath": ".spec.hardware.accelerator", "priority": 1,
      "description": "Hardware flavour."},
+    {"name": "Nodes", "type": "integer", "jsonPath": ".spec.hardware.nodes", "priority": 1,
+     "description": "Pods in the training Job."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
