@@ -279,7 +279,7 @@ def openapi_validator():
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.yaml"))
-                         + sorted(f"k8s/{p.name}" for p in (REPO / "k8s").glob("example*.yaml")))
+                         + sorted(f"k8s/{p.name}" for p in (REPO / "k8s").glob("example-trainingjob*.yaml")))
 def test_every_example_validates_against_the_crd(example):
     from runner.schema import apply_defaults
 
