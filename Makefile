@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 SPEC ?= examples/smoke.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: install train-local test test-fast crd lint clean
+.PHONY: install train-local test test-fast e2e-kind crd lint clean
 
 # torch==2.13.0 is installed on its own first: on these CPU machines it comes from local disk,
 # while an unpinned torch would pull a multi-GB CUDA build.
@@ -27,6 +27,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not e2e"
+
+# The whole Kubernetes flow on a real cluster (kind or the current kubeconfig); skips, saying
+# why, where none answers. See README "Kubernetes".
+e2e-kind: $(STAMP)
+	TRAININGJOB_E2E_KIND=1 $(PY) -m pytest -q -ra -s tests/e2e/test_kind.py
 
 crd: $(STAMP)
 	$(PY) -m runner.k8s.crd > k8s/crd.yaml.tmp && mv k8s/crd.yaml.tmp k8s/crd.yaml

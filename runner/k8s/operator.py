@@ -244,6 +244,7 @@ def main(args: argparse.Namespace) -> int:
     metrics = OperatorMetrics()
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=metrics.registry)
+    health = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     kopf.run(registry=make_registry(opts, metrics), standalone=True, clusterwide=not args.namespace,
-             namespaces=args.namespace, liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz")
+             namespaces=args.namespace, liveness_endpoint=health)
     return 0

@@ -17,8 +17,8 @@ from kmock._internal import enums, rendering  # private, hence kmock==0.8 pinned
 
 
 class Emulator(kmock.KubernetesEmulator):
-    """KubernetesEmulator plus server-side metadata; `created` records every create (but
-    Events) in order."""
+    """KubernetesEmulator plus server-side metadata; `created` records every object created
+    (Events aside) in order; a create refused with 409 (it exists) is not one."""
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -34,7 +34,9 @@ class Emulator(kmock.KubernetesEmulator):
                 meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             meta.update(uid=str(uuid.uuid4()), resourceVersion=str(self._rv), generation=1,
                         creationTimestamp=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-            if request.resource.plural != "events":
+            key = (request.resource, meta["namespace"], meta.get("name"))
+            exists = key in self.objects and not self.objects[key].deleted  # kmock answers 409
+            if request.resource.plural != "events" and not exists:
                 self.created.append((request.data.get("kind", ""), meta.get("name", "")))
         elif request.action == enums.action.UPDATE and isinstance(request.data, dict) and request.name:
             key = (request.resource, request.namespace, request.name)
