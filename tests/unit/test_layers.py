@@ -16,9 +16,10 @@ from runner import schema as schema_mod
 REPO = Path(__file__).resolve().parents[2]
 LIGHT_MODULES = ["runner/cli.py", "runner/spec.py", "runner/schema.py", "runner/semantics.py",
                  "runner/explain.py", "runner/starter.py", "runner/simpletuner.py",
-                 "runner/k8s/__init__.py", "runner/k8s/crd.py"]
+                 "runner/k8s/__init__.py", "runner/k8s/crd.py", "runner/redact.py", "runner/models/families.py"]
 LIGHT_RUNNER = {"runner", "runner.spec", "runner.schema", "runner.semantics", "runner.explain",
-                "runner.starter", "runner.simpletuner", "runner.k8s", "runner.k8s.crd"}
+                "runner.starter", "runner.simpletuner", "runner.k8s", "runner.k8s.crd", "runner.redact",
+                "runner.models.families"}
 THIRD_PARTY = {"yaml", "jsonschema"}
 
 
