@@ -17,6 +17,9 @@ Two builtins exist:
     A ``CLIPModel`` plus ``CLIPProcessor`` (byte-level BPE tokenizer and
     ``CLIPImageProcessor``) loadable with ``CLIPModel.from_pretrained`` /
     ``CLIPProcessor.from_pretrained`` / ``AutoProcessor.from_pretrained``.
+    Its weights are random, so its scores measure nothing: its image and text
+    embeddings each cluster around one direction, and the built-in seed puts
+    them more than 90 degrees apart, so it scores 0 for nearly every pair.
 
 Builds are deterministic for a given seed (the global torch RNG state of the
 caller is left untouched), idempotent and safe against concurrent callers:
