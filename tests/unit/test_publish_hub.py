@@ -365,3 +365,50 @@ def test_push_with_empty_token_names_the_variable(fake_hub, model_dir, images, m
     with pytest.raises(PublishError, match=TOKEN_ENV):
         push_to_hub(model_dir, job_document(), images)
     assert fake_hub.requests == []
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+@pytest.mark.e2e
+def test_token_read_by_a_real_run_reaches_no_output_file_or_log(tmp_path):
+    """`trainingjob run` with a Hub push: the preflight and the push read the token from the
+    variable the spec names. It authenticates the push and appears nowhere else: not in stdout
+    or stderr, not in any file under the cache, output (checkpoints, validation, TensorBoard
+    logs, model card) or HF home, and not in any request body."""
+    import os
+    import subprocess
+    import sys
+
+    hub = FakeHub()
+    try:
+        cache, out = tmp_path / "cache", tmp_path / "out"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+        env.update({TOKEN_ENV: TOKEN, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"),
+                    "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1",
+                    "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
+        sets = [f"spec.cacheDir={cache}", f"spec.output.dir={out}", "spec.training.maxSteps=4",
+                "spec.training.checkpointEvery=2", "spec.validation.every=2", "spec.validation.resolutions=128x128",
+                "spec.tracking.tensorboard=true", "spec.output.hub.push=true", f"spec.output.hub.repoId={REPO_ID}",
+                f"spec.output.hub.tokenEnv={TOKEN_ENV}"]
+        cmd = [sys.executable, "-m", "runner", "run", str(REPO_ROOT / "examples" / "smoke.yaml")]
+        for s in sets:
+            cmd += ["--set", s]
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        hub.close()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "pushed to the Hub" in proc.stdout
+
+    # The token was read: it authenticated every repo request, and the push happened.
+    assert hub.unknown == [] and len(hub.commits) == 1 and "README.md" in hub.commits[0]["files"]
+    for r in hub.repo_requests():
+        assert r["headers"].get("authorization") == f"Bearer {TOKEN}", r["path"]
+    # ... and went nowhere else.
+    assert TOKEN not in proc.stdout + proc.stderr
+    for r in hub.requests:
+        assert TOKEN.encode() not in r["body"], r["path"]
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "README.md" for p in written) and any("events.out.tfevents" in p.name for p in written)
+    assert any(p.name == "manifest.json" for p in written) and any(p.name == "trainer_state.json" for p in written)
+    for p in written:
+        assert TOKEN.encode() not in p.read_bytes(), p
