@@ -1,4 +1,5 @@
-"""Checks the JSON Schema cannot express. Pure functions over a defaulted document.
+"""Checks the JSON Schema cannot express. Pure functions over a defaulted document (the path
+checks also read the working directory, which is where relative paths resolve).
 
 Each rule yields (level, "field.path: message") pairs; `check` collects them into
 (errors, warnings). Rules also run on documents the schema rejected (so one `validate` lists
@@ -7,13 +8,30 @@ has already reported that field.
 """
 from __future__ import annotations
 
+import math
+import os
 from typing import Any, Callable, Iterator
 
+from runner import redact
+from runner import schema as schema_mod
+from runner.models.families import traits
+
 PIXART_GUIDANCE_RANGE = (3.6, 4.4)
-# The VAE downsamples by 8 and PixArt's transformer patches latents 2x2; sizes that are not
-# multiples of 8 cannot be encoded to a whole latent grid.
-VAE_FACTOR = 8
 MAX_VALIDATION_SIDE = 8192
+# Dataset sizes: with resolutionType area, megapixels (1.0 = 1024x1024). 16 MP is a 4096 px
+# square, twice the largest side any supported family was trained at; a number above it is a
+# pixel size written without `resolutionType: pixel` (512 would be a 23170 px square).
+MAX_AREA_MEGAPIXELS = 16
+# With resolutionType pixel, the shorter side. Buckets are 64-px aligned and at least 64 px
+# (runner/data/transforms.ALIGN), so a smaller side is a megapixel value in the wrong unit.
+MIN_PIXEL_SIDE = 64
+# numpy seeds must be below 2**32, and each process seeds with seed + rank.
+MAX_SEED = 2**32 - 1
+# Fields holding the NAME of an env var or a Kubernetes Secret, never the secret: every `*Env`
+# field of the schema, and the name/key pairs under spec.kubernetes.secrets.
+_ENV_FIELDS = tuple(p for p, _ in schema_mod.iter_fields() if p.endswith("Env"))
+# Fields holding a directory the runner writes to (or reads checkpoints from).
+_DIRS = ("spec.cacheDir", "spec.textEmbeds.cacheDir", "spec.output.dir")
 
 ERROR, WARNING = "error", "warning"
 Finding = tuple[str, str]
@@ -49,15 +67,86 @@ def _resolutions(spec: dict[str, Any]) -> Iterator[Finding]:
     except ValueError as e:
         yield ERROR, f"{where}: {e}; expected WIDTHxHEIGHT pairs separated by commas, e.g. 1024x1024,1280x768"
         return
+    family = traits(spec["model"]["family"])
+    m = family.resolution_multiple
     for w, h in sizes:
         if w == 0 or h == 0:
             yield ERROR, f"{where}: {w}x{h} has a zero side; use e.g. 1024x1024"
-        elif w % VAE_FACTOR or h % VAE_FACTOR:
-            fix = f"{max(8, round(w / 8) * 8)}x{max(8, round(h / 8) * 8)}"
-            yield ERROR, (f"{where}: {w}x{h} is not a multiple of {VAE_FACTOR} on both sides (the VAE "
-                          f"downsamples images by {VAE_FACTOR}, so other sizes have no whole latent grid); try {fix}")
+        elif w % m or h % m:
+            fix = f"{max(m, int(w / m + 0.5) * m)}x{max(m, int(h / m + 0.5) * m)}"  # halves round up
+            yield ERROR, (f"{where}: {w}x{h} is not a multiple of {m} on both sides ({family.title}'s VAE "
+                          f"downsamples by {family.vae_scale_factor} and its transformer takes "
+                          f"{family.patch_size}x{family.patch_size} latent patches, so other sizes have no whole "
+                          f"token grid); try {fix}")
         elif max(w, h) > MAX_VALIDATION_SIDE:
-            yield ERROR, f"{where}: {w}x{h} has a side over {MAX_VALIDATION_SIDE} px; PixArt Sigma tops out at 2048"
+            yield ERROR, (f"{where}: {w}x{h} has a side over {MAX_VALIDATION_SIDE} px; {family.title} tops out "
+                          f"at {family.max_side}")
+
+
+def _dataset_sizes(spec: dict[str, Any]) -> Iterator[Finding]:
+    """Sizes in the wrong unit: 512 as an area is 512 megapixels, 1.0 as a pixel size is 1 px."""
+    for i, ds in enumerate(spec["datasets"]):
+        unit = ds["resolutionType"]
+        for key in ("resolution", "minimumImageSize", "maximumImageSize", "targetDownsampleSize"):
+            value = ds.get(key)
+            if value is None or not math.isfinite(value):  # the schema reports .inf/.nan
+                continue
+            where = f"spec.datasets[{i}].{key}"
+            if unit == "area" and value > MAX_AREA_MEGAPIXELS:
+                side = round((value * 1024 * 1024) ** 0.5)
+                yield ERROR, (f"{where}: {value:g} megapixels (a {side}x{side} square) with resolutionType area, "
+                              f"which is measured in megapixels (1.0 = 1024x1024, at most {MAX_AREA_MEGAPIXELS}); "
+                              f"did you mean resolutionType: pixel ({value:g} px on the shorter side)?")
+            elif unit == "pixel" and key != "minimumImageSize" and value < MIN_PIXEL_SIDE:
+                yield ERROR, (f"{where}: {value:g} px with resolutionType pixel, which is the shorter side in px "
+                              f"(buckets are at least {MIN_PIXEL_SIDE} px); did you mean resolutionType: area "
+                              f"({value:g} megapixels)?")
+
+
+def _seed(spec: dict[str, Any]) -> Iterator[Finding]:
+    seed, world = spec["training"]["seed"], world_size(spec)
+    if seed <= MAX_SEED < seed + world - 1:
+        yield ERROR, (f"spec.training.seed: {seed} + rank goes past {MAX_SEED} with {world} processes (each seeds "
+                      f"with seed + rank, and numpy takes seeds below 2^32); use at most {MAX_SEED - world + 1}")
+
+
+def _paths(spec: dict[str, Any], cwd: str | None = None) -> Iterator[Finding]:
+    """A filesystem root as a place to write caches, outputs or read data from is always a mistake
+    (`/`, or a relative path like `../../..` that climbs there from the working directory)."""
+    found = [(p, _get(spec, p)) for p in _DIRS]
+    found += [(f"spec.datasets[{i}].{key}", ds.get(key)) for i, ds in enumerate(spec["datasets"])
+              for key in ("path", "vaeCacheDir")]
+    resume = spec["training"]["resume"]
+    if resume not in ("auto", "none"):
+        found.append(("spec.training.resume", resume))
+    for where, value in found:
+        if isinstance(value, str) and value and is_filesystem_root(value, cwd):
+            resolved = "" if os.path.isabs(value) else f" (from the working directory {cwd or os.getcwd()})"
+            yield ERROR, (f"{where}: {value!r} resolves to the filesystem root{resolved}; point it at a "
+                          "directory of its own, e.g. output/my-job or /data/my-images")
+
+
+def is_filesystem_root(path: str, cwd: str | None = None) -> bool:
+    """True if `path` (relative ones from `cwd`, default the working directory) is a filesystem root."""
+    full = os.path.realpath(os.path.join(cwd or os.getcwd(), path))
+    return os.path.dirname(full) == full
+
+
+def _secret_references(spec: dict[str, Any]) -> Iterator[Finding]:
+    """A name field that passes its pattern but holds a token (an AWS key id is upper-case)."""
+    found = [(p, _get(spec, p)) for p in _ENV_FIELDS]
+    for ref, node in (spec.get("kubernetes", {}).get("secrets") or {}).items():
+        found += [(f"spec.kubernetes.secrets.{ref}.{key}", node.get(key)) for key in ("name", "key")]
+    for where, value in found:
+        if redact.looks_like_secret_value(value):
+            yield ERROR, f"{where}: the value looks like a secret itself (not shown); {redact.reference_hint(where)}"
+
+
+def _get(spec: dict[str, Any], path: str) -> Any:
+    node: Any = spec
+    for part in path.split(".")[1:]:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _guidance(spec: dict[str, Any]) -> Iterator[Finding]:
@@ -117,7 +206,8 @@ def _wandb(spec: dict[str, Any]) -> Iterator[Finding]:
 
 
 RULES: tuple[Callable[[dict[str, Any]], Iterator[Finding]], ...] = (
-    _steps_or_epochs, _resolutions, _guidance, _mps_precision, _datasets, _hub, _wandb)
+    _steps_or_epochs, _resolutions, _guidance, _mps_precision, _datasets, _dataset_sizes, _seed, _paths,
+    _secret_references, _hub, _wandb)
 
 
 def check(doc: dict[str, Any], tolerant: bool = False) -> tuple[list[str], list[str]]:

@@ -2,7 +2,9 @@
 
 Every SimpleTuner option ends up in exactly one place: mapped onto a TrainingJob field,
 consumed (it only selects what this converter already assumes, e.g. `model_family:
-pixart_sigma`), or listed as having no equivalent. Nothing is dropped silently.
+pixart_sigma`), or listed as having no equivalent. Nothing is dropped silently. Options without
+an equivalent are listed by name only, never with their values: SimpleTuner configs carry S3
+keys, Hub tokens and webhook URLs, and any value printed here is shown via runner.redact.
 
 SimpleTuner configs carry values as strings more often than not ("false", "1e-5", "20"),
 and SimpleTuner itself once read "False" as true; values are parsed by what the target
@@ -19,7 +21,9 @@ from typing import Any, Callable
 
 import yaml
 
+from runner import redact
 from runner import schema as schema_mod
+from runner.semantics import MAX_AREA_MEGAPIXELS
 from runner.spec import MAX_SPEC_BYTES, SpecError, job_from_document
 
 PIXART_FAMILY = "pixart_sigma"
@@ -29,7 +33,25 @@ AREA_SIDE = 1024
 
 
 class Bad(ValueError):
-    """A value that cannot be read as what its TrainingJob field needs."""
+    """A value that cannot be read as what its TrainingJob field needs. The value is kept apart
+    from the reason, so a message can hide it when the option looks secret."""
+
+    def __init__(self, reason: str, value: Any, name: str = ""):
+        super().__init__(reason)
+        self.reason, self.value, self.name = reason, value, name
+
+    def about(self, name: str = "") -> str:
+        """`name: value reason`, the value hidden when it may be a secret."""
+        name = name or self.name
+        return f"{name}: {redact.show(name, self.value)} {self.reason}"
+
+
+def read(options: dict[str, Any], name: str, convert: Callable[[Any], Any]) -> Any:
+    """`convert(options[name])`, with the option's name on the Bad it may raise."""
+    try:
+        return convert(options[name])
+    except Bad as e:
+        raise Bad(e.reason, e.value, name) from None
 
 
 @dataclass
@@ -77,31 +99,31 @@ def to_bool(value: Any) -> bool:
             return True
         if word in ("false", "no", "off", "0", "n", "f"):
             return False
-    raise Bad(f"{value!r} is not a boolean (true/false)")
+    raise Bad("is not a boolean (true/false)", value)
 
 
 def to_float(value: Any) -> float:
     if isinstance(value, bool):
-        raise Bad(f"{value!r} is a boolean, not a number")
+        raise Bad("is a boolean, not a number", value)
     try:
         number = float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
-        raise Bad(f"{value!r} is not a number") from None
+        raise Bad("is not a number", value) from None
     if not math.isfinite(number):
-        raise Bad(f"{value!r} is not a finite number")
+        raise Bad("is not a finite number", value)
     return number
 
 
 def to_int(value: Any) -> int:
     number = to_float(value)
     if number != int(number):
-        raise Bad(f"{value!r} is not a whole number")
+        raise Bad("is not a whole number", value)
     return int(number)
 
 
 def to_str(value: Any) -> str:
     if isinstance(value, (dict, list)) or _unset(value):
-        raise Bad(f"{value!r} is not a text value")
+        raise Bad("is not a text value", value)
     return str(value).strip() if not isinstance(value, str) else value
 
 
@@ -109,7 +131,7 @@ def one_of(mapping: dict[str, str]) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         word = to_str(value).strip().lower()
         if word not in mapping:
-            raise Bad(f"{value!r} has no equivalent (supported: {', '.join(sorted(mapping))})")
+            raise Bad(f"has no equivalent (supported: {', '.join(sorted(mapping))})", value)
         return mapping[word]
     return convert
 
@@ -128,9 +150,22 @@ def dataset_id(text: str, fallback: str) -> str:
     return name or fallback
 
 
-def _show(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 80 else text[:77] + "..."
+def _unmapped(where: str, name: str) -> str:
+    """An option with no equivalent is named, never shown: the converter cannot know what its
+    value holds (SimpleTuner configs carry S3 keys, Hub tokens and webhook URLs)."""
+    return where + (" (a credential: pass it through the environment, never a spec)"
+                    if redact.looks_secret(name) else "")
+
+
+def to_path(value: Any) -> str:
+    """SimpleTuner expands `{model_family}` in its paths (conversion goes ahead only for
+    pixart_sigma, so that is what it stands for); any other placeholder is unknown."""
+    text = to_str(value).replace("{model_family}", PIXART_FAMILY)
+    left = re.findall(r"\{[A-Za-z_]+\}", text)
+    if left:
+        raise Bad(f"holds the placeholder {left[0]}, which only {{model_family}} is known to expand to; "
+                  "write the path out", value)
+    return text
 
 
 # ----------------------------------------------------------------------------- config.json
@@ -143,8 +178,8 @@ DIRECT: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "tokenizer_max_length": ("spec.model.textEncoderMaxLength", to_int),
     "vae_dtype": ("spec.model.vaeDtype", one_of({"fp32": "float32", "float32": "float32", "bf16": "bfloat16",
                                                   "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"})),
-    "output_dir": ("spec.output.dir", to_str),
-    "cache_dir": ("spec.cacheDir", to_str),
+    "output_dir": ("spec.output.dir", to_path),
+    "cache_dir": ("spec.cacheDir", to_path),
     "train_batch_size": ("spec.training.batchSize", to_int),
     "gradient_accumulation_steps": ("spec.training.gradientAccumulationSteps", to_int),
     "learning_rate": ("spec.training.learningRate", to_float),
@@ -159,16 +194,19 @@ DIRECT: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "max_grad_norm": ("spec.training.maxGradNorm", to_float),
     "caption_dropout_probability": ("spec.training.captionDropout", to_float),
     "seed": ("spec.training.seed", to_int),
-    "checkpointing_steps": ("spec.training.checkpointEvery", to_int),
+    "checkpoint_step_interval": ("spec.training.checkpointEvery", to_int),
     "checkpoints_total_limit": ("spec.training.checkpointsTotalLimit", to_int),
     "validation_negative_prompt": ("spec.validation.negativePrompt", to_str),
     "validation_guidance": ("spec.validation.guidance", to_float),
     "validation_num_inference_steps": ("spec.validation.inferenceSteps", to_int),
-    "validation_steps": ("spec.validation.every", to_int),
+    "validation_step_interval": ("spec.validation.every", to_int),
     "validation_seed": ("spec.validation.seed", to_int),
     "hub_model_id": ("spec.output.hub.repoId", to_str),
     "push_to_hub": ("spec.output.hub.push", to_bool),
 }
+
+# Older SimpleTuner names of the same options (still accepted by SimpleTuner).
+ALIASES = {"checkpointing_steps": "checkpoint_step_interval", "validation_steps": "validation_step_interval"}
 
 OPTIMIZERS = {"adamw": "adamw", "adamw_bf16": "adamw", "optimi-adamw": "adamw", "adafactor": "adafactor",
               "sgd": "sgd", "optimi-sgd": "sgd"}
@@ -183,10 +221,15 @@ def _convert_config(config: dict[str, Any], label: str, out: Conversion) -> dict
     """Map config.json onto `out`; return the dataset defaults it carries."""
     options: dict[str, Any] = {}
     for key, value in config.items():
-        name = normalize_key(key)
+        name = ALIASES.get(normalize_key(key), normalize_key(key))
         if name in options:
-            out.notes.append(f"{label}: {key} repeats option {name}; the later value {_show(value)} is used")
+            out.notes.append(f"{label}: {key} repeats option {name}; the later value "
+                             f"{redact.show(name, value)} is used")
         options[name] = value
+    if _unset(options.get("model_family")) and "pixart_sigma" not in options:
+        # SimpleTuner has no default family; guessing one would convert e.g. a Flux config.
+        out.problems.append(f"{label}: model_family is not set; add \"model_family\": \"{PIXART_FAMILY}\" "
+                            "if this is a PixArt Sigma config (TrainingJob trains PixArt Sigma only)")
 
     defaults = {k: options.pop(k) for k in DATASET_DEFAULTS if k in options}
     vae_disable = False
@@ -204,15 +247,15 @@ def _convert_config(config: dict[str, Any], label: str, out: Conversion) -> dict
                     out.set("spec.training.maxSteps" if name == "max_train_steps" else "spec.training.epochs",
                             to_int(value))
             elif name == "model_family":
-                if to_str(value).lower() != PIXART_FAMILY:
-                    out.problems.append(f"{where}: {_show(value)} is not supported; TrainingJob trains "
-                                        f"model_family {PIXART_FAMILY} only")
+                if not _unset(value) and to_str(value).lower() != PIXART_FAMILY:
+                    out.problems.append(f"{where}: {redact.show(name, value)} is not supported; TrainingJob "
+                                        f"trains model_family {PIXART_FAMILY} only")
             elif name == "pixart_sigma":  # the old config.env flag for the same thing
                 if not to_bool(value):
                     out.problems.append(f"{where}: false; TrainingJob trains PixArt Sigma only")
             elif name == "model_type":
                 if to_str(value).lower() != "full":
-                    out.problems.append(f"{where}: {_show(value)} is not supported; TrainingJob does full "
+                    out.problems.append(f"{where}: {redact.show(name, value)} is not supported; TrainingJob does full "
                                         "fine-tunes only (model_type full, optionally use_bitfit)")
             elif name == "optimizer":
                 word = to_str(value).lower()
@@ -221,7 +264,7 @@ def _convert_config(config: dict[str, Any], label: str, out: Conversion) -> dict
                     if word != OPTIMIZERS[word]:
                         out.notes.append(f"{where}: {word} became {OPTIMIZERS[word]}")
                 else:
-                    out.unmapped.append(f"{where} = {_show(value)} (supported: adamw, adamw_bf16, adafactor, "
+                    out.unmapped.append(f"{where} = {redact.show(name, value)} (supported: adamw, adamw_bf16, adafactor, "
                                         f"sgd; the default {_default('spec.training.optimizer')} is used)")
             elif name == "resume_from_checkpoint":
                 word = "none" if _unset(value) else to_str(value)
@@ -232,26 +275,28 @@ def _convert_config(config: dict[str, Any], label: str, out: Conversion) -> dict
             elif name == "validation_resolution":
                 out.set("spec.validation.resolutions", _resolutions(value))
             elif name == "report_to":
-                trackers = {t.strip().lower() for t in to_str(value).split(",") if t.strip()}
-                known = {"tensorboard", "wandb", "none", "all"}
+                # "none" (SimpleTuner's way to turn every tracker off) reads as unset here.
+                trackers = set() if _unset(value) else {t.strip().lower() for t in to_str(value).split(",")}
+                known = {"tensorboard", "wandb", "none", "all", ""}
                 out.set("spec.tracking.tensorboard", bool(trackers & {"tensorboard", "all"}))
                 if trackers & {"wandb", "all"}:
                     out.set("spec.tracking.wandb.enabled", True)
                 for other in sorted(trackers - known):
-                    out.unmapped.append(f"{where} includes {other!r} (only tensorboard and wandb are supported)")
+                    out.unmapped.append(f"{where} includes {redact.show(name, other)} (only tensorboard and wandb "
+                                        "are supported)")
             elif name == "tracker_project_name":
                 wandb_project = to_str(value)
             elif name in ("vae_cache_ondemand", "vae_cache_disable"):
                 vae_disable = vae_disable or to_bool(value)
             elif name == "data_backend_config":
-                out.notes.append(f"{where}: {_show(value)} ignored; the dataloader file given on the command "
+                out.notes.append(f"{where}: {redact.show(name, value)} ignored; the dataloader file given on the command "
                                  "line was converted instead")
             elif name == "tracker_run_name":
                 pass  # becomes metadata.name, below
             else:
-                out.unmapped.append(f"{where} = {_show(value)}")
+                out.unmapped.append(_unmapped(where, name))
         except Bad as e:
-            out.problems.append(f"{where}: {e}")
+            out.problems.append(f"{label}: {e.about(name)}")
 
     if vae_disable:
         out.set("spec.vaeCacheDisable", True)
@@ -260,12 +305,12 @@ def _convert_config(config: dict[str, Any], label: str, out: Conversion) -> dict
         if not wandb_project:
             out.notes.append(f"{label}: tracker_project_name not set; W&B project 'simpletuner' used")
     elif wandb_project is not None:
-        out.unmapped.append(f"{label}: tracker_project_name = {_show(wandb_project)} (W&B is not enabled in report_to)")
+        out.unmapped.append(f"{label}: tracker_project_name (W&B is not enabled in report_to)")
     run_name = options.get("tracker_run_name")
     out.set("metadata.name", dns_name(run_name, "pixart-sigma-finetune") if not _unset(run_name)
             else "pixart-sigma-finetune")
     if not _unset(run_name) and out.get("metadata.name") != str(run_name):
-        out.notes.append(f"{label}: tracker_run_name {_show(run_name)} became metadata.name "
+        out.notes.append(f"{label}: tracker_run_name {redact.show('tracker_run_name', run_name)} became metadata.name "
                          f"{out.get('metadata.name')!r} (a DNS label)")
     _model_type_default(options, label, out)
     _steps_default(out)
@@ -308,7 +353,8 @@ def _hub(out: Conversion) -> None:
         pushing = bool(out.get("spec.output.hub.push"))
         if pushing:
             out.set("spec.output.hub.push", False)
-        out.notes.append(f"hub_model_id {repo!r} has no owner; {'push disabled' if pushing else 'not converted'}. "
+        out.notes.append(f"hub_model_id {redact.show('hub_model_id', repo)} has no owner; "
+                         f"{'push disabled' if pushing else 'not converted'}. "
                          f"Set spec.output.hub.repoId to OWNER/{repo} (and spec.output.hub.push: true) to publish")
 
 
@@ -328,41 +374,40 @@ def _image_dataset(entry: dict[str, Any], index: int, label: str, defaults: dict
     kind = str(options.get("type", "local")).lower()
     ds: dict[str, Any] = {"name": dataset_id(options.get("id", ""), f"dataset-{index}")}
     if str(options.get("id", "")) != ds["name"]:
-        out.notes.append(f"{label}: id {_show(options.get('id'))} became name {ds['name']!r} "
+        out.notes.append(f"{label}: id {redact.show('id', options.get('id'))} became name {ds['name']!r} "
                          "(lowercase letters, digits, '-', '_')")
     if kind == "local":
         ds["type"] = "local"
         if _unset(options.get("instance_data_dir")):
             out.problems.append(f"{label}: instance_data_dir is required for a local dataset")
         else:
-            ds["path"] = to_str(options["instance_data_dir"])
+            ds["path"] = read(options, "instance_data_dir", to_path)
     elif kind == "huggingface":
         ds["type"] = "huggingface"
         if _unset(options.get("dataset_name")):
             out.problems.append(f"{label}: dataset_name is required for a huggingface dataset")
         else:
-            ds["repo"] = to_str(options["dataset_name"])
+            ds["repo"] = read(options, "dataset_name", to_str)
     else:
-        out.unmapped.append(f"{label}: the whole dataset (type {kind!r}; supported: local, huggingface)")
+        out.unmapped.append(f"{label}: the whole dataset (type {redact.show('type', kind)}; supported: local, "
+                            "huggingface)")
         return None
     if "disabled" in options or "disable" in options:
-        ds["disabled"] = to_bool(options.get("disabled", options.get("disable")))
+        ds["disabled"] = read(options, "disabled" if "disabled" in options else "disable", to_bool)
 
     area_from_pixels = False
     rtype = options.get("resolution_type")
-    if _unset(rtype) and not _unset(options.get("resolution")) and to_float(options["resolution"]) > 16:
+    if (_unset(rtype) and not _unset(options.get("resolution"))
+            and read(options, "resolution", to_float) > MAX_AREA_MEGAPIXELS):
         rtype = "pixel_area"  # SimpleTuner's default; a resolution like 1024 is clearly not megapixels
-        out.notes.append(f"{label}: resolution_type not set; read resolution {_show(options['resolution'])} "
-                         "as pixel_area (SimpleTuner's default)")
+        out.notes.append(f"{label}: resolution_type not set; read resolution "
+                         f"{redact.show('resolution', options['resolution'])} as pixel_area (SimpleTuner's default)")
     if not _unset(rtype):
-        word = to_str(rtype).lower()
-        if word == "pixel_area":
-            ds["resolutionType"] = "area"
-            area_from_pixels = True
-        elif word in ("area", "pixel"):
-            ds["resolutionType"] = word
-        else:
-            out.unmapped.append(f"{label}: resolution_type = {_show(rtype)} (supported: area, pixel, pixel_area)")
+        # Without a known unit every size would be misread (1024 px taken as 1024 megapixels).
+        word = read({"resolution_type": rtype}, "resolution_type",
+                    one_of({"pixel_area": "pixel_area", "area": "area", "pixel": "pixel"}))
+        area_from_pixels = word == "pixel_area"
+        ds["resolutionType"] = "area" if area_from_pixels else word
 
     def size(value: Any) -> float:
         number = to_float(value)
@@ -394,13 +439,13 @@ def _image_dataset(entry: dict[str, Any], index: int, label: str, defaults: dict
                 ds["metadataBackend"] = one_of({"discovery": "discovery"})(value)
             elif name == "cache_dir_vae":
                 if not _unset(value):
-                    ds["vaeCacheDir"] = to_str(value)
+                    ds["vaeCacheDir"] = to_path(value)
             elif name == "repeats":
                 ds["repeats"] = to_int(value)
             else:
-                out.unmapped.append(f"{where} = {_show(value)}")
+                out.unmapped.append(_unmapped(where, name))
         except Bad as e:
-            out.unmapped.append(f"{where}: {e}; the default is used")
+            out.unmapped.append(f"{label}: {e.about(name)}; the default is used")
     if area_from_pixels:
         out.notes.append(f"{label}: pixel_area sizes converted to megapixels (1.0 = {AREA_SIDE}x{AREA_SIDE})")
     return ds
@@ -411,26 +456,26 @@ def _text_embeds(entry: dict[str, Any], label: str, out: Conversion) -> None:
         name, where = normalize_key(key), f"{label}: {normalize_key(key)}"
         try:
             if name == "cache_dir":
-                out.set("spec.textEmbeds.cacheDir", to_str(value))
+                if not _unset(value):
+                    out.set("spec.textEmbeds.cacheDir", to_path(value))
             elif name == "write_batch_size":
                 out.set("spec.textEmbeds.writeBatchSize", to_int(value))
-            elif name == "type":
-                if str(value).lower() != "local":
-                    out.unmapped.append(f"{where} = {_show(value)} (text embeds are cached on local disk)")
-            elif name not in ("id", "dataset_type", "default", "disabled", "disable"):
-                out.unmapped.append(f"{where} = {_show(value)}")
+            elif name not in ("id", "type", "dataset_type", "default", "disabled", "disable"):
+                out.unmapped.append(_unmapped(where, name))
         except Bad as e:
-            out.problems.append(f"{where}: {e}")
+            out.problems.append(f"{label}: {e.about(name)}")
 
 
 def _convert_backends(backends: list[Any], label: str, defaults: dict[str, Any], out: Conversion) -> None:
     datasets: list[dict[str, Any]] = []
     embeds = [i for i, b in enumerate(backends) if isinstance(b, dict) and _backend_kind(b) == "text_embeds"]
-    chosen = next((i for i in embeds if _truthy(backends[i].get("default"))), embeds[0] if embeds else None)
+    # Text embeds are cached on local disk: an S3 cache (with its credentials) is not converted.
+    local = [i for i in embeds if str(backends[i].get("type", "local")).lower() == "local"]
+    chosen = next((i for i in local if _truthy(backends[i].get("default"))), local[0] if local else None)
     for i, entry in enumerate(backends):
         where = f"{label}[{i}]"
         if not isinstance(entry, dict):
-            out.problems.append(f"{where}: expected an object, got {_show(entry)}")
+            out.problems.append(f"{where}: expected an object, got {_json_type(entry)}")
             continue
         where += f" ({entry['id']})" if isinstance(entry.get("id"), str) else ""
         kind = _backend_kind(entry)
@@ -438,6 +483,12 @@ def _convert_backends(backends: list[Any], label: str, defaults: dict[str, Any],
             if kind == "text_embeds":
                 if i == chosen:
                     _text_embeds(entry, where, out)
+                    if _truthy(entry.get("default")) is False and any(_truthy(backends[j].get("default"))
+                                                                       for j in embeds):
+                        out.notes.append(f"{where}: used for the text-embed cache (the default one is not local)")
+                elif i not in local:
+                    out.unmapped.append(f"{where}: the whole text_embeds backend (type "
+                                        f"{redact.show('type', entry.get('type'))}; text embeds are cached on local disk)")
                 else:
                     out.unmapped.append(f"{where}: a second text_embeds backend (one shared cache is used)")
             elif kind == "image":
@@ -445,9 +496,10 @@ def _convert_backends(backends: list[Any], label: str, defaults: dict[str, Any],
                 if ds is not None:
                     datasets.append(ds)
             else:
-                out.unmapped.append(f"{where}: the whole backend (dataset_type {kind!r}; supported: image, text_embeds)")
+                out.unmapped.append(f"{where}: the whole backend (dataset_type {redact.show('dataset_type', kind)}; "
+                                    "supported: image, text_embeds)")
         except Bad as e:
-            out.problems.append(f"{where}: {e}")
+            out.problems.append(f"{where}: {e.about()}")
     if defaults and not datasets:
         out.unmapped.append("config dataset defaults (" + ", ".join(sorted(defaults)) + "): no image dataset to apply them to")
     if not datasets and not out.problems:
@@ -458,6 +510,12 @@ def _convert_backends(backends: list[Any], label: str, defaults: dict[str, Any],
 def _backend_kind(entry: dict[str, Any]) -> str:
     kind = str(entry.get("dataset_type", "image")).lower()
     return "text_embeds" if str(entry.get("type", "")).lower() == "text_embeds" else kind
+
+
+def _json_type(value: Any) -> str:
+    """What a JSON value is, never what it holds (a misplaced config may be full of secrets)."""
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
 
 
 def _truthy(value: Any) -> bool:
@@ -475,12 +533,12 @@ def convert(config: Any, backends: Any, config_label: str = "config.json",
     out.set("apiVersion", schema_mod.api_version())
     out.set("kind", schema_mod.KIND)
     if not isinstance(config, dict):
-        out.problems.append(f"{config_label}: expected a JSON object of SimpleTuner options, got {_show(config)}")
+        out.problems.append(f"{config_label}: expected a JSON object of SimpleTuner options, got {_json_type(config)}")
         return out
     if isinstance(backends, dict):  # a single backend written without the surrounding list
         backends = [backends]
     if not isinstance(backends, list):
-        out.problems.append(f"{backends_label}: expected a JSON list of data backends, got {_show(backends)}")
+        out.problems.append(f"{backends_label}: expected a JSON list of data backends, got {_json_type(backends)}")
         return out
     out.set("spec.model.family", PIXART_FAMILY)
     defaults = _convert_config(config, config_label, out)

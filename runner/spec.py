@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from runner import redact
 from runner import schema as schema_mod
 
 MAX_SPEC_BYTES = 1024 * 1024
@@ -341,7 +342,11 @@ def _path(parts: Iterable[Any]) -> str:
     return out or "(document)"
 
 
-def _short(value: Any) -> str:
+def _short(value: Any, path: str = "") -> str:
+    """A value for an error line, or redact.HIDDEN when the field or the value looks secret: a
+    token pasted into the wrong field must not end up in a terminal, a CI log or an event."""
+    if redact.is_hidden(path, value):
+        return redact.HIDDEN
     text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -370,7 +375,7 @@ def _schema_error_message(err) -> list[str]:
         described = (sch.get("properties", {}).get(missing, {}).get("description", "") or "").split(". ")[0]
         return [f"{where}: required field is missing" + (f" ({described.rstrip('.')})" if described else "")]
     if v == "enum":
-        line = f"{path}: {_short(val)} is not one of {', '.join(map(str, sch['enum']))}"
+        line = f"{path}: {_short(val, path)} is not one of {', '.join(map(str, sch['enum']))}"
         if isinstance(val, str):
             hint = difflib.get_close_matches(val, [str(e) for e in sch["enum"]], n=1, cutoff=0.6)
             line += f"; did you mean {hint[0]!r}?" if hint else ""
@@ -379,22 +384,27 @@ def _schema_error_message(err) -> list[str]:
         return [line]
     if v == "type":
         want = sch["type"] if isinstance(sch["type"], str) else " or ".join(sch["type"])
-        line = f"{path}: {_short(val)} is {_a(_json_type(val))}, expected {want}"
+        line = f"{path}: {_short(val, path)} is {_a(_json_type(val))}, expected {want}"
         if isinstance(val, bool) and "string" in want:
             line += _bool_hint(val)
         return [line]
     if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         words = {"minimum": "less than the minimum of", "exclusiveMinimum": "not greater than",
                  "maximum": "greater than the maximum of", "exclusiveMaximum": "not less than"}[v]
-        return [f"{path}: {_short(val)} is {words} {sch[v]}"]
+        return [f"{path}: {_short(val, path)} is {words} {sch[v]}"]
     if v == "pattern":
+        hint = redact.reference_hint(path)
+        if hint:  # a name field (of an env var or a Secret) holding something else: likely the secret
+            return [f"{path}: {_short(val, path)} is not a valid name here; {hint}"]
         what = {"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$": " (lowercase letters, digits and '-', starting and ending "
                 "with a letter or digit)", "^/": " (an absolute path)"}.get(sch["pattern"], "")
-        return [f"{path}: {_short(val)} does not match the required pattern {sch['pattern']}{what}"]
+        return [f"{path}: {_short(val, path)} does not match the required pattern {sch['pattern']}{what}"]
     if v in ("minLength", "maxLength"):
-        return [f"{path}: {_short(val)} is too {'short' if v == 'minLength' else 'long'} ({v} {sch[v]})"]
+        return [f"{path}: {_short(val, path)} is too {'short' if v == 'minLength' else 'long'} ({v} {sch[v]})"]
     if v in ("minItems", "maxItems"):
         return [f"{path}: needs {'at least' if v == 'minItems' else 'at most'} {sch[v]} item(s), got {len(val)}"]
+    if redact.is_hidden(path, val):  # jsonschema's own message quotes the value
+        return [f"{path}: {redact.HIDDEN} fails the schema's {v!r} rule"]
     return [f"{path}: {err.message}"]
 
 

@@ -2,7 +2,8 @@
 
 The starter carries the quickstart's guard rails (square random crops around 1 megapixel,
 guidance 4.0, mixedPrecision "no" where autocast is unreliable) and is validated before it
-is written, so `init` never leaves a file that `validate` rejects.
+is written, so `init` never leaves a spec that `validate` rejects; only the dataset folder may
+not exist yet, and `init` says so.
 """
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ spec:
   validation:
     prompts:
       - "a photo of a cat sitting on a windowsill, soft morning light"
-    # Multiples of 8 (the VAE downsamples by 8); PixArt Sigma was tuned on multi-aspect buckets.
+    # Multiples of 16 (VAE x8, then 2x2 patches); PixArt Sigma was tuned on multi-aspect buckets.
     resolutions: "1024x1024,1280x768"
     # PixArt Sigma samples best with guidance between 3.6 and 4.4.
     guidance: 4.0
@@ -217,7 +218,7 @@ def run_init(output: str, yes: bool, force: bool, ask: Ask | None = None,
         return 2
     if not Path(answers["dataset"]).is_dir():
         print(f"note: dataset directory {answers['dataset']!r} does not exist yet; put images there before "
-              "`trainingjob run`", file=sys.stderr)
+              "`trainingjob validate` and `trainingjob run`", file=sys.stderr)
     text = render(answers)
     problems = check(text, output)
     if problems:  # an answer combination the per-field checks could not catch

@@ -152,13 +152,29 @@ def size_problem(ds: dict[str, Any], plan: DatasetPlan, batch: int, accum: int, 
     return check_dataset_size(str(ds.get("name", plan.name)), counts, batch, accum, world)
 
 
+def _on_data_volume(spec: dict[str, Any], path: Path) -> bool:
+    """`path` lies under the data volume's mount path, so it exists only inside the pod."""
+    volume = ((spec.get("kubernetes") or {}).get("volumes") or {}).get("data")
+    if not volume or not path.is_absolute():
+        return False
+    return path.is_relative_to(Path(volume.get("mountPath") or "/data"))
+
+
+def _missing(where: str, path: Path) -> str:
+    if path.is_absolute():
+        return f"{where}: {path} does not exist; create it and put the images there, or point path at your images"
+    return (f"{where}: {path} does not exist (relative paths resolve from the working directory, "
+            f"{Path.cwd()}); run from the folder the path is relative to, or make it absolute")
+
+
 def dataset_problems(spec: dict[str, Any]) -> list[str]:
     """Problems with the local datasets that can be checked from here (defaulted spec dict).
 
     For each enabled `type: local` dataset whose path is a directory: scan, caption, filter
     and bucket it, then check one optimizer step can be filled
     (batchSize x gradientAccumulationSteps x gpusPerNode*nodes images). A path that does not
-    exist is not a problem here (it may only exist inside the pod); a path that is a file is.
+    exist, or is a file, is a problem; except a path under the mount path of
+    spec.kubernetes.volumes.data, which exists only inside the pod.
     A whole document ({"apiVersion", ..., "spec": {...}}) is accepted too and its spec used."""
     if "datasets" not in spec and isinstance(spec.get("spec"), dict):
         spec = spec["spec"]
@@ -175,6 +191,8 @@ def dataset_problems(spec: dict[str, Any]) -> list[str]:
         where = f"spec.datasets[{i}]"
         path = Path(ds["path"])
         if not path.exists():
+            if not _on_data_volume(spec, path):
+                problems.append(_missing(f"{where}.path", path))
             continue
         if not path.is_dir():
             problems.append(f"{where}.path: {path} is a file, not a directory of images")

@@ -142,3 +142,11 @@ def test_light_commands_never_import_torch(tmp_path):
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["codes"] == [0] * len(commands)
     assert report["heavy"] == []
+
+
+@pytest.mark.parametrize("field", ["spec.output.dir", "spec.cacheDir", "spec.textEmbeds.cacheDir",
+                                   "spec.datasets.vaeCacheDir", "spec.datasets.path", "spec.training.resume"])
+def test_explain_says_where_relative_paths_resolve(field):
+    text = " ".join(explain(field).split())
+    assert "Relative paths resolve from the working directory of the `trainingjob` process" in text
+    assert "a filesystem root is refused" in text

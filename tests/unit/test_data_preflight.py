@@ -143,9 +143,9 @@ def test_dataset_problems_table(mixed, case, over, kw, expected):
         assert fragment in problems[0], (fragment, problems[0])
 
 
-def test_missing_dir_disabled_and_other_types_are_not_checked(tmp_path, mixed):
+def test_disabled_and_other_types_are_not_checked(tmp_path, mixed):
     problems = dataset_problems(spec([
-        ds(tmp_path / "only-in-the-pod"),
+        ds(tmp_path / "absent", disabled=True),
         ds(mixed, disabled=True, minimumImageSize=10000),
         {"name": "hub", "type": "huggingface", "repo": "a/b", "disabled": False},
         {"name": "s", "type": "samples", "disabled": False},
@@ -153,10 +153,25 @@ def test_missing_dir_disabled_and_other_types_are_not_checked(tmp_path, mixed):
     assert problems == []
 
 
-def test_path_that_is_a_file(tmp_path):
+def test_a_missing_directory_is_reported_with_its_field_and_path(tmp_path, mixed):
+    problems = dataset_problems(spec([ds(mixed), ds(tmp_path / "absent", name="second")]))
+    assert problems == [f"spec.datasets[1].path: {tmp_path / 'absent'} does not exist; create it and put the "
+                        "images there, or point path at your images"]
+
+
+def test_a_path_on_the_kubernetes_data_volume_exists_only_in_the_pod(tmp_path):
+    on_volume = spec([ds("/data/photos"), ds("/elsewhere/photos", name="second")])
+    on_volume["kubernetes"] = {"volumes": {"data": {"claimName": "images", "mountPath": "/data"}}}
+    assert [p.split(":")[0] for p in dataset_problems(on_volume)] == ["spec.datasets[1].path"]
+    # Without the volume, /data/photos is a path on this machine like any other.
+    del on_volume["kubernetes"]
+    assert [p.split(":")[0] for p in dataset_problems(on_volume)] == ["spec.datasets[0].path", "spec.datasets[1].path"]
+
+
+def test_path_that_is_a_file(tmp_path, mixed):
     f = tmp_path / "images.zip"
     f.write_bytes(b"PK")
-    assert dataset_problems(spec([ds(tmp_path / "ok"), ds(f)])) == [
+    assert dataset_problems(spec([ds(mixed), ds(f)])) == [
         f"spec.datasets[1].path: {f} is a file, not a directory of images"]
 
 

@@ -32,7 +32,7 @@ def answers_from(*lines: str):
     return ask
 
 
-def test_yes_writes_a_starter_that_validates(tmp_path, cli):
+def test_yes_writes_a_starter_that_validates(tmp_path, cli, monkeypatch):
     out = tmp_path / "job.yaml"
     result = cli("init", "--yes", "--output", out)
     assert result.code == 0, result.err
@@ -46,6 +46,14 @@ def test_yes_writes_a_starter_that_validates(tmp_path, cli):
     ds = job.spec.datasets[0]
     assert (ds.type, ds.path, ds.crop, ds.cropAspect, ds.cropStyle) == ("local", "datasets/my-images", True, "square", "random")
     assert job.warnings == ()
+    # The starter's dataset folder does not exist yet: validate says so, naming the field.
+    monkeypatch.chdir(tmp_path)
+    result = cli("validate", out)
+    assert result.code == 2 and "spec.datasets[0].path: datasets/my-images does not exist" in result.err
+    from PIL import Image
+
+    (tmp_path / "datasets" / "my-images").mkdir(parents=True)
+    Image.new("RGB", (768, 768), (20, 40, 60)).save(tmp_path / "datasets" / "my-images" / "a_cat.png")
     assert cli("validate", out).code == 0
 
 

@@ -16,13 +16,15 @@ from runner import schema as schema_mod
 REPO = Path(__file__).resolve().parents[2]
 LIGHT_MODULES = ["runner/cli.py", "runner/spec.py", "runner/schema.py", "runner/semantics.py",
                  "runner/explain.py", "runner/starter.py", "runner/simpletuner.py",
-                 "runner/k8s/__init__.py", "runner/k8s/crd.py", "runner/k8s/build.py", "runner/k8s/render.py",
-                 "runner/k8s/reconcile.py", "runner/k8s/status.py", "runner/k8s/progress.py",
-                 "runner/launch/images.py", "runner/launch/torchrun.py", "runner/launch/nodes.py"]
+                 "runner/k8s/__init__.py", "runner/k8s/crd.py", "runner/redact.py", "runner/models/families.py",
+                 "runner/k8s/build.py", "runner/k8s/render.py", "runner/k8s/reconcile.py", "runner/k8s/status.py",
+                 "runner/k8s/progress.py", "runner/launch/images.py", "runner/launch/torchrun.py",
+                 "runner/launch/nodes.py"]
 LIGHT_RUNNER = {"runner", "runner.spec", "runner.schema", "runner.semantics", "runner.explain",
-                "runner.starter", "runner.simpletuner", "runner.k8s", "runner.k8s.crd", "runner.k8s.build",
-                "runner.k8s.render", "runner.k8s.status", "runner.k8s.progress", "runner.k8s.reconcile",
-                "runner.launch", "runner.launch.images", "runner.launch.torchrun", "runner.__version__"}
+                "runner.starter", "runner.simpletuner", "runner.k8s", "runner.k8s.crd", "runner.redact",
+                "runner.models.families", "runner.k8s.build", "runner.k8s.render", "runner.k8s.status",
+                "runner.k8s.progress", "runner.k8s.reconcile", "runner.launch", "runner.launch.images",
+                "runner.launch.torchrun", "runner.__version__"}
 THIRD_PARTY = {"yaml", "jsonschema"}
 
 

@@ -8,10 +8,8 @@ import urllib.request
 
 import pytest
 
-pytest.importorskip("prometheus_client")
-
-from runner.metrics import Metrics, NoMetrics  # noqa: E402
-from runner.stages.cache import CacheReport  # noqa: E402
+from runner.metrics import Metrics, NoMetrics
+from runner.stages.cache import CacheReport
 
 
 def free_port() -> int:

@@ -142,7 +142,9 @@ BASE_FP = cache_fingerprint(BASE)
 
 @pytest.mark.parametrize("path, value", [
     ("datasets.0.resolution", 256),
-    ("datasets.0.resolutionType", "area"),
+    # The same 128 px target measured as an area (128x128 = 1/64 MP): the unit alone changes the key.
+    ("datasets", [dict(SMOKE_DOC["spec"]["datasets"][0], resolutionType="area", resolution=1 / 64,
+                       minimumImageSize=1 / 256)]),
     ("datasets.0.cropStyle", "center"),
     ("datasets.0.cropAspect", "square"),
     ("model.textEncoderMaxLength", 64),

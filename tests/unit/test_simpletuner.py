@@ -58,13 +58,19 @@ def write_inputs(tmp_path, config, backends):
     return c, b
 
 
-def test_the_quickstart_converts_and_validates(tmp_path, cli):
+def test_the_quickstart_converts_and_validates(tmp_path, cli, monkeypatch):
+    from PIL import Image
+
     config, backends = write_inputs(tmp_path, QUICKSTART_CONFIG, QUICKSTART_BACKENDS)
     out = tmp_path / "job.yaml"
     result = cli("import-simpletuner", config, backends, "--output", out)
     assert result.code == 0, result.err
     # 3.5 is below PixArt Sigma's sweet spot: a warning, not an error.
     assert "warning: spec.validation.guidance: 3.5 is outside 3.6-4.4" in result.err
+    # The dataset path is relative, as in the quickstart: validate from where it exists.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "datasets" / "pseudo-camera-10k").mkdir(parents=True)
+    Image.new("RGB", (768, 768), (90, 120, 30)).save(tmp_path / "datasets" / "pseudo-camera-10k" / "a_red_fox.png")
     validated = cli("validate", out)
     assert validated.code == 0, validated.err
     job = load_spec(out)
@@ -149,21 +155,31 @@ def test_options_without_equivalent_are_listed_never_dropped(tmp_path, cli):
     result = cli("import-simpletuner", c, b)
     assert result.code == 0, result.err
     header = result.out.split("apiVersion:")[0]
-    for option in ("use_ema = \"true\"", "lora_rank = 64", "optimizer = \"prodigy\"", "probability = 0.5",
-                   "crop_aspect", "type 'aws'", "dataset_type 'conditioning'"):
+    for option in ("config.json: use_ema", "config.json: lora_rank", "optimizer = \"prodigy\"", "probability",
+                   "crop_aspect", "type \"aws\"", "dataset_type \"conditioning\""):
         assert option in result.err, option
         assert option in header, option
+    # Unknown options are named, their values never shown (they may be credentials).
+    assert "use_ema =" not in result.text and "lora_rank = 64" not in result.text and "0.5" not in result.text
     assert all(line.startswith("#") for line in header.splitlines())
     assert yaml.safe_load(result.out)["spec"]["training"].get("optimizer") is None
+
+
+PIXART = {"model_type": "full", "model_family": "pixart_sigma"}
 
 
 @pytest.mark.parametrize("config, expect", [
     ({"model_type": "lora", "model_family": "pixart_sigma"}, "model_type: \"lora\" is not supported"),
     ({"model_type": "full", "model_family": "flux"}, "model_family: \"flux\" is not supported"),
-    ({"model_type": "full", "train_batch_size": "four"}, "train_batch_size: 'four' is not a number"),
-    ({"model_type": "full", "gradient_checkpointing": "maybe"}, "gradient_checkpointing: 'maybe' is not a boolean"),
-    ({"model_type": "full", "train_batch_size": 0}, "spec.training.batchSize: 0 is less than the minimum of 1"),
-    (["not", "an", "object"], "expected a JSON object"),
+    (dict(PIXART, train_batch_size="four"), "config.json: train_batch_size: \"four\" is not a number"),
+    (dict(PIXART, gradient_checkpointing="maybe"), "gradient_checkpointing: \"maybe\" is not a boolean"),
+    (dict(PIXART, train_batch_size=0), "spec.training.batchSize: 0 is less than the minimum of 1"),
+    # SimpleTuner has no default family: a config without one is not guessed to be PixArt Sigma.
+    ({"model_type": "full"}, "config.json: model_family is not set; add \"model_family\": \"pixart_sigma\""),
+    ({"model_type": "full", "model_family": ""}, "config.json: model_family is not set"),
+    (["not", "an", "object"], "expected a JSON object of SimpleTuner options, got a list"),
+    # A misplaced file may be full of secrets: its content is never echoed.
+    (["hf_QmV7zLp2XcN9rT4wY8sK1dF6gH3jA5bE0uIo"], "got a list"),
 ])
 def test_unconvertible_configs_exit_2(tmp_path, cli, config, expect):
     c, b = write_inputs(tmp_path, config, QUICKSTART_BACKENDS)
@@ -171,6 +187,7 @@ def test_unconvertible_configs_exit_2(tmp_path, cli, config, expect):
     assert result.code == 2
     assert expect in result.err, result.err
     assert result.out == "" and "Traceback" not in result.err
+    assert "hf_QmV7" not in result.err
 
 
 def test_no_image_dataset_exits_2(tmp_path, cli):
@@ -200,7 +217,7 @@ def test_hub_id_without_owner_disables_push_with_a_note(tmp_path, cli):
     c, b = write_inputs(tmp_path, config, QUICKSTART_BACKENDS)
     result = cli("import-simpletuner", c, b)
     assert result.code == 0, result.err
-    assert "hub_model_id 'simpletuner-lora' has no owner; push disabled" in result.err
+    assert 'hub_model_id "simpletuner-lora" has no owner; push disabled' in result.err
     assert yaml.safe_load(result.out)["spec"]["output"]["hub"] == {"push": False}
 
 
@@ -234,3 +251,85 @@ def test_numbers_from_strings():
         with pytest.raises(simpletuner.Bad):
             simpletuner.to_int(bad)
     assert simpletuner.normalize_key("--Train-Batch-Size") == "train_batch_size"
+
+
+# ----------------------------------------------------------------------------- real configs
+
+def test_report_to_none_turns_every_tracker_off(tmp_path, cli):
+    for value in ("none", "None", ""):
+        c, b = write_inputs(tmp_path, dict(QUICKSTART_CONFIG, report_to=value), QUICKSTART_BACKENDS)
+        result = cli("import-simpletuner", c, b)
+        assert result.code == 0, (value, result.err)
+        tracking = yaml.safe_load(result.out)["spec"]["tracking"]
+        assert tracking == {"tensorboard": False}, value
+        assert "report_to" not in result.err
+
+
+def test_current_and_old_interval_names_are_both_mapped(tmp_path, cli):
+    current = dict(QUICKSTART_CONFIG, checkpoint_step_interval=250, validation_step_interval="125")
+    old = dict(QUICKSTART_CONFIG, checkpointing_steps=250, validation_steps="125")
+    for config in (current, old):
+        c, b = write_inputs(tmp_path, config, QUICKSTART_BACKENDS)
+        result = cli("import-simpletuner", c, b)
+        assert result.code == 0, result.err
+        spec = yaml.safe_load(result.out)["spec"]
+        assert (spec["training"]["checkpointEvery"], spec["validation"]["every"]) == (250, 125)
+        assert "interval" not in result.err and "_steps" not in result.err.replace("max_train_steps", "")
+    # Both spellings of one option: the later one wins, and a note says so.
+    both = {**QUICKSTART_CONFIG, "checkpointing_steps": 100, "checkpoint_step_interval": 300}
+    c, b = write_inputs(tmp_path, both, QUICKSTART_BACKENDS)
+    result = cli("import-simpletuner", c, b)
+    assert yaml.safe_load(result.out)["spec"]["training"]["checkpointEvery"] == 300
+    assert "checkpoint_step_interval repeats option checkpoint_step_interval; the later value 300 is used" in result.err
+
+
+def test_model_family_placeholders_in_paths_are_expanded(tmp_path, cli):
+    config = dict(QUICKSTART_CONFIG, output_dir="output/{model_family}", cache_dir="cache/{model_family}")
+    backends = [dict(QUICKSTART_BACKENDS[0], cache_dir_vae="cache/vae/{model_family}/pseudo-camera-10k",
+                     instance_data_dir="datasets/{model_family}"),
+                dict(QUICKSTART_BACKENDS[1], cache_dir="cache/text/{model_family}")]
+    c, b = write_inputs(tmp_path, config, backends)
+    result = cli("import-simpletuner", c, b)
+    assert result.code == 0, result.err
+    spec = yaml.safe_load(result.out)["spec"]
+    assert spec["output"]["dir"] == "output/pixart_sigma" and spec["cacheDir"] == "cache/pixart_sigma"
+    assert spec["textEmbeds"]["cacheDir"] == "cache/text/pixart_sigma"
+    assert spec["datasets"][0]["vaeCacheDir"] == "cache/vae/pixart_sigma/pseudo-camera-10k"
+    assert spec["datasets"][0]["path"] == "datasets/pixart_sigma"
+    assert "{" not in result.out
+
+
+def test_an_unknown_placeholder_is_never_copied_literally(tmp_path, cli):
+    # In a cache dir it is listed and the default cache dir is used; in the data path it is refused.
+    backends = [dict(QUICKSTART_BACKENDS[0], cache_dir_vae="cache/vae/{model_name}"), QUICKSTART_BACKENDS[1]]
+    c, b = write_inputs(tmp_path, QUICKSTART_CONFIG, backends)
+    result = cli("import-simpletuner", c, b)
+    assert result.code == 0, result.err
+    assert "cache_dir_vae: \"cache/vae/{model_name}\" holds the placeholder {model_name}" in result.err
+    assert "vaeCacheDir" not in yaml.safe_load(result.out)["spec"]["datasets"][0]
+    backends = [dict(QUICKSTART_BACKENDS[0], instance_data_dir="datasets/{id}"), QUICKSTART_BACKENDS[1]]
+    c, b = write_inputs(tmp_path, QUICKSTART_CONFIG, backends)
+    result = cli("import-simpletuner", c, b)
+    assert result.code == 2 and "instance_data_dir: \"datasets/{id}\" holds the placeholder {id}" in result.err
+
+
+@pytest.mark.parametrize("rtype", ["pixel_area|area|pixel", "megapixel", 5])
+def test_an_unknown_resolution_type_is_refused_not_read_as_megapixels(tmp_path, cli, rtype):
+    backends = [dict(QUICKSTART_BACKENDS[0], resolution=1024, resolution_type=rtype), QUICKSTART_BACKENDS[1]]
+    c, b = write_inputs(tmp_path, QUICKSTART_CONFIG, backends)
+    result = cli("import-simpletuner", c, b)
+    assert result.code == 2, result.out
+    assert f"resolution_type: {json.dumps(rtype)} has no equivalent (supported: area, pixel, pixel_area)" in result.err
+    assert result.out == ""
+
+
+def test_pixel_values_without_a_resolution_type_read_as_pixel_area(tmp_path, cli):
+    entry = {k: v for k, v in QUICKSTART_BACKENDS[0].items() if k != "resolution_type"}
+    backends = [dict(entry, resolution=1024, minimum_image_size=512, maximum_image_size=2048,
+                     target_downsample_size=1024), QUICKSTART_BACKENDS[1]]
+    c, b = write_inputs(tmp_path, QUICKSTART_CONFIG, backends)
+    result = cli("import-simpletuner", c, b)
+    assert result.code == 0, result.err
+    ds = yaml.safe_load(result.out)["spec"]["datasets"][0]
+    assert (ds["resolutionType"], ds["resolution"], ds["minimumImageSize"], ds["maximumImageSize"]) == (
+        "area", 1.0, 0.25, 4.0)

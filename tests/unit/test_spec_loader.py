@@ -114,7 +114,9 @@ def test_set_works_on_run_too(tmp_path, cli, minimal_spec):
 
 def test_guidance_outside_the_pixart_range_is_a_warning_not_an_error(tmp_path, cli, minimal_spec):
     spec = tmp_path / "job.yaml"
-    spec.write_text(minimal_spec + "  validation:\n    guidance: 3.5\n")
+    # A samples dataset has no path to check, so only the guidance is at issue.
+    spec.write_text(minimal_spec.replace("      path: /nonexistent-trainingjob-corpus/photos", "      type: samples")
+                    + "  validation:\n    guidance: 3.5\n")
     result = cli("validate", spec)
     assert result.code == 0
     assert f"{spec}: warning: spec.validation.guidance: 3.5 is outside 3.6-4.4" in result.err
@@ -181,3 +183,60 @@ def test_dataset_checks_do_not_run_on_an_invalid_spec(tmp_path, cli, minimal_spe
     assert result.code == 2
     assert "batchSize: 0 is less than the minimum of 1" in result.err
     assert "usable image" not in result.err
+
+
+def test_a_dataset_path_that_does_not_exist_is_reported(tmp_path, cli, minimal_spec, monkeypatch):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(minimal_spec)
+    result = cli("validate", spec)
+    assert result.code == 2
+    assert (f"{spec}: spec.datasets[0].path: /nonexistent-trainingjob-corpus/photos does not exist" in result.err)
+    # A relative one says where it was looked for.
+    monkeypatch.chdir(tmp_path)
+    spec.write_text(minimal_spec.replace("/nonexistent-trainingjob-corpus/photos", "data/photos"))
+    result = cli("validate", spec)
+    assert result.code == 2
+    assert (f"spec.datasets[0].path: data/photos does not exist (relative paths resolve from the working "
+            f"directory, {tmp_path})") in result.err
+
+
+def test_a_relative_path_that_climbs_to_the_root_is_refused(tmp_path, cli, minimal_spec, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    climb = "/".join([".."] * (len(tmp_path.parts) + 2))  # more than enough: `..` stops at /
+    spec = tmp_path / "job.yaml"
+    spec.write_text(minimal_spec + f"  output:\n    dir: {climb}\n  cacheDir: ../cache\n")
+    result = cli("validate", spec)
+    assert result.code == 2
+    assert (f"spec.output.dir: '{climb}' resolves to the filesystem root (from the working directory "
+            f"{tmp_path}); point it at a directory of its own") in result.err
+    assert "spec.cacheDir" not in result.err  # one level up is a directory like any other
+
+
+@pytest.mark.parametrize("path, root", [
+    ("/", True), ("//", True), ("/tmp/..", True), ("/.", True), ("..", False), ("output", False), ("/data", False),
+])
+def test_is_filesystem_root(tmp_path, path, root):
+    assert semantics.is_filesystem_root(path, cwd=str(tmp_path / "a")) is root
+
+
+def test_the_seed_bound_is_numpys():
+    """The schema's maximum is exactly what numpy (which accelerate's set_seed calls) accepts."""
+    import numpy as np
+
+    from runner import schema as schema_mod
+
+    for path in ("spec.training.seed", "spec.validation.seed"):
+        top = schema_mod.subschema(path)["maximum"]
+        np.random.seed(top)
+        with pytest.raises(ValueError):
+            np.random.seed(top + 1)
+
+
+def test_dataset_buckets_are_always_whole_token_grids():
+    """Dataset sizes need no multiple-of-16 check: buckets are aligned to 64 px, a multiple of
+    every family's resolution multiple."""
+    from runner.data.transforms import ALIGN
+    from runner.models.families import FAMILIES
+
+    assert semantics.MIN_PIXEL_SIDE == ALIGN
+    assert all(ALIGN % t.resolution_multiple == 0 for t in FAMILIES.values())
