@@ -10,7 +10,6 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /opt/trainingjob
 COPY constraints.txt pyproject.toml README.md ./
-COPY schemas ./schemas
 COPY runner ./runner
 COPY examples ./examples
 
