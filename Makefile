@@ -6,7 +6,16 @@ PIP := $(PY) -m pip
 SPEC ?= examples/smoke.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: install train-local test test-fast crd lint clean
+# Images: tags are $(REGISTRY)/$(NAME):<version>-<hw>. The list of images and their build
+# arguments live in runner/launch/images.py (stdlib only, so these targets need no venv).
+REGISTRY ?= ghcr.io/trainingjob
+NAME ?= trainingjob
+ENGINE ?=
+HW ?= cpu
+IMAGES := $(PYTHON) -m runner.launch.images
+IMAGE_FLAGS = --registry '$(REGISTRY)' --name '$(NAME)' $(if $(ENGINE),--engine '$(ENGINE)') $(if $(filter-out 0 no false,$(DRY_RUN)),--dry-run)
+
+.PHONY: install train-local test test-fast test-images crd lint clean images image push
 
 # torch==2.13.0 is installed on its own first: on these CPU machines it comes from local disk,
 # while an unpinned torch would pull a multi-GB CUDA build.
@@ -23,13 +32,27 @@ train-local: $(STAMP)
 	$(VENV)/bin/trainingjob run $(SPEC)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -m "not image"
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -ra -m "not e2e"
+	$(PY) -m pytest -q -ra -m "not e2e and not image"
+
+# Builds the CPU image from a local Debian base and runs the smoke job in it (podman/buildah).
+test-images: $(STAMP)
+	$(PY) -m pytest -q -ra -m image
 
 crd: $(STAMP)
 	$(PY) -m runner.k8s.crd > k8s/crd.yaml.tmp && mv k8s/crd.yaml.tmp k8s/crd.yaml
+
+# `make images` builds every image, `make image HW=cuda12` one; DRY_RUN=1 prints the commands.
+images:
+	@$(IMAGES) build $(IMAGE_FLAGS)
+
+image:
+	@$(IMAGES) build --only '$(HW)' $(IMAGE_FLAGS)
+
+push:
+	@$(IMAGES) push $(IMAGE_FLAGS)
 
 clean:
 	rm -rf $(VENV) output cache .pytest_cache
