@@ -18,11 +18,14 @@ IMAGE_FLAGS = --registry '$(REGISTRY)' --name '$(NAME)' $(if $(ENGINE),--engine 
 .PHONY: install train-local test test-fast test-images crd lint clean images image push
 
 # torch==2.13.0 is installed on its own first: on these CPU machines it comes from local disk,
-# while an unpinned torch would pull a multi-GB CUDA build.
+# while an unpinned torch would pull a multi-GB CUDA build. GPU=cuda12|cuda13|rocm (on a fresh
+# checkout or after `make clean`) takes the matching build from the index the images use.
+GPU ?=
+TORCH_FROM = $(if $(GPU),--extra-index-url "$$($(PYTHON) -m runner.launch.images torch-index --only '$(GPU)')")
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt torch==2.13.0 $(TORCH_FROM)
 	$(PIP) install -q -c constraints.txt -e '.[train,samples,dev]'
 	touch $(STAMP)
 

@@ -139,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     repo = Path(__file__).resolve().parents[2]
     p = argparse.ArgumentParser(prog="python -m runner.launch.images",
                                 description="build or push the trainingjob images (one per hardware + operator)")
-    p.add_argument("action", choices=["build", "push"])
+    p.add_argument("action", choices=["build", "push", "torch-index"],
+                   help="torch-index: print the pip index of the torch build for --only HW")
     p.add_argument("--only", action="append", default=[], metavar="IMAGE",
                    help=f"one of {', '.join(IMAGES)} (repeatable; default: all)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, one per image, and run nothing")
@@ -150,6 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--revision", default="")
     p.add_argument("--source", default=DEFAULT_SOURCE)
     ns = p.parse_args(argv)
+    if ns.action == "torch-index":
+        # `make install GPU=cuda12` installs torch from here, outside the images.
+        index = FLAVOURS[ns.only[0]].torch_index if len(ns.only) == 1 and ns.only[0] in FLAVOURS else None
+        if not index:
+            print(f"torch-index needs one --only of {', '.join(FLAVOURS)}", file=sys.stderr)
+            return 2
+        print(index)
+        return 0
     ns.revision = ns.revision or git_revision(repo)
     ns.engine = ns.engine or find_engine(BUILD_ENGINES) or ""
     if not ns.engine:

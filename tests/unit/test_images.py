@@ -232,3 +232,21 @@ def test_make_push_dry_run_and_unknown_hardware():
     assert proc.stdout.splitlines() == [f"podman push {images.image_ref(i, registry='reg.test')}" for i in images.IMAGES]
     proc = make("image", "HW=mps", "DRY_RUN=1", "ENGINE=podman")
     assert proc.returncode != 0 and "no image for mps" in proc.stderr
+
+
+@pytest.mark.parametrize("hardware", list(images.FLAVOURS))
+def test_make_install_gpu_takes_torch_from_the_images_index(hardware):
+    proc = make("-n", "-W", "pyproject.toml", "install", f"GPU={hardware}")
+    [line] = [line for line in proc.stdout.splitlines() if "torch==" in line]
+    assert f"--extra-index-url \"$({sys.executable} -m runner.launch.images torch-index --only '{hardware}')\"" in line
+    index = subprocess.run([sys.executable, "-m", "runner.launch.images", "torch-index", "--only", hardware],
+                           cwd=REPO, capture_output=True, text=True)
+    assert index.stdout.strip() == images.FLAVOURS[hardware].torch_index
+
+
+def test_torch_index_refuses_images_without_torch():
+    for only in (["operator"], ["mps"], []):
+        args = [a for o in only for a in ("--only", o)]
+        proc = subprocess.run([sys.executable, "-m", "runner.launch.images", "torch-index", *args],
+                              cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stdout == ""
