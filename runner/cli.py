@@ -57,6 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     for w in job.warnings:
         print(w, file=sys.stderr)
+    if args.container:
+        from runner.launch.container import run_in_container
+
+        return run_in_container(job, args.file, args.overrides, args.stage)
     from runner.stages.run import run_job  # heavy imports (torch) only on this path
 
     return run_job(job, stage=args.stage)
@@ -171,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the cache and/or train stage of a TrainingJob")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--stage", choices=["cache", "train", "all"], default="all")
+    p.add_argument("--container", action="store_true",
+                   help="run inside the image for spec.hardware.accelerator, with podman or docker "
+                        "(TRAININGJOB_IMAGE / TRAININGJOB_ENGINE override them)")
     _add_set(p)
     p.set_defaults(func=cmd_run)
 

@@ -31,7 +31,6 @@ GRACE_PERIOD_S = SHUTDOWN_TIMEOUT_S + 60
 # Pod failures a Job retries (crashes, OOM kills); evictions and preemptions are not counted.
 BACKOFF_LIMIT = 3
 EXIT_INVALID = 2  # the CLI's exit code for bad input: retrying cannot help
-RUN_AS = 1000     # the images' non-root user; fsGroup makes the volumes writable for it
 KUEUE_PREFIX = "kueue.x-k8s.io/"
 JOB_NAME_MAX = 52  # an Indexed Job's pod hostname is `<job>-<index>` and must stay within 63
 STAGES = ("cache", "train")
@@ -253,7 +252,7 @@ def build_pod_template(doc: dict, stage: str, opts: Options) -> dict[str, Any]:
         "restartPolicy": "Never",  # the Job retries whole pods (and podFailurePolicy needs Never)
         "terminationGracePeriodSeconds": GRACE_PERIOD_S,
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": images.IMAGE_UID, "runAsGroup": images.IMAGE_UID, "fsGroup": images.IMAGE_UID,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": volumes,

@@ -13,6 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from runner.launch import images
+
 REPO = Path(__file__).resolve().parents[2]
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 
@@ -57,7 +59,9 @@ def test_operator_pod_is_restricted_and_runs_the_operator(installed):
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert container["command"] == ["trainingjob"] and container["args"][0] == "operator"
-    assert container["image"].endswith("-operator")
+    assert container["image"] == images.image_ref("operator")
+    # The image's USER (images/Dockerfile) and the pod's user are one number.
+    assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["runAsGroup"] == images.IMAGE_UID
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                             "capabilities": {"drop": ["ALL"]}}
