@@ -35,6 +35,11 @@ class JobPaths:
     def logs(self) -> Path:
         return self.output_dir / "logs"
 
+    @property
+    def finished(self) -> Path:
+        """Written last by a train stage that finished (export and push included)."""
+        return self.output_dir / "trainingjob.complete.json"
+
     def vae_dir(self, dataset: Mapping[str, Any]) -> Path:
         return Path(dataset["vaeCacheDir"]) if dataset.get("vaeCacheDir") else self.cache_dir / "vae" / dataset["name"]
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import signal
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from runner.plan import job_paths
 from runner.spec import TrainingJob
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
@@ -93,10 +95,15 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     from runner.models.pixart_sigma import ModelError
     from runner.publish import PublishError, hub_token
     from runner.stages.train import ResumeError
+    from runner.training.completion import finished_message, finished_step
     from runner.training.data import CacheMismatch
+    from runner.training.guard import Diverged
 
     spec = job.spec.to_dict()
     try:
+        if stage in ("train", "all") and (done := finished_step(spec)) is not None:
+            print(f"[{job.name}] {finished_message(job_paths(spec), done)}", flush=True)
+            return EXIT_OK
         if spec["output"]["hub"].get("push"):
             hub_token(spec["output"]["hub"])  # fail before hours of work, not after
         problems = tracker_problems(spec) if stage != "cache" else []
@@ -123,6 +130,9 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     except (DatasetError, ModelError, CacheMismatch, PublishError, ResumeError, HardwareError, LaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INTERNAL
     except torch.cuda.OutOfMemoryError:
         print("error: out of GPU memory; lower spec.training.batchSize (raise gradientAccumulationSteps to keep "
               "the effective batch), set gradientCheckpointing: true, or use optimizer: adafactor. "
@@ -197,6 +207,7 @@ def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
 def run_train_stage(job: TrainingJob) -> int:
     from runner.context import make_context
     from runner.stages.train import run_train
+    from runner.training.completion import record_finished
 
     is_main = os.environ.get("RANK", "0") == "0"
     metrics = _metrics(job, is_main)
@@ -213,7 +224,10 @@ def run_train_stage(job: TrainingJob) -> int:
 
             url = push_to_hub(result.model_dir, job.document.to_dict(), latest_images(ctx.paths.validation))
             ctx.log(f"pushed to the Hub: {url}")
-        ctx.log(f"done in {time.time() - t0:.1f}s: {result.final_step} steps, final loss {result.last_loss:.4f}")
+        if ctx.is_main:
+            record_finished(ctx.paths, result.final_step)  # last: a rerun now has nothing to do
+        loss = f", final loss {result.last_loss:.4f}" if math.isfinite(result.last_loss) else ""
+        ctx.log(f"done in {time.time() - t0:.1f}s: {result.final_step} steps{loss}")
         ctx.log(f"  model:       {result.model_dir}")
         ctx.log(f"  checkpoint:  {result.checkpoint}")
         if result.validation_dir:

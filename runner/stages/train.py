@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,29 +14,15 @@ from typing import Any
 import torch
 
 from runner.context import RunContext
-from runner.plan import cache_fingerprint, enabled_datasets, step_plan
+from runner.plan import cache_fingerprint, step_plan
 from runner.training import checkpoint as ckpt
 from runner.training.checkpoint import TrainerState
-from runner.training.data import TrainingData, load_manifest
+from runner.training.data import TrainingData, load_manifest, training_data
+from runner.training.guard import Guard, Stop
 
 
 class ResumeError(Exception):
     """An explicitly named checkpoint that cannot be used."""
-
-
-@dataclass
-class Stop:
-    """Set by SIGTERM (preemption, `kubectl delete`): checkpoint at the next step and exit."""
-
-    requested: bool = False
-    signal_name: str = ""
-
-    def install(self) -> None:
-        def handler(signum, _frame):
-            self.requested, self.signal_name = True, signal.Signals(signum).name
-
-        with contextlib.suppress(ValueError):  # not the main thread
-            signal.signal(signal.SIGTERM, handler)
 
 
 @dataclass
@@ -79,26 +64,32 @@ def latent_source(data: TrainingData, model_dir: Path, device: torch.device, vae
     return vae, lambda batch: family.encode_images(vae, batch["pixels"]).to(device).float()
 
 
-def resume_state(ctx: RunContext, accelerator) -> TrainerState:
+def resume_state(ctx: RunContext, accelerator) -> tuple[TrainerState, Path | None]:
+    """The state to start from, and the checkpoint it was loaded from (None: from the base model)."""
     mode = ctx.spec.training.resume
     if mode == "none":
-        return TrainerState(spec_hash=ctx.job.hash)
+        return TrainerState(spec_hash=ctx.job.hash), None
     if mode == "auto":
         path = ckpt.latest_complete(ctx.paths.checkpoints, ctx.log)
         if path is None:
-            return TrainerState(spec_hash=ctx.job.hash)
+            return TrainerState(spec_hash=ctx.job.hash), None
     else:
         path = Path(mode)
-        problem = ckpt.verify(path) if path.is_dir() else "no such folder"
+        problem = ckpt.usable(path) if path.is_dir() else "no such folder"
         if problem:
             raise ResumeError(f"spec.training.resume: cannot resume from {path}: {problem}")
     state = ckpt.read_state(path)
-    accelerator.load_state(str(path))
+    try:
+        accelerator.load_state(str(path))
+    except (KeyError, ValueError, RuntimeError) as e:  # torch's words for "these tensors do not fit"
+        raise ResumeError(f"cannot resume from {path}: its saved state does not fit the model or optimizer of this "
+                          f"spec ({type(e).__name__}: {str(e)[:200]}). Changing spec.training.optimizer or the model "
+                          "needs a fresh start: set spec.training.resume: none, or use a new spec.output.dir") from e
     ctx.log(f"resuming from step {state.step} ({path})")
     if state.spec_hash != ctx.job.hash:
         ctx.log("note: the spec changed since that checkpoint was written; continuing with the current spec")
     state.spec_hash = ctx.job.hash
-    return state
+    return state, path
 
 
 def run_train(ctx: RunContext) -> TrainResult:
@@ -111,6 +102,8 @@ def run_train(ctx: RunContext) -> TrainResult:
 
     spec = ctx.spec_dict
     training = spec["training"]
+    stop = Stop()
+    stop.install()  # before any collective: a rank stopped early must still take part in the agreement
     accelerator = make_accelerator(ctx)
     ctx.rank, ctx.world_size = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
@@ -121,10 +114,7 @@ def run_train(ctx: RunContext) -> TrainResult:
     model_dir = Path(manifest["model_dir"])
     set_seed(training["seed"] + ctx.rank)
 
-    repeats = {ds["name"]: ds["repeats"] for ds in enabled_datasets(spec)}
-    data = TrainingData(manifest, repeats=repeats, batch_size=training["batchSize"], world_size=ctx.world_size, rank=ctx.rank,
-                        seed=training["seed"], dropout=training["captionDropout"],
-                        workers=training["dataloaderWorkers"], pin_memory=device.type == "cuda")
+    data = training_data(spec, manifest, rank=ctx.rank, world_size=ctx.world_size, pin_memory=device.type == "cuda")
     plan = step_plan(spec, data.batches_per_epoch)
     transformer = family.load_transformer(model_dir, bit_fit=spec["model"]["bitFit"],
                                           gradient_checkpointing=training["gradientCheckpointing"])
@@ -138,15 +128,14 @@ def run_train(ctx: RunContext) -> TrainResult:
     lr_scheduler = make_lr_scheduler(training, optimizer, plan.total_steps)
     transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
     vae, to_latents = latent_source(data, model_dir, device, spec["model"]["vaeDtype"])
-    state = resume_state(ctx, accelerator)
+    state, last_ckpt = resume_state(ctx, accelerator)
     validator = Validator(spec, manifest, ctx.paths.validation, device, torch.float32, vae=vae)
     if accelerator.is_main_process:
         accelerator.init_trackers(ctx.job.name, config=_flat(spec))
     ctx.log(f"training {sum(p.numel() for p in transformer.parameters() if p.requires_grad) / 1e6:.2f}M parameters "
             f"for {plan.total_steps} steps ({plan.steps_per_epoch} per epoch) on {ctx.world_size} x {device.type}")
 
-    stop = Stop()
-    stop.install()
+    guard = Guard(training, ctx.world_size, device)
     global_batch = training["batchSize"] * ctx.world_size
     accum = training["gradientAccumulationSteps"]
     params = [p for p in transformer.parameters() if p.requires_grad]
@@ -154,11 +143,17 @@ def run_train(ctx: RunContext) -> TrainResult:
     # every_s=0: one plain log line per logged step (every 10), not throttled like the cache bars.
     bar = Progress(plan.total_steps, "train", "step", enabled=accelerator.is_main_process, every_s=0,
                    initial=state.step)
-    last_loss, last_ckpt, logged_step, tick = math.nan, None, state.step, time.time()
+    last_loss, logged_step, tick = math.nan, state.step, time.time()
     paused = 0.0  # seconds spent checkpointing/validating since the last log: not training throughput
 
+    def checkpoint() -> Path:
+        guard.check_weights(params, state.step)  # never write weights that would poison a resume
+        ctx.metrics.checkpoint_saved()
+        return ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"])
+
     # ---- the loop ----
-    while state.step < plan.total_steps and not stop.requested:
+    stopping = False
+    while state.step < plan.total_steps and not stopping:
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum):
             state.epoch, state.batch_in_epoch, batch = next(batches)
@@ -174,6 +169,7 @@ def run_train(ctx: RunContext) -> TrainResult:
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.samples_seen += global_batch * accum
+        stopping = guard.stop_after(state.step, loss_sum, stop.requested)  # the same answer on every rank
         if state.step % 10 == 0 or state.step == plan.total_steps or state.step == 1:
             last_loss = accelerator.reduce(loss_sum, reduction="mean").item()
             rate = global_batch * accum * (state.step - logged_step) / max(time.time() - tick - paused, 1e-9)
@@ -182,14 +178,11 @@ def run_train(ctx: RunContext) -> TrainResult:
             bar.update(state.step - logged_step, loss=last_loss, samples_s=rate)
             ctx.metrics.train_progress(state.step, plan.total_steps, last_loss, rate)
             tick, paused, logged_step = time.time(), 0.0, state.step
-            if not math.isfinite(last_loss):
-                raise FloatingPointError(f"loss is {last_loss} at step {state.step}; lower spec.training.learningRate "
-                                         "or use mixedPrecision: bf16 instead of fp16")
         t_side = time.time()
-        if state.step % training["checkpointEvery"] == 0 or stop.requested:
-            last_ckpt = ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"])
-            ctx.metrics.checkpoint_saved()
-        if validator.enabled and state.step % spec["validation"]["every"] == 0 and state.step < plan.total_steps:
+        if state.step % training["checkpointEvery"] == 0 or stopping:
+            last_ckpt = checkpoint()
+        if validator.enabled and not stopping and state.step % spec["validation"]["every"] == 0 \
+                and state.step < plan.total_steps:
             _validate(accelerator, validator, transformer, state.step)
         paused += time.time() - t_side
     # ---- end of loop ----
@@ -198,12 +191,13 @@ def run_train(ctx: RunContext) -> TrainResult:
 
     if device.type == "cuda":
         ctx.log(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
-    if stop.requested:
-        ctx.log(f"{stop.signal_name}: checkpointed at step {state.step}; rerun to resume")
+    if stopping:
+        why = stop.signal_name or "a stop on another rank"
+        ctx.log(f"{why}: checkpointed at step {state.step}; rerun to resume")
         accelerator.end_training()
         return TrainResult(state.step, last_loss, last_ckpt, None, None, interrupted=True)
     if last_ckpt is None or last_ckpt.name != f"step-{state.step}":
-        last_ckpt = ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"])
+        last_ckpt = checkpoint()
     if validator.enabled:
         _validate(accelerator, validator, transformer, state.step)
     model_out = None

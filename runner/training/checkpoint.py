@@ -69,6 +69,33 @@ def verify(folder: Path) -> str | None:
     return None
 
 
+def nonfinite_weights(folder: Path) -> str | None:
+    """None when every floating-point tensor in the checkpoint's safetensors files is finite.
+
+    This version never writes non-finite weights, but older ones did when training diverged
+    (the loss was checked every 10 steps), and `resume: auto` would have picked such a
+    checkpoint and carried the NaNs on. Only run on resume: it reads the weights once more."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                for name in weights.keys():
+                    t = weights.get_tensor(name)
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                        return (f"{path.relative_to(folder)}: {name} holds NaN or inf "
+                                "(training had diverged when it was saved)")
+        except (SafetensorError, OSError) as e:
+            return f"{path.relative_to(folder)} is unreadable ({e})"
+    return None
+
+
+def usable(folder: Path) -> str | None:
+    """None when a resume may load the checkpoint: complete, intact, finite; else why not."""
+    return verify(folder) or nonfinite_weights(folder)
+
+
 def read_state(folder: Path) -> TrainerState:
     return TrainerState(**json.loads((folder / STATE_FILE).read_text())["state"])
 
@@ -81,8 +108,9 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 def latest_complete(root: Path, log: Callable[[str], None]) -> Path | None:
+    """The newest checkpoint a resume may use; each newer one skipped is logged with why."""
     for step, path in reversed(list_checkpoints(root)):
-        problem = verify(path)
+        problem = usable(path)
         if problem is None:
             return path
         log(f"ignoring checkpoint {path}: {problem}")

@@ -6,12 +6,13 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors.torch import load_file
 
 from runner.cachekeys import entry_path
+from runner.plan import enabled_datasets
 
 
 class CacheMismatch(Exception):
@@ -148,8 +149,24 @@ class TrainingData:
         """Yield (epoch, index of the next batch in that epoch, batch) forever, from a position."""
         while True:
             sampler = EpochBatches(self.samples, epoch=epoch, start=start, **self.kw)
+            # Its own generator: a DataLoader iterator otherwise draws its (worker) base seed from
+            # the global torch RNG, which the training noise uses and a checkpoint restores. A
+            # resumed run creates an iterator mid-epoch where an uninterrupted one did not, so
+            # that draw alone made resumed runs diverge.
+            own = random.Random(f"{self.kw['seed']}:{epoch}:{self.kw['rank']}:loader").getrandbits(63)
             loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
-                                                 num_workers=self.workers, pin_memory=self.pin_memory)
+                                                 num_workers=self.workers, pin_memory=self.pin_memory,
+                                                 generator=torch.Generator().manual_seed(own))
             for i, batch in enumerate(loader, start=start + 1):
                 yield epoch, i, batch
             epoch, start = epoch + 1, 0
+
+
+def training_data(spec: Mapping[str, Any], manifest: dict[str, Any], *, rank: int, world_size: int,
+                  pin_memory: bool = False) -> TrainingData:
+    """This rank's batches for the spec (the train stage, and the check whether a job is finished)."""
+    training = spec["training"]
+    return TrainingData(manifest, repeats={ds["name"]: ds["repeats"] for ds in enabled_datasets(spec)},
+                        batch_size=training["batchSize"], world_size=world_size, rank=rank, seed=training["seed"],
+                        dropout=training["captionDropout"], workers=training["dataloaderWorkers"],
+                        pin_memory=pin_memory)

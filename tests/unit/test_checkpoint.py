@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save as safetensors_bytes
 
 from runner.training import checkpoint as ckpt
 from runner.training.checkpoint import (
@@ -16,11 +18,15 @@ from runner.training.checkpoint import (
     publish,
     read_state,
     seal,
+    usable,
     verify,
 )
+from tests.state_diff import differences
 
+WEIGHTS = {"proj.weight": torch.linspace(-1, 1, 2400).reshape(48, 50), "proj.bias": torch.zeros(48),
+           "step_counter": torch.arange(4)}
 FILES = {
-    "model.safetensors": b"\x00\x01" * 5000,
+    "model.safetensors": safetensors_bytes(WEIGHTS),
     "optimizer.bin": bytes(range(256)) * 20,
     "random_states_0.pkl": b"rng-state",
     "nested/scheduler.bin": b"scheduler",
@@ -100,7 +106,8 @@ def _json_no_files(folder: Path) -> None:
 
 @pytest.mark.parametrize("damage, reason", [
     (_remove_state, "no trainer_state.json"),
-    (_truncate, "model.safetensors has 9900 bytes, expected 10000"),
+    (_truncate, f"model.safetensors has {len(FILES['model.safetensors']) - 100} bytes, "
+                f"expected {len(FILES['model.safetensors'])}"),
     (_flip_byte, "optimizer.bin checksum mismatch"),
     (_flip_nested, "nested/scheduler.bin checksum mismatch"),
     (_delete_file, "random_states_0.pkl is missing"),
@@ -209,7 +216,7 @@ def test_publish_new_and_replace(tmp_path: Path) -> None:
 @pytest.fixture
 def fresh_accelerate_state():
     """Accelerate keeps process-wide singleton state; leave none behind for other tests."""
-    accelerate = pytest.importorskip("accelerate")
+    import accelerate
     from accelerate.state import AcceleratorState, GradientState
 
     yield accelerate
@@ -217,41 +224,82 @@ def fresh_accelerate_state():
     GradientState._reset_state()
 
 
-def test_save_with_real_accelerator_and_restore(tmp_path: Path, fresh_accelerate_state) -> None:
-    torch = pytest.importorskip("torch")
-    accelerate = fresh_accelerate_state
-
-    torch.manual_seed(0)
+def _train_a_little(accelerate, seed: int):
+    torch.manual_seed(seed)
     accelerator = accelerate.Accelerator(cpu=True)
     model = torch.nn.Linear(4, 3)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model, opt = accelerator.prepare(model, opt)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 3))
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    return accelerator, model, opt, sched
+
+
+def _everything(model, opt, sched) -> dict:
+    """What a resume must bring back: weights, optimizer moments, LR schedule, every RNG."""
+    import random
+
+    import numpy as np
+
+    return {"weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "moments": {i: {k: v.clone() for k, v in st.items()} for i, st in opt.state_dict()["state"].items()},
+            "lr": sched.get_last_lr(), "schedule": sched.state_dict(),
+            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "numpy_rng": np.random.get_state()}
+
+
+def test_save_with_real_accelerator_and_restore(tmp_path: Path, fresh_accelerate_state) -> None:
+    """A checkpoint restores the whole training state, not just the step counter: compared
+    value by value with the state at the moment it was saved."""
+    accelerate = fresh_accelerate_state
+    accelerator, model, opt, sched = _train_a_little(accelerate, seed=0)
     for _ in range(2):
         loss = model(torch.randn(5, 4)).pow(2).mean()
         accelerator.backward(loss)
         opt.step()
+        sched.step()
         opt.zero_grad()
-    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     root = tmp_path / "checkpoints"
     (root / ".tmp-step-1").mkdir(parents=True)  # stale temp from a killed run
-    for step in (2, 4):
-        final = ckpt.save(accelerator, root, TrainerState(step=step, epoch=0, samples_seen=step * 5), keep=1)
+    final = ckpt.save(accelerator, root, TrainerState(step=2, epoch=0, samples_seen=10), keep=1)
+    saved = _everything(model, opt, sched)
+    final = ckpt.save(accelerator, root, TrainerState(step=4, epoch=0, samples_seen=20), keep=1)
     assert final == root / "step-4"
-    assert verify(final) is None
+    assert verify(final) is None and usable(final) is None
     assert read_state(final).samples_seen == 20
     assert sorted(p.name for p in root.iterdir()) == ["step-4"]
     assert any(p.suffix == ".safetensors" for p in final.rglob("*"))
 
-    # A fresh model/optimizer, prepared the same way, gets the saved weights back.
+    # A fresh model/optimizer/schedule, from another seed, gets everything back.
     accelerator.free_memory()
-    acc2 = accelerate.Accelerator(cpu=True)
-    torch.manual_seed(123)
-    fresh = torch.nn.Linear(4, 3)
-    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
-    fresh, fresh_opt = acc2.prepare(fresh, fresh_opt)
-    assert not torch.equal(fresh.weight, saved["weight"])
+    acc2, fresh, fresh_opt, fresh_sched = _train_a_little(accelerate, seed=123)
+    torch.rand(7)  # and the RNGs moved on
+    before = _everything(fresh, fresh_opt, fresh_sched)
+    assert differences(before, saved), "the fresh state should differ before loading"
     acc2.load_state(str(final))
-    for k, v in fresh.state_dict().items():
-        assert torch.equal(v, saved[k]), k
-    assert fresh_opt.state_dict()["state"], "optimizer moments restored"
+    assert differences(_everything(fresh, fresh_opt, fresh_sched), saved) == []
+
+
+# ----------------------------------------------------------------------------- non-finite weights
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_checkpoint_with_non_finite_weights_is_never_resumed(tmp_path: Path, bad: float) -> None:
+    """Older versions checked the loss every 10 steps and could save a diverged model; such a
+    checkpoint is intact as a set of files, but resuming from it only carries the NaNs on."""
+    for step in (10, 20):
+        _sealed(tmp_path / f"step-{step}", step=step)
+    poisoned = {**WEIGHTS, "proj.weight": WEIGHTS["proj.weight"].clone()}
+    poisoned["proj.weight"][3, 7] = bad
+    newest = _write_folder(tmp_path / "step-30", {**FILES, "model.safetensors": safetensors_bytes(poisoned)})
+    seal(newest, TrainerState(step=30))
+    assert verify(newest) is None
+    assert "model.safetensors: proj.weight holds NaN or inf" in usable(newest)
+    logs: list[str] = []
+    assert latest_complete(tmp_path, logs.append) == tmp_path / "step-20"
+    assert len(logs) == 1 and "step-30" in logs[0] and "NaN or inf" in logs[0]
+
+
+def test_unreadable_weights_file_is_not_usable(tmp_path: Path) -> None:
+    folder = _write_folder(tmp_path / "step-5", {**FILES, "model.safetensors": b"not a safetensors file"})
+    seal(folder, TrainerState(step=5))  # sealed as written: the bytes were wrong before the hash
+    assert verify(folder) is None
+    assert "model.safetensors is unreadable" in usable(folder)

@@ -5,13 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
-
-import torch  # a core dependency: never skipped
+import torch
 
 from runner.atomic import atomic_write_json
-from runner.cachekeys import entry_path  # noqa: E402
-from runner.stages.cache import crop_plan_dict, write_entry  # noqa: E402
-from runner.training.data import (  # noqa: E402
+from runner.cachekeys import entry_path
+from runner.stages.cache import crop_plan_dict, write_entry
+from runner.training.data import (
     TEXT_PAD_MULTIPLE,
     CacheMismatch,
     EpochBatches,
@@ -243,3 +242,22 @@ def test_training_data_stream_reads_real_entries(tmp_path: Path, with_latents: b
     assert resumed[:2] == (0, 2)
     assert torch.equal(resumed[2][key], got[1][2][key])
     assert json.loads((tmp_path / "manifest.json").read_text())["cache_fingerprint"] == "fp"
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_stream_leaves_the_global_rng_alone(tmp_path: Path, workers: int) -> None:
+    """The training noise is drawn from the global torch RNG, which a checkpoint saves and a
+    resume restores. A DataLoader iterator draws its base seed from that RNG when created, and a
+    resumed run creates one mid-epoch where the uninterrupted run did not: the noise after a
+    resume would differ. Starting the stream anywhere, and crossing epochs, must draw nothing."""
+    data = TrainingData(_write_cache(tmp_path), repeats={}, batch_size=2, world_size=1, rank=0, seed=3,
+                        dropout=0.5, workers=workers, pin_memory=False)
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    fresh = data.stream(epoch=0, start=0)
+    for _ in range(5):  # two and a half epochs
+        next(fresh)
+    resumed = data.stream(epoch=1, start=1)
+    next(resumed)
+    next(resumed)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -1,0 +1,66 @@
+"""Whether a job has already finished, so that a rerun does nothing.
+
+Finished means: the record written after the last thing a run does (export, then Hub push)
+names step N, N is the step the current spec plans to end at, and the newest checkpoint a
+resume would use is at step N. A spec that plans more (or fewer) steps, a run killed before
+its export or push finished, or a damaged final checkpoint: not finished, and the train stage
+takes over from the newest usable checkpoint."""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from runner.atomic import atomic_write_json
+from runner.plan import JobPaths, cache_fingerprint, job_paths, step_plan
+
+
+def is_finished(recorded_step: int | None, newest_checkpoint: int | None, total_steps: int | None,
+                exported: bool) -> bool:
+    """Pure: the definition above, on what was read from disk (None: absent or unreadable)."""
+    return (exported and recorded_step is not None and total_steps is not None
+            and recorded_step == newest_checkpoint == total_steps)
+
+
+def record_finished(paths: JobPaths, step: int) -> None:
+    """Written by the main process as the very last step of a successful train stage."""
+    atomic_write_json(paths.finished, {"step": step, "checkpoint": f"checkpoints/step-{step}", "model": "model"})
+
+
+def planned_total_steps(spec: Mapping[str, Any]) -> int | None:
+    """What the current spec trains to, from the cache manifest (None: the cache does not match
+    the spec yet, so the cache stage has work to do and the job cannot be finished)."""
+    from runner.training.data import CacheMismatch, load_manifest, training_data
+
+    paths = job_paths(spec)
+    world = spec["hardware"]["gpusPerNode"] * spec["hardware"]["nodes"]
+    try:
+        data = training_data(spec, load_manifest(paths.manifest, cache_fingerprint(spec)), rank=0, world_size=world)
+        return step_plan(spec, data.batches_per_epoch).total_steps
+    except (CacheMismatch, ValueError, OSError):  # the stages that follow report these properly
+        return None
+
+
+def finished_step(spec: Mapping[str, Any]) -> int | None:
+    """The step at which this job finished under the current spec, or None when there is work left.
+    Only `resume: auto` can be finished: `none` asks to start over, a path to resume from it."""
+    from runner.training.checkpoint import latest_complete
+
+    if spec["training"]["resume"] != "auto":
+        return None
+    paths = job_paths(spec)
+    try:
+        recorded = int(json.loads(paths.finished.read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    newest = latest_complete(paths.checkpoints, log=lambda _line: None)
+    newest_step = int(newest.name.split("-")[1]) if newest is not None else None
+    total = planned_total_steps(spec) if newest_step == recorded else None
+    exported = (paths.model / "model_index.json").is_file()
+    return recorded if is_finished(recorded, newest_step, total, exported) else None
+
+
+def finished_message(paths: JobPaths, step: int) -> str:
+    return (f"the job is already complete at step {step} (model: {paths.model}); nothing to do. "
+            f"To train longer, raise spec.training.maxSteps (or epochs) and rerun: it resumes from step {step}. "
+            f"To start over, set spec.training.resume: none, or use a new spec.output.dir.")
+

@@ -1,0 +1,42 @@
+"""A diverging run (forced through the spec: plain SGD at learning rate 1, no clipping) stops
+at the step the loss or the weights stop being finite, with exit 1 and advice from the spec,
+not as "a bug in trainingjob"; no checkpoint or export holds a NaN (before, the loss was
+checked every 10 steps and a checkpoint every step saved up to 9 diverged models)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.e2e.conftest import assert_clean
+from tests.e2e.train_state import all_finite, published_steps, quiet_env, run, runner_with_cache, shared_cache
+
+pytestmark = pytest.mark.e2e
+
+DIVERGE = ("spec.training.optimizer=sgd", "spec.training.learningRate=1", "spec.training.maxGradNorm=0",
+           "spec.training.lrWarmupSteps=0", "spec.training.maxSteps=30", "spec.training.checkpointEvery=1",
+           "spec.training.checkpointsTotalLimit=100", "spec.validation.prompts=[]", "spec.tracking.tensorboard=false")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, tiny_model):
+    return shared_cache(tmp_path_factory, tiny_model)
+
+
+def test_divergence_stops_at_its_step_with_advice_and_nothing_non_finite_is_saved(tmp_path, tiny_model, cache):
+    runner = runner_with_cache(tmp_path, tiny_model, cache)
+    proc = run(runner, *DIVERGE, env=quiet_env(runner))
+    assert_clean(proc, 1)
+    assert "bug in trainingjob" not in proc.stderr
+    found = re.search(r"not finite (?:at|after) step (\d+)", proc.stderr)
+    assert found, proc.stderr[-3000:]
+    step = int(found.group(1))
+    for advice in ("learningRate (now 1)", "maxGradNorm", "resume: none"):
+        assert advice in proc.stderr
+    # A checkpoint every step, up to the one before the divergence, each of them finite.
+    assert published_steps(runner.out) == list(range(1, step))
+    for s in range(1, step):
+        weights = load_file(str(runner.out / "checkpoints" / f"step-{s}" / "model.safetensors"))
+        assert all_finite(weights), f"step-{s} holds NaN or inf"
+    assert not (runner.out / "model").exists()

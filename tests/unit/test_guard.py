@@ -1,0 +1,49 @@
+"""When training stops: a non-finite loss or non-finite weights stop it at the step they appear
+with advice from the spec; a stop request is honoured at the end of the step."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from runner.training.guard import Diverged, Guard, divergence_advice
+
+TRAINING = {"learningRate": 0.5, "maxGradNorm": 0.0, "mixedPrecision": "no", "lrWarmupSteps": 0}
+
+
+def _guard(**training) -> Guard:
+    return Guard({**TRAINING, **training}, world_size=1, device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_finite_loss_goes_on_unless_asked_to_stop(stop: bool) -> None:
+    assert _guard().stop_after(7, torch.tensor(0.25), stop) is stop
+
+
+@pytest.mark.parametrize("loss", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("stop", [False, True])
+def test_non_finite_loss_raises_naming_the_step(loss: float, stop: bool) -> None:
+    with pytest.raises(Diverged, match="not finite at step 12") as err:
+        _guard().stop_after(12, torch.tensor(loss), stop)  # a stop request does not mean "save it anyway"
+    assert "learningRate (now 0.5)" in str(err.value)
+
+
+def test_non_finite_weights_raise_before_a_save() -> None:
+    model = torch.nn.Linear(3, 2)
+    guard = _guard()
+    guard.check_weights(model.parameters(), 4)
+    with torch.no_grad():
+        model.bias[1] = float("inf")
+    with pytest.raises(Diverged, match="weights are not finite after step 4"):
+        guard.check_weights(model.parameters(), 4)
+
+
+@pytest.mark.parametrize("training, present, absent", [
+    (dict(maxGradNorm=0.0), ["set spec.training.maxGradNorm", "learningRate (now 0.5)"], ["fp16"]),
+    (dict(maxGradNorm=2.0), ["lower spec.training.maxGradNorm (now 2)"], ["fp16"]),
+    (dict(mixedPrecision="fp16"), ["bf16 instead of fp16"], []),
+    (dict(lrWarmupSteps=10), ["lrWarmupSteps (now 10)", "resume: none"], ["fp16"]),
+])
+def test_advice_follows_the_spec(training: dict, present: list[str], absent: list[str]) -> None:
+    text = divergence_advice({**TRAINING, **training})
+    assert all(p in text for p in present), text
+    assert not any(a in text for a in absent), text
