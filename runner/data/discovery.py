@@ -190,9 +190,13 @@ class DigestMemo:
             return {}
         try:
             data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}  # a damaged memo only costs re-hashing
+        if not isinstance(data, dict):
+            return {}
+        # Keep only well-formed [size, mtime_ns, sha256] rows: one bad row costs one re-hash.
+        return {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 3
+                and all(isinstance(x, int) for x in v[:2]) and isinstance(v[2], str) and len(v[2]) == 64}
 
     def __call__(self, info: ImageInfo) -> str:
         key = str(Path(info.path).resolve())

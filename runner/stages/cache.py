@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from runner import cachekeys
-from runner.atomic import atomic_write_bytes, atomic_write_json
+from runner.atomic import atomic_write_bytes, atomic_write_json, sweep_stale_temps
 from runner.cachekeys import EncoderIdentity, entry_path
 from runner.context import RunContext
 from runner.data import DatasetError
@@ -275,6 +275,20 @@ def drop_broken(ctx: RunContext, plans, broken, report: CacheReport):
     return out
 
 
+def sweep_cache_dirs(ctx: RunContext, plans) -> None:
+    """Remove the temp files a killed run left in the cache folders (a SIGKILL mid-write leaves
+    its `.tmp`; entries themselves are only ever renamed into place whole). Only the whole
+    pass does this: no writer of this job is running then, on this machine."""
+    roots: list[Path] = []
+    for folder in sorted({ctx.paths.cache_dir, ctx.paths.text_dir, *(ctx.paths.vae_dir(ds) for ds, _ in plans)},
+                         key=lambda p: len(p.parts)):
+        if not any(folder.resolve().is_relative_to(r.resolve()) for r in roots):
+            roots.append(folder)
+    removed = [p for root in roots for p in sweep_stale_temps(root)]
+    if removed:
+        ctx.log(f"removed {len(removed)} temp file(s) left by an interrupted run, e.g. {removed[0]}")
+
+
 def check_sizes(ctx: RunContext, plans) -> None:
     from runner.data.preflight import size_problem
     from runner.semantics import world_size
@@ -311,6 +325,7 @@ def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheRepor
             # Every shard reports (ctx.log speaks for rank 0 only).
             print(f"[{ctx.job.name}] cache shard {shard.index + 1}/{shard.count} done: {report.summary()}", flush=True)
             return report
+        sweep_cache_dirs(ctx, plans)
         if spec["vaeCacheDisable"]:
             latent_keys, broken = {}, verify_images(plans)
         else:
