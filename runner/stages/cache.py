@@ -219,7 +219,8 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
                 if not good:
                     continue
                 # Noise seeded by each entry's key: an image's cached latent is the same
-                # whichever other images happen to share its batch.
+                # whichever other images share its batch (to float rounding: a batch of one
+                # may take another convolution path).
                 seeds = [int(key[:8], 16) for (_, _, key), _ in good]
                 latents = family.encode_images(vae, torch.stack([px for _, px in good]), seeds)
                 dtype = family.DTYPES[ctx.spec.model.vaeDtype]
