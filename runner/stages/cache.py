@@ -115,10 +115,6 @@ def entry_metadata(path: Path) -> dict[str, str] | None:
         return None
 
 
-def entry_is_valid(path: Path) -> bool:
-    return entry_metadata(path) is not None
-
-
 def write_entry(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
     from safetensors.torch import save
 
@@ -195,7 +191,7 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
         for item in plan.items:
             key = cachekeys.latent_key(identity, item.digest, crop_plan_dict(item.plan))
             keys[(ds["name"], item.info.rel)] = key
-            if shard.owns(key) and not entry_is_valid(entry_path(vae_dir, key)):
+            if shard.owns(key) and entry_metadata(entry_path(vae_dir, key)) is None:
                 todo.append((vae_dir, item, key))
     report.latents_total, report.latents_encoded = len(keys), len(todo)
     if not todo:
@@ -299,11 +295,10 @@ def sweep_cache_dirs(ctx: RunContext, plans) -> None:
     """Remove the temp files a killed run left in the cache folders (a SIGKILL mid-write leaves
     its `.tmp`; entries themselves are only ever renamed into place whole). Only the whole
     pass does this: no writer of this job is running then, on this machine."""
-    roots: list[Path] = []
-    for folder in sorted({ctx.paths.cache_dir, ctx.paths.text_dir, *(ctx.paths.vae_dir(ds) for ds, _ in plans)},
-                         key=lambda p: len(p.parts)):
-        if not any(folder.resolve().is_relative_to(r.resolve()) for r in roots):
-            roots.append(folder)
+    roots: list[Path] = []  # each folder once, even when one lies inside another
+    for folder in sorted({ctx.paths.cache_dir.resolve(), ctx.paths.text_dir.resolve(),
+                          *(ctx.paths.vae_dir(ds).resolve() for ds, _ in plans)}, key=lambda p: len(p.parts)):
+        roots += [] if any(folder.is_relative_to(r) for r in roots) else [folder]
     removed = [p for root in roots for p in sweep_stale_temps(root)]
     if removed:
         ctx.log(f"removed {len(removed)} temp file(s) left by an interrupted run, e.g. {removed[0]}")
