@@ -1,19 +1,109 @@
-"""Writes that are all-or-nothing: a reader sees the old content or the new, never a torn one."""
+"""Writes that are all-or-nothing: a reader sees the old content or the new, never a torn one.
+
+Every temp name carries its writer (`<host>.<pid>`), so `sweep_stale_temps` can later remove
+what a killed writer left (SIGKILL, the OOM killer and power cuts skip every cleanup handler)
+without touching the temp file of a writer that is still running, on this machine or on
+another pod sharing the volume.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+# Temp files (`.<name>.<host>.<pid>.tmp`), temp folders (`.<name>.tmp-<host>.<pid>.<random>`)
+# and the trash of build_dir_once (`.<name>.old-<uuid4 hex>`, an incomplete folder moved aside).
+_TEMP_FILE = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.tmp$")
+_TEMP_DIR = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+$")
+_TRASH_DIR = re.compile(r"^\..+\.old-[0-9a-f]{32}$")
+# A temp written from another machine is only judged by its age: its writer's pid means
+# nothing here. No cache entry takes a day to write.
+FOREIGN_TEMP_MAX_AGE_S = 24 * 3600
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+
+
+def writer_tag() -> str:
+    """`<host>.<pid>`: who is writing a temp file or folder."""
+    return f"{_host()}.{os.getpid()}"
+
+
+def temp_path(path: Path) -> Path:
+    """The hidden sibling `path` is written to before it is renamed into place."""
+    return path.with_name(f".{path.name}.{writer_tag()}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _is_stale(entry: os.DirEntry, now: float) -> bool:
+    if entry.is_dir(follow_symlinks=False):
+        if _TRASH_DIR.match(entry.name):
+            return True  # build_dir_once moved an incomplete folder here to delete it
+        m = _TEMP_DIR.match(entry.name)
+    else:
+        m = _TEMP_FILE.match(entry.name)
+    if not m:
+        return False
+    if m["host"] != _host():
+        try:
+            return now - entry.stat(follow_symlinks=False).st_mtime > FOREIGN_TEMP_MAX_AGE_S
+        except OSError:
+            return False
+    pid = int(m["pid"])
+    # Our own pid counts as stale: the caller promises no write of its own is in flight, so a
+    # temp with our pid is from an earlier process that had it (a restarted container's pid 1).
+    return pid == os.getpid() or not _pid_alive(pid)
+
+
+def sweep_stale_temps(folder: Path) -> list[Path]:
+    """Delete, under `folder` (recursively), the temp files and folders whose writer is gone.
+
+    Call it only while this process has no write of its own in flight under `folder`.
+    Returns what was removed. Symlinks are never followed."""
+    removed: list[Path] = []
+    now = time.time()
+    stack = [Path(folder)]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue  # gone, or not a folder: nothing of ours to clean there
+        for entry in entries:
+            path = Path(entry.path)
+            if _is_stale(entry, now):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                removed.append(path)
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append(path)
+    return removed
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -21,7 +111,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        # A full disk (or a kill) must not leave half-written temp files behind.
+        # A full disk must not leave half-written temp files behind (a SIGKILL skips this:
+        # sweep_stale_temps is for that).
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError) and e.filename is None:  # write() errors name no file
@@ -60,7 +151,7 @@ def build_dir_once(dest: Path, build: Callable[[Path], None], is_complete: Calla
     if is_complete(dest):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{writer_tag()}.", dir=dest.parent))
     try:
         build(tmp)
         if dest.exists() and not is_complete(dest):

@@ -64,6 +64,9 @@ def read_caption_file(image_path: Path, root: Path | None = None) -> str:
     name = _display(image_path, root)
     want = _display(txt, root)
     try:
+        if txt.exists() and not txt.is_file() and not txt.is_dir():
+            # A FIFO would block the read forever, a device might never end.
+            raise _fail(name, f"{want} is not a regular file, expected a caption text file")
         data = txt.read_bytes()
     except FileNotFoundError:
         raise _fail(name, f"no caption file; captionStrategy textfile expects {want}") from None

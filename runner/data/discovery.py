@@ -6,13 +6,16 @@ that can be shown to the user.
 
 Probing reads only the header: a JPEG whose *body* is truncated still probes fine and fails
 later when it is decoded (see `transforms.load_image`). A file whose header is cut short,
-or that is not an image at all, is skipped here.
+or that is not an image at all, is skipped here, and so is anything that could hang or
+exhaust the process later: a FIFO or device named like an image, a symlink loop, an
+unreadable file, a name that is not UTF-8, an image over MAX_IMAGE_PIXELS.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +28,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 # Image formats people drop into datasets that we do not read: reported as skipped, not ignored.
 UNSUPPORTED_IMAGE_EXTENSIONS = (".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl")
+
+# The decompression-bomb guard: an image over this many pixels (width x height) is skipped.
+# It is Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS, about 179 megapixels, e.g.
+# 13,000 x 13,000), checked here explicitly because another library may have lifted
+# Pillow's global one. Decoding such a file takes over 500 MB per image; downscale it first.
+MAX_IMAGE_PIXELS = 2 * 89_478_485
 
 EXIF_ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # transpose / rotate 270 / transverse / rotate 90
@@ -62,9 +71,20 @@ def _check_root(root: Path) -> Path:
 
 def _rel(path: Path, root: Path) -> str:
     try:
-        return Path(path).relative_to(root).as_posix()
+        rel = Path(path).relative_to(root).as_posix()
     except ValueError:
-        return Path(path).as_posix()
+        rel = Path(path).as_posix()
+    # A name that is not UTF-8 decodes to lone surrogates, which no log line, JSON manifest or
+    # tokenizer can take: show its raw bytes as \xNN instead.
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _utf8_name(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def find_images(root: Path) -> list[Path]:
@@ -96,30 +116,45 @@ def _probe(path: Path, root: Path) -> ImageInfo | str:
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    if not _utf8_name(path):
+        return "the file name is not valid UTF-8; rename the file"
     try:
-        st = path.stat()
+        st = path.stat()  # follows symlinks: a loop or a dangling link fails here
     except OSError as e:
         return f"cannot read ({e.strerror or e})"
+    if not stat.S_ISREG(st.st_mode):
+        # Opening a FIFO would block forever; a device could be endless.
+        return "not a regular file (a FIFO, socket or device named like an image)"
     if st.st_size == 0:
         return "empty file (0 bytes)"
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DecompressionBombWarning etc.: judged below
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: judged below, against our own limit
             with Image.open(path) as im:
                 width, height = im.size
                 orientation = _orientation(im)
     except Image.DecompressionBombError:
-        return "image is too large to decode safely (decompression bomb limit)"
+        return _too_many_pixels(None, None)
+    except PermissionError as e:
+        return f"cannot read ({e.strerror}); make it readable (chmod a+r) or remove it"
     except UnidentifiedImageError:
         return "not a readable image (corrupt, truncated or not an image)"
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         return f"not a readable image ({str(e) or type(e).__name__})"
     if width <= 0 or height <= 0:
         return f"image has no pixels ({width}x{height})"
+    if width * height > MAX_IMAGE_PIXELS:
+        return _too_many_pixels(width, height)
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
     return ImageInfo(path=path, rel=_rel(path, root), width=width, height=height,
                      size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+def _too_many_pixels(width: int | None, height: int | None) -> str:
+    size = f"{width}x{height} is " if width else ""
+    return (f"{size}over the {MAX_IMAGE_PIXELS / 1e6:.0f}-megapixel limit for one image "
+            "(a decompression-bomb guard); downscale it")
 
 
 def probe(path: Path, root: Path) -> ImageInfo | None:
@@ -190,9 +225,13 @@ class DigestMemo:
             return {}
         try:
             data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}  # a damaged memo only costs re-hashing
+        if not isinstance(data, dict):
+            return {}
+        # Keep only well-formed [size, mtime_ns, sha256] rows: one bad row costs one re-hash.
+        return {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 3
+                and all(isinstance(x, int) for x in v[:2]) and isinstance(v[2], str) and len(v[2]) == 64}
 
     def __call__(self, info: ImageInfo) -> str:
         return self.digest(info.path, info.size_bytes, info.mtime_ns)

@@ -1,30 +1,48 @@
 """`type: huggingface`: download a Hub dataset repo's images (and .txt captions) into a directory.
 
 `huggingface_hub.snapshot_download` does the work: downloads resume, `HF_ENDPOINT` picks a
-mirror, `HF_HUB_OFFLINE=1` forbids network access, `HF_TOKEN` authenticates, and
-`HF_HUB_ETAG_TIMEOUT` bounds the metadata requests. Library errors become DatasetError
-messages that say what to do.
+mirror, `HF_HUB_OFFLINE=1` forbids network access, `HF_TOKEN` authenticates,
+`HF_HUB_ETAG_TIMEOUT` bounds the metadata requests and `HF_HUB_DOWNLOAD_TIMEOUT` each read of a
+file. Library errors become DatasetError messages that say what to do.
 
-Offline behaviour (what the unit tests cover without a network):
-  * HF_HUB_OFFLINE=1 and an empty `dest` -> DatasetError naming repo and revision, quickly.
-  * HF_HUB_OFFLINE=1 and a `dest` already holding the files (pre-downloaded, or a previous
-    run) -> `dest` is returned as is.
-  * HF_HUB_OFFLINE=1, empty `dest`, but the revision is in the regular Hub cache
-    (HF_HUB_CACHE/datasets--owner--name/{refs,snapshots}, e.g. from `hf download`) -> the
-    matching files are copied from that snapshot into `dest`.
-  * An unreachable HF_ENDPOINT -> DatasetError (connection refused).
-  * A real download is exercised against a small fake Hub HTTP server (repo info, tree
-    listing, file resolve) via HF_ENDPOINT; the real Hub's API may drift from that fake.
+Failures of the Hub (`fetch_snapshot`, also used for models):
+  * huggingface_hub retries its per-file metadata requests (5xx, timeouts) and resumes a file
+    whose connection drops. It does not retry the repo-info request (and gives it no timeout,
+    so a stalled Hub would hang the job) nor a file request answered 5xx. So the revision is
+    resolved here, with HF_HUB_ETAG_TIMEOUT, and each transient failure (5xx, 408, 429,
+    timeouts, dropped connections, a download that came back incomplete) is retried: `retries`
+    times, waiting `backoff_s`, then twice as long each time (capped at a minute).
+  * Nothing half-downloaded is used: huggingface_hub writes each file under a temp name, and
+    the folder is used only once every file the Hub lists for that commit is there at its
+    listed size. `dest/.cache/trainingjob-download.json` records that check (repo, commit,
+    patterns, sizes), so a rerun, offline or with the Hub down, can trust the folder.
+
+Offline (HF_HUB_OFFLINE=1), or the Hub still failing after the retries:
+  * `dest` holding a download recorded complete for this repo/revision/patterns -> used.
+  * `dest` holding images put there by other means (not by huggingface_hub: no
+    `dest/.cache/huggingface`) -> used as is: a pre-downloaded dataset (offline only).
+  * `dest` holding an unfinished download -> DatasetError naming the missing files.
+  * the revision in the regular Hub cache (HF_HUB_CACHE, e.g. from `hf download`) -> its
+    matching files are copied into `dest` (offline only).
 """
 from __future__ import annotations
 
+import json
 import shutil
+import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
 
+from runner.atomic import atomic_write_json
 from runner.data import DatasetError
 from runner.data.discovery import IMAGE_EXTENSIONS, find_images
 
 CAPTION_EXTENSIONS = (".txt",)
+HUB_RETRIES = 4  # after the first attempt: waits of 2, 4, 8 and 16 s with the default backoff
+HUB_BACKOFF_S = 2.0
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+MARKER = Path(".cache") / "trainingjob-download.json"  # hidden: discovery never lists it
 
 
 def allow_patterns(subfolder: str | None = None) -> list[str]:
@@ -76,6 +94,7 @@ def _copy_from_hub_cache(repo: str, revision: str, dest: Path, patterns: list[st
                                           allow_patterns=patterns, local_files_only=True))
     except Exception:
         return False
+    _write_marker(dest, {"repo": repo, "revision": revision, "patterns": patterns, "complete": False})
     files = [p for p in snapshot.rglob("*") if p.is_file()]
     rels = set(filter_repo_objects(items=[p.relative_to(snapshot).as_posix() for p in files],
                                    allow_patterns=patterns))
@@ -90,16 +109,141 @@ def _copy_from_hub_cache(repo: str, revision: str, dest: Path, patterns: list[st
         shutil.copyfile(p, tmp)  # follows the snapshot's symlinks into blobs/
         tmp.replace(target)
         copied += 1
+    sizes = {p.relative_to(snapshot).as_posix(): p.stat().st_size for p in files if p.relative_to(snapshot).as_posix() in rels}
+    _write_marker(dest, {"repo": repo, "revision": revision, "patterns": patterns, "commit": snapshot.name,
+                         "complete": True, "files": sizes})
     return copied > 0
 
 
-def download_dataset(repo: str, revision: str, dest: Path, subfolder: str | None = None) -> Path:
+class IncompleteDownload(Exception):
+    """snapshot_download returned, but files the Hub lists are missing or short."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth another try: the Hub overloaded or down for a moment, a timeout, a dropped
+    connection, a download that came back incomplete. Not: not found, gated, bad token."""
+    from huggingface_hub import errors as hf_errors
+
+    if isinstance(error, IncompleteDownload):
+        return True
+    if isinstance(error, hf_errors.HfHubHTTPError):
+        return getattr(error.response, "status_code", None) in TRANSIENT_STATUS
+    if isinstance(error, hf_errors.LocalEntryNotFoundError):  # the library's "unreachable" wrapper
+        return not _offline() and error.__cause__ is not None and is_transient(error.__cause__)
+    try:
+        import httpx2
+
+        if isinstance(error, httpx2.TransportError):  # connect/read timeouts, refused, dropped
+            return not isinstance(error, httpx2.ProxyError)
+    except ImportError:
+        pass
+    if isinstance(error, OSError) and "Consistency check failed" in str(error):  # a short file
+        return True
+    return isinstance(error, (ConnectionError, TimeoutError))
+
+
+def with_retries(call: Callable[[], Any], what: str, retries: int = HUB_RETRIES, backoff_s: float = HUB_BACKOFF_S,
+                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Any:
+    """`call()`, tried again after transient failures with exponential backoff (see module doc
+    for why huggingface_hub's own retries are not enough)."""
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except Exception as e:
+            if attempt == retries or not is_transient(e):
+                raise
+            wait = min(backoff_s * 2 ** attempt, 60.0)
+            log(f"{what}: {type(e).__name__}: {_short(e, 200)}; retrying in {wait:g}s ({attempt + 1}/{retries})")
+            time.sleep(wait)
+
+
+def resolve_commit(repo: str, revision: str, *, repo_type: str, retries: int = HUB_RETRIES,
+                   backoff_s: float = HUB_BACKOFF_S) -> str:
+    """The commit `revision` names, asked with HF_HUB_ETAG_TIMEOUT (snapshot_download's own
+    repo-info request has no timeout at all) and retried."""
+    from huggingface_hub import HfApi, constants
+
+    return with_retries(lambda: HfApi().repo_info(repo, repo_type=repo_type, revision=revision,
+                                                  timeout=constants.HF_HUB_ETAG_TIMEOUT).sha,
+                        f"{repo_type} {repo}@{revision}", retries, backoff_s)
+
+
+def fetch_snapshot(repo: str, commit: str, *, repo_type: str, patterns: list[str], local_dir: Path | None = None,
+                   retries: int = HUB_RETRIES, backoff_s: float = HUB_BACKOFF_S) -> tuple[Path, dict[str, int]]:
+    """Download the files of `repo` at `commit` matching `patterns` (into `local_dir`, or the
+    Hub cache), retrying transient failures, and check every listed file arrived whole.
+    Returns (folder, {file: size}). Library errors propagate for the caller to word."""
+    from huggingface_hub import constants, snapshot_download
+
+    def fetch() -> tuple[Path, dict[str, int]]:
+        folder = Path(snapshot_download(repo_id=repo, repo_type=repo_type, revision=commit, local_dir=local_dir,
+                                        allow_patterns=patterns, etag_timeout=constants.HF_HUB_ETAG_TIMEOUT))
+        return folder, listed_files_present(repo, repo_type, commit, folder, patterns, local_dir)
+
+    return with_retries(fetch, f"{repo_type} {repo}@{commit[:12]}", retries, backoff_s)
+
+
+def listed_files_present(repo: str, repo_type: str, commit: str, folder: Path, patterns: list[str],
+                         local_dir: Path | None) -> dict[str, int]:
+    """{file: size} of every file the Hub's listing of `commit` has under `patterns`, each
+    checked present in `folder` at that size. snapshot_download returns the folder as it is
+    when the Hub fails mid-way, so this is what stands between a half download and the run."""
+    from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+    from huggingface_hub.utils import filter_repo_objects
+
+    try:
+        listing = get_cached_repo_tree(repo, repo_type=repo_type, revision=commit, local_dir=local_dir)
+    except CachedRepoTreeNotFoundError:
+        raise IncompleteDownload(f"the Hub's file listing of {repo}@{commit[:12]} never arrived") from None
+    sizes = {f.path: f.size for f in filter_repo_objects(items=listing, allow_patterns=patterns, key=lambda f: f.path)}
+    bad = _missing(folder, sizes)
+    if bad:
+        raise IncompleteDownload(f"{len(bad)} file(s) missing or incomplete: {', '.join(bad[:3])}"
+                                 + (" ..." if len(bad) > 3 else ""))
+    return sizes
+
+
+def _missing(folder: Path, sizes: dict[str, int]) -> list[str]:
+    def ok(rel: str, size: int) -> bool:
+        try:
+            return (folder / rel).stat().st_size == size
+        except OSError:
+            return False
+
+    return sorted(rel for rel, size in sizes.items() if not ok(rel, size))
+
+
+def _read_marker(dest: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((dest / MARKER).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_marker(dest: Path, record: dict[str, Any]) -> None:
+    atomic_write_json(dest / MARKER, record)
+
+
+def _recorded_complete(dest: Path, repo: str, revision: str, patterns: list[str], commit: str | None = None) -> bool:
+    """dest holds a download checked complete for this repo, revision and patterns (and
+    `commit`, when given), and its files are all still there."""
+    m = _read_marker(dest)
+    return (m.get("complete") is True and m.get("repo") == repo and m.get("revision") == revision
+            and m.get("patterns") == patterns and commit in (None, m.get("commit"))
+            and isinstance(m.get("files"), dict) and not _missing(dest, m["files"]))
+
+
+def download_dataset(repo: str, revision: str, dest: Path, subfolder: str | None = None, *,
+                     retries: int = HUB_RETRIES, backoff_s: float = HUB_BACKOFF_S) -> Path:
     """Download the images and .txt captions of Hub dataset `repo` at `revision` into `dest`
     (resumable), keeping the repo's layout. Returns `dest`; with `subfolder` only files under
     it are fetched and the images are under `dest / subfolder` (checked to hold at least one).
+    Transient Hub failures are retried `retries` times, the first after `backoff_s` seconds.
     Raises DatasetError with a user-facing message on any failure."""
     try:
-        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub import constants
         from huggingface_hub import errors as hf_errors
     except ImportError:
         raise DatasetError("type: huggingface needs huggingface_hub; pip install 'trainingjob-runner[train]'") from None
@@ -107,48 +251,92 @@ def download_dataset(repo: str, revision: str, dest: Path, subfolder: str | None
     dest = Path(dest)
     where = _where(repo, revision, subfolder)
     patterns = allow_patterns(subfolder)
-    fixes = (f"check spec.datasets[].repo/revision, set HF_ENDPOINT to use a mirror, unset HF_HUB_OFFLINE, "
-             f"or {_fetch_hint(repo, revision, dest)}")
+    fixes = (f"check spec.datasets[].repo/revision, set HF_ENDPOINT to use a mirror, set HF_TOKEN if the repo is "
+             f"private or gated, unset HF_HUB_OFFLINE, or {_fetch_hint(repo, revision, dest)}")
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DatasetError(f"{where}: cannot create {dest} ({e.strerror or e})") from None
 
+    if _offline():
+        return _use_local(repo, revision, dest, subfolder, patterns, where, fixes)
     try:
-        snapshot_download(repo_id=repo, repo_type="dataset", revision=revision, local_dir=dest,
-                          allow_patterns=patterns, etag_timeout=constants.HF_HUB_ETAG_TIMEOUT)
-    except hf_errors.GatedRepoError:
-        raise DatasetError(f"{where} is gated: accept its terms on the Hub and provide a token "
-                           "(HF_TOKEN, see spec.output.hub.tokenEnv / kubernetes.secrets.hubToken)") from None
-    except hf_errors.RepositoryNotFoundError:
-        raise DatasetError(f"{where}: repository not found on {_endpoint()} (or it is private and no valid "
-                           "token was given); check the repo id (a dataset repo, owner/name) and HF_TOKEN") from None
-    except hf_errors.RevisionNotFoundError:
-        raise DatasetError(f"{where}: revision {revision!r} does not exist in the repo; "
-                           "use a branch, tag or commit of the dataset repo") from None
-    except hf_errors.LocalEntryNotFoundError as e:  # offline or unreachable, nothing usable on disk
-        if _copy_from_hub_cache(repo, revision, dest, patterns):
+        commit = resolve_commit(repo, revision, repo_type="dataset", retries=retries, backoff_s=backoff_s)
+        if not _recorded_complete(dest, repo, revision, patterns, commit):
+            _write_marker(dest, {"repo": repo, "revision": revision, "patterns": patterns, "commit": commit,
+                                 "complete": False})
+            _, sizes = fetch_snapshot(repo, commit, repo_type="dataset", patterns=patterns, local_dir=dest,
+                                      retries=retries, backoff_s=backoff_s)
+            _write_marker(dest, {"repo": repo, "revision": revision, "patterns": patterns, "commit": commit,
+                                 "complete": True, "files": sizes})
+    except Exception as e:  # noqa: BLE001 - every failure becomes a DatasetError below
+        if is_transient(e) and _recorded_complete(dest, repo, revision, patterns):
+            print(f"warning: {where}: the Hub at {_endpoint()} keeps failing ({type(e).__name__}); using the "
+                  f"complete download of commit {_read_marker(dest).get('commit', '?')[:12]} already in {dest}",
+                  file=sys.stderr, flush=True)
             return _result(dest, subfolder, where, fixes)
-        cause = e.__cause__ or e
-        if _offline():
-            reason = f"HF_HUB_OFFLINE is set, and the files are neither in {dest} nor in the Hub cache ({constants.HF_HUB_CACHE})"
-        elif isinstance(cause, hf_errors.HfHubHTTPError):
-            reason = f"the Hub at {_endpoint()} answered with an error ({_short(cause)})"
-        else:
-            reason = f"the Hub at {_endpoint()} could not be reached ({_short(cause)})"
-        raise DatasetError(f"{where}: cannot download: {reason}. Fix: {fixes}") from None
-    except hf_errors.HFValidationError as e:
-        raise DatasetError(f"{where}: invalid repo id or revision ({_short(e)})") from None
-    except hf_errors.HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        raise DatasetError(f"{where}: the Hub at {_endpoint()} answered HTTP {status or '?'} ({_short(e)}). "
-                           f"Fix: retry later, or {fixes}") from None
-    except (OSError, ConnectionError, TimeoutError) as e:
-        raise DatasetError(f"{where}: download failed ({type(e).__name__}: {_short(e)}). Fix: check the network "
-                           f"and free disk space under {dest}, or {fixes}") from None
-    except Exception as e:  # httpx errors and other transport failures
-        raise DatasetError(f"{where}: download failed ({type(e).__name__}: {_short(e)}). Fix: {fixes}") from None
+        raise _download_error(e, hf_errors, where, revision, dest, fixes, retries) from None
     return _result(dest, subfolder, where, fixes)
+
+
+def _use_local(repo: str, revision: str, dest: Path, subfolder: str | None, patterns: list[str], where: str,
+               fixes: str) -> Path:
+    """HF_HUB_OFFLINE: what is already on this machine, if it is whole."""
+    from huggingface_hub import constants
+
+    if _recorded_complete(dest, repo, revision, patterns):
+        return _result(dest, subfolder, where, fixes)
+    marker = _read_marker(dest)
+    unfinished = bool(marker) or (dest / ".cache" / "huggingface").exists()
+    if unfinished and not marker:  # e.g. `hf download --local-dir dest`: checked against its own file listing
+        try:
+            sizes = listed_files_present(repo, "dataset", revision, dest, patterns, dest)
+            _write_marker(dest, {"repo": repo, "revision": revision, "patterns": patterns, "complete": True,
+                                 "files": sizes})
+            return _result(dest, subfolder, where, fixes)
+        except IncompleteDownload:
+            pass
+    if not unfinished and find_images(dest):
+        return _result(dest, subfolder, where, fixes)  # pre-downloaded by other means: used as is
+    if _copy_from_hub_cache(repo, revision, dest, patterns):
+        return _result(dest, subfolder, where, fixes)
+    if unfinished:
+        missing = _missing(dest, marker["files"]) if isinstance(marker.get("files"), dict) else []
+        detail = f" ({len(missing)} file(s) missing, e.g. {missing[0]})" if missing else ""
+        raise DatasetError(f"{where}: the download into {dest} did not finish{detail} and HF_HUB_OFFLINE is set, so "
+                           f"it cannot be completed. Fix: unset HF_HUB_OFFLINE to resume it, or "
+                           f"{_fetch_hint(repo, revision, dest)}; to use its files as they are, delete {dest / '.cache'}")
+    reason = f"HF_HUB_OFFLINE is set, and the files are neither in {dest} nor in the Hub cache ({constants.HF_HUB_CACHE})"
+    raise DatasetError(f"{where}: cannot download: {reason}. Fix: {fixes}")
+
+
+def _download_error(e: BaseException, hf_errors, where: str, revision: str, dest: Path, fixes: str,
+                    retries: int) -> DatasetError:
+    tried = f" (tried {retries + 1} times)" if is_transient(e) else ""
+    if isinstance(e, hf_errors.GatedRepoError):
+        return DatasetError(f"{where} is gated: accept its terms on the Hub and provide a token "
+                            "(HF_TOKEN, see spec.output.hub.tokenEnv / kubernetes.secrets.hubToken)")
+    if isinstance(e, hf_errors.RepositoryNotFoundError):
+        return DatasetError(f"{where}: repository not found on {_endpoint()} (or it is private and no valid "
+                            "token was given); check the repo id (a dataset repo, owner/name) and HF_TOKEN")
+    if isinstance(e, hf_errors.RevisionNotFoundError):
+        return DatasetError(f"{where}: revision {revision!r} does not exist in the repo; "
+                            "use a branch, tag or commit of the dataset repo")
+    if isinstance(e, hf_errors.HFValidationError):
+        return DatasetError(f"{where}: invalid repo id or revision ({_short(e)})")
+    if isinstance(e, IncompleteDownload):
+        return DatasetError(f"{where}: the download into {dest} stayed incomplete{tried}: {e}. Nothing partial is "
+                            f"used; rerun to resume it. Fix: check the network, or {fixes}")
+    if isinstance(e, hf_errors.HfHubHTTPError):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        return DatasetError(f"{where}: the Hub at {_endpoint()} answered HTTP {status or '?'}{tried} ({_short(e)}). "
+                            f"Fix: retry later, or {fixes}")
+    cause = e.__cause__ if isinstance(e, hf_errors.LocalEntryNotFoundError) and e.__cause__ else e
+    if isinstance(e, OSError) and not isinstance(e, hf_errors.LocalEntryNotFoundError) and not is_transient(e):
+        return DatasetError(f"{where}: download failed ({type(e).__name__}: {_short(e)}). Fix: check free disk "
+                            f"space under {dest}, or {fixes}")
+    return DatasetError(f"{where}: cannot download: the Hub at {_endpoint()} could not be reached{tried} "
+                        f"({type(cause).__name__}: {_short(cause)}). Fix: {fixes}")
 
 
 def _result(dest: Path, subfolder: str | None, where: str, fixes: str) -> Path:

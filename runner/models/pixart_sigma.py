@@ -22,8 +22,9 @@ class ModelError(Exception):
     """A model that cannot be found or loaded; the message says what to do."""
 
 
-def resolve_model_dir(ref: str, revision: str, cache_dir: Path) -> Path:
-    """A local folder holding the diffusers pipeline `ref` names (builtin, local dir or Hub id)."""
+def resolve_model_dir(ref: str, revision: str, cache_dir: Path, **retry) -> Path:
+    """A local folder holding the diffusers pipeline `ref` names (builtin, local dir or Hub id).
+    `retry`: `retries` and `backoff_s` of runner.data.hub.fetch_snapshot, for a Hub id."""
     from runner.models import tiny
 
     if tiny.is_builtin(ref):
@@ -39,20 +40,46 @@ def resolve_model_dir(ref: str, revision: str, cache_dir: Path) -> Path:
         return local
     if ref.startswith((".", "/", "~")):
         raise ModelError(f"spec.model.pretrained: local folder {ref} does not exist")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    return Path(_download_pipeline(ref, revision, **retry))
 
+
+def _download_pipeline(ref: str, revision: str, **retry) -> str:
+    """The pipeline's files in the Hub cache, for Hub id `ref`. Offline: what the cache holds.
+    Online: model_index.json first (a request with a timeout that huggingface_hub retries with
+    backoff itself, and which records the branch's commit for later offline runs), then every
+    pipeline file of that commit, transient failures retried and the result checked whole."""
+    from huggingface_hub import constants, hf_hub_download, snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    from runner.data.hub import IncompleteDownload, fetch_snapshot, is_transient
+
+    what = f"spec.model.pretrained: {ref}@{revision}"
+    fixes = ("set HF_ENDPOINT to use a mirror, HF_TOKEN if the repo is gated or private, or download it first "
+             f"(`hf download {ref} --revision {revision}`) and run with HF_HUB_OFFLINE=1, or point pretrained at a local folder")
     try:
-        return Path(snapshot_download(repo_id=ref, revision=revision, allow_patterns=PIPELINE_PATTERNS))
-    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-        raise ModelError(f"spec.model.pretrained: {ref}@{revision} not found on the Hub ({type(e).__name__}); "
-                         "check the repo id and revision, and the token if the repo is gated") from None
+        if constants.HF_HUB_OFFLINE:
+            return snapshot_download(repo_id=ref, revision=revision, allow_patterns=PIPELINE_PATTERNS)
+        index = hf_hub_download(ref, "model_index.json", revision=revision, etag_timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        commit = Path(index).parent.name  # <cache>/models--owner--name/snapshots/<commit>/model_index.json
+        return str(fetch_snapshot(ref, commit, repo_type="model", patterns=PIPELINE_PATTERNS, **retry)[0])
+    except (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise ModelError(f"{what} not found on the Hub ({type(e).__name__}); "
+                         "check the repo id and revision, and the token (HF_TOKEN) if the repo is gated") from None
+    except IncompleteDownload as e:
+        raise ModelError(f"{what}: the download stayed incomplete after retries ({e}); nothing partial is used, "
+                         f"rerun to resume it. Fix: check the network, or {fixes}") from None
     except LocalEntryNotFoundError:
-        raise ModelError(f"spec.model.pretrained: {ref}@{revision} is not in the local Hugging Face cache and the Hub "
-                         f"cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); "
-                         "download it first, set HF_ENDPOINT to a mirror, or point pretrained at a local folder") from None
-    except (HfHubHTTPError, OSError) as e:
-        raise ModelError(f"spec.model.pretrained: downloading {ref}@{revision} failed: {e}") from None
+        if constants.HF_HUB_OFFLINE:
+            raise ModelError(f"{what} is not (completely) in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                             f"unset it to download, or {fixes}") from None
+        raise ModelError(f"{what}: the Hub at {constants.ENDPOINT} cannot be reached, and the model is not in the local "
+                         f"cache. Fix: {fixes}") from None
+    except Exception as e:  # noqa: BLE001 - HTTP 5xx, timeouts, dropped connections, disk errors: all worded here
+        tried = " (after retries)" if is_transient(e) else ""
+        status = getattr(getattr(e, "response", None), "status_code", None) if isinstance(e, HfHubHTTPError) else None
+        how = f"answered HTTP {status}" if status else f"failed ({type(e).__name__}: {' '.join(str(e).split())[:300]})"
+        raise ModelError(f"{what}: downloading from the Hub at {constants.ENDPOINT} {how}{tried}. Fix: {fixes}") from None
 
 
 # ----------------------------------------------------------------------------- text encoder

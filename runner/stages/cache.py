@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from runner import cachekeys
-from runner.atomic import atomic_write_bytes, atomic_write_json
+from runner.atomic import atomic_write_bytes, atomic_write_json, sweep_stale_temps
 from runner.cachekeys import EncoderIdentity, entry_path
 from runner.context import RunContext
 from runner.data import DatasetError
@@ -49,11 +49,12 @@ class CacheReport:
     latents_total: int = 0
     latents_encoded: int = 0
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # dataset, file, reason
+    truncated: list[tuple[str, str, str]] = field(default_factory=list)  # dataset, file, how (kept, not skipped)
 
     def summary(self) -> str:
         return (f"text embeds: {self.text_total} ({self.text_encoded} encoded, {self.text_total - self.text_encoded} reused); "
                 f"latents: {self.latents_total} ({self.latents_encoded} encoded, {self.latents_total - self.latents_encoded} reused); "
-                f"skipped images: {len(self.skipped)}")
+                f"skipped images: {len(self.skipped)}" + (f"; truncated captions: {len(self.truncated)}" if self.truncated else ""))
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -100,17 +101,18 @@ def plan_datasets(ctx: RunContext, quiet: bool = False) -> list[tuple[dict[str, 
 
 # ----------------------------------------------------------------------------- entries
 
-def entry_is_valid(path: Path) -> bool:
-    """An entry exists and its safetensors header parses (a torn file would not)."""
+def entry_metadata(path: Path) -> dict[str, str] | None:
+    """An entry's metadata, or None when it is missing or unreadable (its header does not parse,
+    or its data is shorter than the header says: a torn file). Such an entry is re-encoded."""
     if not path.is_file():
-        return False
+        return None
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            return bool(list(f.keys()))
+            return dict(f.metadata() or {}) if list(f.keys()) else None
     except Exception:  # noqa: BLE001 - any unreadable entry is simply re-encoded
-        return False
+        return None
 
 
 def write_entry(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
@@ -141,13 +143,22 @@ def encoder_identities(ctx: RunContext, model_dir: Path) -> tuple[EncoderIdentit
 
 
 def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identity: EncoderIdentity,
-               report: CacheReport, writer: ThreadPoolExecutor, shard: Shard = Shard()) -> dict[str, str]:
+               report: CacheReport, writer: ThreadPoolExecutor, shard: Shard = Shard()) -> tuple[dict[str, str], dict[str, int]]:
+    """Encode the missing captions. Returns each caption's key and, where known, its length in
+    tokens before the encoder's truncation (stored with the entry, so a rerun knows it too)."""
     from runner.models import pixart_sigma as family
     from runner.progress import Progress
 
     max_tokens = ctx.spec.model.textEncoderMaxLength
     keys = {c: cachekeys.text_key(identity, max_tokens, c) for c in captions}
-    missing = [c for c in keys if shard.owns(keys[c]) and not entry_is_valid(entry_path(ctx.paths.text_dir, keys[c]))]
+    tokens: dict[str, int] = {}
+    missing = []
+    for caption, key in keys.items():
+        meta = entry_metadata(entry_path(ctx.paths.text_dir, key)) if shard.owns(key) else {}
+        if meta is None:
+            missing.append(caption)
+        elif str(meta.get("tokens", "")).isdigit():
+            tokens[caption] = int(meta["tokens"])
     report.text_total, report.text_encoded = len(keys), len(missing)
     if missing:
         ctx.log(f"encoding {len(missing)} caption(s) with the T5 text encoder ({len(keys) - len(missing)} cached)")
@@ -155,16 +166,20 @@ def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identi
         bar = Progress(len(missing), "text embeds", "caption")
         futures = []
         for batch in chunks(missing, ctx.spec.textEmbeds.writeBatchSize):
-            for caption, embed in zip(batch, family.encode_captions(tokenizer, encoder, batch, max_tokens)):
+            # Untruncated lengths, only to report captions the encoder cuts (verbose=False: no
+            # "sequence longer than the maximum" warning per long caption).
+            counts = [len(ids) for ids in tokenizer(list(batch), truncation=False, verbose=False).input_ids]
+            for caption, n, embed in zip(batch, counts, family.encode_captions(tokenizer, encoder, batch, max_tokens)):
+                tokens[caption] = n
                 futures.append(writer.submit(write_entry, entry_path(ctx.paths.text_dir, keys[caption]),
-                                             {"prompt_embeds": embed}, {"caption": caption[:2000]}))
+                                             {"prompt_embeds": embed}, {"caption": caption[:2000], "tokens": str(n)}))
             bar.update(len(batch))
         for f in futures:
             f.result()
         bar.close()
         del encoder, tokenizer
         _free(ctx.device)
-    return keys
+    return keys, tokens
 
 
 def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIdentity, report: CacheReport,
@@ -182,7 +197,7 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
         for item in plan.items:
             key = cachekeys.latent_key(identity, item.digest, crop_plan_dict(item.plan))
             keys[(ds["name"], item.info.rel)] = key
-            if shard.owns(key) and not entry_is_valid(entry_path(vae_dir, key)):
+            if shard.owns(key) and entry_metadata(entry_path(vae_dir, key)) is None:
                 todo.append((vae_dir, item, key))
     report.latents_total, report.latents_encoded = len(keys), len(todo)
     if not todo:
@@ -206,7 +221,8 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
                 if not good:
                     continue
                 # Noise seeded by each entry's key: an image's cached latent is the same
-                # whichever other images happen to share its batch.
+                # whichever other images share its batch (to float rounding: a batch of one
+                # may take another convolution path).
                 seeds = [int(key[:8], 16) for (_, _, key), _ in good]
                 latents = family.encode_images(vae, torch.stack([px for _, px in good]), seeds)
                 dtype = family.DTYPES[ctx.spec.model.vaeDtype]
@@ -234,7 +250,7 @@ def load_pixels(item) -> Any:
     try:
         with Image.open(item.info.path) as im:
             return image_to_tensor(apply_crop(im, item.plan))
-    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for broken files
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL raises these for broken files
         return f"cannot decode ({e})"
 
 
@@ -281,6 +297,39 @@ def drop_broken(ctx: RunContext, plans, broken, report: CacheReport):
     return out
 
 
+def sweep_cache_dirs(ctx: RunContext, plans) -> None:
+    """Remove the temp files a killed run left in the cache folders (a SIGKILL mid-write leaves
+    its `.tmp`; entries themselves are only ever renamed into place whole). Only the whole
+    pass does this: no writer of this job is running then, on this machine."""
+    roots: list[Path] = []  # each folder once, even when one lies inside another
+    for folder in sorted({ctx.paths.cache_dir.resolve(), ctx.paths.text_dir.resolve(),
+                          *(ctx.paths.vae_dir(ds).resolve() for ds, _ in plans)}, key=lambda p: len(p.parts)):
+        roots += [] if any(folder.is_relative_to(r) for r in roots) else [folder]
+    removed = [p for root in roots for p in sweep_stale_temps(root)]
+    if removed:
+        ctx.log(f"removed {len(removed)} temp file(s) left by an interrupted run, e.g. {removed[0]}")
+
+
+def report_truncated(ctx: RunContext, plans, tokens: dict[str, int], report: CacheReport) -> dict[str, list]:
+    """Captions longer than textEncoderMaxLength are kept, truncated by the tokenizer (as
+    PixArt was trained); each is logged and listed in its dataset manifest."""
+    limit = ctx.spec.model.textEncoderMaxLength
+    out: dict[str, list] = {}
+    for ds, plan in plans:
+        long = [(it.info.rel, f"caption is {tokens[it.caption]} tokens; the text encoder keeps the first {limit} "
+                              "(spec.model.textEncoderMaxLength)")
+                for it in plan.items if tokens.get(it.caption, 0) > limit]
+        if long:
+            ctx.log(f"dataset {ds['name']}: {len(long)} caption(s) truncated to {limit} tokens:")
+            for rel, how in long[:10]:
+                ctx.log(f"  {rel}: {how}")
+            if len(long) > 10:
+                ctx.log(f"  ... and {len(long) - 10} more (listed under 'truncated' in {ctx.paths.vae_dir(ds) / 'manifest.json'})")
+            report.truncated += [(ds["name"], rel, how) for rel, how in long]
+            out[ds["name"]] = [list(t) for t in long]
+    return out
+
+
 def check_sizes(ctx: RunContext, plans) -> None:
     from runner.data.preflight import size_problem
     from runner.semantics import world_size
@@ -317,12 +366,14 @@ def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheRepor
             # Every shard reports (ctx.log speaks for rank 0 only).
             print(f"[{ctx.job.name}] cache shard {shard.index + 1}/{shard.count} done: {report.summary()}", flush=True)
             return report
+        sweep_cache_dirs(ctx, plans)
         if spec["vaeCacheDisable"]:
             latent_keys, broken = {}, verify_images(plans)
         else:
             latent_keys, broken = cache_latents(ctx, model_dir, plans, vae_id, report, writer)
         plans = drop_broken(ctx, plans, broken, report)
-        text_keys = cache_text(ctx, model_dir, captions, text_id, report, writer)
+        text_keys, tokens = cache_text(ctx, model_dir, captions, text_id, report, writer)
+    truncated = report_truncated(ctx, plans, tokens, report)
 
     datasets = []
     for ds, plan in plans:
@@ -337,7 +388,8 @@ def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheRepor
             "plan": crop_plan_dict(item.plan),
         } for item in plan.items]
         atomic_write_json(manifest_path, {"format": MANIFEST_FORMAT, "dataset": ds["name"], "items": items,
-                                          "skipped": [list(s) for s in plan.skipped]})
+                                          "skipped": [list(s) for s in plan.skipped],
+                                          "truncated": truncated.get(ds["name"], [])})
         datasets.append({"name": ds["name"], "manifest": str(manifest_path), "vae_dir": str(ctx.paths.vae_dir(ds)),
                          "items": len(items)})
     atomic_write_json(ctx.paths.manifest, {

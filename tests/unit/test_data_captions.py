@@ -67,6 +67,8 @@ def test_textfile_strategy(tmp_path, content, expected):
     ("blank", r"sub/pic\.jpg: caption file sub/pic\.txt is empty"),
     ("binary", r"sub/pic\.jpg: caption file sub/pic\.txt is not UTF-8"),
     ("dir", r"sub/pic\.txt is a directory"),
+    ("fifo", r"sub/pic\.txt is not a regular file"),  # reading a FIFO would block forever
+    ("loop", r"cannot read caption file sub/pic\.txt \(Too many levels of symbolic links\)"),
 ])
 def test_textfile_errors_name_image_and_expected_path(tmp_path, setup, match):
     img = tmp_path / "sub" / "pic.jpg"
@@ -81,6 +83,12 @@ def test_textfile_errors_name_image_and_expected_path(tmp_path, setup, match):
         txt.write_bytes(b"\xff\xfe\xfa\x00")
     elif setup == "dir":
         txt.mkdir()
+    elif setup == "fifo":
+        import os
+
+        os.mkfifo(txt)
+    elif setup == "loop":
+        txt.symlink_to("pic.txt")
     with pytest.raises(CaptionError, match=match) as exc:
         caption_for(img, tmp_path, "textfile", None)
     assert isinstance(exc.value, DatasetError)

@@ -152,3 +152,88 @@ def test_file_digest_matches_hashlib(tmp_path, content):
     p.write_bytes(content)
     assert file_digest(p) == hashlib.sha256(content).hexdigest()
     assert file_digest(p, chunk_size=7) == hashlib.sha256(content).hexdigest()
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+def png_bomb(path: Path, side: int = 20000) -> Path:
+    """A real decompression bomb: a valid 1-bit PNG of side x side pixels (400 megapixels at
+    the default) whose all-zero data deflates to about 50 KB. Written row by row, so making it
+    never holds the pixels in memory."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (side + 7) // 8)  # filter byte + packed bits
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("pil_limit", ["default", "lifted"])
+def test_decompression_bomb_is_skipped_even_when_pillow_limit_is_lifted(tmp_path, pil_limit, monkeypatch):
+    from runner.data import discovery
+
+    png_bomb(tmp_path / "bomb.png")
+    write_image(tmp_path / "ok.png", size=(64, 64))
+    if pil_limit == "lifted":  # some libraries set Image.MAX_IMAGE_PIXELS = None on import
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    usable, skipped = scan(tmp_path)
+    assert [i.rel for i in usable] == ["ok.png"]
+    [(rel, reason)] = skipped
+    assert rel == "bomb.png" and "179-megapixel limit" in reason and "decompression-bomb" in reason
+    assert discovery.MAX_IMAGE_PIXELS == 2 * 89_478_485  # Pillow's own hard limit at its defaults
+
+
+def test_fifo_symlink_loops_and_non_utf8_names_are_skipped_never_hang(tmp_path):
+    import os
+
+    write_image(tmp_path / "ok.png", size=(64, 64))
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it for reading would block forever
+    (tmp_path / "loop a.png").symlink_to("loop b.png")
+    (tmp_path / "loop b.png").symlink_to("loop a.png")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to("..", target_is_directory=True)  # a folder loop: never walked
+    (tmp_path / "dangling.png").symlink_to("nowhere.png")
+    write_image(Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.png")), size=(64, 64))  # Latin-1 name
+    usable, skipped = scan(tmp_path)
+    assert [i.rel for i in usable] == ["ok.png"]
+    reasons = dict(skipped)
+    assert set(reasons) == {"pipe.jpg", "loop a.png", "loop b.png", "dangling.png", "caf\\xe9.png"}
+    assert "not a regular file" in reasons["pipe.jpg"]
+    assert "symbolic links" in reasons["loop a.png"]
+    assert "No such file" in reasons["dangling.png"]
+    assert "not valid UTF-8" in reasons["caf\\xe9.png"]
+    for rel in reasons:  # every name can be logged and written to a JSON manifest
+        rel.encode("utf-8")
+
+
+def test_unreadable_file_is_skipped_with_a_fix(tmp_path):
+    """chmod 000 does not stop root, so as root the scan runs in a child without the
+    capabilities that let root read anything (setpriv); as another user chmod is enough."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    write_image(tmp_path / "ok.png", size=(64, 64))
+    write_image(tmp_path / "locked.png", size=(64, 64)).chmod(0)
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: cannot make a file unreadable")
+        prefix = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                  "--bounding-set=-dac_override,-dac_read_search"]
+    code = ("import json, sys; from runner.data.discovery import scan; "
+            "u, s = scan(sys.argv[1]); print(json.dumps([[i.rel for i in u], s]))")
+    proc = subprocess.run(prefix + [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    usable, skipped = json.loads(proc.stdout)
+    assert usable == ["ok.png"]
+    assert skipped == [["locked.png", "cannot read (Permission denied); make it readable (chmod a+r) or remove it"]]

@@ -2,7 +2,8 @@
 
 The library reads HF_ENDPOINT / HF_HUB_OFFLINE / HF_HUB_CACHE at import time, so each
 scenario runs `download_dataset` in a subprocess with its own environment. "Online" cases
-talk to a small fake Hub (repo info, tree listing, file resolve) served from this process.
+talk to a small fake Hub (repo info, tree listing, file resolve, byte ranges) served from this
+process, which can also be told to misbehave (tests/unit/test_hub_retries.py).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -49,34 +51,61 @@ FILES = {
 
 
 class FakeHub:
-    """Just enough of the Hub HTTP API for snapshot_download of a dataset repo."""
+    """Just enough of the Hub HTTP API for snapshot_download of a dataset (or model) repo.
 
-    def __init__(self, repos: dict[str, dict[str, bytes]], revisions=("main",)):
+    `faults` make it misbehave: each is a dict with `path` (a regex searched in
+    "METHOD /path"), `kind` ("500": answer HTTP 500; "stall": answer only after `seconds`;
+    "drop": send the headers and half the body, then close the connection) and `times` (how
+    many matching requests it hits; None: all of them)."""
+
+    def __init__(self, repos: dict[str, dict[str, bytes]], revisions=("main",), models=None):
         self.repos, self.revisions = repos, set(revisions) | {SHA}
+        self.models: dict[str, dict[str, bytes]] = models or {}
         self.requests: list[tuple[str, str]] = []
+        self.faults: list[dict] = []
+        self.closing = threading.Event()
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
-            def send(self, code, body=b"", headers=None):
+            def send(self, code, body=b"", headers=None, drop=False):
                 self.send_response(code)
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(body)
+                    self.wfile.write(body[: len(body) // 2] if drop else body)
+                if drop:  # the connection dies mid-body
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+
+            def fault(self, path):
+                for f in hub.faults:
+                    if re.search(f["path"], f"{self.command} {path}") and f.get("times") != 0:
+                        if f.get("times") is not None:
+                            f["times"] -= 1
+                        return f
+                return None
 
             def route(self):
                 path = unquote(urlparse(self.path).path)
                 hub.requests.append((self.command, path))
+                fault = self.fault(path)
+                kind = fault and fault["kind"]
+                if kind == "500":
+                    return self.send(500, b'{"error":"Internal Error - the fake Hub is down"}',
+                                     {"Content-Type": "application/json"})
+                if kind == "stall":
+                    hub.closing.wait(fault["seconds"])
                 parts = path.strip("/").split("/")
                 json_headers = {"Content-Type": "application/json"}
-                if parts[:2] == ["api", "datasets"] and len(parts) >= 5:
+                if parts[:1] == ["api"] and parts[1:2] in (["datasets"], ["models"]) and len(parts) >= 5:
                     repo, kind, rest = "/".join(parts[2:4]), parts[4], parts[5:]
-                    files = hub.repos.get(repo)
+                    files = (hub.repos if parts[1] == "datasets" else hub.models).get(repo)
                     if files is None:
                         return self.send(404, b'{"error":"Repository not found"}',
                                          {"X-Error-Code": "RepoNotFound", **json_headers})
@@ -90,17 +119,26 @@ class FakeHub:
                         body = [{"type": "file", "path": f, "size": len(c), "oid": hashlib.sha1(c).hexdigest()}
                                 for f, c in files.items()]
                         return self.send(200, json.dumps(body).encode(), json_headers)
-                if parts[:1] == ["datasets"] and len(parts) >= 6 and parts[3] == "resolve":
-                    repo, name = "/".join(parts[1:3]), "/".join(parts[5:])
-                    content = hub.repos.get(repo, {}).get(name)
+                base = 1 if parts[:1] == ["datasets"] else 0  # datasets/owner/name/resolve/... or owner/name/resolve/...
+                if len(parts) >= base + 5 and parts[base + 2] == "resolve":
+                    repos = hub.repos if base else hub.models
+                    repo, name = "/".join(parts[base:base + 2]), "/".join(parts[base + 4:])
+                    content = repos.get(repo, {}).get(name)
                     if content is None:
                         return self.send(404, b"", {"X-Error-Code": "EntryNotFound"})
-                    return self.send(200, content, {"X-Repo-Commit": SHA,
-                                                    "ETag": f'"{hashlib.sha1(content).hexdigest()}"'})
+                    headers = {"X-Repo-Commit": SHA, "ETag": f'"{hashlib.sha1(content).hexdigest()}"',
+                               "Accept-Ranges": "bytes"}
+                    start = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+                    if start and self.command == "GET":  # resuming a dropped download
+                        first = int(start.group(1))
+                        headers["Content-Range"] = f"bytes {first}-{len(content) - 1}/{len(content)}"
+                        return self.send(206, content[first:], headers, drop=kind == "drop")
+                    return self.send(200, content, headers, drop=kind == "drop")
                 return self.send(404, b"")
 
             do_GET = do_HEAD = route
 
+        # ThreadingHTTPServer's threads are daemons, so a stalled request never holds up close().
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -110,6 +148,7 @@ class FakeHub:
         return [p for m, p in self.requests if m == "GET" and "/resolve/" in p]
 
     def close(self):
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -127,10 +166,11 @@ from pathlib import Path
 from runner.data import DatasetError
 from runner.data.hub import download_dataset
 out = []
+retry = json.loads(sys.argv[2])
 for repo, revision, dest, subfolder in json.loads(sys.argv[1]):
     t = time.monotonic()
     try:
-        root = download_dataset(repo, revision, Path(dest), subfolder)
+        root = download_dataset(repo, revision, Path(dest), subfolder, **retry)
         assert root == Path(dest), root
         root = root / subfolder if subfolder else root
         files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
@@ -142,18 +182,29 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def run_calls(tmp_path: Path, calls, *, offline=False, endpoint="http://127.0.0.1:9"):
+def hub_env(tmp_path: Path, *, offline=False, endpoint="http://127.0.0.1:9", hub_cache="hf-cache", **extra):
+    """The environment of a client process: its own Hub cache, the given endpoint, short
+    timeouts (HF_HUB_ETAG_TIMEOUT, HF_HUB_DOWNLOAD_TIMEOUT: the documented knobs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update({
-        "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
+        "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_CACHE": str(tmp_path / hub_cache),
         "HF_ENDPOINT": endpoint, "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "5",
         "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_XET": "1",
-        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONPATH": str(REPO_ROOT), **extra,
     })
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
-    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(calls)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    return env
+
+
+def run_calls(tmp_path: Path, calls, *, offline=False, endpoint="http://127.0.0.1:9", retries=2, backoff_s=0.05,
+              **env_extra):
+    """download_dataset for each call, in one fresh process. Retries are kept quick through
+    download_dataset's own arguments."""
+    env = hub_env(tmp_path, offline=offline, endpoint=endpoint, **env_extra)
+    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(calls),
+                           json.dumps({"retries": retries, "backoff_s": backoff_s})], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]

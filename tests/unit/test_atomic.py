@@ -1,0 +1,103 @@
+"""runner.atomic: temp files carry their writer, and only those of writers that are gone are swept."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner import atomic
+from runner.atomic import atomic_write_bytes, build_dir_once, sweep_stale_temps, temp_path
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def live_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def named(folder: Path, name: str, *, is_dir: bool = False, age_s: float = 0) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        path.mkdir()
+        (path / "partial.png").write_bytes(b"x")
+    else:
+        path.write_bytes(b"half")
+    if age_s:
+        old = time.time() - age_s
+        os.utime(path, (old, old))
+    return path
+
+
+def test_temp_names_carry_host_and_pid(tmp_path):
+    tmp = temp_path(tmp_path / "ab" / "key.safetensors")
+    assert tmp.parent == tmp_path / "ab" and tmp.name.startswith(".key.safetensors.")
+    assert tmp.name.endswith(f".{os.getpid()}.tmp") and atomic._host() in tmp.name
+
+
+def test_sweep_removes_only_what_dead_or_long_gone_writers_left(tmp_path, dead_pid, live_pid):
+    host = atomic._host()
+    dead = [
+        named(tmp_path, f"ab/.k1.safetensors.{host}.{dead_pid}.tmp"),
+        named(tmp_path, f"ab/cd/.k2.safetensors.{host}.{os.getpid()}.tmp"),  # our pid, before we write
+        named(tmp_path, f".samples.tmp-{host}.{dead_pid}.x1_y2", is_dir=True),
+        named(tmp_path, ".samples.old-" + "0123456789abcdef" * 2, is_dir=True),
+        named(tmp_path, f".digests.json.other-pod.{live_pid}.tmp", age_s=2 * atomic.FOREIGN_TEMP_MAX_AGE_S),
+    ]
+    kept = [
+        named(tmp_path, f"ab/.k3.safetensors.{host}.{live_pid}.tmp"),  # a writer still at work
+        named(tmp_path, f".samples.tmp-{host}.{live_pid}.abc", is_dir=True),
+        named(tmp_path, f".manifest.json.other-pod.{dead_pid}.tmp"),  # another machine: its pids mean nothing here
+        named(tmp_path, "ab/k4.safetensors"),
+        named(tmp_path, ".samples-complete.json"),
+        named(tmp_path, ".model.old-123"),  # replace_dir's: may hold the only copy, never swept
+        named(tmp_path, "notes.tmp"),
+    ]
+    outside = named(tmp_path.parent / f"{tmp_path.name}-other", f".x.{host}.{dead_pid}.tmp")
+    (tmp_path / "link").symlink_to(outside.parent, target_is_directory=True)
+
+    removed = sweep_stale_temps(tmp_path)
+    assert sorted(removed) == sorted(dead)
+    assert not any(p.exists() for p in dead)
+    assert all(p.exists() for p in kept)
+    assert outside.exists(), "the sweep followed a symlink out of the folder"
+    assert sweep_stale_temps(tmp_path / "missing") == []
+
+
+def test_a_killed_write_leaves_a_temp_that_the_sweep_removes(tmp_path):
+    """A writer killed between write and rename (SIGKILL runs no except/finally)."""
+    target = tmp_path / "ab" / "entry.bin"
+    code = (f"import os, signal; from pathlib import Path; import runner.atomic as a\n"
+            f"os.replace = lambda *x: os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"a.atomic_write_bytes(Path({str(target)!r}), b'x' * 1000)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -9
+    [left] = list(target.parent.iterdir())
+    assert left.name.endswith(".tmp") and left.stat().st_size == 1000 and not target.exists()
+    assert sweep_stale_temps(tmp_path) == [left] and not left.exists()
+    atomic_write_bytes(target, b"whole")
+    assert target.read_bytes() == b"whole" and sorted(tmp_path.rglob("*")) == [target.parent, target]
+
+
+def test_build_dir_once_temp_folders_are_sweepable(tmp_path):
+    seen = []
+
+    def build(tmp: Path) -> None:
+        seen.append(tmp.name)
+        (tmp / "done").write_text("1")
+
+    build_dir_once(tmp_path / "thing", build, lambda d: (d / "done").is_file())
+    assert seen and atomic._TEMP_DIR.match(seen[0]) and f".{os.getpid()}." in seen[0]

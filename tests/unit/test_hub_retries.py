@@ -1,0 +1,156 @@
+"""A Hub that answers 500, stalls, or drops the connection mid-download.
+
+Everything runs through the real huggingface_hub client against the fake Hub of
+test_data_hub.py, told to misbehave. Timeouts are shortened with the documented
+HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT, retries with download_dataset's arguments.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.unit.test_data_hub import FILES, SHA, FakeHub, hub_env, run_calls
+
+EXPECTED = ["a.png", "a.txt", "photos/b.JPG", "photos/b.txt", "photos/deep/c.webp"]
+
+
+@pytest.fixture
+def hub():
+    fake = FakeHub({"owner/pics": FILES})
+    yield fake
+    fake.close()
+
+
+def count(hub: FakeHub, pattern: str) -> int:
+    import re
+
+    return sum(bool(re.search(pattern, f"{m} {p}")) for m, p in hub.requests)
+
+
+def assert_whole(dest, files=EXPECTED):
+    for rel in files:
+        assert (dest / rel).read_bytes() == FILES[rel], rel
+
+
+def test_transient_failures_are_retried_and_the_files_arrive_whole(tmp_path, hub):
+    hub.faults = [
+        {"path": r"GET /api/datasets/owner/pics/revision/main", "kind": "500", "times": 2},
+        {"path": r"GET /api/datasets/owner/pics/tree/", "kind": "500", "times": 1},
+        {"path": r"GET .*/resolve/.*/a\.png$", "kind": "500", "times": 1},          # not retried by the library
+        {"path": r"GET .*/resolve/.*/photos/b\.JPG$", "kind": "drop", "times": 1},  # resumed with a Range request
+        {"path": r"GET .*/resolve/.*/c\.webp$", "kind": "stall", "seconds": 30, "times": 1},  # read timeout
+    ]
+    dest = tmp_path / "dest"
+    [res] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], endpoint=hub.url, retries=3,
+                      HF_HUB_DOWNLOAD_TIMEOUT="1")
+    assert res.get("files") == EXPECTED, res
+    assert_whole(dest)
+    assert count(hub, r"GET /api/datasets/owner/pics/revision/main") == 3
+    assert count(hub, r"GET .*/resolve/.*/photos/b\.JPG$") >= 2 and res["s"] < 60
+
+
+def test_a_hub_that_keeps_answering_500_gives_a_clear_error_and_no_files(tmp_path, hub):
+    hub.faults = [{"path": r"/api/datasets/", "kind": "500", "times": None}]
+    dest = tmp_path / "dest"
+    [res] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], endpoint=hub.url, retries=2)
+    err = res["error"]
+    for fragment in ["'owner/pics'", "'main'", "HTTP 500", "tried 3 times", "HF_ENDPOINT", "HF_TOKEN",
+                     "unset HF_HUB_OFFLINE", f"pre-download the files into {dest}"]:
+        assert fragment in err, (fragment, err)
+    assert count(hub, r"GET /api/datasets/owner/pics/revision/main") == 3  # 1 + 2 retries, then stop
+    assert not [p for p in dest.rglob("*") if p.is_file()]
+
+
+def test_a_stalled_hub_times_out_instead_of_hanging(tmp_path, hub):
+    # huggingface_hub asks for the repo info with no timeout at all: without our own, this
+    # request would wait the full 30 s stall (and forever on a Hub that never answers).
+    hub.faults = [{"path": r"GET /api/datasets/owner/pics/revision/", "kind": "stall", "seconds": 30, "times": None}]
+    t = time.monotonic()
+    [res] = run_calls(tmp_path, [["owner/pics", "main", str(tmp_path / "dest"), None]], endpoint=hub.url,
+                      retries=1, HF_HUB_ETAG_TIMEOUT="1")
+    assert time.monotonic() - t < 25
+    assert "could not be reached (tried 2 times)" in res["error"] and "Timeout" in res["error"], res
+
+
+def test_a_download_cut_for_good_is_never_used_and_a_later_run_resumes_it(tmp_path, hub):
+    half = len(FILES["photos/b.JPG"]) // 2
+    hub.faults = [{"path": r"GET .*/resolve/.*/photos/b\.JPG$", "kind": "drop", "times": 1},
+                  {"path": r"GET .*/resolve/.*/photos/b\.JPG$", "kind": "500", "times": None}]
+    dest = tmp_path / "dest"
+    [res] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], endpoint=hub.url, retries=1)
+    assert "HTTP 500 (tried 2 times)" in res["error"] and "photos/b.JPG" in res["error"], res
+    assert not (dest / "photos" / "b.JPG").exists()  # only huggingface_hub's hidden .incomplete holds the half
+    assert_whole(dest, ["a.png", "photos/deep/c.webp"])
+
+    # Offline on another machine's Hub cache (no record of the commit there): the half
+    # download is refused, not handed to the cache stage as a smaller dataset.
+    [offline] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], offline=True, hub_cache="other-cache")
+    assert "did not finish" in offline["error"] and "unset HF_HUB_OFFLINE" in offline["error"], offline
+    # The Hub still down: the same.
+    hub.faults = [{"path": r"/api/datasets/", "kind": "500", "times": None}]
+    [down] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], endpoint=hub.url, retries=0)
+    assert "HTTP 500" in down["error"], down
+
+    # The Hub back: the download resumes where it stopped and completes.
+    hub.faults, hub.requests = [], []
+    [again] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], endpoint=hub.url)
+    assert again.get("files") == EXPECTED, again
+    assert_whole(dest)
+    assert count(hub, r"GET .*/resolve/.*/a\.png$") == 0  # finished files are not fetched again
+    assert half > 0
+
+    # A complete download is trusted offline, and when the Hub is down.
+    [offline] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], offline=True, hub_cache="other-cache")
+    assert offline.get("files") == EXPECTED, offline
+    hub.faults = [{"path": r"/api/", "kind": "500", "times": None}]
+    [down] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], endpoint=hub.url, retries=0)
+    assert down.get("files") == EXPECTED, down
+
+
+MODEL_DRIVER = r"""
+import json, sys
+from pathlib import Path
+from runner.models.pixart_sigma import ModelError, resolve_model_dir
+out = {}
+for repo in sys.argv[1:]:
+    try:
+        folder = resolve_model_dir(repo, "main", Path("unused"), retries=1, backoff_s=0.05)
+        out[repo] = {"files": sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())}
+    except ModelError as e:
+        out[repo] = {"error": str(e)}
+print("RESULT " + json.dumps(out))
+"""
+
+PIPELINE = {"model_index.json": b'{"_class_name": "PixArtSigmaPipeline"}', "vae/config.json": b"{}",
+            "vae/diffusion_pytorch_model.safetensors": b"\x00" * 4096, "scheduler/scheduler_config.json": b"{}",
+            "README.md": b"# card"}
+
+
+def test_model_downloads_are_retried_checked_and_worded(tmp_path):
+    """One process (runner.models imports torch: slow to start) resolves two Hub models."""
+    hub = FakeHub({}, models={"owner/flaky": PIPELINE, "owner/down": PIPELINE})
+    hub.faults = [
+        {"path": r"GET /owner/flaky/resolve/.*/vae/diffusion_pytorch_model\.safetensors$", "kind": "500", "times": 1},
+        {"path": r"GET /api/models/owner/flaky/tree/", "kind": "500", "times": 1},
+        # (a HEAD answered 500 is retried by huggingface_hub itself, with its own fixed backoff)
+        {"path": r"GET /owner/down/resolve/.*/vae/", "kind": "500", "times": None},
+    ]
+    try:
+        proc = subprocess.run([sys.executable, "-c", MODEL_DRIVER, "owner/flaky", "owner/down"],
+                              env=hub_env(tmp_path, endpoint=hub.url), cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        hub.close()
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    res = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert res["owner/flaky"].get("files") == sorted(set(PIPELINE) - {"README.md"}), res
+    # The branch's commit is recorded, so a later HF_HUB_OFFLINE=1 run finds the model.
+    assert (tmp_path / "hf-cache" / "models--owner--flaky" / "refs" / "main").read_text() == SHA
+    err = res["owner/down"]["error"]
+    for fragment in ["spec.model.pretrained: owner/down@main", "HTTP 500", "after retries", "HF_ENDPOINT",
+                     "HF_TOKEN", "HF_HUB_OFFLINE=1"]:
+        assert fragment in err, (fragment, err)
