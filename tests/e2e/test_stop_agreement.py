@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -71,7 +72,8 @@ def test_sigterm_to_rank_1_then_rank_0_checkpoints_once_and_exits_143(tmp_path, 
     def read() -> None:
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("train: 1/"):  # rank 0 finished step 1, so both ranks are in the loop
+            # rank 0 finished step 1, so both ranks are in the loop (torchrun prefixes "[rank0]: ")
+            if re.sub(r"^\[rank\d+\]:\s*", "", line).startswith("train: 1/"):
                 training.set()
 
     reader = threading.Thread(target=read, daemon=True)
