@@ -16,10 +16,14 @@ from runner import schema as schema_mod
 REPO = Path(__file__).resolve().parents[2]
 LIGHT_MODULES = ["runner/cli.py", "runner/spec.py", "runner/schema.py", "runner/semantics.py",
                  "runner/explain.py", "runner/starter.py", "runner/simpletuner.py",
-                 "runner/k8s/__init__.py", "runner/k8s/crd.py", "runner/redact.py", "runner/models/families.py"]
+                 "runner/k8s/__init__.py", "runner/k8s/crd.py", "runner/redact.py", "runner/models/families.py",
+                 "runner/problems.py", "runner/smoke/__init__.py", "runner/smoke/command.py",
+                 "runner/smoke/session.py", "runner/smoke/shrink.py", "runner/smoke/checks.py",
+                 "runner/smoke/report.py"]
 LIGHT_RUNNER = {"runner", "runner.spec", "runner.schema", "runner.semantics", "runner.explain",
                 "runner.starter", "runner.simpletuner", "runner.k8s", "runner.k8s.crd", "runner.redact",
-                "runner.models.families"}
+                "runner.models.families", "runner.problems", "runner.smoke", "runner.smoke.session",
+                "runner.smoke.shrink", "runner.smoke.checks", "runner.smoke.report"}
 THIRD_PARTY = {"yaml", "jsonschema"}
 
 
