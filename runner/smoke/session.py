@@ -67,9 +67,6 @@ class Session:
         finally:
             self.timings.append((name, time.perf_counter() - t0))
 
-    def seconds(self, name: str) -> float:
-        return sum(s for n, s in self.timings if n == name)
-
     @property
     def failed(self) -> bool:
         return not passed(self.checks)
@@ -132,7 +129,7 @@ def _run(s: Session, path: str, overrides: list[str], opts: SmokeOptions, env: M
     spec_file.write_text(header + yaml.safe_dump(shrunk.document, sort_keys=False))
     # The shrunk spec goes through the same validation as any spec: a failure here is our bug.
     smoke_job = job_from_document(shrunk.document, source=str(spec_file))
-    return _run_stages(s, smoke_job, env)
+    return _run_stages(s, smoke_job)
 
 
 def _smoke_dir_problem(workdir: Path, spec: Mapping[str, Any]) -> str | None:
@@ -204,7 +201,7 @@ def _left_out_reason(ds: Mapping[str, Any], spec: Mapping[str, Any]) -> str | No
         return (f"Hub dataset {ds.get('repo')!r} is not downloaded in a smoke run (its repo is checked instead); "
                 "to smoke-run your images, --set its type=local and path=DIR with a few of them")
     if ds["type"] == "local":
-        from runner.data.preflight import _on_data_volume
+        from runner.data.preflight import _on_data_volume  # validate's own rule, so the two agree
 
         path = Path(ds["path"])
         if not path.exists() and _on_data_volume(spec, path):
@@ -281,7 +278,7 @@ def _copy_sample(sample: Sample, workdir: Path) -> str:
 
 # ----------------------------------------------------------------------------- stages
 
-def _run_stages(s: Session, job: TrainingJob, env: Mapping[str, str]) -> int:
+def _run_stages(s: Session, job: TrainingJob) -> int:
     spec = job.spec.to_dict()
     with s.timed("tiny model"):
         code = _stage(s, "tiny model", lambda: _build_tiny_model(spec))
