@@ -26,30 +26,30 @@ def _print_spec_error(e: SpecError) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from runner.data.preflight import dataset_problems  # reads image headers; never torch
+    from runner.problems import as_json, check_files
 
-    status = EXIT_OK
-    for path in args.files:
-        try:
-            job = load_spec(path, args.overrides)
-        except SpecError as e:
-            _print_spec_error(e)
-            status = EXIT_INVALID
-            continue
-        for w in job.warnings:
-            print(w, file=sys.stderr)
-        # Data checks only make sense once the spec itself is sound.
-        data_problems = dataset_problems(job.document.to_dict())
-        if data_problems:
-            for line in data_problems:
-                print(f"{path}: {line}", file=sys.stderr)
-            status = EXIT_INVALID
-            continue
-        print(f"{path}: valid TrainingJob {job.name!r}")
-    return status
+    results = check_files(args.files, args.overrides)
+    if args.output == "json":
+        import json
+
+        print(json.dumps(as_json(results), indent=2))
+    else:
+        for result in results:
+            for problem in result.problems:
+                print(problem.text, file=sys.stderr)
+            if result.valid:
+                print(f"{result.file}: valid TrainingJob {result.name!r}")
+    return EXIT_OK if all(r.valid for r in results) else EXIT_INVALID
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from runner.smoke import command as smoke
+
+    if args.smoke:
+        return smoke.cmd_smoke(args)
+    if smoke.stray_options(args):
+        print(f"{', '.join(smoke.stray_options(args))}: only with --smoke", file=sys.stderr)
+        return EXIT_INVALID
     try:
         job = load_spec(args.file, args.overrides)
     except SpecError as e:
@@ -164,11 +164,17 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from runner import __version__
+    from runner.smoke import command as smoke
+
     parser = argparse.ArgumentParser(prog="trainingjob", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"trainingjob {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="validate TrainingJob files; exit 2 and list every problem if invalid")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="spec files; '-' reads one from standard input")
+    p.add_argument("--output", "-o", choices=["text", "json"], default="text",
+                   help="json: one JSON document with every problem as {file, field, message, severity}")
     _add_set(p)
     p.set_defaults(func=cmd_validate)
 
@@ -178,8 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--container", action="store_true",
                    help="run inside the image for spec.hardware.accelerator, with podman or docker "
                         "(TRAININGJOB_IMAGE / TRAININGJOB_ENGINE override them)")
+    p.add_argument("--smoke", action="store_true",
+                   help="a CI smoke run: this spec shrunk for the CPU (sampled data, the tiny model, a few steps), "
+                        "plus checks of what only the real run uses; see `trainingjob smoke --help`")
+    smoke.add_arguments(p)
     _add_set(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("smoke", help="same as `run FILE --smoke`: the spec shrunk for the CPU, end to end, "
+                                     "and a report (--junit for CI)")
+    p.add_argument("file", metavar="FILE")
+    smoke.add_arguments(p)
+    _add_set(p)
+    p.set_defaults(func=smoke.cmd_smoke)
 
     from runner.k8s.build import Options
 

@@ -176,3 +176,40 @@ def bucket_batches(bucket_to_indices: dict[str, list[int]], batch_size: int, wor
     and the same bucket at each step."""
     return [batch for _, batch in
             bucket_batches_with_keys(bucket_to_indices, batch_size, world_size, rank, seed, epoch)]
+
+
+# ----------------------------------------------------------------------------- smoke sample
+
+def stratified_sample(items: Sequence[T], n: int, key: Callable[[T], str] = _default_key, seed: int = 0) -> list[T]:
+    """Up to `n` items spread over their buckets in proportion to each bucket's size, every
+    bucket getting one first while `n` allows (so a smoke run meets each aspect the real run
+    will): the largest buckets get theirs first when there are more buckets than `n`.
+    Which items of a bucket are taken depends on (seed, input order) alone; the result keeps
+    the input order."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n >= len(items):
+        return list(items)
+    groups = group_by_bucket(list(range(len(items))), key=lambda i: key(items[i]))
+    by_size = sorted(groups, key=lambda b: (-len(groups[b]), _sort_key(b)))
+    quota = {b: 0 for b in groups}
+    for b in by_size[:n]:
+        quota[b] = 1
+    left = n - sum(quota.values())
+    if left:
+        # Largest remainder over what each bucket can still give, proportional to its size.
+        spare = {b: len(groups[b]) - quota[b] for b in groups}
+        total = sum(spare.values())
+        shares = {b: left * spare[b] / total for b in groups}
+        for b in groups:
+            quota[b] += int(shares[b])
+        rest = n - sum(quota.values())
+        for b in sorted(groups, key=lambda b: (-(shares[b] - int(shares[b])), _sort_key(b)))[:rest]:
+            quota[b] += 1
+    rng = _rng(seed, 0)
+    chosen: list[int] = []
+    for b in groups:
+        members = list(groups[b])
+        rng.shuffle(members)
+        chosen += members[:quota[b]]
+    return [items[i] for i in sorted(chosen)]

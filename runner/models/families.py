@@ -19,6 +19,9 @@ class FamilyTraits:
     vae_scale_factor: int  # image px per latent px
     patch_size: int  # latent px per transformer token (each side)
     max_side: int  # the largest side the family was trained for, in px
+    # The builtin tiny model of the same architecture (random weights, built offline): what a
+    # smoke run swaps in for `pretrained`, so the user's spec runs on a CPU in seconds.
+    tiny_model: str
 
     @property
     def resolution_multiple(self) -> int:
@@ -28,7 +31,7 @@ class FamilyTraits:
 
 FAMILIES = MappingProxyType({
     "pixart_sigma": FamilyTraits(name="pixart_sigma", title="PixArt Sigma", vae_scale_factor=8, patch_size=2,
-                                 max_side=2048),
+                                 max_side=2048, tiny_model="builtin:tiny-pixart-sigma"),
 })
 
 

@@ -98,12 +98,12 @@ def test_usage_errors_exit_2(cli):
 
 
 def test_unexpected_exceptions_are_internal_errors_with_exit_1(cli, monkeypatch, tmp_path):
-    import runner.cli
+    import runner.problems
 
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(runner.cli, "load_spec", boom)
+    monkeypatch.setattr(runner.problems, "load_spec", boom)  # what `validate` calls per file
     monkeypatch.delenv("TRAININGJOB_DEBUG", raising=False)
     result = cli("validate", tmp_path / "x.yaml")
     assert result.code == 1

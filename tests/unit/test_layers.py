@@ -19,12 +19,17 @@ LIGHT_MODULES = ["runner/cli.py", "runner/spec.py", "runner/schema.py", "runner/
                  "runner/k8s/__init__.py", "runner/k8s/crd.py", "runner/redact.py", "runner/models/families.py",
                  "runner/k8s/build.py", "runner/k8s/render.py", "runner/k8s/reconcile.py", "runner/k8s/status.py",
                  "runner/k8s/progress.py", "runner/launch/images.py", "runner/launch/torchrun.py",
-                 "runner/launch/nodes.py"]
+                 "runner/launch/nodes.py",
+                 "runner/problems.py", "runner/smoke/__init__.py", "runner/smoke/command.py",
+                 "runner/smoke/session.py", "runner/smoke/shrink.py", "runner/smoke/checks.py",
+                 "runner/smoke/report.py"]
 LIGHT_RUNNER = {"runner", "runner.spec", "runner.schema", "runner.semantics", "runner.explain",
                 "runner.starter", "runner.simpletuner", "runner.k8s", "runner.k8s.crd", "runner.redact",
                 "runner.models.families", "runner.k8s.build", "runner.k8s.render", "runner.k8s.status",
                 "runner.k8s.progress", "runner.k8s.reconcile", "runner.launch", "runner.launch.images",
-                "runner.launch.torchrun", "runner.__version__"}
+                "runner.launch.torchrun", "runner.__version__",
+                "runner.problems", "runner.smoke", "runner.smoke.session",
+                "runner.smoke.shrink", "runner.smoke.checks", "runner.smoke.report"}
 THIRD_PARTY = {"yaml", "jsonschema"}
 
 

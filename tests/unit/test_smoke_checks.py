@@ -1,0 +1,229 @@
+"""runner.smoke.checks: token variables, PVC names, Hub repos and the time budget.
+
+The Hub checks run the real huggingface_hub client against a small in-process fake of the
+repo-info endpoints (`GET /api/{models,datasets}/{id}[/revision/{rev}]`). The FakeHub of
+test_publish_hub.py answers the push endpoints, not these, so this one is separate; the
+constants are patched the same way (huggingface_hub reads HF_ENDPOINT at import time).
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+import yaml
+
+from runner.smoke.checks import HubRepo, budget_check, hub_checks, hub_repos, pvc_checks, token_checks
+from runner.smoke.report import FAILED, PASSED, SKIPPED
+from runner.spec import job_from_document
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "hf_smoke_secret_value_123"
+
+
+def spec(**updates) -> dict:
+    doc = yaml.safe_load((REPO / "examples" / "pixart-sigma-1024.yaml").read_text())
+    doc["spec"].update(updates)
+    return job_from_document(doc).document.to_dict()["spec"]
+
+
+# ----------------------------------------------------------------------------- tokens
+
+PUSH = {"hub": {"push": True, "repoId": "me/x", "tokenEnv": "TJ_HUB"}}
+WANDB = {"wandb": {"enabled": True, "project": "p", "apiKeyEnv": "TJ_WANDB"}}
+
+
+@pytest.mark.parametrize("updates, env, expected", [
+    ({}, {}, []),  # nothing pushed, no W&B: no token is read
+    ({"output": PUSH}, {"TJ_HUB": SECRET}, [("token variable TJ_HUB", PASSED)]),
+    ({"output": PUSH}, {}, [("token variable TJ_HUB", FAILED)]),
+    ({"output": PUSH}, {"TJ_HUB": ""}, [("token variable TJ_HUB", FAILED)]),
+    ({"tracking": WANDB}, {}, [("token variable TJ_WANDB", FAILED)]),
+    ({"output": PUSH, "tracking": WANDB}, {"TJ_WANDB": SECRET},
+     [("token variable TJ_HUB", FAILED), ("token variable TJ_WANDB", PASSED)]),
+    # filled from a Secret in the pod: not expected in the CI environment
+    ({"output": PUSH, "kubernetes": {"secrets": {"hubToken": {"name": "hf", "key": "token"}}}}, {},
+     [("token variable TJ_HUB", SKIPPED)]),
+])
+def test_token_variables_are_checked_for_being_set(updates, env, expected):
+    found = token_checks(spec(**updates), env)
+    assert [(c.name, c.status) for c in found] == expected
+    for c in found:
+        assert SECRET not in c.message
+        if c.status == FAILED:
+            assert "is not set or empty" in c.message and c.message.startswith("spec.")
+
+
+# ----------------------------------------------------------------------------- PVCs
+
+@pytest.mark.parametrize("name, ok", [
+    ("training-data", True),
+    ("data.v2", True),
+    ("a", True),
+    ("a" * 253, True),
+    ("a" * 254, False),
+    ("Training-Data", False),
+    ("training_data", False),
+    ("-data", False),
+    ("data-", False),
+    ("data..v2", False),
+])
+def test_pvc_names_are_dns_1123_subdomains(name, ok):
+    found = pvc_checks(spec(kubernetes={"volumes": {"data": {"claimName": name}}}))
+    assert [c.status for c in found] == [PASSED if ok else FAILED]
+    if not ok:
+        assert found[0].message.startswith("spec.kubernetes.volumes.data.claimName: ")
+        assert "DNS-1123" in found[0].message
+
+
+def test_every_volume_is_checked_and_no_volumes_means_no_checks():
+    volumes = {"data": {"claimName": "d"}, "cache": {"claimName": "C"}, "output": {"claimName": "o"}}
+    found = pvc_checks(spec(kubernetes={"volumes": volumes}))
+    assert [(c.name, c.status) for c in found] == [
+        ("PVC name data", PASSED), ("PVC name cache", FAILED), ("PVC name output", PASSED)]
+    assert pvc_checks(spec()) == []
+
+
+# ----------------------------------------------------------------------------- hub
+
+def test_the_repos_the_real_run_downloads():
+    s = spec(evaluation={"clipScore": True})
+    assert hub_repos(s) == [
+        HubRepo("spec.model.pretrained", "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "model", "main"),
+        HubRepo("spec.datasets[0].repo", "bghira/pseudo-camera-10k", "dataset", "main"),
+        HubRepo("spec.evaluation.clipModel", "openai/clip-vit-large-patch14", "model", None),
+    ]
+    local = spec(model={"pretrained": "builtin:tiny-pixart-sigma"},
+                 datasets=[{"name": "a", "type": "local", "path": "/data/a"}])
+    assert hub_repos(local) == []
+
+
+class RepoInfoHub:
+    """Repo-info endpoints of the Hub: known repos at known revisions answer 200, others 404 with
+    the X-Error-Code the client turns into RepositoryNotFound/RevisionNotFound, gated ones 401."""
+
+    def __init__(self, repos: dict[tuple[str, str], set[str]], gated: set[str] = frozenset()):
+        self.requests: list[str] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def send(self, code, body, error=None):
+                raw = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                if error:
+                    self.send_header("X-Error-Code", error)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):
+                path = unquote(urlparse(self.path).path)
+                hub.requests.append(path)
+                if path == "/api/agent-harnesses":  # the client's user-agent registry
+                    return self.send(200, {"standardEnvVars": [], "harnesses": {}})
+                parts = path.strip("/").split("/")
+                kind, repo = parts[1].removesuffix("s"), "/".join(parts[2:4])
+                revision = parts[5] if len(parts) > 5 else "main"
+                if repo in gated:
+                    return self.send(401, {"error": "gated"}, "GatedRepo")
+                if (kind, repo) not in repos:
+                    return self.send(404, {"error": "Repository not found"}, "RepoNotFound")
+                if revision not in repos[(kind, repo)]:
+                    return self.send(404, {"error": "Revision not found"}, "RevisionNotFound")
+                return self.send(200, {"id": repo, "sha": "0" * 40, "siblings": [], "private": False})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def point_client_at(monkeypatch, tmp_path, url: str) -> None:
+    import huggingface_hub.constants as hf_constants
+    from huggingface_hub.utils import _detect_agent
+
+    monkeypatch.setattr(hf_constants, "ENDPOINT", url)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "AGENT_HARNESSES_PATH", str(tmp_path / "hf-home" / ".agent_harnesses.json"))
+    monkeypatch.setattr(_detect_agent, "_registry", None)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+@pytest.fixture
+def repo_hub(monkeypatch, tmp_path):
+    hub = RepoInfoHub({("model", "org/model"): {"main", "v1"}, ("dataset", "org/data"): {"main"}},
+                      gated={"org/gated"})
+    point_client_at(monkeypatch, tmp_path, hub.url)
+    yield hub
+    hub.close()
+
+
+def test_hub_repos_that_exist_pass_and_missing_ones_fail_with_the_field(repo_hub):
+    repos = [HubRepo("spec.model.pretrained", "org/model", "model", "v1"),
+             HubRepo("spec.datasets[0].repo", "org/data", "dataset", "main"),
+             HubRepo("spec.datasets[1].repo", "org/missing", "dataset", "main"),
+             HubRepo("spec.model.pretrained", "org/model", "model", "v9"),
+             HubRepo("spec.evaluation.clipModel", "org/gated", "model", None)]
+    found = hub_checks(repos, env={})
+    assert [c.status for c in found] == [PASSED, PASSED, FAILED, FAILED, FAILED]
+    assert "/api/models/org/model/revision/v1" in repo_hub.requests
+    assert "/api/datasets/org/data/revision/main" in repo_hub.requests
+    assert found[2].message.startswith("spec.datasets[1].repo: org/missing@main: no dataset repo")
+    assert "has no revision 'v9'" in found[3].message
+    assert "is gated" in found[4].message
+
+
+def test_offline_skips_every_repo_without_asking(repo_hub):
+    repos = [HubRepo("spec.model.pretrained", "org/model", "model", "main")]
+    found = hub_checks(repos, env={"HF_HUB_OFFLINE": "1"})
+    assert [c.status for c in found] == [SKIPPED]
+    assert "HF_HUB_OFFLINE is set" in found[0].message and "spec.model.pretrained" in found[0].message
+    assert repo_hub.requests == []
+
+
+def test_an_unreachable_hub_skips_with_a_notice_and_does_not_wait_per_repo(monkeypatch, tmp_path):
+    with socket.socket() as s:  # a port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    point_client_at(monkeypatch, tmp_path, f"http://127.0.0.1:{port}")
+    repos = [HubRepo("spec.model.pretrained", "org/model", "model", "main"),
+             HubRepo("spec.datasets[0].repo", "org/data", "dataset", "main")]
+    found = hub_checks(repos, env={}, timeout=2)
+    assert [c.status for c in found] == [SKIPPED, SKIPPED]
+    assert all("could not be reached" in c.message for c in found)
+
+
+# ----------------------------------------------------------------------------- budget
+
+TIMINGS = [("spec", 0.2), ("datasets", 1.0), ("tiny model", 3.0), ("cache stage", 2.0), ("train stage", 9.0)]
+
+
+def test_within_the_budget_passes():
+    c = budget_check(TIMINGS, 120)
+    assert c.status == PASSED and c.message == "took 15.2s of 120s"
+
+
+def test_over_the_budget_fails_naming_the_slowest_part():
+    c = budget_check(TIMINGS, 10)
+    assert c.status == FAILED
+    assert "took 15.2s, over the 10s budget; slowest part: train stage (9.0s, 59%)" in c.message
+    assert "validation" in c.message  # what to change
+
+
+def test_no_budget_is_skipped():
+    assert budget_check(TIMINGS, 0).status == SKIPPED

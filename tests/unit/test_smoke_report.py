@@ -1,0 +1,53 @@
+"""runner.smoke.report: the text report and the JUnit XML that CI systems read."""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from runner.smoke.report import FAILED, PASSED, SKIPPED, Check, junit_xml, passed, text_report
+
+CHECKS = [
+    Check("spec", "spec", PASSED, "valid TrainingJob 'x'"),
+    Check("environment", "token variable HF_TOKEN", FAILED, "spec.output.hub.tokenEnv: not set"),
+    Check("hub", "hub model org/m", SKIPPED, "not checked, HF_HUB_OFFLINE is set"),
+    Check("run", "train stage", PASSED, "done", 12.5),
+]
+
+
+def test_text_report_lists_every_check_with_failures_last_and_a_verdict():
+    text = text_report("smoke run of x.yaml:", CHECKS, ["differs in 3 field(s)"])
+    lines = text.splitlines()
+    assert lines[0] == "smoke run of x.yaml:" and lines[1] == "  differs in 3 field(s)"
+    assert [line.split()[0] for line in lines[2:6]] == ["PASSED", "PASSED", "SKIPPED", "FAILED"]
+    assert "[12.5s]" in lines[3]
+    assert lines[-1] == "smoke run FAILED: 2 passed, 1 failed, 1 skipped"
+    assert text_report("t", CHECKS[:1]).splitlines()[-1] == "smoke run passed: 1 passed, 0 failed, 0 skipped"
+
+
+def test_junit_has_one_testcase_per_check_with_failure_and_skipped_elements():
+    root = ET.fromstring(junit_xml("trainingjob smoke x.yaml", CHECKS, ["spec.a: 1 -> 2 (why)"]))
+    suite = root.find("testsuite")
+    assert suite.attrib["name"] == "trainingjob smoke x.yaml"
+    assert (suite.attrib["tests"], suite.attrib["failures"], suite.attrib["skipped"]) == ("4", "1", "1")
+    cases = suite.findall("testcase")
+    assert [c.attrib["name"] for c in cases] == [c.name for c in CHECKS]
+    assert cases[1].attrib["classname"] == "trainingjob.smoke.environment"
+    assert cases[1].find("failure").attrib["message"] == "spec.output.hub.tokenEnv: not set"
+    assert cases[2].find("skipped").attrib["message"].startswith("not checked")
+    assert cases[0].find("failure") is None and cases[0].find("skipped") is None
+    assert float(cases[3].attrib["time"]) == 12.5
+    assert suite.find("system-out").text == "spec.a: 1 -> 2 (why)"
+
+
+def test_junit_escapes_what_a_message_may_hold():
+    check = Check("datasets", "dataset <a & b>", FAILED, 'file "x<y>.png": & broken')
+    case = ET.fromstring(junit_xml("s", [check])).find("testsuite/testcase")
+    assert case.attrib["name"] == "dataset <a & b>"
+    assert case.find("failure").text == 'file "x<y>.png": & broken'
+
+
+def test_verdict_and_statuses():
+    assert passed(CHECKS[:1] + CHECKS[2:]) and not passed(CHECKS)
+    with pytest.raises(ValueError, match="status must be"):
+        Check("spec", "spec", "ok")

@@ -1,0 +1,86 @@
+"""What CI tools expect from the CLI: --version, `validate -` (standard input) and
+`validate --output json` (every problem of many files as {file, field, message, severity})."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.problems import record
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = (REPO / "examples" / "smoke.yaml").read_text()
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=REPO, input=stdin, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_version():
+    from runner import __version__
+
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"trainingjob {__version__}"
+
+
+def test_validate_reads_standard_input():
+    proc = run("validate", "-", stdin=SMOKE)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "<stdin>: valid TrainingJob 'smoke'"
+    bad = run("validate", "-", stdin=SMOKE.replace("maxSteps: 20", "maxSteps: 0"))
+    assert bad.returncode == 2
+    assert "<stdin>: spec.training.maxSteps: 0 is less than the minimum of 1" in bad.stderr
+
+
+def test_json_output_has_a_record_per_problem_across_files(tmp_path, minimal_spec):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(minimal_spec.replace("maxSteps: 10", "maxSteps: 0\n    batchSize: nope")
+                   + "  validation:\n    guidance: 9\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("spec: [unclosed\n")
+    proc = run("validate", "--output", "json", "examples/smoke.yaml", str(bad), str(broken), "-", stdin=SMOKE)
+    assert proc.returncode == 2
+    assert proc.stderr == ""
+    out = json.loads(proc.stdout)
+    assert out["valid"] is False
+    assert out["files"] == [
+        {"file": "examples/smoke.yaml", "name": "smoke", "valid": True},
+        {"file": str(bad), "name": None, "valid": False},
+        {"file": str(broken), "name": None, "valid": False},
+        {"file": "<stdin>", "name": "smoke", "valid": True},
+    ]
+    by_field = {(p["file"], p["field"]): p for p in out["problems"]}
+    assert by_field[(str(bad), "spec.training.maxSteps")] == {
+        "file": str(bad), "field": "spec.training.maxSteps", "message": "0 is less than the minimum of 1",
+        "severity": "error"}
+    assert by_field[(str(bad), "spec.training.batchSize")]["message"] == "'nope' is a string, expected integer"
+    assert by_field[(str(bad), "spec.validation.guidance")]["severity"] == "warning"
+    syntax = [p for p in out["problems"] if p["file"] == str(broken)]
+    assert len(syntax) == 1 and syntax[0]["field"] is None and "YAML syntax error" in syntax[0]["message"]
+
+
+def test_json_output_of_valid_files_exits_0():
+    proc = run("validate", "-o", "json", "examples/smoke.yaml", "examples/pixart-sigma-1024.yaml")
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout) == {"valid": True, "problems": [], "files": [
+        {"file": "examples/smoke.yaml", "name": "smoke", "valid": True},
+        {"file": "examples/pixart-sigma-1024.yaml", "name": "pixart-sigma-1024", "valid": True}]}
+
+
+@pytest.mark.parametrize("line, field, message, severity", [
+    ("a.yaml: spec.datasets[0].crop: True is not a string", "spec.datasets[0].crop", "True is not a string", "error"),
+    ("a.yaml: warning: spec.validation.guidance: 9 is outside", "spec.validation.guidance", "9 is outside", "warning"),
+    ("a.yaml: metadata.name: required field is missing", "metadata.name", "required field is missing", "error"),
+    ("a.yaml: --set spec.training.x: unknown field", "--set spec.training.x", "unknown field", "error"),
+    ("a.yaml: (document): expected a mapping", "(document)", "expected a mapping", "error"),
+    # no field: the line stays whole rather than being split at a guess
+    ("a.yaml: line 3, column 1: YAML syntax error: x", None, "line 3, column 1: YAML syntax error: x", "error"),
+    ("a.yaml: the file is empty; expected a TrainingJob", None, "the file is empty; expected a TrainingJob", "error"),
+])
+def test_problem_lines_become_records(line, field, message, severity):
+    p = record(line, "a.yaml")
+    assert (p.file, p.field, p.message, p.severity, p.text) == ("a.yaml", field, message, severity, line)
