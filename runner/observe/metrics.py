@@ -67,6 +67,7 @@ class Metrics:
         for s in ("cache", "train"):
             self._get(N.STAGE, stage=s).set(1 if s == stage else 0)
         self._stage, self._stage_started = stage, time.time()
+        self._progressed()  # a stage that hangs before its first item or step counts as stalled too
         self._record("stage_started", stage=stage)
 
     def _progressed(self) -> None:

@@ -56,7 +56,7 @@ _SAVE_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800
 
 SERIES: tuple[Series, ...] = (
     Series(STAGE, "gauge", "1 for the stage this process is running, 0 for the other", ("stage",)),
-    Series(LAST_PROGRESS, "gauge", "Unix time of the last cache item or optimizer step done (stall alerts)"),
+    Series(LAST_PROGRESS, "gauge", "Unix time the stage started or last finished a cache item or optimizer step (stall alerts)"),
     Series(CACHE_ITEMS, "gauge", "Cache entries this stage must have, by kind", ("kind",)),
     Series(CACHE_ITEMS_DONE, "gauge", "Cache entries done so far (reused, encoded or found undecodable), by kind",
            ("kind",)),
