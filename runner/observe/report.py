@@ -163,7 +163,7 @@ def render(data: ReportData) -> str:
     points = train_points(data.history)
     parts = [f"<h1>TrainingJob {_e(data.job)}</h1>",
              f"<p class=meta>Written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC. "
-             + (f"Step {points[-1]['step']}, loss {_num(points[-1]['loss'])}." if points else "No training step logged yet.")
+             + (f"Step {points[-1]['step']}, loss {_f(points[-1]['loss']):.4g}." if points else "No training step logged yet.")
              + "</p>"]
     parts += _curves(points)
     parts += _validation(data.validations)
