@@ -102,10 +102,6 @@ class Metrics:
         self._advance(start_step)
         self._train_started, self._start_step, self._planned = time.time(), start_step, total_steps
         self._gpu = device if getattr(device, "type", None) == "cuda" else None
-        if self._gpu is not None:
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(self._gpu)
 
     def step_done(self, step: int, epoch: int, seconds: float) -> None:
         self._advance(step)

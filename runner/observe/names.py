@@ -75,7 +75,7 @@ SERIES: tuple[Series, ...] = (
     Series(TRAIN_ETA, "gauge", "Estimated seconds until the last step, from this process's mean time per step "
                                "(checkpoints and validation included)"),
     Series(GPU_MEMORY_ALLOCATED, "gauge", "GPU memory held by tensors (absent on CPU and MPS)", ("rank",)),
-    Series(GPU_MEMORY_PEAK, "gauge", "Peak GPU memory held by tensors since the stage started (absent on CPU and MPS)",
+    Series(GPU_MEMORY_PEAK, "gauge", "Peak GPU memory held by tensors since the process started (absent on CPU and MPS)",
            ("rank",)),
     Series(CHECKPOINT_DURATION, "histogram", "Time to write one checkpoint; _count is the checkpoints written",
            buckets=_SAVE_BUCKETS),
