@@ -6,15 +6,27 @@ PIP := $(PY) -m pip
 SPEC ?= examples/smoke.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: install train-local test test-fast crd lint clean
+# Images: tags are $(REGISTRY)/$(NAME):<version>-<hw>. The list of images and their build
+# arguments live in runner/launch/images.py (stdlib only, so these targets need no venv).
+REGISTRY ?= ghcr.io/trainingjob
+NAME ?= trainingjob
+ENGINE ?=
+HW ?= cpu
+IMAGES := $(PYTHON) -m runner.launch.images
+IMAGE_FLAGS = --registry '$(REGISTRY)' --name '$(NAME)' $(if $(ENGINE),--engine '$(ENGINE)') $(if $(filter-out 0 no false,$(DRY_RUN)),--dry-run)
+
+.PHONY: install train-local test test-fast test-images e2e-kind crd lint clean images image push
 
 # torch==2.13.0 is installed on its own first: on these CPU machines it comes from local disk,
-# while an unpinned torch would pull a multi-GB CUDA build.
+# while an unpinned torch would pull a multi-GB CUDA build. GPU=cuda12|cuda13|rocm (on a fresh
+# checkout or after `make clean`) takes the matching build from the index the images use.
+GPU ?=
+TORCH_FROM = $(if $(GPU),--extra-index-url "$$($(PYTHON) -m runner.launch.images torch-index --only '$(GPU)')")
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[train,samples,dev]'
+	$(PIP) install -q -c constraints.txt torch==2.13.0 $(TORCH_FROM)
+	$(PIP) install -q -c constraints.txt -e '.[train,samples,operator,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,14 +38,33 @@ train-local: $(STAMP)
 # where it works; elsewhere those tests skip and say why).
 test: $(STAMP)
 	bash tests/system-deps.sh
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -m "not image"
 
 test-fast: $(STAMP)
 	bash tests/system-deps.sh
-	$(PY) -m pytest -q -ra -m "not e2e"
+	$(PY) -m pytest -q -ra -m "not e2e and not image"
+
+# Builds the CPU image from a local Debian base and runs the smoke job in it (podman/buildah).
+test-images: $(STAMP)
+	$(PY) -m pytest -q -ra -m image
+
+# The whole Kubernetes flow on a real cluster (kind or the current kubeconfig); skips, saying
+# why, where none answers. See README "Kubernetes".
+e2e-kind: $(STAMP)
+	TRAININGJOB_E2E_KIND=1 $(PY) -m pytest -q -ra -s tests/e2e/test_kind.py
 
 crd: $(STAMP)
 	$(PY) -m runner.k8s.crd > k8s/crd.yaml.tmp && mv k8s/crd.yaml.tmp k8s/crd.yaml
+
+# `make images` builds every image, `make image HW=cuda12` one; DRY_RUN=1 prints the commands.
+images:
+	@$(IMAGES) build $(IMAGE_FLAGS)
+
+image:
+	@$(IMAGES) build --only '$(HW)' $(IMAGE_FLAGS)
+
+push:
+	@$(IMAGES) push $(IMAGE_FLAGS)
 
 clean:
 	rm -rf $(VENV) output cache .pytest_cache

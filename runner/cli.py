@@ -57,6 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     for w in job.warnings:
         print(w, file=sys.stderr)
+    if args.container:
+        from runner.launch.container import run_in_container
+
+        return run_in_container(job, args.file, args.overrides, args.stage)
     from runner.stages.run import run_job  # heavy imports (torch) only on this path
 
     return run_job(job, stage=args.stage)
@@ -132,6 +136,33 @@ def cmd_import_simpletuner(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from runner.k8s.build import Options
+    from runner.k8s.render import RenderError, render_text
+
+    try:
+        job = load_spec(args.file, args.overrides)
+    except SpecError as e:
+        _print_spec_error(e)
+        return EXIT_INVALID
+    opts = Options(registry=args.registry, version=args.version, pod_monitor=args.pod_monitor,
+                   managed_by="trainingjob-render")
+    stages = ("cache", "train") if args.stage == "all" else (args.stage,)
+    try:
+        sys.stdout.write(render_text(job.document.to_dict(), opts, stages))
+    except RenderError as e:
+        for line in e.problems:
+            print(f"{args.file}: {line}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from runner.k8s.operator import main as operator_main  # kopf and the kubernetes client: this path only
+
+    return operator_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainingjob", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,8 +175,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the cache and/or train stage of a TrainingJob")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--stage", choices=["cache", "train", "all"], default="all")
+    p.add_argument("--container", action="store_true",
+                   help="run inside the image for spec.hardware.accelerator, with podman or docker "
+                        "(TRAININGJOB_IMAGE / TRAININGJOB_ENGINE override them)")
     _add_set(p)
     p.set_defaults(func=cmd_run)
+
+    from runner.k8s.build import Options
+
+    p = sub.add_parser("render", help="print the Kubernetes objects of a TrainingJob in apply order (no operator needed)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--stage", choices=["cache", "train", "all"], default="all",
+                   help="only the objects of one stage (to apply cache, wait for it, then train)")
+    p.add_argument("--registry", default=Options.registry, help="image registry (default %(default)s)")
+    p.add_argument("--version", default=Options.version, help="image version tag (default %(default)s)")
+    p.add_argument("--pod-monitor", action="store_true", help="also a PodMonitor (Prometheus Operator)")
+    _add_set(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("operator", help="run the Kubernetes operator that reconciles TrainingJobs into Jobs")
+    p.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                   help="watch only this namespace (repeatable; default: every namespace)")
+    p.add_argument("--registry", default=Options.registry, help="image registry (default %(default)s)")
+    p.add_argument("--version", default=Options.version, help="image version tag (default %(default)s)")
+    p.add_argument("--pod-monitor", action="store_true", help="create a PodMonitor per job (Prometheus Operator)")
+    p.add_argument("--metrics-port", type=int, default=8000, help="the operator's own /metrics (0 disables)")
+    p.add_argument("--health-port", type=int, default=8080, help="liveness probe endpoint /healthz")
+    p.set_defaults(func=cmd_operator)
 
     p = sub.add_parser("schema", help="print the TrainingJob JSON Schema (the source of truth for every field)")
     p.add_argument("--format", choices=["json", "yaml"], default="json")

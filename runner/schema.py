@@ -9,7 +9,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "trainingjob.schema.json"
+# Inside the package, so a wheel install (and every image) carries it.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "trainingjob.schema.json"
 
 
 @lru_cache(maxsize=1)

@@ -195,12 +195,20 @@ class DigestMemo:
             return {}  # a damaged memo only costs re-hashing
 
     def __call__(self, info: ImageInfo) -> str:
-        key = str(Path(info.path).resolve())
+        return self.digest(info.path, info.size_bytes, info.mtime_ns)
+
+    def digest(self, path: Path, size: int | None = None, mtime_ns: int | None = None) -> str:
+        """The sha256 of any file (model weights too: see cachekeys.component_fingerprint).
+        `size` and `mtime_ns` are read here unless the caller already has them from a probe."""
+        if size is None or mtime_ns is None:
+            st = os.stat(path)
+            size, mtime_ns = st.st_size, st.st_mtime_ns
+        key = str(Path(path).resolve())
         hit = self.entries.get(key)
-        if hit and hit[0] == info.size_bytes and hit[1] == info.mtime_ns:
+        if hit and hit[0] == size and hit[1] == mtime_ns:
             return hit[2]
-        digest = file_digest(info.path)
-        self.entries[key] = [info.size_bytes, info.mtime_ns, digest]
+        digest = file_digest(path)
+        self.entries[key] = [size, mtime_ns, digest]
         return digest
 
     def save(self) -> None:

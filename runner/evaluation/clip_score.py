@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["ClipScorer"]
+__all__ = ["ClipScorer", "clip_scores"]
 
 
 def _features(output: object) -> torch.Tensor:
@@ -28,6 +28,17 @@ def _features(output: object) -> torch.Tensor:
     if isinstance(pooled, torch.Tensor):
         return pooled
     raise TypeError(f"unexpected CLIP feature output type: {type(output).__name__}")
+
+
+def clip_scores(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> list[float]:
+    """``100 * max(cos, 0)`` of each row pair; the embeddings need not be normalised.
+
+    The clamp is per pair, as torchmetrics' ``CLIPScore`` gives for one pair: a prompt the
+    image does not match scores 0 rather than pulling an average below 0."""
+    image = torch.nn.functional.normalize(image_embeds.float(), dim=-1)
+    text = torch.nn.functional.normalize(text_embeds.float(), dim=-1)
+    cos = (image * text).sum(dim=-1)
+    return [float(x) for x in (100.0 * cos).clamp(min=0.0)]
 
 
 class ClipScorer:
@@ -78,7 +89,7 @@ class ClipScorer:
 
     @torch.no_grad()
     def embed(self, images: Sequence, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalised (image_embeds, text_embeds), float32 on CPU, one row per pair."""
+        """Projected (image_embeds, text_embeds), float32 on CPU, one row per pair."""
         image_chunks: list[torch.Tensor] = []
         text_chunks: list[torch.Tensor] = []
         for start in range(0, len(prompts), self.batch_size):
@@ -101,8 +112,8 @@ class ClipScorer:
                     attention_mask=text["attention_mask"].to(self.device),
                 )
             )
-            image_chunks.append(torch.nn.functional.normalize(img.float(), dim=-1).cpu())
-            text_chunks.append(torch.nn.functional.normalize(txt.float(), dim=-1).cpu())
+            image_chunks.append(img.float().cpu())
+            text_chunks.append(txt.float().cpu())
         if not image_chunks:
             return torch.empty(0), torch.empty(0)
         return torch.cat(image_chunks), torch.cat(text_chunks)
@@ -115,6 +126,4 @@ class ClipScorer:
             )
         if not prompts:
             return []
-        image_embeds, text_embeds = self.embed(images, prompts)
-        cos = (image_embeds * text_embeds).sum(dim=-1)
-        return [float(x) for x in (100.0 * cos).clamp(min=0.0)]
+        return clip_scores(*self.embed(images, prompts))

@@ -198,8 +198,10 @@ class Objective:
 
 
 def make_objective(model_dir: Path, transformer) -> Objective:
+    # The model's attribute, not its config: a config without the key (null) means "on for
+    # sample_size 128", which diffusers resolves in the constructor and only there.
     return Objective(scheduler=load_noise_scheduler(model_dir),
-                     use_additional_conditions=bool(getattr(transformer.config, "use_additional_conditions", False)))
+                     use_additional_conditions=bool(getattr(transformer, "use_additional_conditions", False)))
 
 
 # ----------------------------------------------------------------------------- validation pipeline

@@ -133,8 +133,9 @@ class Metrics:
 
     def _advance(self, step: int) -> None:
         """The steps counter follows the step number (a resumed run starts where it left off)."""
+        counter = self._series[N.TRAIN_STEPS].labels(self.job)  # present from step 0 on
         if step > self._steps:
-            self._series[N.TRAIN_STEPS].labels(self.job).inc(step - self._steps)
+            counter.inc(step - self._steps)
             self._steps = step
 
     def checkpoint_saved(self, seconds: float) -> None:

@@ -130,10 +130,16 @@ def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 # ----------------------------------------------------------------------------- encoders
 
 def encoder_identities(ctx: RunContext, model_dir: Path) -> tuple[EncoderIdentity, EncoderIdentity]:
+    from runner.data.discovery import DigestMemo
+
     model = ctx.spec.model
-    text_fp = cachekeys.component_fingerprint(model_dir / "text_encoder") + cachekeys.component_fingerprint(model_dir / "tokenizer")
+    memo = DigestMemo(ctx.paths.digests)  # a local model folder's files are hashed once, then remembered
+    fingerprint = {name: cachekeys.component_fingerprint(model_dir / name, memo.digest)
+                   for name in ("text_encoder", "tokenizer", "vae")}
+    memo.save()
+    text_fp = fingerprint["text_encoder"] + fingerprint["tokenizer"]
     text = EncoderIdentity(model.pretrained, model.revision, text_fp, model.textEncoderDtype)
-    vae = EncoderIdentity(model.pretrained, model.revision, cachekeys.component_fingerprint(model_dir / "vae"), model.vaeDtype)
+    vae = EncoderIdentity(model.pretrained, model.revision, fingerprint["vae"], model.vaeDtype)
     return text, vae
 
 

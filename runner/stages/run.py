@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,57 +46,22 @@ def in_worker() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def worker_env(base: dict[str, str], *, local_rank: int, gpus: int, nodes: int, node_rank: int) -> dict[str, str]:
-    """The torch.distributed env:// variables for one local worker (pure)."""
-    return {**base, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": base.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // gpus))),
-            "MASTER_ADDR": base.get("MASTER_ADDR", "127.0.0.1"), "MASTER_PORT": base.get("MASTER_PORT", "29500"),
-            "WORLD_SIZE": str(gpus * nodes), "RANK": str(node_rank * gpus + local_rank),
-            "LOCAL_RANK": str(local_rank), "LOCAL_WORLD_SIZE": str(gpus), "NODE_RANK": str(node_rank),
-            "GROUP_RANK": str(node_rank)}
+def launch_workers(job: TrainingJob, stage: str = "train") -> int:
+    """This node's workers for `stage` (one per GPU) through torchrun (runner/launch/torchrun.py).
+    They read the effective spec (overrides applied) from the output dir, where it is kept."""
+    from runner.atomic import atomic_write_bytes
+    from runner.launch import torchrun
 
-
-def launch_workers(job: TrainingJob, gpus: int, stage: str = "train") -> int:
-    """One process per GPU of this node, for the train stage or for a cache shard each.
-
-    On Kubernetes each pod of the Indexed Job is a node: its rank comes from
-    JOB_COMPLETION_INDEX, the master from MASTER_ADDR (pod 0's headless-Service hostname).
-    The first worker to fail stops the others; SIGTERM is passed on so every worker
-    checkpoints before exiting."""
     spec = job.spec.to_dict()
-    effective = Path(spec["output"]["dir"]) / "trainingjob.effective.yaml"
+    output_dir = Path(spec["output"]["dir"])
+    effective = output_dir / "trainingjob.effective.yaml"
     effective.parent.mkdir(parents=True, exist_ok=True)
-    effective.write_text(yaml.safe_dump(job.document.to_dict(), sort_keys=False))
-    node_rank = int(os.environ.get("NODE_RANK", os.environ.get("JOB_COMPLETION_INDEX", "0")))
-    cmd = [sys.executable, "-m", "runner", "run", str(effective), "--stage", stage]
-    what = "training processes" if stage == "train" else "cache workers"
-    print(f"[{job.name}] launching {gpus} {what} on node {node_rank}", flush=True)
-    workers = [subprocess.Popen(cmd, env=worker_env(dict(os.environ), local_rank=r, gpus=gpus,
-                                                    nodes=spec["hardware"]["nodes"], node_rank=node_rank))
-               for r in range(gpus)]
-
-    def forward(signum, _frame):
-        for w in workers:
-            if w.poll() is None:
-                w.send_signal(signum)
-
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        while True:
-            codes = [w.poll() for w in workers]
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed:
-                forward(signal.SIGTERM, None)
-                for w in workers:
-                    try:
-                        w.wait(timeout=60)
-                    except subprocess.TimeoutExpired:
-                        w.kill()
-                return failed[0] if failed[0] > 0 else 128 - failed[0]
-            if all(c == 0 for c in codes):
-                return EXIT_OK
-            time.sleep(0.2)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # Atomic: on a shared output volume every node writes it while the others' workers read it.
+    atomic_write_bytes(effective, yaml.safe_dump(job.document.to_dict(), sort_keys=False).encode())
+    # torchrun would default every worker to one thread; share this node's cores instead.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec["hardware"]["gpusPerNode"])))
+    return torchrun.launch(effective, job_name=job.name, hardware=spec["hardware"], stage=stage,
+                           output_dir=output_dir)
 
 
 def tracker_problems(spec: dict) -> list[str]:
@@ -125,6 +89,7 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     import torch
 
     from runner.data import DatasetError
+    from runner.launch.torchrun import LaunchError
     from runner.models.pixart_sigma import ModelError
     from runner.publish import PublishError, hub_token
     from runner.stages.train import ResumeError
@@ -138,20 +103,24 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
         if problems:
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
             return EXIT_INVALID
-        gpus = spec["hardware"]["gpusPerNode"]
+        gpus, nodes = spec["hardware"]["gpusPerNode"], spec["hardware"]["nodes"]
+        if nodes > 1 and not in_worker() and stage != "cache":
+            from runner.launch.torchrun import topology
+
+            topology(spec["hardware"], "train", os.environ)  # a node without its peers' address fails now
         if stage in ("cache", "all"):
             if in_worker():
-                run_cache_stage(job, shard_of_worker())
+                run_cache_stage(job, shard_of_worker(job))
                 return EXIT_OK
             run_cache_stage(job, launch_shards=gpus)
         if stage in ("train", "all"):
-            if gpus > 1 and not in_worker():
-                return launch_workers(job, gpus)
+            if (gpus > 1 or nodes > 1) and not in_worker():
+                return launch_workers(job, "train")
             return run_train_stage(job)
         return EXIT_OK
     except WorkerFailed as e:
         return e.code
-    except (DatasetError, ModelError, CacheMismatch, PublishError, ResumeError, HardwareError) as e:
+    except (DatasetError, ModelError, CacheMismatch, PublishError, ResumeError, HardwareError, LaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
     except torch.cuda.OutOfMemoryError:
@@ -186,18 +155,23 @@ def _metrics(job: TrainingJob, is_main: bool, shard=None):
                    on_close=reporter.write, cache_shard_dir=shards)
 
 
-def shard_of_worker():
+def shard_of_worker(job: TrainingJob):
     """The cache shard of a launched worker: one per process of the whole (multi-node) job."""
+    from runner.launch.torchrun import cache_shard
     from runner.stages.cache import Shard
 
-    return Shard(index=int(os.environ["RANK"]), count=int(os.environ["WORLD_SIZE"]))
+    return Shard(*cache_shard(os.environ, job.spec.hardware.nodes))
 
 
 def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
     """Run the cache stage in this process, or (launch_shards > 1) plan it here, once, so dataset
     errors show before any worker starts and image digests are remembered for them, let one
-    worker per GPU encode a shard each, then re-check broken images and write the manifests."""
+    worker per GPU encode a shard each, then re-check broken images and write the manifests.
+    With several nodes (the pods of an Indexed cache Job) each node encodes its own shards, and
+    the node that finishes last makes the final pass (runner/launch/nodes.py)."""
     from runner.context import make_context
+    from runner.launch.nodes import node_shards_done
+    from runner.launch.torchrun import cache_shard, node_rank
     from runner.stages.cache import Shard, plan_datasets, run_cache
 
     shard = shard or Shard()
@@ -211,11 +185,18 @@ def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
         t0 = time.time()
         ctx.log(f"cache stage: {job.source}" + ("" if shard.is_whole else f" ({shard.count} shards)"))
         plans = None
+        nodes = job.spec.hardware.nodes
         if launch_shards > 1:
             plans = plan_datasets(ctx)
-            code = launch_workers(job, launch_shards, stage="cache")
+            code = launch_workers(job, "cache")
             if code != EXIT_OK:
                 raise WorkerFailed(code)
+        elif nodes > 1 and shard.is_whole:  # one pod of an Indexed cache Job, one process: its shard
+            run_cache(ctx, Shard(*cache_shard(os.environ, nodes)))
+        if nodes > 1 and shard.is_whole and not node_shards_done(ctx.paths.cache_dir, job.name, nodes):
+            print(f"[{job.name}] cache: node {node_rank(os.environ)}'s shards are done; the last node to "
+                  "finish writes the manifest", flush=True)
+            return None
         report = run_cache(ctx, shard, plans)
         metrics.cache_report(report)
         ctx.log(f"cache stage done in {time.time() - t0:.1f}s")

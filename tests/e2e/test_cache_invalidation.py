@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 
@@ -10,7 +11,7 @@ from tests.e2e.conftest import assert_clean
 pytestmark = pytest.mark.e2e
 
 
-def test_rerun_reencodes_nothing_and_changes_reencode_only_what_they_affect(runner):
+def test_rerun_reencodes_nothing_and_changes_reencode_only_what_they_affect(runner, tmp_path):
     assert_clean(runner.run(stage="cache"))
     first = runner.cache_report()
     assert first["text_encoded"] == first["text_total"] > 0
@@ -34,6 +35,22 @@ def test_rerun_reencodes_nothing_and_changes_reencode_only_what_they_affect(runn
     assert_clean(runner.run(stage="cache"))
     back = runner.cache_report()
     assert back["text_encoded"] == 0 and back["latents_encoded"] == 0
+
+    # The model is its content: the same bytes in a new folder with new mtimes (a pod that
+    # downloads the same revision again) re-encode nothing ...
+    copy = tmp_path / "downloaded-again"
+    shutil.copytree(runner.model, copy, copy_function=shutil.copy)  # contents only: new mtimes
+    assert_clean(runner.run(f"spec.model.pretrained={copy}", stage="cache"))
+    moved = runner.cache_report()
+    assert moved["text_encoded"] == 0 and moved["latents_encoded"] == 0
+    # ... and one changed byte in the VAE's weights re-encodes every latent, no text embedding.
+    weights = copy / "vae" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # the last byte of the last tensor: still a valid file, other weights
+    weights.write_bytes(bytes(data))
+    assert_clean(runner.run(f"spec.model.pretrained={copy}", stage="cache"))
+    vae = runner.cache_report()
+    assert vae["latents_encoded"] == vae["latents_total"] and vae["text_encoded"] == 0
 
 
 def test_train_stage_refuses_a_cache_built_for_other_settings(runner):

@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -16,6 +23,7 @@ from runner.cachekeys import (
     latent_key,
     text_key,
 )
+from runner.data.discovery import DigestMemo, file_digest
 from runner.data.transforms import plan_crop
 from runner.stages.cache import crop_plan_dict
 
@@ -38,8 +46,6 @@ def test_text_key_is_stable_and_hex() -> None:
 
 
 @pytest.mark.parametrize("field, value", [
-    ("model", "PixArt-alpha/PixArt-Sigma-XL-2-512-MS"),
-    ("revision", "refs/pr/1"),
     ("fingerprint", "1" * 32),
     ("dtype", "float32"),
     ("max_tokens", 120),
@@ -54,6 +60,18 @@ def test_text_key_changes_with_each_field(field: str, value) -> None:
     else:
         kwargs["encoder"] = _identity(**{field: value})
     assert text_key(**kwargs) != text_key(**BASE_TEXT)
+
+
+@pytest.mark.parametrize("changes", [
+    {"model": "/models/pixart-sigma"},           # the same files under a local path
+    {"model": "someone/pixart-sigma-mirror"},    # ... or another repo
+    {"revision": "1e4b2d7a" * 5},                # the commit that "main" pointed to
+])
+def test_keys_ignore_where_the_weights_came_from(changes) -> None:
+    """Only content counts: the same fingerprint under another name, path or revision is the same encoder."""
+    moved = _identity(**changes)
+    assert text_key(moved, 300, "a photo of a cat") == text_key(**BASE_TEXT)
+    assert latent_key(moved, SOURCE_DIGEST, BASE_PLAN) == latent_key(BASE_ID, SOURCE_DIGEST, BASE_PLAN)
 
 
 def test_text_and_latent_keys_live_in_different_namespaces() -> None:
@@ -96,8 +114,6 @@ def test_crop_plans_used_below_really_differ() -> None:
 
 
 @pytest.mark.parametrize("label, vae, digest, plan", [
-    ("vae model", _identity(model="madebyollin/sdxl-vae-fp16-fix"), SOURCE_DIGEST, BASE_PLAN),
-    ("vae revision", _identity(revision="v2"), SOURCE_DIGEST, BASE_PLAN),
     ("vae fingerprint", _identity(fingerprint="f" * 32), SOURCE_DIGEST, BASE_PLAN),
     ("vae dtype", _identity(dtype="float32"), SOURCE_DIGEST, BASE_PLAN),
     ("source digest", BASE_ID, "cd" * 32, BASE_PLAN),
@@ -143,11 +159,15 @@ def test_entry_path_spreads_keys_over_directories(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- component_fingerprint
 
-def _make_component(root: Path) -> Path:
+CONFIG = b'{"latent_channels": 4, "scaling_factor": 0.13025}'
+WEIGHTS = bytes(range(256)) * 16
+
+
+def _make_component(root: Path, config: bytes = CONFIG, weights: bytes = WEIGHTS) -> Path:
     comp = root / "vae"
     comp.mkdir(parents=True)
-    (comp / "config.json").write_text('{"latent_channels": 4, "scaling_factor": 0.13025}')
-    (comp / "diffusion_pytorch_model.safetensors").write_bytes(b"\x01" * 4096)
+    (comp / "config.json").write_bytes(config)
+    (comp / "diffusion_pytorch_model.safetensors").write_bytes(weights)
     return comp
 
 
@@ -156,22 +176,20 @@ def _bump_mtime(path: Path) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
 
 
+def _one_byte(data: bytes, at: int = 1000) -> bytes:
+    return data[:at] + bytes([data[at] ^ 1]) + data[at + 1:]
+
+
 def _rewrite_config(comp: Path) -> None:
-    (comp / "config.json").write_text('{"latent_channels": 4, "scaling_factor": 0.18215}')
+    (comp / "config.json").write_bytes(CONFIG.replace(b"0.13025", b"0.18215"))
 
 
 def _rewrite_weights_other_size(comp: Path) -> None:
-    (comp / "diffusion_pytorch_model.safetensors").write_bytes(b"\x01" * 4097)
+    (comp / "diffusion_pytorch_model.safetensors").write_bytes(WEIGHTS + b"\x00")
 
 
-def _rewrite_weights_same_size(comp: Path) -> None:
-    weights = comp / "diffusion_pytorch_model.safetensors"
-    weights.write_bytes(b"\x02" * 4096)
-    _bump_mtime(weights)  # make sure a coarse-mtime filesystem still records a new write
-
-
-def _touch_weights(comp: Path) -> None:
-    _bump_mtime(comp / "diffusion_pytorch_model.safetensors")
+def _change_one_weights_byte(comp: Path) -> None:
+    (comp / "diffusion_pytorch_model.safetensors").write_bytes(_one_byte(WEIGHTS))
 
 
 def _add_file(comp: Path) -> None:
@@ -182,47 +200,196 @@ def _rename_weights(comp: Path) -> None:
     (comp / "diffusion_pytorch_model.safetensors").rename(comp / "model.safetensors")
 
 
-@pytest.mark.parametrize("change", [_rewrite_config, _rewrite_weights_other_size, _rewrite_weights_same_size,
-                                    _touch_weights, _add_file, _rename_weights])
-def test_component_fingerprint_changes(tmp_path: Path, change) -> None:
+@pytest.mark.parametrize("change", [_rewrite_config, _rewrite_weights_other_size, _change_one_weights_byte,
+                                    _add_file, _rename_weights])
+def test_component_fingerprint_changes_with_content(tmp_path: Path, change) -> None:
     comp = _make_component(tmp_path)
     before = component_fingerprint(comp)
     change(comp)
     assert component_fingerprint(comp) != before
 
 
-def test_component_fingerprint_config_content_not_mtime(tmp_path: Path) -> None:
+def test_component_fingerprint_ignores_mtimes(tmp_path: Path) -> None:
     comp = _make_component(tmp_path)
     before = component_fingerprint(comp)
-    _bump_mtime(comp / "config.json")  # same JSON bytes: content is what counts
+    for f in comp.iterdir():
+        _bump_mtime(f)
     assert component_fingerprint(comp) == before
 
 
-def test_component_fingerprint_stable_on_reread(tmp_path: Path) -> None:
+def test_component_fingerprint_same_bytes_in_another_folder(tmp_path: Path) -> None:
+    """A second download of the same files (new folder, new mtimes) is the same component."""
+    a = _make_component(tmp_path / "first")
+    b = _make_component(tmp_path / "second" / "deeper")
+    for f in b.iterdir():
+        _bump_mtime(f)
+    assert component_fingerprint(a) == component_fingerprint(b)
+    # hf download --local-dir bookkeeping (times, etags of this download) is not content.
+    meta = b / ".cache" / "huggingface" / "download"
+    meta.mkdir(parents=True)
+    (meta / "config.json.metadata").write_text("0123abcd\n1700000000.123\n")
+    assert component_fingerprint(a) == component_fingerprint(b)
+
+
+def test_component_fingerprint_is_a_function_of_names_and_sha256s(tmp_path: Path) -> None:
     comp = _make_component(tmp_path)
+    listing = "".join(f"{name}\0{hashlib.sha256(data).hexdigest()}\n" for name, data in
+                      sorted({"config.json": CONFIG, "diffusion_pytorch_model.safetensors": WEIGHTS}.items()))
+    assert component_fingerprint(comp) == hashlib.sha256(listing.encode()).hexdigest()[:32]
+
+
+def test_component_fingerprint_hashes_local_weights_once_with_the_memo(tmp_path: Path) -> None:
+    """With the digest memo a rerun does not read the weights again: it trusts path, size and
+    mtime (here, bytes changed behind its back with the mtime put back are not noticed, which
+    shows it did not read them), and a real rewrite (new mtime) is hashed again."""
+    comp = _make_component(tmp_path / "model")
     weights = comp / "diffusion_pytorch_model.safetensors"
-    stat_before = weights.stat()
-    first = component_fingerprint(comp)
-    assert component_fingerprint(comp) == first
-    assert len(first) == 32
-    # Fingerprinting must not touch the files it reads.
-    assert weights.stat().st_mtime_ns == stat_before.st_mtime_ns
+    memo_path = tmp_path / "cache" / "digests.json"
+    memo = DigestMemo(memo_path)
+    first = component_fingerprint(comp, memo.digest)
+    assert first == component_fingerprint(comp)
+    memo.save()
 
+    st = weights.stat()
+    weights.write_bytes(_one_byte(WEIGHTS))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert component_fingerprint(comp, DigestMemo(memo_path).digest) == first  # remembered, not re-read
+    assert component_fingerprint(comp) != first
 
-def test_component_fingerprint_includes_snapshot_commit(tmp_path: Path) -> None:
-    a = _make_component(tmp_path / "snapshots" / ("a" * 40))
-    b = tmp_path / "snapshots" / ("b" * 40) / "vae"
-    b.mkdir(parents=True)
-    for f in a.iterdir():
-        (b / f.name).write_bytes(f.read_bytes())
-        st = f.stat()
-        os.utime(b / f.name, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert component_fingerprint(a) != component_fingerprint(b)
+    _bump_mtime(weights)  # what any real write does
+    assert component_fingerprint(comp, DigestMemo(memo_path).digest) == component_fingerprint(comp) != first
 
 
 def test_component_fingerprint_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="model component folder not found"):
         component_fingerprint(tmp_path / "nope")
+
+
+# ----------------------------------------------------------------------------- Hub snapshots
+
+COMMIT = "7d3a9c1e" * 5
+
+
+class FakeModelHub:
+    """Just enough of the Hub for snapshot_download of a model repo: revision info, the tree
+    listing, and file resolution. Weights are LFS files, answered as the Hub does: the git
+    ETag plus X-Linked-Etag / X-Linked-Size with the object's sha256, which the client uses to
+    name the blob in its cache; small files are plain git blobs (ETag = git blob id)."""
+
+    def __init__(self, files: dict[str, bytes], lfs: set[str]):
+        self.files, self.lfs, self.gets = files, lfs, []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def send(self, code: int, body: bytes = b"", headers: dict | None = None) -> None:
+                self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_GET(self):
+                parts = unquote(urlparse(self.path).path).strip("/").split("/")
+                as_json = {"Content-Type": "application/json"}
+                if parts[:2] == ["api", "models"] and parts[4:5] == ["revision"]:
+                    info = {"id": "/".join(parts[2:4]), "sha": COMMIT,
+                            "siblings": [{"rfilename": f} for f in hub.files]}
+                    return self.send(200, json.dumps(info).encode(), as_json)
+                if parts[:2] == ["api", "models"] and parts[4:5] == ["tree"]:
+                    tree = []
+                    for f, c in hub.files.items():
+                        if f in hub.lfs:  # git holds a pointer; the bytes are an LFS object
+                            pointer = _lfs_pointer(c)
+                            tree.append({"type": "file", "path": f, "size": len(c), "oid": _git_blob_id(pointer),
+                                         "lfs": {"oid": hashlib.sha256(c).hexdigest(), "size": len(c),
+                                                 "pointerSize": len(pointer)}})
+                        else:
+                            tree.append({"type": "file", "path": f, "size": len(c), "oid": _git_blob_id(c)})
+                    return self.send(200, json.dumps(tree).encode(), as_json)
+                if len(parts) > 4 and parts[2] == "resolve":
+                    name = "/".join(parts[4:])
+                    content = hub.files.get(name)
+                    if content is None:
+                        return self.send(404, b"", {"X-Error-Code": "EntryNotFound"})
+                    headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{_git_blob_id(content)}"'}
+                    if name in hub.lfs:
+                        headers |= {"ETag": f'"{_git_blob_id(_lfs_pointer(content))}"',
+                                    "X-Linked-Etag": f'"{hashlib.sha256(content).hexdigest()}"',
+                                    "X-Linked-Size": str(len(content))}
+                    if self.command == "GET":
+                        hub.gets.append(name)
+                    return self.send(200, content, headers)
+                return self.send(404, b"")
+
+            do_HEAD = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _git_blob_id(content: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def _lfs_pointer(content: bytes) -> bytes:
+    return (b"version https://git-lfs.github.com/spec/v1\noid sha256:%s\nsize %d\n"
+            % (hashlib.sha256(content).hexdigest().encode(), len(content)))
+
+
+def _snapshot_download(hub: FakeModelHub, hf_cache: Path) -> Path:
+    """huggingface_hub's own snapshot_download, in a subprocess: it reads HF_ENDPOINT and the
+    offline switch when imported."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(hf_cache.parent / "hf-home"), "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_ETAG_TIMEOUT": "5",
+            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    code = ("import sys; from huggingface_hub import snapshot_download; "
+            "print(snapshot_download('owner/model', revision='main', cache_dir=sys.argv[1]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(hf_cache)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def test_hub_snapshot_fingerprint_is_content_identity(tmp_path: Path) -> None:
+    files = {"vae/config.json": CONFIG, "vae/diffusion_pytorch_model.safetensors": WEIGHTS}
+    hub = FakeModelHub(files, lfs={"vae/diffusion_pytorch_model.safetensors"})
+    try:
+        first = _snapshot_download(hub, tmp_path / "pod-1" / "hub")
+        again = _snapshot_download(hub, tmp_path / "pod-2" / "hub")  # a new pod downloads the same revision
+        hub.files = {**files, "vae/diffusion_pytorch_model.safetensors": _one_byte(WEIGHTS)}
+        changed = _snapshot_download(hub, tmp_path / "pod-3" / "hub")
+    finally:
+        hub.close()
+    assert hub.gets.count("vae/diffusion_pytorch_model.safetensors") == 3  # three real downloads
+    weights = first / "vae" / "diffusion_pytorch_model.safetensors"
+    assert weights.is_symlink() and weights.resolve().parent.name == "blobs"
+    assert weights.resolve().name == hashlib.sha256(WEIGHTS).hexdigest()
+
+    hashed: list[str] = []
+
+    def counting_digest(path: Path) -> str:
+        hashed.append(Path(path).name)
+        return file_digest(path)
+
+    fp = component_fingerprint(first / "vae", counting_digest)
+    # The weights' sha256 is the blob's name: only the small git file was read.
+    assert hashed == [_git_blob_id(CONFIG)]
+    assert component_fingerprint(again / "vae") == fp
+    # ... and equals a plain copy of the same bytes, e.g. a folder made with hf download --local-dir.
+    assert component_fingerprint(_make_component(tmp_path / "local")) == fp
+    assert component_fingerprint(changed / "vae") != fp
 
 
 # ----------------------------------------------------------------------------- atomic writes

@@ -36,14 +36,17 @@ def test_generator_runs_as_a_module():
     assert proc.stdout == CRD_FILE.read_text()
 
 
-def test_kubernetes_validate_accepts_the_crd():
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    version = kubernetes_validate.latest_version()  # the newest Kubernetes it ships schemas for
+@pytest.mark.parametrize("version", ["1.30.0", "latest"])
+def test_kubernetes_validate_accepts_the_crd(version):
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version() if version == "latest" else version
     assert kubernetes_validate.validate(committed(), version, strict=True)
 
 
 def test_kubernetes_validate_catches_a_draft_2020_exclusive_minimum():
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    import kubernetes_validate
+
     bad = committed()
     training = bad["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["training"]
     training["properties"]["learningRate"]["exclusiveMinimum"] = 0
@@ -64,8 +67,26 @@ def test_names_scope_versions_and_columns_come_from_the_schema():
     assert version["served"] and version["storage"]
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert {"Stage", "Progress", "Age"} <= set(columns)
+    default_view = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert default_view == ["State", "Stage", "Step/Total", "Loss", "ETA", "Age"]
     assert columns["Age"]["jsonPath"] == ".metadata.creationTimestamp" and columns["Age"]["type"] == "date"
+    assert spec["names"]["shortNames"] == ["tj"]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    for column in version["additionalPrinterColumns"]:  # every column points at a field the schema has
+        path = column["jsonPath"].lstrip(".").split(".")
+        if path[0] == "status":
+            node = {"properties": status}
+            for part in path[1:]:
+                node = node["properties"][part]
+            assert node["type"] == column["type"], column
+
+
+def test_cel_rules_reach_the_crd_and_dataset_names_are_map_keys():
+    spec = committed()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert any("maxSteps" in r["rule"] and "epochs" in r["rule"] for r in spec["x-kubernetes-validations"])
+    datasets = spec["properties"]["datasets"]
+    assert datasets["x-kubernetes-list-type"] == "map" and datasets["x-kubernetes-list-map-keys"] == ["name"]
+    assert "name" in datasets["items"]["required"]  # the API server needs map keys to be required
 
 
 def _walk(node: dict, path: str = "openAPIV3Schema"):
@@ -140,3 +161,138 @@ def test_unknown_keywords_are_refused_not_copied():
         crd.structural({"type": "object", "dependentRequired": {"a": ["b"]}}, {})
     with pytest.raises(ValueError, match="cannot inline"):
         crd.structural({"$ref": "https://example.com/x.json"}, {})
+
+
+# ------------------------------------------------------------------ CEL and the examples
+
+def cel_rules(node: dict, path: str = "spec"):
+    """Every x-kubernetes-validations rule of the committed CRD, with the field path it sits on."""
+    for rule in node.get("x-kubernetes-validations", []):
+        yield path, rule
+    for name, child in node.get("properties", {}).items():
+        yield from cel_rules(child, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from cel_rules(node["items"], f"{path}[]")
+
+
+def spec_root() -> dict:
+    return committed()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+def as_typed(value, node: dict):
+    """The value as the API server hands it to CEL: a `number` field is always a double."""
+    if node.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: as_typed(v, node.get("properties", {}).get(k, {})) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_typed(v, node.get("items", {})) for v in value]
+    return value
+
+
+def failing_cel(doc: dict) -> list[str]:
+    """Messages of the CEL rules a (defaulted) spec breaks, evaluated by cel-python as the API
+    server would after applying the CRD's defaults."""
+    import celpy
+
+    env = celpy.Environment()
+    failed = []
+    for path, rule in cel_rules(spec_root()):
+        parts = path.split(".")[1:]
+        targets = [as_typed(doc["spec"], spec_root())]
+        for part in parts:
+            many = part.endswith("[]")
+            part = part.rstrip("[]")
+            targets = [t[part] for t in targets if isinstance(t, dict) and part in t]
+            if many:
+                targets = [item for t in targets for item in t]
+        for target in targets:
+            if not env.program(env.compile(rule["rule"])).evaluate({"self": celpy.json_to_cel(target)}):
+                failed.append(rule["message"])
+    return failed
+
+
+def _doc(**spec_changes) -> dict:
+    from runner.schema import apply_defaults
+    from runner.spec import parse_document
+
+    doc = parse_document((REPO / "examples" / "smoke.yaml").read_text())
+    for dotted, value in spec_changes.items():
+        node = doc["spec"]
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return apply_defaults(doc)
+
+
+# Each case breaks one rule that both CEL (at `kubectl apply`) and runner.semantics (at
+# `trainingjob validate` and in the operator) enforce; the messages name the same field.
+CEL_CASES = {
+    "valid smoke": ({}, None),
+    "no maxSteps nor epochs": ({"training__maxSteps": None}, "maxSteps or epochs"),
+    "local dataset without path": ({"datasets__0__type": "local"}, "path"),
+    "huggingface dataset without repo": ({"datasets__0__type": "huggingface"}, "repo"),
+    "instanceprompt without prompt": ({"datasets__0__captionStrategy": "instanceprompt"}, "instancePrompt"),
+    "maximum without downsample": ({"datasets__0__maximumImageSize": 4096}, "targetDownsampleSize"),
+    "minimum above maximum": ({"datasets__0__minimumImageSize": 3000, "datasets__0__maximumImageSize": 2000,
+                               "datasets__0__targetDownsampleSize": 1000}, "minimumImageSize"),
+    "hub push without repo": ({"output__hub": {"push": True}}, "repoId"),
+    "wandb without project": ({"tracking__wandb": {"enabled": True}}, "project"),
+    "mps with bf16": ({"hardware__accelerator": "mps", "training__mixedPrecision": "bf16"}, "mixedPrecision"),
+}
+
+
+@pytest.mark.parametrize("case", list(CEL_CASES))
+def test_cel_rules_agree_with_the_semantic_checks(case):
+    from runner import semantics
+
+    changes, field = CEL_CASES[case]
+    doc = _doc(**changes)
+    cel_failures = failing_cel(doc)
+    errors, _ = semantics.check(doc, tolerant=True)
+    if field is None:
+        assert cel_failures == [] and errors == []
+    else:
+        assert len(cel_failures) == 1 and field in cel_failures[0], cel_failures
+        assert any(field in e for e in errors), errors
+
+
+def openapi_validator():
+    """The CRD's openAPIV3Schema as the API server reads it: OpenAPI 3.0 keywords (boolean
+    exclusiveMinimum, nullable) are draft-4 JSON Schema plus `nullable`."""
+    import jsonschema
+
+    def nullable(node):
+        if isinstance(node, dict):
+            node = {k: nullable(v) for k, v in node.items()}
+            if node.pop("nullable", False) and isinstance(node.get("type"), str):
+                node["type"] = [node["type"], "null"]
+            return node
+        return [nullable(v) for v in node] if isinstance(node, list) else node
+
+    root = committed()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return jsonschema.Draft4Validator(nullable(root))
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.yaml"))
+                         + sorted(f"k8s/{p.name}" for p in (REPO / "k8s").glob("example-trainingjob*.yaml")))
+def test_every_example_validates_against_the_crd(example):
+    from runner.schema import apply_defaults
+
+    path = REPO / example if example.startswith("k8s/") else REPO / "examples" / example
+    doc = yaml.safe_load(path.read_text())
+    problems = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in openapi_validator().iter_errors(doc)]
+    assert problems == []
+    assert failing_cel(apply_defaults(doc)) == []
+
+
+def test_the_crd_schema_refuses_what_the_api_server_would():
+    doc = yaml.safe_load((REPO / "examples" / "smoke.yaml").read_text())
+    doc["spec"]["training"]["batchSize"] = 0
+    doc["spec"]["hardware"]["accelerator"] = "tpu"
+    messages = " ".join(e.message for e in openapi_validator().iter_errors(doc))
+    assert "'tpu' is not one of" in messages and "less than the minimum of 1" in messages

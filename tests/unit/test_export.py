@@ -5,13 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-
-from runner.export import export_pipeline  # noqa: E402
-from runner.models.pixart_sigma import load_transformer  # noqa: E402
-from runner.models.tiny import MARKER, build_tiny_pixart_sigma  # noqa: E402
+from runner.export import export_pipeline
+from runner.models.pixart_sigma import load_transformer
+from runner.models.tiny import MARKER, build_tiny_pixart_sigma
 
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -1,82 +1,119 @@
-"""The data-parallel launcher's per-worker environment (torch.distributed env://)."""
+"""The torchrun launcher's pure parts: topology from spec + environment, the torchrun command
+line, exit codes, cache shards per node, and which node writes the cache manifest."""
 from __future__ import annotations
-
-import copy
 
 import pytest
 
-from runner.stages.run import worker_env
+from runner.launch import torchrun
+from runner.launch.nodes import node_shards_done
+from runner.launch.torchrun import Topology, cache_shard, exit_code, topology, torchrun_argv
 
 
-@pytest.mark.parametrize("local_rank, gpus, nodes, node_rank, rank, world", [
-    (0, 1, 1, 0, 0, 1),
-    (0, 2, 1, 0, 0, 2),
-    (1, 2, 1, 0, 1, 2),
-    (3, 4, 2, 0, 3, 8),
-    (0, 4, 2, 1, 4, 8),
-    (3, 4, 2, 1, 7, 8),
-    (5, 8, 4, 2, 21, 32),
-    (7, 8, 4, 3, 31, 32),
+def hw(gpus: int = 1, nodes: int = 1) -> dict:
+    return {"accelerator": "cpu", "gpusPerNode": gpus, "nodes": nodes}
+
+
+@pytest.mark.parametrize("gpus, nodes, stage, env, expected", [
+    (2, 1, "train", {}, Topology(nproc=2)),
+    (2, 1, "cache", {}, Topology(nproc=2)),
+    # A pod of a multi-node train Job: its index, pod 0's stable name, its own IP for peers.
+    (4, 2, "train", {"JOB_COMPLETION_INDEX": "1", "MASTER_ADDR": "tj-train-0.tj-train", "POD_IP": "10.1.2.3"},
+     Topology(nproc=4, nnodes=2, node_rank=1, endpoint="tj-train-0.tj-train:29500", local_addr="10.1.2.3")),
+    (1, 3, "train", {"JOB_COMPLETION_INDEX": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "4242"},
+     Topology(nproc=1, nnodes=3, node_rank=0, endpoint="127.0.0.1:4242")),
+    # Cache pods never rendezvous with each other: their shards are independent.
+    (4, 2, "cache", {"JOB_COMPLETION_INDEX": "1", "MASTER_ADDR": "x"}, Topology(nproc=4, nnodes=1, node_rank=1)),
+    # One node: no MASTER_ADDR needed, and one given is ignored (the local rendezvous picks a free port).
+    (8, 1, "train", {"MASTER_ADDR": "elsewhere", "MASTER_PORT": "29500"}, Topology(nproc=8)),
 ])
-def test_ranks(local_rank: int, gpus: int, nodes: int, node_rank: int, rank: int, world: int) -> None:
-    env = worker_env({}, local_rank=local_rank, gpus=gpus, nodes=nodes, node_rank=node_rank)
-    assert env["RANK"] == str(rank)
-    assert env["WORLD_SIZE"] == str(world)
-    assert env["LOCAL_RANK"] == str(local_rank)
-    assert env["LOCAL_WORLD_SIZE"] == str(gpus)
-    assert env["NODE_RANK"] == str(node_rank) == env["GROUP_RANK"]
-    assert env["PYTHONUNBUFFERED"] == "1"
-    assert all(isinstance(v, str) for v in env.values())
+def test_topology(gpus, nodes, stage, env, expected):
+    assert topology(hw(gpus, nodes), stage, env) == expected
 
 
-def test_all_ranks_of_a_job_are_unique_and_dense() -> None:
-    gpus, nodes = 4, 3
-    ranks = sorted(int(worker_env({}, local_rank=lr, gpus=gpus, nodes=nodes, node_rank=nr)["RANK"])
-                   for nr in range(nodes) for lr in range(gpus))
-    assert ranks == list(range(gpus * nodes))
+def test_multi_node_without_a_master_address_says_what_to_set():
+    with pytest.raises(torchrun.LaunchError, match="MASTER_ADDR.*JOB_COMPLETION_INDEX"):
+        topology(hw(2, 2), "train", {"JOB_COMPLETION_INDEX": "0"})
 
 
-@pytest.mark.parametrize("base, addr, port", [
-    ({}, "127.0.0.1", "29500"),
-    ({"MASTER_ADDR": "job-0.job-svc"}, "job-0.job-svc", "29500"),
-    ({"MASTER_PORT": "12345"}, "127.0.0.1", "12345"),
-    ({"MASTER_ADDR": "10.0.0.7", "MASTER_PORT": "23456"}, "10.0.0.7", "23456"),
+def _flags(argv: list[str]) -> dict[str, str]:
+    return dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+
+
+def test_single_node_argv_uses_a_free_local_port_and_tees_prefixed_logs():
+    argv = torchrun_argv(Topology(nproc=2), ["runner", "run", "s.yaml", "--stage", "train"], run_id="job",
+                         log_dir="/out/logs", role="trainer", max_restarts=0)
+    flags = _flags(argv)
+    assert flags["nproc-per-node"] == "2" and flags["max-restarts"] == "0"
+    assert flags["rdzv-backend"] == "c10d" and flags["rdzv-endpoint"] == "localhost:0"  # port 0 = any free one
+    assert flags["tee"] == "3" and flags["log-dir"] == "/out/logs"
+    assert int(flags["shutdown-timeout"]) == torchrun.SHUTDOWN_TIMEOUT_S
+    assert "nnodes" not in flags and "local-addr" not in flags
+    assert argv[-6:] == ["--module", "runner", "run", "s.yaml", "--stage", "train"]
+
+
+@pytest.mark.parametrize("rank, is_host", [(0, "true"), (1, "false"), (3, "false")])
+def test_multi_node_argv_meets_at_pod_zero(rank, is_host):
+    topo = Topology(nproc=4, nnodes=4, node_rank=rank, endpoint="tj-train-0.tj-train:29500", local_addr="10.0.0.9")
+    flags = _flags(torchrun_argv(topo, ["runner"], run_id="uid-123", log_dir="/l", role="trainer", max_restarts=3))
+    assert flags["nnodes"] == "4" and flags["rdzv-backend"] == "c10d"
+    assert flags["rdzv-endpoint"] == "tj-train-0.tj-train:29500" and flags["rdzv-id"] == "uid-123"
+    conf = dict(kv.split("=") for kv in flags["rdzv-conf"].split(","))
+    assert conf["is_host"] == is_host  # only pod 0 serves the rendezvous store
+    assert int(conf["join_timeout"]) >= 600  # scheduling N GPU pods takes a while
+    assert flags["local-addr"] == "10.0.0.9" and flags["max-restarts"] == "3"
+
+
+def test_argv_is_what_torchrun_itself_parses():
+    """The command line is torchrun's own: its parser accepts it and reads the values back."""
+    from torch.distributed.run import parse_args
+
+    topo = Topology(nproc=2, nnodes=2, node_rank=1, endpoint="h:1234", local_addr="127.0.0.1")
+    args = parse_args(torchrun_argv(topo, ["runner", "run", "f.yaml"], run_id="r", log_dir="/tmp/l",
+                                    role="trainer", max_restarts=3))
+    assert (args.nnodes, args.nproc_per_node, args.rdzv_endpoint, args.max_restarts) == ("2", "2", "h:1234", 3)
+    assert args.module and args.training_script == "runner" and args.training_script_args == ["run", "f.yaml"]
+    assert args.shutdown_timeout == torchrun.SHUTDOWN_TIMEOUT_S and args.local_addr == "127.0.0.1"
+
+
+@pytest.mark.parametrize("codes, expected", [
+    ([0, 0], 0),
+    ([1], 1),
+    ([143, 143], 143),         # every rank stopped on SIGTERM after the checkpoint
+    ([143, -15], 143),         # torchrun SIGTERMed the slower one: still a stop
+    ([-9], 137),               # killed (OOM killer) -> 128 + 9
+    ([143, 1], 1),             # a real failure wins over the stop it caused
+    ([-15, 2], 2),
 ])
-def test_master_address(base: dict, addr: str, port: str) -> None:
-    env = worker_env(base, local_rank=0, gpus=2, nodes=1, node_rank=0)
-    assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == (addr, port)
+def test_exit_code(codes, expected):
+    assert exit_code(codes) == expected
 
 
-@pytest.mark.parametrize("base, expected", [
-    ({"OMP_NUM_THREADS": "3"}, "3"),
-    ({"OMP_NUM_THREADS": "1"}, "1"),
+@pytest.mark.parametrize("env, nodes, expected", [
+    ({"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}, 1, (0, 2)),
+    ({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, 1, (1, 2)),
+    ({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "JOB_COMPLETION_INDEX": "2"}, 3, (9, 12)),
+    ({"JOB_COMPLETION_INDEX": "1"}, 2, (1, 2)),  # one process per pod: the pod is the shard
+    ({}, 1, (0, 1)),
 ])
-def test_omp_threads_kept(base: dict, expected: str) -> None:
-    assert worker_env(base, local_rank=0, gpus=8, nodes=1, node_rank=0)["OMP_NUM_THREADS"] == expected
+def test_cache_shard(env, nodes, expected):
+    assert cache_shard(env, nodes) == expected
 
 
-@pytest.mark.parametrize("gpus", [1, 2, 8, 1024])
-def test_omp_threads_default_is_positive(gpus: int) -> None:
-    threads = int(worker_env({}, local_rank=0, gpus=gpus, nodes=1, node_rank=0)["OMP_NUM_THREADS"])
-    assert threads >= 1
+def test_every_worker_of_every_node_owns_one_distinct_shard():
+    nodes, per_node = 3, 4
+    shards = {cache_shard({"JOB_COMPLETION_INDEX": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(per_node)},
+                          nodes) for n in range(nodes) for r in range(per_node)}
+    assert shards == {(i, nodes * per_node) for i in range(nodes * per_node)}
 
 
-def test_pure_keeps_base_and_does_not_mutate_it() -> None:
-    base = {"PATH": "/usr/bin", "HF_HOME": "/cache/hf", "RANK": "99", "WORLD_SIZE": "99"}
-    snapshot = copy.deepcopy(base)
-    a = worker_env(base, local_rank=1, gpus=2, nodes=1, node_rank=0)
-    b = worker_env(base, local_rank=1, gpus=2, nodes=1, node_rank=0)
-    assert base == snapshot  # input untouched
-    assert a == b and a is not base
-    assert a["PATH"] == "/usr/bin" and a["HF_HOME"] == "/cache/hf"
-    assert (a["RANK"], a["WORLD_SIZE"]) == ("1", "2")  # stale values in the parent env are overridden
+def test_the_last_node_to_finish_writes_the_manifest(tmp_path):
+    def done(node: int, run: str = "run-a") -> bool:
+        return node_shards_done(tmp_path, "job", 3, {"JOB_COMPLETION_INDEX": str(node), "TRAININGJOB_RUN_ID": run})
 
-
-def test_does_not_read_os_environ(monkeypatch) -> None:
-    monkeypatch.setenv("MASTER_ADDR", "from-os-environ")
-    monkeypatch.setenv("MASTER_PORT", "1")
-    env = worker_env({}, local_rank=0, gpus=1, nodes=1, node_rank=0)
-    assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("127.0.0.1", "29500")
+    assert [done(2), done(0), done(1)] == [False, False, True]
+    assert done(0)  # a retried pod of the same run sees the others' markers too
+    # Markers are per run: a new cache Job does not count the old one's.
+    assert [done(0, "run-b"), done(1, "run-b")] == [False, False]
 
 
 def _wandb_spec(enabled: bool, key_env: str = "WANDB_API_KEY") -> dict:

@@ -16,10 +16,15 @@ from runner import schema as schema_mod
 REPO = Path(__file__).resolve().parents[2]
 LIGHT_MODULES = ["runner/cli.py", "runner/spec.py", "runner/schema.py", "runner/semantics.py",
                  "runner/explain.py", "runner/starter.py", "runner/simpletuner.py",
-                 "runner/k8s/__init__.py", "runner/k8s/crd.py", "runner/redact.py", "runner/models/families.py"]
+                 "runner/k8s/__init__.py", "runner/k8s/crd.py", "runner/redact.py", "runner/models/families.py",
+                 "runner/k8s/build.py", "runner/k8s/render.py", "runner/k8s/reconcile.py", "runner/k8s/status.py",
+                 "runner/k8s/progress.py", "runner/launch/images.py", "runner/launch/torchrun.py",
+                 "runner/launch/nodes.py"]
 LIGHT_RUNNER = {"runner", "runner.spec", "runner.schema", "runner.semantics", "runner.explain",
                 "runner.starter", "runner.simpletuner", "runner.k8s", "runner.k8s.crd", "runner.redact",
-                "runner.models.families"}
+                "runner.models.families", "runner.k8s.build", "runner.k8s.render", "runner.k8s.status",
+                "runner.k8s.progress", "runner.k8s.reconcile", "runner.launch", "runner.launch.images",
+                "runner.launch.torchrun", "runner.__version__"}
 THIRD_PARTY = {"yaml", "jsonschema"}
 
 
@@ -87,3 +92,24 @@ def test_data_layer_never_imports_torch():
     offenders = [f"{p.relative_to(REPO)}: {name}" for p in sorted((REPO / "runner" / "data").rglob("*.py"))
                  for name in all_imports(p) if name.split(".")[0] in ("torch", "diffusers", "transformers")]
     assert offenders == []
+
+
+HEAVY = ("torch", "diffusers", "transformers", "accelerate")
+
+
+def test_operator_and_render_never_import_the_training_stack():
+    """The operator image has no torch: nothing under runner/k8s may reach it, even lazily."""
+    offenders = [f"{p.relative_to(REPO)}: {name}" for p in sorted((REPO / "runner" / "k8s").rglob("*.py"))
+                 for name in all_imports(p) if name.split(".")[0] in HEAVY
+                 or name.startswith(("runner.stages", "runner.training", "runner.models"))]
+    assert offenders == []
+
+
+def test_importing_the_operator_loads_no_torch():
+    import subprocess
+
+    code = ("import sys, runner.cli, runner.k8s.operator, runner.k8s.render, runner.k8s.reconcile; "
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

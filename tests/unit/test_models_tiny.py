@@ -7,13 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
-
-from runner.models import tiny  # noqa: E402
-from runner.models.tiny import (  # noqa: E402
+from runner.models import tiny
+from runner.models.tiny import (
     MARKER,
     build_tiny_clip,
     build_tiny_pixart_sigma,

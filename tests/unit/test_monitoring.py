@@ -87,3 +87,19 @@ def test_readme_lists_every_series(name: str) -> None:
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Metrics and the run report"):]
     assert f"`{name}`" in section
+
+
+def test_promtool_accepts_the_operators_metrics() -> None:
+    from prometheus_client import generate_latest
+
+    from runner.k8s.operator import OperatorMetrics
+
+    metrics = OperatorMetrics()
+    metrics.reconciles.labels("create", "ok").inc()
+    metrics.errors.labels("TemporaryError").inc()
+    metrics.observe_state(("ml", "pixart"), "Training")
+    text = generate_latest(metrics.registry).decode()
+    assert "trainingjob_operator_reconciles_total" in text
+    result = subprocess.run([require_tool("promtool", "prometheus"), "check", "metrics"], input=text,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

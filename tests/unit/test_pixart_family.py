@@ -4,13 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-
-from PIL import Image  # noqa: E402
-
-from runner.models.pixart_sigma import (  # noqa: E402
+from runner.models.pixart_sigma import (
     Objective,
     image_to_tensor,
     load_noise_scheduler,
@@ -18,7 +15,7 @@ from runner.models.pixart_sigma import (  # noqa: E402
     make_objective,
     pad_embeddings,
 )
-from runner.models.tiny import build_tiny_pixart_sigma  # noqa: E402
+from runner.models.tiny import build_tiny_pixart_sigma
 
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -202,15 +199,133 @@ def test_objective_uses_only_first_four_channels(objective, model, channels: ran
         assert _loss(objective, model, seed=3).item() == before
 
 
+def _alphas_cumprod(config) -> torch.Tensor:
+    """The DDPM schedule computed here from the scheduler's config, not read from the scheduler."""
+    assert config.beta_schedule == "linear"
+    betas = torch.linspace(config.beta_start, config.beta_end, config.num_train_timesteps, dtype=torch.float32)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
 def test_objective_v_prediction_target(tiny_dir: Path, model) -> None:
+    """v = alpha_t * eps - sigma_t * x0 (Salimans & Ho), with alpha_t = sqrt(alphas_cumprod[t]),
+    sigma_t = sqrt(1 - alphas_cumprod[t]); the noisy input is alpha_t * x0 + sigma_t * eps."""
     from diffusers import DDPMScheduler
 
-    eps = make_objective(tiny_dir, model)
-    v_sched = DDPMScheduler.from_config({**eps.scheduler.config, "prediction_type": "v_prediction"})
-    v = Objective(scheduler=v_sched, use_additional_conditions=False)
+    config = make_objective(tiny_dir, model).scheduler.config
+    v_objective = Objective(scheduler=DDPMScheduler.from_config({**config, "prediction_type": "v_prediction"}),
+                            use_additional_conditions=False)
+    latents, embeds, mask = _inputs()
+    g = torch.Generator().manual_seed(11)  # the objective draws noise, then timesteps
+    noise = torch.randn(latents.shape, generator=g)
+    t = torch.randint(0, config.num_train_timesteps, (latents.shape[0],), generator=g)
+    abar = _alphas_cumprod(config)[t].view(-1, 1, 1, 1)
+    alpha, sigma = abar.sqrt(), (1.0 - abar).sqrt()
+    noisy = alpha * latents + sigma * noise
+    velocity = alpha * noise - sigma * latents
     with torch.no_grad():
-        a, b = _loss(eps, model, seed=1).item(), _loss(v, model, seed=1).item()
-    assert a != b and torch.isfinite(torch.tensor(b))
+        pred = model(noisy, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=t,
+                     added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0][:, :4]
+        got = v_objective(model, latents, embeds, mask, generator=torch.Generator().manual_seed(11)).item()
+    assert got == pytest.approx(((pred - velocity) ** 2).mean().item(), rel=1e-5)
+    # The draws above give targets far enough apart that a wrong target cannot pass by accident.
+    assert ((pred - noise) ** 2).mean().item() != pytest.approx(got, rel=1e-2)
+    assert ((pred + velocity) ** 2).mean().item() != pytest.approx(got, rel=1e-2)
+
+
+# ----------------------------------------------------------------------------- micro-conditioning
+
+def _conditions_seen(transformer, call) -> dict:
+    """The added_cond_kwargs of the transformer's first forward during `call()`."""
+    seen: list[dict] = []
+
+    def hook(module, args, kwargs):
+        seen.append(kwargs["added_cond_kwargs"])
+
+    handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            call()
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def _pipeline_conditions(pipeline_cls, tiny_dir: Path, transformer, height: int, width: int) -> dict:
+    """What diffusers' own pipeline passes to this transformer when sampling height x width."""
+    from runner.models.pixart_sigma import load_noise_scheduler, load_vae
+
+    pipe = pipeline_cls(tokenizer=None, text_encoder=None, vae=load_vae(tiny_dir, "float32", torch.device("cpu")),
+                        transformer=transformer, scheduler=load_noise_scheduler(tiny_dir))
+    pipe.set_progress_bar_config(disable=True)
+    _, embeds, mask = _inputs(batch=1)
+    return _conditions_seen(transformer, lambda: pipe(
+        prompt=None, negative_prompt=None, prompt_embeds=embeds, prompt_attention_mask=mask, guidance_scale=1.0,
+        height=height, width=width, num_inference_steps=1, use_resolution_binning=False, output_type="latent"))
+
+
+def _objective_conditions(objective: Objective, transformer, height: int, width: int) -> dict:
+    latents, embeds, mask = _inputs(batch=1, h=height // 8, w=width // 8)
+    return _conditions_seen(transformer, lambda: objective(transformer, latents, embeds, mask,
+                                                            generator=torch.Generator().manual_seed(0)))
+
+
+def test_sigma_transformer_gets_no_micro_conditions_like_its_pipeline(tiny_dir: Path, model, objective) -> None:
+    """PixArt Sigma (use_additional_conditions false, as in PixArt-Sigma-XL-2-1024-MS) is trained
+    and sampled without resolution / aspect-ratio conditions."""
+    from diffusers import PixArtSigmaPipeline
+
+    assert model.use_additional_conditions is False
+    expected = _pipeline_conditions(PixArtSigmaPipeline, tiny_dir, model, 64, 128)
+    assert expected == {"resolution": None, "aspect_ratio": None}
+    assert _objective_conditions(objective, model, 64, 128) == expected
+
+
+@pytest.fixture(scope="module")
+def micro_conditioned(tiny_dir: Path):
+    """The tiny transformer at the 1024-px latent size (128), the architecture PixArt's
+    multi-scale (-MS) checkpoints use; use_additional_conditions is left unset in the config,
+    so diffusers turns it on for sample_size 128 (as for configs written before the key existed).
+    Three heads of 16: the size embedding takes a third of the width, as 384 of the real 1152."""
+    from diffusers import PixArtTransformer2DModel
+
+    config = dict(PixArtTransformer2DModel.load_config(tiny_dir, subfolder="transformer"))
+    config.pop("use_additional_conditions")
+    width = 3 * config["attention_head_dim"]
+    torch.manual_seed(0)
+    transformer = PixArtTransformer2DModel.from_config({**config, "sample_size": 128, "num_attention_heads": 3,
+                                                        "cross_attention_dim": width})
+    assert transformer.config.use_additional_conditions is None and transformer.use_additional_conditions
+    return transformer.eval()
+
+
+@pytest.mark.parametrize("height, width", [(64, 128), (128, 64), (96, 96)])
+def test_micro_conditions_match_the_diffusers_pipeline(tiny_dir: Path, micro_conditioned, height: int,
+                                                       width: int) -> None:
+    """Training conditions on the size and aspect ratio the way diffusers' PixArtAlphaPipeline
+    samples a multi-scale model: resolution [height, width] in pixels, aspect ratio height / width."""
+    from diffusers import PixArtAlphaPipeline
+
+    objective = make_objective(tiny_dir, micro_conditioned)
+    assert objective.use_additional_conditions is True
+    expected = _pipeline_conditions(PixArtAlphaPipeline, tiny_dir, micro_conditioned, height, width)
+    got = _objective_conditions(objective, micro_conditioned, height, width)
+    assert set(got) == set(expected) == {"resolution", "aspect_ratio"}
+    for name in expected:
+        assert got[name].dtype == expected[name].dtype
+        assert torch.equal(got[name], expected[name]), (name, got[name], expected[name])
+
+
+def test_micro_conditions_change_the_prediction(micro_conditioned) -> None:
+    """Guard for the test above: the conditions reach the output, so a wrong one is a wrong model input."""
+    latents, embeds, mask = _inputs(batch=1, h=8, w=16)
+    outs = []
+    for resolution, ratio in [([64.0, 128.0], 0.5), ([128.0, 64.0], 2.0)]:
+        with torch.no_grad():
+            outs.append(micro_conditioned(latents, encoder_hidden_states=embeds, encoder_attention_mask=mask,
+                                          timestep=torch.tensor([500]), return_dict=False,
+                                          added_cond_kwargs={"resolution": torch.tensor([resolution]),
+                                                             "aspect_ratio": torch.tensor([[ratio]])})[0])
+    assert not torch.allclose(outs[0], outs[1])
 
 
 # ----------------------------------------------------------------------------- BitFit

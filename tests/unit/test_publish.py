@@ -72,8 +72,7 @@ def test_hub_token_defaults_from_spec(monkeypatch) -> None:
     [Path("/out/validation/step-20-0-a_cat.png")],
     [Path("/out/validation/step-20-0.png"), Path("/x/step-20-1.png")],
 ])
-def test_model_card(monkeypatch, images: list[Path]) -> None:
-    monkeypatch.setenv("HF_TOKEN", SECRET)
+def test_model_card(images: list[Path]) -> None:
     card = model_card(DOC, images, "me/pixart-ft")
     front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
     assert "base_model: builtin:tiny-pixart-sigma" in front
@@ -86,16 +85,8 @@ def test_model_card(monkeypatch, images: list[Path]) -> None:
     # The full TrainingJob YAML is embedded and parses back to the document.
     yaml_block = card.split("```yaml\n", 1)[1].split("```", 1)[0]
     assert yaml.safe_load(yaml_block) == DOC
-    assert SECRET not in card
-
-
-def test_model_card_never_contains_token_even_if_spec_names_it(monkeypatch) -> None:
-    doc = _document(tokenEnv="MY_CUSTOM_HUB_TOKEN")
-    monkeypatch.setenv("MY_CUSTOM_HUB_TOKEN", SECRET)
-    monkeypatch.setenv("HF_TOKEN", SECRET + "2")
-    card = model_card(doc, [Path("a.png")], "me/x")
-    assert "MY_CUSTOM_HUB_TOKEN" in card  # the variable's name is fine to show ...
-    assert SECRET not in card  # ... its value never
+    # model_card never reads the environment: that the token stays out of the card is shown by
+    # the push tests in test_publish_hub.py, on the code path that reads it.
 
 
 def test_model_card_base_model_from_document() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # a core dependency: never skipped
 
 from runner.atomic import atomic_write_json
 from runner.cachekeys import entry_path  # noqa: E402

@@ -1,0 +1,337 @@
+"""Pure builders: a validated TrainingJob document in, its child objects out (plain dicts).
+
+The operator (runner/k8s/operator.py) and `trainingjob render` both call these, so a rendered
+manifest and what the operator creates are the same objects. Nothing here talks to a cluster.
+
+Children, in apply order: the ConfigMap holding the spec as the pods see it; an optional
+PodMonitor; the Indexed cache Job (one pod per node, each encoding its own shards; the last to
+finish writes the manifest); then the headless Service and the Indexed train Job (completions =
+nodes), whose pods meet at pod 0 through the Service (torchrun's c10d rendezvous).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from runner import __version__
+from runner import schema as schema_mod
+from runner.launch import images
+from runner.launch.torchrun import RENDEZVOUS_PORT, SHUTDOWN_TIMEOUT_S
+
+MANAGER = "trainingjob-operator"
+PART_OF = "trainingjob-runner"
+CONTAINER = "trainer"
+SPEC_DIR, SPEC_FILE = "/etc/trainingjob", "trainingjob.yaml"
+# The kubelet's SIGKILL must come after torchrun's own deadline for the workers' checkpoint.
+GRACE_PERIOD_S = SHUTDOWN_TIMEOUT_S + 60
+# Pod failures a Job retries (crashes, OOM kills); evictions and preemptions are not counted.
+BACKOFF_LIMIT = 3
+EXIT_INVALID = 2  # the CLI's exit code for bad input: retrying cannot help
+KUEUE_PREFIX = "kueue.x-k8s.io/"
+JOB_NAME_MAX = 52  # an Indexed Job's pod hostname is `<job>-<index>` and must stay within 63
+STAGES = ("cache", "train")
+
+
+def label_job() -> str:
+    return f"{schema_mod.api_group()}/job"
+
+
+def label_stage() -> str:
+    return f"{schema_mod.api_group()}/stage"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Cluster-level choices of whoever applies the objects (operator flags, render flags)."""
+
+    registry: str = images.DEFAULT_REGISTRY
+    image_name: str = images.DEFAULT_NAME
+    version: str = __version__
+    pod_monitor: bool = False
+    managed_by: str = MANAGER
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The TrainingJob object that owns the children (absent for `render`)."""
+
+    name: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {"apiVersion": schema_mod.api_version(), "kind": schema_mod.KIND, "name": self.name,
+                "uid": self.uid, "controller": True, "blockOwnerDeletion": True}
+
+
+def child_name(job: str, suffix: str, limit: int = 63) -> str:
+    """`<job>-<suffix>`, deterministic; shortened with a hash of the job name when too long.
+    Starts with a letter (Service names must)."""
+    name = f"{job}-{suffix}" if suffix else job
+    if not name[0].isalpha():
+        name = f"tj-{name}"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(job.encode()).hexdigest()[:6]
+    tail = f"-{digest}-{suffix}" if suffix else f"-{digest}"
+    return name[:limit - len(tail)].rstrip("-") + tail
+
+
+def names(job: str) -> dict[str, str]:
+    return {"config": child_name(job, "spec"), "cache": child_name(job, "cache", JOB_NAME_MAX),
+            "train": child_name(job, "train", JOB_NAME_MAX), "service": child_name(job, "train"),
+            "monitor": child_name(job, "")}
+
+
+def labels(job: str, component: str, managed_by: str, stage: str | None = None) -> dict[str, str]:
+    out = {"app.kubernetes.io/name": "trainingjob", "app.kubernetes.io/instance": job,
+           "app.kubernetes.io/component": component, "app.kubernetes.io/part-of": PART_OF,
+           "app.kubernetes.io/managed-by": managed_by, label_job(): job}
+    if stage:
+        out[label_stage()] = stage
+    return out
+
+
+def _meta(doc: dict, name: str, component: str, opts: Options, owner: Owner | None,
+          stage: str | None = None, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name,
+                            "labels": {**labels(doc["metadata"]["name"], component, opts.managed_by, stage),
+                                       **(extra_labels or {})}}
+    if doc["metadata"].get("namespace"):
+        meta["namespace"] = doc["metadata"]["namespace"]
+    if owner is not None:
+        meta["ownerReferences"] = [owner.reference()]
+    return meta
+
+
+# ----------------------------------------------------------------------------- checks
+
+def kubernetes_problems(doc: dict[str, Any]) -> list[str]:
+    """What a valid spec still needs to run on Kubernetes (the operator reports these as
+    InvalidSpec; render refuses them)."""
+    spec = doc["spec"]
+    k8s, problems = spec.get("kubernetes", {}), []
+    volumes = k8s.get("volumes", {})
+    for volume, holds in (("cache", "the cache stage's output, read by the train stage"),
+                          ("output", "checkpoints, so a retried pod resumes instead of starting over")):
+        if "claimName" not in volumes.get(volume, {}):
+            problems.append(f"spec.kubernetes.volumes.{volume}.claimName: required on Kubernetes: a "
+                            f"PersistentVolumeClaim for {holds} (ReadWriteMany when hardware.nodes > 1)")
+    if not k8s.get("image"):
+        try:
+            images.flavour(spec["hardware"]["accelerator"])
+        except images.NoImageError as e:
+            problems.append(f"{e}; or set spec.kubernetes.image")
+    secrets = k8s.get("secrets", {})
+    if spec["output"]["hub"].get("push") and "hubToken" not in secrets:
+        problems.append("spec.kubernetes.secrets.hubToken: required when output.hub.push is true on Kubernetes "
+                        "(the Secret key holding the Hub token; tokens never go into a spec)")
+    if spec["tracking"]["wandb"].get("enabled") and "wandbApiKey" not in secrets:
+        problems.append("spec.kubernetes.secrets.wandbApiKey: required when tracking.wandb.enabled is true on "
+                        "Kubernetes (the Secret key holding the W&B API key)")
+    return problems
+
+
+# ----------------------------------------------------------------------------- the spec as pods see it
+
+def _under(mount: str, path: str) -> str:
+    return path if path.startswith("/") else f"{mount.rstrip('/')}/{path}"
+
+
+def pod_document(doc: dict[str, Any]) -> dict[str, Any]:
+    """The spec with its relative paths placed on the volumes: cache folders on the cache
+    volume, the output dir on the output volume, local dataset folders on the data volume.
+    Absolute paths are kept: they already name a place inside the pod."""
+    out = copy.deepcopy(doc)
+    out["metadata"] = {k: v for k, v in doc["metadata"].items() if k in ("name", "namespace")}
+    out.pop("status", None)
+    spec = out["spec"]
+    mounts = {v: m.get("mountPath", f"/{v}") for v, m in spec.get("kubernetes", {}).get("volumes", {}).items()}
+    cache, output = mounts.get("cache", "/cache"), mounts.get("output", "/output")
+    spec["cacheDir"] = _under(cache, spec["cacheDir"])
+    if spec.get("textEmbeds", {}).get("cacheDir"):
+        spec["textEmbeds"]["cacheDir"] = _under(cache, spec["textEmbeds"]["cacheDir"])
+    spec["output"]["dir"] = _under(output, spec["output"]["dir"])
+    for ds in spec["datasets"]:
+        if ds.get("path") and "data" in mounts:
+            ds["path"] = _under(mounts["data"], ds["path"])
+        if ds.get("vaeCacheDir"):
+            ds["vaeCacheDir"] = _under(cache, ds["vaeCacheDir"])
+    return out
+
+
+# ----------------------------------------------------------------------------- objects
+
+def build_config_map(doc: dict, opts: Options, owner: Owner | None = None) -> dict[str, Any]:
+    text = yaml.safe_dump(pod_document(doc), sort_keys=False, allow_unicode=True)
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _meta(doc, names(doc["metadata"]["name"])["config"], "spec", opts, owner),
+            "data": {SPEC_FILE: text}}
+
+
+def _env(doc: dict, stage: str) -> list[dict[str, Any]]:
+    spec, job = doc["spec"], doc["metadata"]["name"]
+    cache_mount = spec.get("kubernetes", {}).get("volumes", {}).get("cache", {}).get("mountPath", "/cache")
+    env: list[dict[str, Any]] = [
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "HOME", "value": "/tmp"},  # any non-root UID can write there
+        {"name": "HF_HOME", "value": f"{cache_mount.rstrip('/')}/huggingface"},  # models downloaded once, for both stages
+        {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        # One id per Job run: names the torchrun rendezvous and the cache nodes' markers.
+        {"name": "TRAININGJOB_RUN_ID", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.labels['batch.kubernetes.io/controller-uid']"}}},
+    ]
+    if stage == "train" and spec["hardware"]["nodes"] > 1:
+        n = names(job)
+        env += [{"name": "MASTER_ADDR", "value": f"{n['train']}-0.{n['service']}"},
+                {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)}]
+    secrets = spec.get("kubernetes", {}).get("secrets", {})
+    for key, var in (("hubToken", spec["output"]["hub"].get("tokenEnv")),
+                     ("wandbApiKey", spec["tracking"]["wandb"].get("apiKeyEnv"))):
+        if key in secrets and var:
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secrets[key]["name"],
+                                                                    "key": secrets[key]["key"]}}})
+    return env
+
+
+def _resources(spec: dict) -> dict[str, Any]:
+    wanted = spec.get("kubernetes", {}).get("resources", {})
+    requests, limits = dict(wanted.get("requests", {})), dict(wanted.get("limits", {}))
+    flavour = images.FLAVOURS.get(spec["hardware"]["accelerator"])
+    gpu = flavour.gpu_resource if flavour else None
+    if gpu:  # one process per GPU: the pod gets exactly gpusPerNode of them
+        limits[gpu] = requests[gpu] = spec["hardware"]["gpusPerNode"]
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def _volumes(spec: dict, config_map: str) -> tuple[list[dict], list[dict]]:
+    volumes = [{"name": "spec", "configMap": {"name": config_map}},
+               # Data loaders and NCCL share memory through /dev/shm; the runtime's default is 64 MiB.
+               {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+               {"name": "tmp", "emptyDir": {}}]
+    mounts = [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+              {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}]
+    for name, claim in spec.get("kubernetes", {}).get("volumes", {}).items():
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim["claimName"]}})
+        mounts.append({"name": name, "mountPath": claim.get("mountPath", f"/{name}"),
+                       "readOnly": bool(claim.get("readOnly", False))})
+    return volumes, mounts
+
+
+def build_pod_template(doc: dict, stage: str, opts: Options) -> dict[str, Any]:
+    spec, job = doc["spec"], doc["metadata"]["name"]
+    k8s, n = spec.get("kubernetes", {}), names(job)
+    port = spec["metrics"]["port"]
+    volumes, mounts = _volumes(spec, n["config"])
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": k8s.get("image") or images.image_ref(spec["hardware"]["accelerator"], registry=opts.registry,
+                                                       name=opts.image_name, version=opts.version),
+        "imagePullPolicy": k8s.get("imagePullPolicy", "IfNotPresent"),
+        "command": ["trainingjob"],
+        "args": ["run", f"{SPEC_DIR}/{SPEC_FILE}", "--stage", stage],
+        "env": _env(doc, stage),
+        "volumeMounts": mounts,
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    resources = _resources(spec)
+    if resources:
+        container["resources"] = resources
+    ports = [{"name": "metrics", "containerPort": port, "protocol": "TCP"}] if port else []
+    if stage == "train" and spec["hardware"]["nodes"] > 1:
+        ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
+    if ports:
+        container["ports"] = ports
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",  # the Job retries whole pods (and podFailurePolicy needs Never)
+        "terminationGracePeriodSeconds": GRACE_PERIOD_S,
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": images.IMAGE_UID, "runAsGroup": images.IMAGE_UID, "fsGroup": images.IMAGE_UID,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if stage == "train":
+        pod["subdomain"] = n["service"]  # stable `<job>-<index>.<service>` hostnames for the rendezvous
+    if k8s.get("serviceAccountName"):
+        pod["serviceAccountName"] = k8s["serviceAccountName"]
+    if k8s.get("nodeSelector"):
+        pod["nodeSelector"] = dict(k8s["nodeSelector"])
+    if k8s.get("tolerations"):
+        pod["tolerations"] = [dict(t) for t in k8s["tolerations"]]
+    meta: dict[str, Any] = {"labels": labels(job, stage, opts.managed_by, stage)}
+    if port:
+        meta["annotations"] = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                               "prometheus.io/path": "/metrics"}
+    return {"metadata": meta, "spec": pod}
+
+
+def build_job(doc: dict, stage: str, opts: Options, owner: Owner | None = None,
+              suspend: bool = False) -> dict[str, Any]:
+    nodes = doc["spec"]["hardware"]["nodes"]
+    # Kueue manages batch/v1 Jobs that carry its queue label: pass its labels on.
+    kueue = {k: v for k, v in doc["metadata"].get("labels", {}).items() if k.startswith(KUEUE_PREFIX)}
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": _meta(doc, names(doc["metadata"]["name"])[stage], stage, opts, owner, stage, kueue),
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": nodes,
+            "parallelism": nodes,
+            "backoffLimit": BACKOFF_LIMIT,
+            "podFailurePolicy": {"rules": [
+                # Evicted or preempted: retried without counting; training resumes from the checkpoint.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                      "values": [EXIT_INVALID]}},
+            ]},
+            "suspend": suspend,
+            "template": build_pod_template(doc, stage, opts),
+        },
+    }
+
+
+def build_service(doc: dict, opts: Options, owner: Owner | None = None) -> dict[str, Any]:
+    job = doc["metadata"]["name"]
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _meta(doc, names(job)["service"], "train", opts, owner, "train"),
+        "spec": {
+            "clusterIP": "None",
+            # Pods resolve before they are ready: the rendezvous starts before any readiness.
+            "publishNotReadyAddresses": True,
+            "selector": {label_job(): job, label_stage(): "train"},
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT,
+                       "protocol": "TCP"}],
+        },
+    }
+
+
+def build_pod_monitor(doc: dict, opts: Options, owner: Owner | None = None) -> dict[str, Any]:
+    """For the Prometheus Operator: scrape every pod of the job on its named metrics port."""
+    job = doc["metadata"]["name"]
+    return {
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+        "metadata": _meta(doc, names(job)["monitor"], "monitoring", opts, owner),
+        "spec": {"selector": {"matchLabels": {label_job(): job}},
+                 "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}]},
+    }
+
+
+def build_children(doc: dict, opts: Options, owner: Owner | None = None, stages=STAGES,
+                   suspend: bool = False) -> list[dict[str, Any]]:
+    """The child objects of the given stages, in apply order."""
+    out = [build_config_map(doc, opts, owner)]
+    if opts.pod_monitor and doc["spec"]["metrics"]["port"]:
+        out.append(build_pod_monitor(doc, opts, owner))
+    if "cache" in stages:
+        out.append(build_job(doc, "cache", opts, owner, suspend))
+    if "train" in stages:
+        out += [build_service(doc, opts, owner), build_job(doc, "train", opts, owner, suspend)]
+    return out

