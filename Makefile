@@ -34,10 +34,14 @@ install: $(STAMP)
 train-local: $(STAMP)
 	$(VENV)/bin/trainingjob run $(SPEC)
 
+# tests/system-deps.sh: Debian's prometheus and chromium for the observability tests (apt-get
+# where it works; elsewhere those tests skip and say why).
 test: $(STAMP)
+	bash tests/system-deps.sh
 	$(PY) -m pytest -q -ra -m "not image"
 
 test-fast: $(STAMP)
+	bash tests/system-deps.sh
 	$(PY) -m pytest -q -ra -m "not e2e and not image"
 
 # Builds the CPU image from a local Debian base and runs the smoke job in it (podman/buildah).

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from runner.metrics import NoMetrics
+from runner.observe.metrics import Metrics
 from runner.plan import JobPaths, job_paths
 from runner.spec import TrainingJob
 
@@ -18,7 +18,11 @@ class RunContext:
     device: str
     rank: int = 0
     world_size: int = 1
-    metrics: Any = field(default_factory=NoMetrics)
+    metrics: Metrics | None = None  # None: one that counts but serves nothing
+
+    def __post_init__(self) -> None:
+        if self.metrics is None:
+            self.metrics = Metrics(self.job.name)
 
     @property
     def spec(self):
@@ -38,6 +42,6 @@ class RunContext:
             print(f"[{self.job.name}] {message}", file=sys.stdout, flush=True)
 
 
-def make_context(job: TrainingJob, device: str, rank: int = 0, world_size: int = 1, metrics: Any = None) -> RunContext:
+def make_context(job: TrainingJob, device: str, rank: int = 0, world_size: int = 1, metrics: Metrics | None = None) -> RunContext:
     return RunContext(job=job, paths=job_paths(job.spec.to_dict()), device=device, rank=rank,
-                      world_size=world_size, metrics=metrics if metrics is not None else NoMetrics())
+                      world_size=world_size, metrics=metrics)

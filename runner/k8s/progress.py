@@ -6,8 +6,8 @@ import kubernetes), and one reader sees exactly what dashboards see. The operato
 pod (the train Job's completion index 0), which is the one process that serves /metrics, every
 PROGRESS_INTERVAL_S.
 
-Metric names come from ONE place, runner.metrics.Metrics: they are read off its collectors
-(`describe()`), so a rename there reaches this parser without a second list of names.
+Metric names come from ONE place, runner/observe/names.py (standard library only, so the
+operator needs no training extras for them); a rename there reaches this parser.
 """
 from __future__ import annotations
 
@@ -16,20 +16,16 @@ from typing import Any
 
 PROGRESS_INTERVAL_S = 15  # at least twice per 30 s, so a missed scrape still refreshes in time
 SCRAPE_TIMEOUT_S = 3
-# Metrics collector attribute -> status.progress field.
-FIELDS = {"step": "step", "total_steps": "totalSteps", "loss": "loss", "samples_per_second": "samplesPerSecond"}
+# The status.progress fields read from /metrics (the ETA is computed here, from samples/s).
+FIELDS = ("step", "totalSteps", "loss", "samplesPerSecond")
 
 
 @lru_cache(maxsize=1)
 def metric_names() -> dict[str, str]:
-    """Prometheus family name -> status.progress field, from runner.metrics itself."""
-    from runner.metrics import Metrics
+    """Prometheus sample name -> status.progress field, from runner.observe.names."""
+    from runner.observe.names import PROGRESS
 
-    metrics = Metrics("names", 0)  # port 0: a registry only, nothing served
-    try:
-        return {getattr(metrics, attr).describe()[0].name: field for attr, field in FIELDS.items()}
-    finally:
-        metrics.close()
+    return {PROGRESS[field]: field for field in FIELDS}
 
 
 def parse(text: str) -> dict[str, float]:
@@ -38,9 +34,10 @@ def parse(text: str) -> dict[str, float]:
 
     wanted, out = metric_names(), {}
     for family in text_string_to_metric_families(text):
-        field = wanted.get(family.name)
-        if field and family.samples:
-            out[field] = float(family.samples[0].value)
+        for sample in family.samples:  # by sample name: a counter's family name drops its _total
+            field = wanted.get(sample.name)
+            if field and field not in out:
+                out[field] = float(sample.value)
     return out
 
 

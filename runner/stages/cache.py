@@ -115,10 +115,13 @@ def entry_metadata(path: Path) -> dict[str, str] | None:
         return None
 
 
-def write_entry(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+def write_entry(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> int:
+    """Returns the bytes written (for the metrics)."""
     from safetensors.torch import save
 
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
+    return len(data)
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -160,6 +163,7 @@ def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identi
         elif str(meta.get("tokens", "")).isdigit():
             tokens[caption] = int(meta["tokens"])
     report.text_total, report.text_encoded = len(keys), len(missing)
+    ctx.metrics.cache_planned("text", sum(map(shard.owns, keys.values())), len(missing))
     if missing:
         ctx.log(f"encoding {len(missing)} caption(s) with the T5 text encoder ({len(keys) - len(missing)} cached)")
         tokenizer, encoder = family.load_text_encoder(model_dir, ctx.spec.model.textEncoderDtype, ctx.device)
@@ -173,7 +177,9 @@ def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identi
                 tokens[caption] = n
                 futures.append(writer.submit(write_entry, entry_path(ctx.paths.text_dir, keys[caption]),
                                              {"prompt_embeds": embed}, {"caption": caption[:2000], "tokens": str(n)}))
+                futures[-1].add_done_callback(ctx.metrics.entry_written)
             bar.update(len(batch))
+            ctx.metrics.cache_done("text", len(batch))
         for f in futures:
             f.result()
         bar.close()
@@ -200,6 +206,7 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
             if shard.owns(key) and entry_metadata(entry_path(vae_dir, key)) is None:
                 todo.append((vae_dir, item, key))
     report.latents_total, report.latents_encoded = len(keys), len(todo)
+    ctx.metrics.cache_planned("latent", sum(map(shard.owns, keys.values())), len(todo))
     if not todo:
         return keys, []
     ctx.log(f"encoding {len(todo)} image(s) with the VAE ({len(keys) - len(todo)} cached)")
@@ -218,6 +225,7 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
                 good = [(e, px) for e, px in zip(batch, loaded) if not isinstance(px, str)]
                 failed += [(e[1], px) for e, px in zip(batch, loaded) if isinstance(px, str)]
                 bar.update(len(batch))
+                ctx.metrics.cache_done("latent", len(batch))
                 if not good:
                     continue
                 # Noise seeded by each entry's key: an image's cached latent is the same
@@ -229,6 +237,7 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
                 for ((vae_dir, item, key), _), latent in zip(good, latents):
                     futures.append(writer.submit(write_entry, entry_path(vae_dir, key),
                                                  {"latent": latent.to("cpu", dtype)}, {"source": item.info.rel}))
+                    futures[-1].add_done_callback(ctx.metrics.entry_written)
     for f in futures:
         f.result()
     bar.close()

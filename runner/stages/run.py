@@ -147,11 +147,22 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
         raise
 
 
-def _metrics(job: TrainingJob, is_main: bool):
-    from runner.metrics import Metrics, NoMetrics
+def _metrics(job: TrainingJob, is_main: bool, shard=None):
+    """The main process serves /metrics, keeps the history and rewrites report.html (after each
+    validation and when the stage ends); the others only count. Cache workers hand their
+    counts to the launching process through files (runner/observe/cacheprogress.py)."""
+    from runner.observe.metrics import Metrics
+    from runner.observe.report import Reporter
+    from runner.plan import job_paths
 
-    port = job.spec.metrics.port
-    return Metrics(job.name, port) if port and is_main else NoMetrics()
+    paths = job_paths(job.spec.to_dict())
+    shards = paths.cache_dir / ".progress" / job.name
+    if not is_main:
+        worker = shard is not None and not shard.is_whole
+        return Metrics(job.name, cache_shard_file=shards / f"rank-{shard.index}.json" if worker else None)
+    reporter = Reporter(job.name, job.document.to_dict(), paths.output_dir, paths.manifest)
+    return Metrics(job.name, job.spec.metrics.port, run_log=reporter.history, on_validation=reporter.write,
+                   on_close=reporter.write, cache_shard_dir=shards)
 
 
 def shard_of_worker(job: TrainingJob):
@@ -174,7 +185,7 @@ def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
     from runner.stages.cache import Shard, plan_datasets, run_cache
 
     shard = shard or Shard()
-    metrics = _metrics(job, shard.is_whole)  # the launching process serves /metrics, not its workers
+    metrics = _metrics(job, shard.is_whole, shard)  # the launching process serves /metrics, not its workers
     try:
         metrics.set_stage("cache")
         device = pick_device(job.spec.hardware.accelerator)

@@ -111,6 +111,7 @@ def run_train(ctx: RunContext) -> TrainResult:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     manifest = load_manifest(ctx.paths.manifest, cache_fingerprint(spec))
+    ctx.metrics.cache_report(manifest["report"])  # the cache this run reads: complete
     model_dir = Path(manifest["model_dir"])
     set_seed(training["seed"] + ctx.rank)
 
@@ -134,6 +135,7 @@ def run_train(ctx: RunContext) -> TrainResult:
         accelerator.init_trackers(ctx.job.name, config=_flat(spec))
     ctx.log(f"training {sum(p.numel() for p in transformer.parameters() if p.requires_grad) / 1e6:.2f}M parameters "
             f"for {plan.total_steps} steps ({plan.steps_per_epoch} per epoch) on {ctx.world_size} x {device.type}")
+    ctx.metrics.train_started(plan.total_steps, state.step, device)
 
     guard = Guard(training, ctx.world_size, device)
     global_batch = training["batchSize"] * ctx.world_size
@@ -145,15 +147,19 @@ def run_train(ctx: RunContext) -> TrainResult:
                    initial=state.step)
     last_loss, logged_step, tick = math.nan, state.step, time.time()
     paused = 0.0  # seconds spent checkpointing/validating since the last log: not training throughput
+    grad_norm = None  # computed only when clipping (maxGradNorm > 0)
 
     def checkpoint() -> Path:
         guard.check_weights(params, state.step)  # never write weights that would poison a resume
-        ctx.metrics.checkpoint_saved()
-        return ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"])
+        started = time.time()
+        path = ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"])
+        ctx.metrics.checkpoint_saved(time.time() - started)
+        return path
 
     # ---- the loop ----
     stopping = False
     while state.step < plan.total_steps and not stopping:
+        t_step = time.time()
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum):
             state.epoch, state.batch_in_epoch, batch = next(batches)
@@ -163,27 +169,29 @@ def run_train(ctx: RunContext) -> TrainResult:
                 accelerator.backward(loss / accum)
             loss_sum += loss.detach() / accum
         if training["maxGradNorm"] > 0:
-            accelerator.clip_grad_norm_(params, training["maxGradNorm"])
+            grad_norm = accelerator.clip_grad_norm_(params, training["maxGradNorm"])
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.samples_seen += global_batch * accum
         stopping = guard.stop_after(state.step, loss_sum, stop.requested)  # the same answer on every rank
+        ctx.metrics.step_done(state.step, state.epoch, time.time() - t_step)
         if state.step % 10 == 0 or state.step == plan.total_steps or state.step == 1:
             last_loss = accelerator.reduce(loss_sum, reduction="mean").item()
             rate = global_batch * accum * (state.step - logged_step) / max(time.time() - tick - paused, 1e-9)
             accelerator.log({"train/loss": last_loss, "train/lr": lr_scheduler.get_last_lr()[0],
                              "train/samples_per_second": rate}, step=state.step)
             bar.update(state.step - logged_step, loss=last_loss, samples_s=rate)
-            ctx.metrics.train_progress(state.step, plan.total_steps, last_loss, rate)
+            ctx.metrics.train_progress(state.step, plan.total_steps, last_loss, rate,
+                                       lr=lr_scheduler.get_last_lr()[0], grad_norm=grad_norm)
             tick, paused, logged_step = time.time(), 0.0, state.step
         t_side = time.time()
         if state.step % training["checkpointEvery"] == 0 or stopping:
             last_ckpt = checkpoint()
         if validator.enabled and not stopping and state.step % spec["validation"]["every"] == 0 \
                 and state.step < plan.total_steps:
-            _validate(accelerator, validator, transformer, state.step)
+            _validate(accelerator, validator, transformer, state.step, ctx.metrics)
         paused += time.time() - t_side
     # ---- end of loop ----
     bar.update(state.step - logged_step)
@@ -199,7 +207,7 @@ def run_train(ctx: RunContext) -> TrainResult:
     if last_ckpt is None or last_ckpt.name != f"step-{state.step}":
         last_ckpt = checkpoint()
     if validator.enabled:
-        _validate(accelerator, validator, transformer, state.step)
+        _validate(accelerator, validator, transformer, state.step, ctx.metrics)
     model_out = None
     if accelerator.is_main_process:
         from runner.export import export_pipeline
@@ -210,12 +218,14 @@ def run_train(ctx: RunContext) -> TrainResult:
     return TrainResult(state.step, last_loss, last_ckpt, model_out, ctx.paths.validation if validator.enabled else None)
 
 
-def _validate(accelerator, validator, transformer, step: int) -> None:
+def _validate(accelerator, validator, transformer, step: int, observer) -> None:
     """Collective: the main process renders (and logs CLIP scores), the others wait."""
     if accelerator.is_main_process:
+        t0 = time.time()
         metrics = validator.run(accelerator.unwrap_model(transformer), step)
         if metrics:
             accelerator.log(metrics, step=step)
+        observer.validation_done(step, time.time() - t0, metrics)
     accelerator.wait_for_everyone()
 
 

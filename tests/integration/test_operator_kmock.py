@@ -86,8 +86,8 @@ def set_job_status(name: str, **status) -> None:
 
 
 def serve_trainer_metrics() -> tuple[int, object]:
-    """A real prometheus_client endpoint with runner.metrics' series, as rank 0 would serve it."""
-    from runner.metrics import Metrics
+    """A real prometheus_client endpoint with runner.observe's series, as rank 0 would serve it."""
+    from runner.observe.metrics import Metrics
 
     port = free_port()
     metrics = Metrics("smoke", port)

@@ -1,11 +1,11 @@
-"""status.progress from the trainer's /metrics: names from runner.metrics, ETA from samples/s."""
+"""status.progress from the trainer's /metrics: names from runner.observe.names, ETA from samples/s."""
 from __future__ import annotations
 
 import pytest
 from prometheus_client import generate_latest
 
 from runner.k8s import progress
-from runner.metrics import Metrics
+from runner.observe.metrics import Metrics
 
 SPEC = {"hardware": {"gpusPerNode": 2, "nodes": 2}, "training": {"batchSize": 4, "gradientAccumulationSteps": 2}}
 
@@ -16,7 +16,7 @@ def exposition(step: int, total: int, loss: float, rate: float) -> str:
     return generate_latest(metrics.registry).decode()
 
 
-def test_names_are_read_off_runner_metrics_not_repeated_here():
+def test_names_come_from_runner_observe_names_not_repeated_here():
     names = progress.metric_names()
     assert sorted(names.values()) == ["loss", "samplesPerSecond", "step", "totalSteps"]
     text = exposition(1, 2, 0.5, 1.0)

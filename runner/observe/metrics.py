@@ -1,0 +1,171 @@
+"""What the stages report while they run: Prometheus series (named in names.py) served on
+`spec.metrics.port`, and the run's history (runlog.py) that report.html is drawn from.
+
+One registry per instance, passed in the RunContext; nothing global. Every process gets a
+Metrics: one that does not serve (port 0, a rank other than 0, a cache worker) still counts
+into its own registry, so no call site asks whether metrics are on. There is no catch-all: a
+misspelled call raises AttributeError, and __slots__ refuses a misspelled attribute.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from runner.observe import names as N
+from runner.observe.cacheprogress import CacheProgress
+from runner.observe.runlog import RunLog
+
+
+class Metrics:
+    __slots__ = ("job", "rank", "registry", "server", "cache", "_series", "_log", "_on_validation", "_on_close",
+                 "_stage", "_stage_started", "_train_started", "_start_step", "_planned", "_gpu", "_thread",
+                 "_steps")
+
+    def __init__(self, job: str, port: int = 0, *, rank: int = 0, run_log: Path | None = None,
+                 on_validation: Callable[[], Any] | None = None, on_close: Callable[[], Any] | None = None,
+                 cache_shard_file: Path | None = None, cache_shard_dir: Path | None = None):
+        """`run_log`: append the history there (the process that writes the report). The
+        callbacks refresh the report. `cache_shard_file` (a cache worker) / `cache_shard_dir`
+        (the process that launches them): see cacheprogress.py."""
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+        # The library's `_created` twin of every counter and histogram doubles the series for no
+        # dashboard use (a process-wide switch of the library; idempotent).
+        disable_created_metrics()
+        self.job, self.rank = job, rank
+        self.registry = CollectorRegistry()
+        types = {"gauge": Gauge, "counter": Counter, "histogram": Histogram}
+        self._series: dict[str, Any] = {}
+        self.cache = CacheProgress(job, shard_file=cache_shard_file, shard_dir=cache_shard_dir)
+        self.registry.register(self.cache)
+        cache_names = {N.CACHE_ITEMS, N.CACHE_ITEMS_DONE, N.CACHE_ITEMS_ENCODED, N.CACHE_WRITTEN_BYTES,
+                       N.CACHE_ENCODE_RATE}
+        for s in N.SERIES:
+            if s.name in cache_names:
+                continue
+            kwargs = {"buckets": s.buckets} if s.type == "histogram" else {}
+            # prometheus_client appends _total to counters itself.
+            self._series[s.name] = types[s.type](s.name.removesuffix("_total") if s.type == "counter" else s.name,
+                                                 s.help, (N.JOB_LABEL, *s.labels), registry=self.registry, **kwargs)
+        self._log = RunLog(run_log) if run_log else None
+        self._on_validation, self._on_close = on_validation, on_close
+        self._stage, self._stage_started = "", 0.0
+        self._train_started, self._start_step, self._planned, self._gpu, self._steps = 0.0, 0, 0, None, 0
+        self.server, self._thread = None, None
+        if port:
+            from prometheus_client import start_http_server
+
+            self.server, self._thread = start_http_server(port, registry=self.registry)
+
+    def _get(self, name: str, **labels: str):
+        return self._series[name].labels(self.job, *labels.values())
+
+    # ---- both stages ----
+    def set_stage(self, stage: str) -> None:
+        for s in ("cache", "train"):
+            self._get(N.STAGE, stage=s).set(1 if s == stage else 0)
+        self._stage, self._stage_started = stage, time.time()
+        self._progressed()  # a stage that hangs before its first item or step counts as stalled too
+        self._record("stage_started", stage=stage)
+
+    def _progressed(self) -> None:
+        self._get(N.LAST_PROGRESS).set(time.time())
+
+    # ---- cache stage (calls from runner/stages/cache.py) ----
+    def cache_planned(self, kind: str, total: int, todo: int) -> None:
+        """`total` entries this process must have, `todo` of them still to encode."""
+        self.cache.planned(kind, total, todo)
+        self._progressed()
+
+    def cache_done(self, kind: str, n: int) -> None:
+        """`n` more entries encoded (or found undecodable)."""
+        self.cache.done(kind, n)
+        self._progressed()
+
+    def entry_written(self, future) -> None:
+        """Done-callback of a cache writer's future whose result is the bytes written."""
+        if not future.cancelled() and future.exception() is None:
+            self.cache.written(int(future.result() or 0))
+
+    def cache_report(self, report: Any) -> None:
+        """The finished cache (a CacheReport, or the `report` of the cache manifest, which the
+        train stage republishes so a dashboard shows the cache it reads as complete)."""
+        r = report if isinstance(report, Mapping) else dataclasses.asdict(report)
+        self.cache.summary("text", r["text_total"], r["text_encoded"])
+        self.cache.summary("latent", r["latents_total"], r["latents_encoded"])
+
+    # ---- train stage (calls from runner/stages/train.py) ----
+    def train_started(self, total_steps: int, start_step: int, device: Any = None) -> None:
+        self._get(N.TRAIN_PLANNED_STEPS).set(total_steps)
+        self._advance(start_step)
+        self._train_started, self._start_step, self._planned = time.time(), start_step, total_steps
+        self._gpu = device if getattr(device, "type", None) == "cuda" else None
+
+    def step_done(self, step: int, epoch: int, seconds: float) -> None:
+        self._advance(step)
+        self._get(N.TRAIN_EPOCH).set(epoch)
+        self._series[N.TRAIN_STEP_DURATION].labels(self.job).observe(seconds)
+        if step > self._start_step and self._train_started:
+            per_step = (time.time() - self._train_started) / (step - self._start_step)
+            self._get(N.TRAIN_ETA).set(max(self._planned - step, 0) * per_step)
+        self._progressed()
+
+    def train_progress(self, step: int, total: int, loss: float, samples_per_second: float, *,
+                       lr: float | None = None, grad_norm: float | None = None) -> None:
+        """A logged step (the values TensorBoard gets)."""
+        self._advance(step)
+        self._get(N.TRAIN_PLANNED_STEPS).set(total)
+        self._get(N.TRAIN_LOSS).set(loss)
+        self._get(N.TRAIN_SAMPLES_PER_SECOND).set(samples_per_second)
+        if lr is not None:
+            self._get(N.TRAIN_LEARNING_RATE).set(lr)
+        if grad_norm is not None:
+            self._get(N.TRAIN_GRAD_NORM).set(float(grad_norm))
+        if self._gpu is not None:
+            import torch
+
+            self._get(N.GPU_MEMORY_ALLOCATED, rank=str(self.rank)).set(torch.cuda.memory_allocated(self._gpu))
+            self._get(N.GPU_MEMORY_PEAK, rank=str(self.rank)).set(torch.cuda.max_memory_allocated(self._gpu))
+        self._record("train", step=step, loss=loss, lr=lr, samples_per_second=samples_per_second,
+                     grad_norm=None if grad_norm is None else float(grad_norm))
+
+    def _advance(self, step: int) -> None:
+        """The steps counter follows the step number (a resumed run starts where it left off)."""
+        counter = self._series[N.TRAIN_STEPS].labels(self.job)  # present from step 0 on
+        if step > self._steps:
+            counter.inc(step - self._steps)
+            self._steps = step
+
+    def checkpoint_saved(self, seconds: float) -> None:
+        self._series[N.CHECKPOINT_DURATION].labels(self.job).observe(seconds)
+        self._record("checkpoint", seconds=seconds)
+
+    def validation_done(self, step: int, seconds: float, scores: Mapping[str, float] | None = None) -> None:
+        """After the images of `step` are written; refreshes the report."""
+        self._series[N.VALIDATION_DURATION].labels(self.job).observe(seconds)
+        clip = (scores or {}).get("validation/clip_score")
+        if clip is not None:
+            self._get(N.VALIDATION_CLIP_SCORE).set(clip)
+        self._record("validation", step=step, seconds=seconds, clip_score=clip)
+        if self._on_validation:
+            self._on_validation()
+
+    # ---- end ----
+    def close(self) -> None:
+        """Stop serving (idempotent); the first call records the stage's duration and refreshes the report."""
+        self.cache.close()
+        if self._stage:
+            self._record("stage_finished", stage=self._stage, seconds=time.time() - self._stage_started)
+            self._stage = ""
+            if self._on_close:
+                self._on_close()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def _record(self, event: str, **fields: Any) -> None:
+        if self._log is not None:
+            self._log.append(event, **fields)

@@ -1,0 +1,98 @@
+"""Every series the runner exports, named in one place. Standard library only (no torch, no
+prometheus_client), so the operator, the dashboard and alert tests and the README check can
+import it.
+
+Conventions (https://prometheus.io/docs/practices/naming/): one prefix, base units (seconds,
+bytes), `_total` only on counters. Labels are `job` (the TrainingJob's metadata.name) plus
+`kind` (text|latent) on the cache series and `rank` on GPU memory: small fixed sets, never
+an image or a caption. Scrape with `honor_labels: true` (PodMonitor: `honorLabels: true`),
+otherwise Prometheus renames our `job` label to `exported_job`.
+
+Several GPUs: one endpoint per job, served by rank 0 (the launching process in the cache
+stage). Its loss is the mean over ranks and its samples/s counts the global batch; GPU memory
+is rank 0's, the rank that also renders validation images and so peaks highest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "trainingjob_"
+JOB_LABEL = "job"
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str  # the sample name as scraped (counters end in _total; histograms add _bucket/_sum/_count)
+    type: str  # gauge | counter | histogram
+    help: str
+    labels: tuple[str, ...] = ()  # besides `job`
+    buckets: tuple[float, ...] = ()
+
+
+STAGE = "trainingjob_stage"
+LAST_PROGRESS = "trainingjob_last_progress_timestamp_seconds"
+CACHE_ITEMS = "trainingjob_cache_items"
+CACHE_ITEMS_DONE = "trainingjob_cache_items_done"
+CACHE_ITEMS_ENCODED = "trainingjob_cache_items_encoded_total"
+CACHE_WRITTEN_BYTES = "trainingjob_cache_written_bytes_total"
+CACHE_ENCODE_RATE = "trainingjob_cache_encode_items_per_second"
+TRAIN_STEPS = "trainingjob_train_steps_total"
+TRAIN_PLANNED_STEPS = "trainingjob_train_planned_steps"
+TRAIN_EPOCH = "trainingjob_train_epoch"
+TRAIN_LOSS = "trainingjob_train_loss"
+TRAIN_LEARNING_RATE = "trainingjob_train_learning_rate"
+TRAIN_GRAD_NORM = "trainingjob_train_grad_norm"
+TRAIN_SAMPLES_PER_SECOND = "trainingjob_train_samples_per_second"
+TRAIN_STEP_DURATION = "trainingjob_train_step_duration_seconds"
+TRAIN_ETA = "trainingjob_train_eta_seconds"
+GPU_MEMORY_ALLOCATED = "trainingjob_gpu_memory_allocated_bytes"
+GPU_MEMORY_PEAK = "trainingjob_gpu_memory_peak_bytes"
+CHECKPOINT_DURATION = "trainingjob_checkpoint_duration_seconds"
+VALIDATION_DURATION = "trainingjob_validation_duration_seconds"
+VALIDATION_CLIP_SCORE = "trainingjob_validation_clip_score"
+
+_STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_SAVE_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+SERIES: tuple[Series, ...] = (
+    Series(STAGE, "gauge", "1 for the stage this process is running, 0 for the other", ("stage",)),
+    Series(LAST_PROGRESS, "gauge", "Unix time the stage started or last finished a cache item or optimizer step (stall alerts)"),
+    Series(CACHE_ITEMS, "gauge", "Cache entries this stage must have, by kind", ("kind",)),
+    Series(CACHE_ITEMS_DONE, "gauge", "Cache entries done so far (reused, encoded or found undecodable), by kind",
+           ("kind",)),
+    Series(CACHE_ITEMS_ENCODED, "counter", "Cache entries encoded by this process, by kind", ("kind",)),
+    Series(CACHE_WRITTEN_BYTES, "counter", "Bytes of cache entries written by this process"),
+    Series(CACHE_ENCODE_RATE, "gauge", "Entries encoded per second since this kind's encoder started", ("kind",)),
+    Series(TRAIN_STEPS, "counter", "Optimizer steps done, counting those before a resume"),
+    Series(TRAIN_PLANNED_STEPS, "gauge", "Optimizer steps the run will take in all"),
+    Series(TRAIN_EPOCH, "gauge", "Epoch of the latest batch (0-based)"),
+    Series(TRAIN_LOSS, "gauge", "Training loss at the latest logged step, mean over ranks"),
+    Series(TRAIN_LEARNING_RATE, "gauge", "Learning rate at the latest logged step"),
+    Series(TRAIN_GRAD_NORM, "gauge", "Gradient norm before clipping at the latest logged step (when maxGradNorm > 0)"),
+    Series(TRAIN_SAMPLES_PER_SECOND, "gauge", "Training samples per second over all ranks, excluding checkpoints "
+                                              "and validation"),
+    Series(TRAIN_STEP_DURATION, "histogram", "Wall time of one optimizer step", buckets=_STEP_BUCKETS),
+    Series(TRAIN_ETA, "gauge", "Estimated seconds until the last step, from this process's mean time per step "
+                               "(checkpoints and validation included)"),
+    Series(GPU_MEMORY_ALLOCATED, "gauge", "GPU memory held by tensors (absent on CPU and MPS)", ("rank",)),
+    Series(GPU_MEMORY_PEAK, "gauge", "Peak GPU memory held by tensors since the process started (absent on CPU and MPS)",
+           ("rank",)),
+    Series(CHECKPOINT_DURATION, "histogram", "Time to write one checkpoint; _count is the checkpoints written",
+           buckets=_SAVE_BUCKETS),
+    Series(VALIDATION_DURATION, "histogram", "Time of one validation run; _count is the validation runs",
+           buckets=_SAVE_BUCKETS),
+    Series(VALIDATION_CLIP_SCORE, "gauge", "Mean CLIP score of the latest validation images (when evaluation.clipScore)"),
+)
+
+BY_NAME = {s.name: s for s in SERIES}
+
+# What the operator shows in `kubectl get` (status.progress field -> sample name on /metrics).
+# Each is one sample per job; match on sample names (a parser may report a counter's family
+# without its _total).
+PROGRESS = {
+    "step": TRAIN_STEPS,
+    "totalSteps": TRAIN_PLANNED_STEPS,
+    "loss": TRAIN_LOSS,
+    "samplesPerSecond": TRAIN_SAMPLES_PER_SECOND,
+    "etaSeconds": TRAIN_ETA,
+}

@@ -1,0 +1,255 @@
+"""Prometheus metrics over real HTTP: the series of names.py, one registry per instance, no
+catch-all, cache progress as it goes (also summed from cache workers), and promtool's lint."""
+from __future__ import annotations
+
+import ast
+import math
+import os
+import socket
+import sys
+import time
+import urllib.error
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from runner.observe import names as N
+from runner.observe.metrics import Metrics
+from runner.observe.runlog import read as read_log
+from runner.stages.cache import CacheReport
+from tests.observe_tools import free_port, promtool_check_metrics, sample, scrape
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def served():
+    m = Metrics("x", port=free_port())
+    yield m
+    m.close()
+
+
+def _port(m: Metrics) -> int:
+    return m.server.server_address[1]
+
+
+def exercise(m: Metrics) -> None:
+    """Every call a run makes, in a run's order."""
+    m.set_stage("cache")
+    m.cache_planned("latent", total=10, todo=4)
+    m.cache_done("latent", 4)
+    m.cache_planned("text", total=3, todo=3)
+    m.cache_done("text", 3)
+    m.set_stage("train")
+    m.train_started(total_steps=20, start_step=0, device=None)
+    for step in (1, 2, 3):
+        m.step_done(step, epoch=0, seconds=0.02 * step)
+    m.train_progress(3, 20, 0.25, 12.5, lr=1e-4, grad_norm=0.75)
+    m.checkpoint_saved(1.5)
+    m.validation_done(3, 4.0, {"validation/clip_score": 21.5})
+
+
+def test_serves_every_series_of_names_py(served: Metrics) -> None:
+    exercise(served)
+    text = scrape(_port(served))
+    j = {"job": "x"}
+    assert sample(text, N.TRAIN_STEPS, **j) == 3.0
+    assert sample(text, N.TRAIN_PLANNED_STEPS, **j) == 20.0
+    assert sample(text, N.TRAIN_EPOCH, **j) == 0.0
+    assert sample(text, N.TRAIN_LOSS, **j) == 0.25
+    assert sample(text, N.TRAIN_LEARNING_RATE, **j) == 1e-4
+    assert sample(text, N.TRAIN_GRAD_NORM, **j) == 0.75
+    assert sample(text, N.TRAIN_SAMPLES_PER_SECOND, **j) == 12.5
+    assert sample(text, N.TRAIN_STEP_DURATION + "_count", **j) == 3.0
+    assert sample(text, N.TRAIN_STEP_DURATION + "_sum", **j) == pytest.approx(0.12)
+    assert sample(text, N.TRAIN_STEP_DURATION + "_bucket", le="0.05", **j) == 2.0
+    assert sample(text, N.CHECKPOINT_DURATION + "_count", **j) == 1.0
+    assert sample(text, N.VALIDATION_DURATION + "_count", **j) == 1.0
+    assert sample(text, N.VALIDATION_CLIP_SCORE, **j) == 21.5
+    assert sample(text, N.CACHE_ITEMS, kind="latent", **j) == 10.0
+    assert sample(text, N.CACHE_ITEMS_DONE, kind="latent", **j) == 10.0
+    assert sample(text, N.CACHE_ITEMS_ENCODED, kind="latent", **j) == 4.0
+    assert sample(text, N.CACHE_ITEMS_DONE, kind="text", **j) == 3.0
+    assert sample(text, N.STAGE, stage="train", **j) == 1.0
+    assert sample(text, N.STAGE, stage="cache", **j) == 0.0
+    assert time.time() - 60 < sample(text, N.LAST_PROGRESS, **j) <= time.time()
+    eta = sample(text, N.TRAIN_ETA, **j)
+    assert eta is not None and 0 <= eta < 60
+    # Every family of names.py is declared; on the CPU the GPU memory ones carry no sample.
+    for s in N.SERIES:
+        assert f"# TYPE {s.name} {s.type}" in text, s.name
+    assert N.GPU_MEMORY_ALLOCATED + "{" not in text and N.GPU_MEMORY_PEAK + "{" not in text
+
+
+def test_promtool_accepts_the_exposition(served: Metrics) -> None:
+    exercise(served)
+    result = promtool_check_metrics(scrape(_port(served)))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_names_follow_prometheus_conventions() -> None:
+    for s in N.SERIES:
+        assert s.name.startswith(N.PREFIX), s.name
+        assert s.name.endswith("_total") == (s.type == "counter"), s.name
+        assert set(s.labels) <= {"stage", "rank", "kind"}, f"{s.name}: labels are job/stage/rank (+ cache kind) only"
+        assert not any(w in s.name for w in ("_ms", "milli", "_mb", "_gb", "kilo")), f"{s.name}: base units"
+    assert len(N.BY_NAME) == len(N.SERIES)
+    assert set(N.PROGRESS.values()) <= set(N.BY_NAME)
+
+
+def test_names_module_is_standard_library_only() -> None:
+    """The operator imports it without the training extras."""
+    tree = ast.parse((REPO / "runner/observe/names.py").read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert {m.split(".")[0] for m in imported} <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+def test_unknown_names_are_refused() -> None:
+    m = Metrics("x")
+    with pytest.raises(AttributeError):
+        m.train_progres(1, 2, 0.5, 1.0)  # a misspelling fails loudly
+    with pytest.raises(AttributeError):
+        m.loss = 1.0
+    with pytest.raises(ValueError, match="cache kind"):
+        m.cache_planned("latents", 1, 1)
+
+
+def test_not_serving_counts_the_same() -> None:
+    """Port 0 (or a rank other than 0): the same class and calls, a registry nobody serves."""
+    m = Metrics("x", port=0)
+    assert m.server is None
+    exercise(m)
+    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"job": "x"}) == 3.0
+    m.close()
+    m.close()
+
+
+def test_steps_counter_starts_at_the_resumed_step() -> None:
+    m = Metrics("x")
+    m.train_started(total_steps=500, start_step=200)
+    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"job": "x"}) == 200.0
+    m.step_done(201, epoch=3, seconds=0.1)
+    m.train_progress(201, 500, 0.1, 1.0)  # the same step again adds nothing
+    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"job": "x"}) == 201.0
+
+
+def test_eta_is_remaining_steps_times_the_mean_step_time() -> None:
+    m = Metrics("x")
+    m.train_started(total_steps=100, start_step=50)
+    time.sleep(0.2)
+    m.step_done(60, epoch=0, seconds=0.02)
+    eta = m.registry.get_sample_value(N.TRAIN_ETA, {"job": "x"})
+    assert eta == pytest.approx(40 * 0.2 / 10, rel=0.5)
+
+
+def test_cache_progress_as_it_goes_and_the_final_report() -> None:
+    m = Metrics("x")
+    m.cache_planned("latent", total=17, todo=12)
+    get = lambda name: m.registry.get_sample_value(name, {"job": "x", "kind": "latent"})  # noqa: E731
+    assert (get(N.CACHE_ITEMS), get(N.CACHE_ITEMS_DONE)) == (17.0, 5.0)
+    m.cache_done("latent", 8)
+    assert get(N.CACHE_ITEMS_DONE) == 13.0 and get(N.CACHE_ITEMS_ENCODED + "") == 8.0
+    assert get(N.CACHE_ENCODE_RATE) > 0
+    m.cache_report(CacheReport(text_total=3, text_encoded=0, latents_total=16, latents_encoded=11))  # one undecodable
+    assert (get(N.CACHE_ITEMS), get(N.CACHE_ITEMS_DONE)) == (16.0, 16.0)
+    # The train stage republishes the manifest's report (a dict).
+    t = Metrics("x")
+    t.cache_report({"text_total": 3, "text_encoded": 1, "latents_total": 7, "latents_encoded": 7})
+    assert t.registry.get_sample_value(N.CACHE_ITEMS_DONE, {"job": "x", "kind": "text"}) == 3.0
+
+
+def test_bytes_written_come_from_the_writer_futures() -> None:
+    m = Metrics("x")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for n in (100, 250):
+            pool.submit(lambda n=n: n).add_done_callback(m.entry_written)
+        failing = pool.submit(lambda: 1 / 0)
+        failing.add_done_callback(m.entry_written)
+    assert m.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"job": "x"}) == 350.0
+
+
+def test_launching_process_sums_its_cache_workers(tmp_path: Path) -> None:
+    """Several GPUs: workers serve nothing and write their counts; the launching process's
+    endpoint shows the sum until it plans a kind itself (the final pass)."""
+    shards = tmp_path / ".progress" / "x"
+    stale = shards / "rank-7.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"kinds": {"latent": {"total": 1000, "done": 1000, "encoded": 0, "rate": 0}}, "bytes": 5}')
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))  # an earlier run's
+    parent = Metrics("x", port=free_port(), cache_shard_dir=shards)
+    try:
+        workers = [Metrics("x", cache_shard_file=shards / f"rank-{r}.json") for r in range(2)]
+        workers[0].cache_planned("latent", total=6, todo=6)
+        workers[1].cache_planned("latent", total=4, todo=3)
+        workers[0].cache_done("latent", 6)  # finished: written at once
+        text = scrape(_port(parent))
+        assert sample(text, N.CACHE_ITEMS, job="x", kind="latent") == 10.0
+        assert sample(text, N.CACHE_ITEMS_DONE, job="x", kind="latent") == 7.0
+        assert sample(text, N.CACHE_ITEMS_ENCODED, job="x", kind="latent") == 6.0
+        for w in workers:
+            w.close()
+        parent.cache_planned("latent", total=10, todo=0)  # the final pass finds everything cached
+        assert sample(scrape(_port(parent)), N.CACHE_ITEMS_DONE, job="x", kind="latent") == 10.0
+    finally:
+        parent.close()
+
+
+def test_history_for_the_report(tmp_path: Path) -> None:
+    log = tmp_path / "metrics.jsonl"
+    refreshed = []
+    m = Metrics("x", run_log=log, on_validation=lambda: refreshed.append("v"), on_close=lambda: refreshed.append("c"))
+    m.set_stage("train")
+    m.train_progress(1, 2, float("nan"), 3.0, lr=0.1)
+    m.checkpoint_saved(0.5)
+    m.validation_done(1, 2.0, {})
+    m.close()
+    m.close()  # the stage ends once
+    events = read_log(log)
+    assert [e["event"] for e in events] == ["stage_started", "train", "checkpoint", "validation", "stage_finished"]
+    assert math.isnan(float(events[1]["loss"])) and events[1]["lr"] == 0.1
+    assert refreshed == ["v", "c"]
+
+
+def test_instances_do_not_share_state() -> None:
+    a, b = Metrics("a", port=free_port()), Metrics("b", port=free_port())
+    try:
+        a.train_progress(step=5, total=10, loss=1.0, samples_per_second=1.0)
+        b.train_progress(step=9, total=90, loss=2.0, samples_per_second=3.0)
+        ta, tb = scrape(_port(a)), scrape(_port(b))
+        assert sample(ta, N.TRAIN_STEPS, job="a") == 5.0
+        assert sample(tb, N.TRAIN_STEPS, job="b") == 9.0
+        assert 'job="b"' not in ta and 'job="a"' not in tb
+    finally:
+        a.close()
+        b.close()
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+            s.listen()
+        except OSError:
+            return False
+        return True
+
+
+def test_close_frees_the_port_for_the_next_stage() -> None:
+    """run --stage all serves the cache stage, closes, then serves the train stage on the same port."""
+    port = free_port()
+    cache = Metrics("x", port=port)
+    cache.set_stage("cache")
+    scrape(port)
+    cache.close()
+    assert _port_is_free(port)
+    with pytest.raises(urllib.error.URLError):
+        scrape(port)
+    train = Metrics("x", port=port)
+    try:
+        train.set_stage("train")
+        assert sample(scrape(port), N.STAGE, job="x", stage="train") == 1.0
+    finally:
+        train.close()
