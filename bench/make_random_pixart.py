@@ -35,7 +35,7 @@ def main(out: Path) -> None:
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
-    from runner.models.tiny import build_t5_tokenizer
+    from runner.models.tiny.pixart_sigma import build_t5_tokenizer
 
     if (out / "model_index.json").exists():
         print(f"{out} exists")

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Sequence
 
-from runner.spec import SpecError, load_spec
+from runner.spec.load import SpecError, load_spec
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
 DEBUG_ENV = "TRAININGJOB_DEBUG"
@@ -26,7 +26,7 @@ def _print_spec_error(e: SpecError) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from runner.problems import as_json, check_files
+    from runner.spec.problems import as_json, check_files
 
     results = check_files(args.files, args.overrides)
     if args.output == "json":
@@ -61,13 +61,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         from runner.launch.container import run_in_container
 
         return run_in_container(job, args.file, args.overrides, args.stage)
-    from runner.stages.run import run_job  # heavy imports (torch) only on this path
+    from runner.launch.run import run_job  # heavy imports (torch) only on this path
 
     return run_job(job, stage=args.stage)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from runner import schema as schema_mod
+    from runner.spec import schema as schema_mod
 
     data = schema_mod.load_schema()
     if args.format == "yaml":
@@ -82,7 +82,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from runner.explain import ExplainError, explain
+    from runner.spec.explain import ExplainError, explain
 
     try:
         sys.stdout.write(explain(args.field, recursive=args.recursive))
@@ -93,13 +93,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from runner.starter import run_init
+    from runner.spec.starter import run_init
 
     return run_init(args.output, yes=args.yes, force=args.force)
 
 
 def cmd_import_simpletuner(args: argparse.Namespace) -> int:
-    from runner.simpletuner import import_files
+    from runner.importers.simpletuner.config import import_files
 
     if args.output != "-" and os.path.lexists(args.output) and not args.force:
         print(f"{args.output}: already exists; pass --force to overwrite it", file=sys.stderr)
@@ -122,7 +122,7 @@ def cmd_import_simpletuner(args: argparse.Namespace) -> int:
     if args.output == "-":
         sys.stdout.write(text)
         return EXIT_OK
-    from runner.starter import write
+    from runner.spec.starter import write
 
     try:
         write(text, args.output, force=args.force)

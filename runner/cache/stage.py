@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from runner import cachekeys
-from runner.atomic import atomic_write_bytes, atomic_write_json, sweep_stale_temps
-from runner.cachekeys import EncoderIdentity, entry_path
-from runner.context import RunContext
+from runner.cache import keys as cachekeys
+from runner.files import atomic_write_bytes, atomic_write_json, sweep_stale_temps
+from runner.cache.keys import EncoderIdentity, entry_path
+from runner.launch.context import RunContext
 from runner.data import DatasetError
-from runner.plan import cache_fingerprint, enabled_datasets
+from runner.spec.plan import cache_fingerprint, enabled_datasets
 
 MANIFEST_FORMAT = 1
 VAE_ENCODE_BATCH = 8
@@ -150,7 +150,7 @@ def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identi
     """Encode the missing captions. Returns each caption's key and, where known, its length in
     tokens before the encoder's truncation (stored with the entry, so a rerun knows it too)."""
     from runner.models import pixart_sigma as family
-    from runner.progress import Progress
+    from runner.observe.progress import Progress
 
     max_tokens = ctx.spec.model.textEncoderMaxLength
     keys = {c: cachekeys.text_key(identity, max_tokens, c) for c in captions}
@@ -194,7 +194,7 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
     import torch
 
     from runner.models import pixart_sigma as family
-    from runner.progress import Progress
+    from runner.observe.progress import Progress
 
     keys: dict[tuple[str, str], str] = {}
     todo: list[tuple[Path, Any, str]] = []
@@ -341,7 +341,7 @@ def report_truncated(ctx: RunContext, plans, tokens: dict[str, int], report: Cac
 
 def check_sizes(ctx: RunContext, plans) -> None:
     from runner.data.preflight import size_problem
-    from runner.semantics import world_size
+    from runner.spec.semantics import world_size
 
     training = ctx.spec_dict["training"]
     # The spec's world size, not this process's: the cache runs once for all trainers.

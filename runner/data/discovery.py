@@ -254,6 +254,6 @@ class DigestMemo:
         """Merge with what other processes saved meanwhile, then write atomically."""
         if self.path is None:
             return
-        from runner.atomic import atomic_write_json
+        from runner.files import atomic_write_json
 
         atomic_write_json(self.path, {**self._read(), **self.entries})

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from runner.atomic import atomic_write_json
+from runner.files import atomic_write_json
 from runner.data import DatasetError
 from runner.data.discovery import IMAGE_EXTENSIONS, find_images
 

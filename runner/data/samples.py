@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runner.atomic import build_dir_once
+from runner.files import build_dir_once
 from runner.data import DatasetError
 
 MARKER = ".samples-complete.json"

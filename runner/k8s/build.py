@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from runner import __version__
-from runner import schema as schema_mod
+from runner.spec import schema as schema_mod
 from runner.launch import images
 from runner.launch.torchrun import RENDEZVOUS_PORT, SHUTDOWN_TIMEOUT_S
 

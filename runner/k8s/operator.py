@@ -21,7 +21,7 @@ import kopf
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from runner import schema as schema_mod
+from runner.spec import schema as schema_mod
 from runner.k8s import build, progress
 from runner.k8s import status as st
 from runner.k8s.build import Options

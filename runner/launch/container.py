@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from runner.launch import images
-from runner.plan import job_paths
+from runner.spec.plan import job_paths
 
 # Read from the host by name (`-e NAME`: the engine copies the value, which never appears in
 # the command line). Spec-named token variables are added to these.

@@ -7,8 +7,8 @@ from functools import cached_property
 from typing import Any
 
 from runner.observe.metrics import Metrics
-from runner.plan import JobPaths, job_paths
-from runner.spec import TrainingJob
+from runner.spec.plan import JobPaths, job_paths
+from runner.spec.load import TrainingJob
 
 
 @dataclass

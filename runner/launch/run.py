@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from runner.plan import job_paths
-from runner.spec import TrainingJob
+from runner.spec.plan import job_paths
+from runner.spec.load import TrainingJob
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
 
@@ -51,7 +51,7 @@ def in_worker() -> bool:
 def launch_workers(job: TrainingJob, stage: str = "train") -> int:
     """This node's workers for `stage` (one per GPU) through torchrun (runner/launch/torchrun.py).
     They read the effective spec (overrides applied) from the output dir, where it is kept."""
-    from runner.atomic import atomic_write_bytes
+    from runner.files import atomic_write_bytes
     from runner.launch import torchrun
 
     spec = job.spec.to_dict()
@@ -93,11 +93,11 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     from runner.data import DatasetError
     from runner.launch.torchrun import LaunchError
     from runner.models.pixart_sigma import ModelError
-    from runner.publish import PublishError, hub_token
-    from runner.stages.train import ResumeError
-    from runner.training.completion import finished_message, finished_step
-    from runner.training.data import CacheMismatch
-    from runner.training.guard import Diverged
+    from runner.train.publish import PublishError, hub_token
+    from runner.train.loop import ResumeError
+    from runner.train.completion import finished_message, finished_step
+    from runner.train.data import CacheMismatch
+    from runner.train.guard import Diverged
 
     spec = job.spec.to_dict()
     try:
@@ -153,7 +153,7 @@ def _metrics(job: TrainingJob, is_main: bool, shard=None):
     counts to the launching process through files (runner/observe/cacheprogress.py)."""
     from runner.observe.metrics import Metrics
     from runner.observe.report import Reporter
-    from runner.plan import job_paths
+    from runner.spec.plan import job_paths
 
     paths = job_paths(job.spec.to_dict())
     shards = paths.cache_dir / ".progress" / job.name
@@ -168,7 +168,7 @@ def _metrics(job: TrainingJob, is_main: bool, shard=None):
 def shard_of_worker(job: TrainingJob):
     """The cache shard of a launched worker: one per process of the whole (multi-node) job."""
     from runner.launch.torchrun import cache_shard
-    from runner.stages.cache import Shard
+    from runner.cache.stage import Shard
 
     return Shard(*cache_shard(os.environ, job.spec.hardware.nodes))
 
@@ -179,10 +179,10 @@ def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
     worker per GPU encode a shard each, then re-check broken images and write the manifests.
     With several nodes (the pods of an Indexed cache Job) each node encodes its own shards, and
     the node that finishes last makes the final pass (runner/launch/nodes.py)."""
-    from runner.context import make_context
+    from runner.launch.context import make_context
     from runner.launch.nodes import node_shards_done
     from runner.launch.torchrun import cache_shard, node_rank
-    from runner.stages.cache import Shard, plan_datasets, run_cache
+    from runner.cache.stage import Shard, plan_datasets, run_cache
 
     shard = shard or Shard()
     metrics = _metrics(job, shard.is_whole, shard)  # the launching process serves /metrics, not its workers
@@ -216,9 +216,9 @@ def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
 
 
 def run_train_stage(job: TrainingJob) -> int:
-    from runner.context import make_context
-    from runner.stages.train import run_train
-    from runner.training.completion import record_finished
+    from runner.launch.context import make_context
+    from runner.train.loop import run_train
+    from runner.train.completion import record_finished
 
     is_main = os.environ.get("RANK", "0") == "0"
     metrics = _metrics(job, is_main)
@@ -230,8 +230,8 @@ def run_train_stage(job: TrainingJob) -> int:
         if result.interrupted:
             return 128 + signal.SIGTERM
         if ctx.is_main and job.spec.output.hub.push and result.model_dir:
-            from runner.publish import push_to_hub
-            from runner.training.validation import latest_images
+            from runner.train.publish import push_to_hub
+            from runner.train.validation import latest_images
 
             url = push_to_hub(result.model_dir, job.document.to_dict(), latest_images(ctx.paths.validation))
             ctx.log(f"pushed to the Hub: {url}")

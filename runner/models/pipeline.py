@@ -5,7 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
-from runner.atomic import replace_dir
+from runner.files import replace_dir
 
 
 def _link_or_copy(src: str, dst: str) -> None:

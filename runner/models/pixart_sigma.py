@@ -25,7 +25,7 @@ class ModelError(Exception):
 def resolve_model_dir(ref: str, revision: str, cache_dir: Path, **retry) -> Path:
     """A local folder holding the diffusers pipeline `ref` names (builtin, local dir or Hub id).
     `retry`: `retries` and `backoff_s` of runner.data.hub.fetch_snapshot, for a Hub id."""
-    from runner.models import tiny
+    from runner.models.tiny import pixart_sigma as tiny
 
     if tiny.is_builtin(ref):
         try:

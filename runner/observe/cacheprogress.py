@@ -113,7 +113,7 @@ class CacheProgress:
     def _share(self, force: bool) -> None:
         if self._shard_file is None or (not force and time.time() - self._written_at < WRITE_EVERY_S):
             return
-        from runner.atomic import atomic_write_json
+        from runner.files import atomic_write_json
 
         with self._lock:
             payload = {"kinds": {k: dict(v) for k, v in self._own.items() if k in self._planned}, "bytes": self._bytes}

@@ -73,7 +73,7 @@ class Metrics:
     def _progressed(self) -> None:
         self._get(N.LAST_PROGRESS).set(time.time())
 
-    # ---- cache stage (calls from runner/stages/cache.py) ----
+    # ---- cache stage (calls from runner/cache/stage.py) ----
     def cache_planned(self, kind: str, total: int, todo: int) -> None:
         """`total` entries this process must have, `todo` of them still to encode."""
         self.cache.planned(kind, total, todo)
@@ -96,7 +96,7 @@ class Metrics:
         self.cache.summary("text", r["text_total"], r["text_encoded"])
         self.cache.summary("latent", r["latents_total"], r["latents_encoded"])
 
-    # ---- train stage (calls from runner/stages/train.py) ----
+    # ---- train stage (calls from runner/train/loop.py) ----
     def train_started(self, total_steps: int, start_step: int, device: Any = None) -> None:
         self._get(N.TRAIN_PLANNED_STEPS).set(total_steps)
         self._advance(start_step)

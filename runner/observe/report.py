@@ -4,7 +4,7 @@ Drawn from files only, so any process can write it at any time: the history in
 `<output.dir>/metrics.jsonl` (runlog.py), the validation folders, the cache manifest and the
 effective spec. Plots are matplotlib PNGs and images are embedded as data: URIs; the page
 has no script and loads nothing from the network. Written at the end of each stage and after
-each validation (Metrics' callbacks, wired in runner/stages/run.py).
+each validation (Metrics' callbacks, wired in runner/launch/run.py).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def gather(job: str, spec: dict[str, Any], output_dir: Path, cache_manifest: Pat
 
 
 def write_report(data: ReportData, output_dir: Path) -> Path:
-    from runner.atomic import atomic_write_bytes
+    from runner.files import atomic_write_bytes
 
     path = output_dir / REPORT_NAME
     atomic_write_bytes(path, render(data).encode("utf-8"))

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from runner import schema as schema_mod
+from runner.spec import schema as schema_mod
 from runner.smoke.report import FAILED, PASSED, SKIPPED, Check
 
 HUB_TIMEOUT_S = 10.0

@@ -30,7 +30,7 @@ import yaml
 from runner.smoke import checks as checks_mod
 from runner.smoke.report import FAILED, PASSED, SKIPPED, Check, junit_xml, passed, text_report
 from runner.smoke.shrink import SUBSTITUTE_NAME, shrink, substitute_dataset
-from runner.spec import SpecError, TrainingJob, job_from_document, load_spec
+from runner.spec.load import SpecError, TrainingJob, job_from_document, load_spec
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
 DEFAULT_IMAGES = 8
@@ -215,7 +215,7 @@ def _sample_one(s: Session, ds: dict[str, Any], where: str, spec: Mapping[str, A
     from runner.data import DatasetError
     from runner.data.buckets import stratified_sample
     from runner.data.preflight import plan_dataset, size_problem
-    from runner.semantics import world_size
+    from runner.spec.semantics import world_size
 
     label = f"dataset {ds['name']}"
     training = spec["training"]
@@ -284,7 +284,7 @@ def _run_stages(s: Session, job: TrainingJob) -> int:
         code = _stage(s, "tiny model", lambda: _build_tiny_model(spec))
     if code is not True:
         return code
-    from runner.stages.run import run_job
+    from runner.launch.run import run_job
 
     for stage in ("cache", "train"):
         name = f"{stage} stage"
@@ -319,7 +319,7 @@ def _stage(s: Session, name: str, fn) -> bool | int:
 
 
 def _build_tiny_model(spec: Mapping[str, Any]) -> str:
-    from runner.models.tiny import resolve_builtin
+    from runner.models.tiny.pixart_sigma import resolve_builtin
 
     ref = spec["model"]["pretrained"]
     resolve_builtin(ref, Path(spec["cacheDir"]))

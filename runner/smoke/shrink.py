@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from runner.models.families import traits
-from runner.semantics import parse_resolutions
+from runner.models.registry import traits
+from runner.spec.semantics import parse_resolutions
 
 SMOKE_SIDE = 256  # the largest training side of a smoke run, in px
 SMOKE_STEPS = 2

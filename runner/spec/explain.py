@@ -9,8 +9,8 @@ import re
 import textwrap
 from typing import Any
 
-from runner import schema as schema_mod
-from runner.spec import did_you_mean
+from runner.spec import schema as schema_mod
+from runner.spec.load import did_you_mean
 
 WIDTH = 80
 

@@ -19,8 +19,8 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from runner import redact
-from runner import schema as schema_mod
+from runner.spec import redact
+from runner.spec import schema as schema_mod
 
 MAX_SPEC_BYTES = 1024 * 1024
 MAX_DEPTH = 64
@@ -573,7 +573,7 @@ def validate_document(doc: Any, source: str = "<spec>") -> tuple[dict[str, Any],
 
     The semantic checks run even when the schema rejects something, so one pass reports every
     problem; their findings inside fields the schema already rejected are dropped as noise."""
-    from runner import semantics
+    from runner.spec import semantics
 
     schema_lines = schema_problems(doc)
     full = schema_mod.apply_defaults(doc)

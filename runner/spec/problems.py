@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import BinaryIO, Sequence
 
-from runner.spec import MAX_SPEC_BYTES, SpecError, job_from_document, load_spec, parse_document
+from runner.spec.load import MAX_SPEC_BYTES, SpecError, job_from_document, load_spec, parse_document
 
 STDIN = "-"
 STDIN_SOURCE = "<stdin>"

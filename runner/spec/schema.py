@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 # Inside the package, so a wheel install (and every image) carries it.
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "trainingjob.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parent / "trainingjob.schema.json"
 
 
 @lru_cache(maxsize=1)

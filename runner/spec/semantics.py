@@ -12,9 +12,9 @@ import math
 import os
 from typing import Any, Callable, Iterator
 
-from runner import redact
-from runner import schema as schema_mod
-from runner.models.families import traits
+from runner.spec import redact
+from runner.spec import schema as schema_mod
+from runner.models.registry import traits
 
 PIXART_GUIDANCE_RANGE = (3.6, 4.4)
 MAX_VALIDATION_SIDE = 8192

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from runner import schema as schema_mod
-from runner.spec import SpecError, field_problems, job_from_document, parse_document
+from runner.spec import schema as schema_mod
+from runner.spec.load import SpecError, field_problems, job_from_document, parse_document
 
 Ask = Callable[[str], str]
 DEFAULT_OUTPUT = "trainingjob.yaml"

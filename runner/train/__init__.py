@@ -1,2 +1,3 @@
-"""Training components: data from the cache, checkpoints, validation, optimizers. The loop
-itself lives in runner/stages/train.py and only wires these together."""
+"""The train stage: the loop (loop.py) and its parts: batches from the cache (data.py),
+checkpoints, validation images, optimizers, the divergence and stop guard, completion, the
+Hub push."""

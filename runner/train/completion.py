@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from runner.atomic import atomic_write_json
-from runner.plan import JobPaths, cache_fingerprint, job_paths, step_plan
+from runner.files import atomic_write_json
+from runner.spec.plan import JobPaths, cache_fingerprint, job_paths, step_plan
 
 
 def is_finished(recorded_step: int | None, newest_checkpoint: int | None, total_steps: int | None,
@@ -29,7 +29,7 @@ def record_finished(paths: JobPaths, step: int) -> None:
 def planned_total_steps(spec: Mapping[str, Any]) -> int | None:
     """What the current spec trains to, from the cache manifest (None: the cache does not match
     the spec yet, so the cache stage has work to do and the job cannot be finished)."""
-    from runner.training.data import CacheMismatch, load_manifest, training_data
+    from runner.train.data import CacheMismatch, load_manifest, training_data
 
     paths = job_paths(spec)
     world = spec["hardware"]["gpusPerNode"] * spec["hardware"]["nodes"]
@@ -43,7 +43,7 @@ def planned_total_steps(spec: Mapping[str, Any]) -> int | None:
 def finished_step(spec: Mapping[str, Any]) -> int | None:
     """The step at which this job finished under the current spec, or None when there is work left.
     Only `resume: auto` can be finished: `none` asks to start over, a path to resume from it."""
-    from runner.training.checkpoint import latest_complete
+    from runner.train.checkpoint import latest_complete
 
     if spec["training"]["resume"] != "auto":
         return None

@@ -11,8 +11,8 @@ from typing import Any, Iterator, Mapping
 import torch
 from safetensors.torch import load_file
 
-from runner.cachekeys import entry_path
-from runner.plan import enabled_datasets
+from runner.cache.keys import entry_path
+from runner.spec.plan import enabled_datasets
 
 
 class CacheMismatch(Exception):
@@ -41,7 +41,7 @@ class Sample:
 
 def text_entry(manifest: dict[str, Any], max_tokens: int, text: str) -> Path:
     """The cached T5 embedding of `text` under the encoder the cache was built with."""
-    from runner.cachekeys import EncoderIdentity, text_key
+    from runner.cache.keys import EncoderIdentity, text_key
 
     path = entry_path(Path(manifest["text_dir"]), text_key(EncoderIdentity(**manifest["text_identity"]), max_tokens, text))
     if not path.is_file():

@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from runner.context import RunContext
-from runner.plan import cache_fingerprint, step_plan
-from runner.training import checkpoint as ckpt
-from runner.training.checkpoint import TrainerState
-from runner.training.data import TrainingData, load_manifest, training_data
-from runner.training.guard import Guard, Stop
+from runner.launch.context import RunContext
+from runner.spec.plan import cache_fingerprint, step_plan
+from runner.train import checkpoint as ckpt
+from runner.train.checkpoint import TrainerState
+from runner.train.data import TrainingData, load_manifest, training_data
+from runner.train.guard import Guard, Stop
 
 
 class ResumeError(Exception):
@@ -96,9 +96,9 @@ def run_train(ctx: RunContext) -> TrainResult:
     from accelerate.utils import set_seed
 
     from runner.models import pixart_sigma as family
-    from runner.progress import Progress
-    from runner.training.optim import make_lr_scheduler, make_optimizer
-    from runner.training.validation import Validator
+    from runner.observe.progress import Progress
+    from runner.train.optim import make_lr_scheduler, make_optimizer
+    from runner.train.validation import Validator
 
     spec = ctx.spec_dict
     training = spec["training"]
@@ -210,7 +210,7 @@ def run_train(ctx: RunContext) -> TrainResult:
         _validate(accelerator, validator, transformer, state.step, ctx.metrics)
     model_out = None
     if accelerator.is_main_process:
-        from runner.export import export_pipeline
+        from runner.models.pipeline import export_pipeline
 
         model_out = export_pipeline(model_dir, accelerator.unwrap_model(transformer), ctx.paths.model)
     accelerator.wait_for_everyone()

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from runner.atomic import atomic_write_json
-from runner.semantics import parse_resolutions
-from runner.training.data import text_entry
+from runner.files import atomic_write_json
+from runner.spec.semantics import parse_resolutions
+from runner.train.data import text_entry
 
 
 class Validator:
@@ -98,7 +98,7 @@ class Validator:
 
     def _clip(self):
         from runner.evaluation.clip_score import ClipScorer
-        from runner.models import tiny
+        from runner.models.tiny import pixart_sigma as tiny
 
         if self.scorer is None:
             ref = self.eval_cfg["clipModel"]

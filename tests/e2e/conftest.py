@@ -15,7 +15,7 @@ SMOKE = REPO / "examples" / "smoke.yaml"
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from runner.models.tiny import build_tiny_pixart_sigma
+    from runner.models.tiny.pixart_sigma import build_tiny_pixart_sigma
 
     return build_tiny_pixart_sigma(tmp_path_factory.mktemp("models") / "tiny-pixart-sigma")
 

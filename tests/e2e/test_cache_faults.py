@@ -28,15 +28,15 @@ KILLPOINTS_DIR = REPO / "tests" / "e2e" / "killpoints"
 CACHE_KILL_POINTS = [
     ("sample photos half written", {"target": "PIL.Image:Image.save", "nth": 5}),
     ("hashing the images", {"target": "runner.data.discovery:file_digest", "nth": 6}),
-    ("digest book mid-write", {"target": "runner.atomic:open", "match": r"digests\.json", "nth": 1, "when": "mid-write"}),
-    ("first latent mid-write", {"target": "runner.atomic:open", "match": r"/vae/", "nth": 1, "when": "mid-write"}),
+    ("digest book mid-write", {"target": "runner.files:open", "match": r"digests\.json", "nth": 1, "when": "mid-write"}),
+    ("first latent mid-write", {"target": "runner.files:open", "match": r"/vae/", "nth": 1, "when": "mid-write"}),
     ("latent written, not renamed", {"target": "os:replace", "match": r"/vae/", "nth": 3}),
     ("VAE encoding, writes in flight", {"target": "runner.models.pixart_sigma:encode_images", "nth": 2}),
-    ("text embedding mid-write", {"target": "runner.atomic:open", "match": r"/text/", "nth": 3, "when": "mid-write"}),
+    ("text embedding mid-write", {"target": "runner.files:open", "match": r"/text/", "nth": 3, "when": "mid-write"}),
     ("text embedding written, not renamed", {"target": "os:replace", "match": r"/text/", "nth": 6}),
-    ("dataset manifest mid-write", {"target": "runner.atomic:open", "match": r"vae/photos/\.manifest\.json",
+    ("dataset manifest mid-write", {"target": "runner.files:open", "match": r"vae/photos/\.manifest\.json",
                                     "nth": 1, "when": "mid-write"}),
-    ("cache manifest mid-write", {"target": "runner.atomic:open", "match": r"cache/\.manifest\.json",
+    ("cache manifest mid-write", {"target": "runner.files:open", "match": r"cache/\.manifest\.json",
                                   "nth": 1, "when": "mid-write"}),
     ("cache manifest renamed, before exit", {"target": "os:replace", "match": r"cache/\.manifest\.json",
                                              "nth": 1, "when": "after"}),
@@ -131,7 +131,7 @@ def test_a_cache_worker_killed_mid_write_then_a_rerun_matches_a_clean_cache(runn
     through writing its second latent. Whatever the launcher does with the other worker, the
     rerun must complete and equal an uninterrupted single-process cache."""
     two = "spec.hardware.gpusPerNode=2"
-    fault = {"target": "runner.atomic:open", "match": r"/vae/", "nth": 2, "when": "mid-write", "rank": "1"}
+    fault = {"target": "runner.files:open", "match": r"/vae/", "nth": 2, "when": "mid-write", "rank": "1"}
     proc = run_killed(runner, fault, two)
     log = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode != 0 and "KILLPOINT" in proc.stderr and "rank=1" in proc.stderr, log

@@ -63,7 +63,7 @@ def test_train_stage_refuses_a_cache_built_for_other_settings(runner):
 def test_train_stage_refuses_an_incomplete_cache_and_the_cache_stage_repairs_it(runner):
     import json
 
-    from runner.cachekeys import entry_path
+    from runner.cache.keys import entry_path
 
     assert_clean(runner.run(stage="cache"))
     items = json.loads((runner.cache / "vae" / "photos" / "manifest.json").read_text())["items"]

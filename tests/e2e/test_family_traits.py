@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runner import semantics
-from runner.models.families import traits
+from runner.spec import semantics
+from runner.models.registry import traits
 
 pytestmark = pytest.mark.e2e
 

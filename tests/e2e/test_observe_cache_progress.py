@@ -26,9 +26,9 @@ class Recording(Metrics):
 
 
 def test_cache_progress_moves_while_encoding(tmp_path: Path, tiny_model: Path) -> None:
-    from runner.context import make_context
-    from runner.spec import load_spec
-    from runner.stages.cache import run_cache
+    from runner.launch.context import make_context
+    from runner.spec.load import load_spec
+    from runner.cache.stage import run_cache
 
     job = load_spec(SMOKE, [f"spec.cacheDir={tmp_path / 'cache'}", f"spec.output.dir={tmp_path / 'out'}",
                             f"spec.model.pretrained={tiny_model}", "spec.textEmbeds.writeBatchSize=4"])

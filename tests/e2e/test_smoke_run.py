@@ -8,7 +8,7 @@ import re
 import pytest
 from safetensors.torch import load_file
 
-from runner.cachekeys import entry_path
+from runner.cache.keys import entry_path
 from tests.e2e.conftest import assert_clean
 
 pytestmark = pytest.mark.e2e

@@ -41,9 +41,9 @@ FAULTS = [
     # accelerate writes the model, then the optimizer, scheduler and RNG files, each via `save`.
     ("mid-write of the step-6 model file (left torn)", "accelerate.checkpointing", "save", 1, "torn", "SIGKILL", 5),
     ("between the step-6 model and optimizer files", "accelerate.checkpointing", "save", 2, "before", "SIGKILL", 5),
-    ("after sealing step 6, before the rename", "runner.training.checkpoint", "seal", 1, "after", "SIGKILL", 5),
-    ("right after the rename to step-6", "runner.training.checkpoint", "publish", 1, "after", "SIGKILL", 6),
-    ("during the export, before it is renamed into place", "runner.export", "replace_dir", 1, "before", "SIGKILL",
+    ("after sealing step 6, before the rename", "runner.train.checkpoint", "seal", 1, "after", "SIGKILL", 5),
+    ("right after the rename to step-6", "runner.train.checkpoint", "publish", 1, "after", "SIGKILL", 6),
+    ("during the export, before it is renamed into place", "runner.models.pipeline", "replace_dir", 1, "before", "SIGKILL",
      10),
 ]
 

@@ -14,7 +14,7 @@ import kubernetes
 import pytest
 import yaml
 
-from runner import schema as schema_mod
+from runner.spec import schema as schema_mod
 from runner.k8s import operator as op
 from runner.k8s import progress
 from runner.k8s.build import Options

@@ -1,4 +1,4 @@
-"""runner.atomic: temp files carry their writer, and only those of writers that are gone are swept."""
+"""runner.files: temp files carry their writer, and only those of writers that are gone are swept."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import atomic
-from runner.atomic import atomic_write_bytes, build_dir_once, sweep_stale_temps, temp_path
+from runner import files as atomic
+from runner.files import atomic_write_bytes, build_dir_once, sweep_stale_temps, temp_path
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_sweep_removes_only_what_dead_or_long_gone_writers_left(tmp_path, dead_p
 def test_a_killed_write_leaves_a_temp_that_the_sweep_removes(tmp_path):
     """A writer killed between write and rename (SIGKILL runs no except/finally)."""
     target = tmp_path / "ab" / "entry.bin"
-    code = (f"import os, signal; from pathlib import Path; import runner.atomic as a\n"
+    code = (f"import os, signal; from pathlib import Path; import runner.files as a\n"
             f"os.replace = lambda *x: os.kill(os.getpid(), signal.SIGKILL)\n"
             f"a.atomic_write_bytes(Path({str(target)!r}), b'x' * 1000)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True)

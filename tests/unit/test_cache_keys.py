@@ -14,9 +14,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from runner import cachekeys
-from runner.atomic import atomic_write_bytes, atomic_write_json
-from runner.cachekeys import (
+from runner.cache import keys as cachekeys
+from runner.files import atomic_write_bytes, atomic_write_json
+from runner.cache.keys import (
     EncoderIdentity,
     component_fingerprint,
     entry_path,
@@ -25,7 +25,7 @@ from runner.cachekeys import (
 )
 from runner.data.discovery import DigestMemo, file_digest
 from runner.data.transforms import plan_crop
-from runner.stages.cache import crop_plan_dict
+from runner.cache.stage import crop_plan_dict
 
 BASE_ID = EncoderIdentity(model="PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", revision="main",
                           fingerprint="0" * 32, dtype="bfloat16")

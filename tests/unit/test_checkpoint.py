@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from runner.training import checkpoint as ckpt
-from runner.training.checkpoint import (
+from runner.train import checkpoint as ckpt
+from runner.train.checkpoint import (
     STATE_FILE,
     TrainerState,
     latest_complete,

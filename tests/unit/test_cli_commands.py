@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner import schema as schema_mod
-from runner.explain import ExplainError, explain, resolve
+from runner.spec import schema as schema_mod
+from runner.spec.explain import ExplainError, explain, resolve
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,12 +98,12 @@ def test_usage_errors_exit_2(cli):
 
 
 def test_unexpected_exceptions_are_internal_errors_with_exit_1(cli, monkeypatch, tmp_path):
-    import runner.problems
+    import runner.spec.problems
 
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(runner.problems, "load_spec", boom)  # what `validate` calls per file
+    monkeypatch.setattr(runner.spec.problems, "load_spec", boom)  # what `validate` calls per file
     monkeypatch.delenv("TRAININGJOB_DEBUG", raising=False)
     result = cli("validate", tmp_path / "x.yaml")
     assert result.code == 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.training.completion import is_finished
+from runner.train.completion import is_finished
 
 
 @pytest.mark.parametrize("recorded, newest, total, exported, finished", [

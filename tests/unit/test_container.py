@@ -10,7 +10,7 @@ import pytest
 
 from runner.launch import images
 from runner.launch.container import ContainerError, Mount, container_command, env_names, gpu_args, job_mounts
-from runner.schema import apply_defaults
+from runner.spec.schema import apply_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner import schema as schema_mod
+from runner.spec import schema as schema_mod
 from runner.k8s import crd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -213,8 +213,8 @@ def failing_cel(doc: dict) -> list[str]:
 
 
 def _doc(**spec_changes) -> dict:
-    from runner.schema import apply_defaults
-    from runner.spec import parse_document
+    from runner.spec.schema import apply_defaults
+    from runner.spec.load import parse_document
 
     doc = parse_document((REPO / "examples" / "smoke.yaml").read_text())
     for dotted, value in spec_changes.items():
@@ -229,7 +229,7 @@ def _doc(**spec_changes) -> dict:
     return apply_defaults(doc)
 
 
-# Each case breaks one rule that both CEL (at `kubectl apply`) and runner.semantics (at
+# Each case breaks one rule that both CEL (at `kubectl apply`) and runner.spec.semantics (at
 # `trainingjob validate` and in the operator) enforce; the messages name the same field.
 CEL_CASES = {
     "valid smoke": ({}, None),
@@ -248,7 +248,7 @@ CEL_CASES = {
 
 @pytest.mark.parametrize("case", list(CEL_CASES))
 def test_cel_rules_agree_with_the_semantic_checks(case):
-    from runner import semantics
+    from runner.spec import semantics
 
     changes, field = CEL_CASES[case]
     doc = _doc(**changes)
@@ -281,7 +281,7 @@ def openapi_validator():
 @pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.yaml"))
                          + sorted(f"k8s/{p.name}" for p in (REPO / "k8s").glob("example-trainingjob*.yaml")))
 def test_every_example_validates_against_the_crd(example):
-    from runner.schema import apply_defaults
+    from runner.spec.schema import apply_defaults
 
     path = REPO / example if example.startswith("k8s/") else REPO / "examples" / example
     doc = yaml.safe_load(path.read_text())

@@ -189,7 +189,7 @@ def test_indexes_follow_spec_positions(tmp_path, mixed):
 
 def test_with_a_loaded_spec(tmp_path, mixed):
     """The defaulted dict from runner.spec works as input."""
-    from runner.spec import job_from_document
+    from runner.spec.load import job_from_document
 
     doc = {"apiVersion": "diffusion.runner.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "t"},
            "spec": {"datasets": [{"name": "photos", "path": str(mixed), "crop": True, "cropAspect": "square",

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner.export import export_pipeline
+from runner.models.pipeline import export_pipeline
 from runner.models.pixart_sigma import load_transformer
-from runner.models.tiny import MARKER, build_tiny_pixart_sigma
+from runner.models.tiny.pixart_sigma import MARKER, build_tiny_pixart_sigma
 
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

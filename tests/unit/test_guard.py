@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runner.training.guard import Diverged, Guard, divergence_advice
+from runner.train.guard import Diverged, Guard, divergence_advice
 
 TRAINING = {"learningRate": 0.5, "maxGradNorm": 0.0, "mixedPrecision": "no", "lrWarmupSteps": 0}
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import __version__, schema
+from runner import __version__
+from runner.spec import schema
 from runner.launch import images
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner import starter
-from runner.spec import load_spec
+from runner.spec import starter
+from runner.spec.load import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from runner.k8s import build
 from runner.k8s.build import Options, Owner
 from runner.k8s.render import RenderError, render_objects, render_text
 from runner.launch import images, torchrun
-from runner.spec import job_from_document, parse_document
+from runner.spec.load import job_from_document, parse_document
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "k8s" / "example-trainingjob.yaml"

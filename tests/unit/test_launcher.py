@@ -121,7 +121,7 @@ def _wandb_spec(enabled: bool, key_env: str = "WANDB_API_KEY") -> dict:
 
 
 def test_tracker_problems_name_the_missing_key_and_never_its_value(monkeypatch):
-    from runner.stages.run import tracker_problems
+    from runner.launch.run import tracker_problems
 
     assert tracker_problems(_wandb_spec(False)) == []
     monkeypatch.delenv("MY_WANDB", raising=False)
@@ -141,7 +141,7 @@ def test_tracker_problems_name_the_missing_key_and_never_its_value(monkeypatch):
 def test_cache_shards_partition_the_keys(count):
     import hashlib
 
-    from runner.stages.cache import Shard
+    from runner.cache.stage import Shard
 
     keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(400)]
     owners = [[i for i in range(count) if Shard(i, count).owns(k)] for k in keys]

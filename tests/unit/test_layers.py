@@ -11,24 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from runner import schema as schema_mod
+from runner.spec import schema as schema_mod
 
 REPO = Path(__file__).resolve().parents[2]
-LIGHT_MODULES = ["runner/cli.py", "runner/spec.py", "runner/schema.py", "runner/semantics.py",
-                 "runner/explain.py", "runner/starter.py", "runner/simpletuner.py",
-                 "runner/k8s/__init__.py", "runner/k8s/crd.py", "runner/redact.py", "runner/models/families.py",
+LIGHT_MODULES = ["runner/cli.py", "runner/spec/load.py", "runner/spec/schema.py", "runner/spec/semantics.py",
+                 "runner/spec/explain.py", "runner/spec/starter.py", "runner/importers/simpletuner/config.py",
+                 "runner/k8s/__init__.py", "runner/k8s/crd.py", "runner/spec/redact.py", "runner/models/registry.py",
                  "runner/k8s/build.py", "runner/k8s/render.py", "runner/k8s/reconcile.py", "runner/k8s/status.py",
                  "runner/k8s/progress.py", "runner/launch/images.py", "runner/launch/torchrun.py",
                  "runner/launch/nodes.py",
-                 "runner/problems.py", "runner/smoke/__init__.py", "runner/smoke/command.py",
+                 "runner/spec/problems.py", "runner/smoke/__init__.py", "runner/smoke/command.py",
                  "runner/smoke/session.py", "runner/smoke/shrink.py", "runner/smoke/checks.py",
                  "runner/smoke/report.py"]
-LIGHT_RUNNER = {"runner", "runner.spec", "runner.schema", "runner.semantics", "runner.explain",
-                "runner.starter", "runner.simpletuner", "runner.k8s", "runner.k8s.crd", "runner.redact",
-                "runner.models.families", "runner.k8s.build", "runner.k8s.render", "runner.k8s.status",
+LIGHT_RUNNER = {"runner", "runner.spec", "runner.spec.load", "runner.spec.schema", "runner.spec.semantics", "runner.spec.explain",
+                "runner.spec.starter", "runner.importers.simpletuner.config", "runner.k8s", "runner.k8s.crd", "runner.spec.redact",
+                "runner.models.registry", "runner.k8s.build", "runner.k8s.render", "runner.k8s.status",
                 "runner.k8s.progress", "runner.k8s.reconcile", "runner.launch", "runner.launch.images",
                 "runner.launch.torchrun", "runner.__version__",
-                "runner.problems", "runner.smoke", "runner.smoke.session",
+                "runner.spec.problems", "runner.smoke", "runner.smoke.session",
                 "runner.smoke.shrink", "runner.smoke.checks", "runner.smoke.report"}
 THIRD_PARTY = {"yaml", "jsonschema"}
 
@@ -60,7 +60,7 @@ def test_light_modules_import_nothing_heavy_at_module_level(module):
 
 def test_run_is_the_only_command_that_reaches_the_stages():
     source = (REPO / "runner" / "cli.py").read_text()
-    assert source.count("runner.stages") == 1 and "from runner.stages.run import run_job" in source
+    assert source.count("runner.launch.run") == 1 and "from runner.launch.run import run_job" in source
 
 
 def test_every_schema_field_name_is_camel_case():
@@ -69,7 +69,7 @@ def test_every_schema_field_name_is_camel_case():
     assert bad == []
 
 
-TORCH_SIDE = ["runner/stages", "runner/training", "runner/models", "runner/data", "runner/evaluation"]
+TORCH_SIDE = ["runner/cache", "runner/train", "runner/models", "runner/data", "runner/evaluation"]
 
 
 def all_imports(path: Path) -> list[str]:
@@ -106,7 +106,7 @@ def test_operator_and_render_never_import_the_training_stack():
     """The operator image has no torch: nothing under runner/k8s may reach it, even lazily."""
     offenders = [f"{p.relative_to(REPO)}: {name}" for p in sorted((REPO / "runner" / "k8s").rglob("*.py"))
                  for name in all_imports(p) if name.split(".")[0] in HEAVY
-                 or name.startswith(("runner.stages", "runner.training", "runner.models"))]
+                 or name.startswith(("runner.stages", "runner.train", "runner.models"))]
     assert offenders == []
 
 

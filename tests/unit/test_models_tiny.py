@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner.models import tiny
-from runner.models.tiny import (
+from runner.models.tiny import pixart_sigma as tiny
+from runner.models.tiny.pixart_sigma import (
     MARKER,
     build_tiny_clip,
     build_tiny_pixart_sigma,

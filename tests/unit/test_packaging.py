@@ -51,7 +51,7 @@ def test_wheel_carries_every_data_file_of_the_package(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     data = [p.relative_to(REPO).as_posix() for p in (REPO / "runner").rglob("*")
             if p.is_file() and p.suffix not in (".py", ".pyc")]
-    assert "runner/schemas/trainingjob.schema.json" in data
+    assert "runner/spec/trainingjob.schema.json" in data
     assert sorted(set(data) - names) == []
 
 
@@ -61,7 +61,7 @@ def test_installed_wheel_validates_explains_and_prints_the_schema(installed, tmp
     shutil.copy(REPO / "examples" / "smoke.yaml", spec)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # cwd outside the repository, so nothing can come from the source tree
-    where = run([installed / "bin" / "python", "-c", "import runner.schema as s; print(s.SCHEMA_PATH)"],
+    where = run([installed / "bin" / "python", "-c", "import runner.spec.schema as s; print(s.SCHEMA_PATH)"],
                 cwd=tmp_path, env=env)
     assert where.stdout.startswith(str(installed)), where.stdout + where.stderr
 
@@ -72,7 +72,7 @@ def test_installed_wheel_validates_explains_and_prints_the_schema(installed, tmp
 
     proc = run([cli, "schema"], cwd=tmp_path, env=env)
     assert proc.returncode == 0
-    assert json.loads(proc.stdout) == json.loads((REPO / "runner/schemas/trainingjob.schema.json").read_text())
+    assert json.loads(proc.stdout) == json.loads((REPO / "runner/spec/trainingjob.schema.json").read_text())
 
     proc = run([cli, "explain", "spec.training"], cwd=tmp_path, env=env)
     assert proc.returncode == 0 and "batchSize" in proc.stdout, proc.stdout + proc.stderr

@@ -15,7 +15,7 @@ from runner.models.pixart_sigma import (
     make_objective,
     pad_embeddings,
 )
-from runner.models.tiny import build_tiny_pixart_sigma
+from runner.models.tiny.pixart_sigma import build_tiny_pixart_sigma
 
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -1,4 +1,4 @@
-"""runner.publish.push_to_hub against a fake Hub, through the real huggingface_hub client.
+"""runner.train.publish.push_to_hub against a fake Hub, through the real huggingface_hub client.
 
 huggingface_hub reads HF_ENDPOINT and HF_HUB_DISABLE_XET into `huggingface_hub.constants` at
 import time, and `HfApi()` copies `constants.ENDPOINT` when it is built (the commit helpers get
@@ -30,8 +30,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from runner.publish import PublishError, push_to_hub
-from runner.spec import job_from_document
+from runner.train.publish import PublishError, push_to_hub
+from runner.spec.load import job_from_document
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hf_fake_secret_123"

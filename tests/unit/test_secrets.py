@@ -12,8 +12,8 @@ import json
 import pytest
 import yaml
 
-from runner import redact
-from runner import schema as schema_mod
+from runner.spec import redact
+from runner.spec import schema as schema_mod
 
 # SimpleTuner's own config/multidatabackend.json.example (bghira/SimpleTuner), verbatim: a local
 # dataset, an S3 dataset and an S3 text-embed cache with credentials, and a local text-embed cache.

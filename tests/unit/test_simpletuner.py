@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from runner import simpletuner
-from runner.spec import load_spec
+from runner.importers.simpletuner import config as simpletuner
+from runner.spec.load import load_spec
 
 # SimpleTuner's PixArt Sigma quickstart (documentation/quickstart/SIGMA.md).
 QUICKSTART_CONFIG = {

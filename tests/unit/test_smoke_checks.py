@@ -19,7 +19,7 @@ import yaml
 
 from runner.smoke.checks import HubRepo, budget_check, hub_checks, hub_repos, pvc_checks, token_checks
 from runner.smoke.report import FAILED, PASSED, SKIPPED
-from runner.spec import job_from_document
+from runner.spec.load import job_from_document
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "hf_smoke_secret_value_123"

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.models.families import traits
+from runner.models.registry import traits
 from runner.smoke.shrink import (SMOKE_SIDE, SMOKE_STEPS, SUBSTITUTE_NAME, scale_factor, scale_size, shrink,
                                  substitute_dataset)
-from runner.spec import job_from_document
+from runner.spec.load import job_from_document
 
 REPO = Path(__file__).resolve().parents[2]
 WORK = "/tmp/smoke-work"

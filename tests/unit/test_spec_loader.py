@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import semantics
-from runner.spec import SpecError, apply_overrides, job_from_document, load_spec, parse_document
+from runner.spec import semantics
+from runner.spec.load import SpecError, apply_overrides, job_from_document, load_spec, parse_document
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -223,7 +223,7 @@ def test_the_seed_bound_is_numpys():
     """The schema's maximum is exactly what numpy (which accelerate's set_seed calls) accepts."""
     import numpy as np
 
-    from runner import schema as schema_mod
+    from runner.spec import schema as schema_mod
 
     for path in ("spec.training.seed", "spec.validation.seed"):
         top = schema_mod.subschema(path)["maximum"]
@@ -236,7 +236,7 @@ def test_dataset_buckets_are_always_whole_token_grids():
     """Dataset sizes need no multiple-of-16 check: buckets are aligned to 64 px, a multiple of
     every family's resolution multiple."""
     from runner.data.transforms import ALIGN
-    from runner.models.families import FAMILIES
+    from runner.models.registry import FAMILIES
 
     assert semantics.MIN_PIXEL_SIDE == ALIGN
     assert all(ALIGN % t.resolution_multiple == 0 for t in FAMILIES.values())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.problems import record
+from runner.spec.problems import record
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = (REPO / "examples" / "smoke.yaml").read_text()

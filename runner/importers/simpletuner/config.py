@@ -4,7 +4,7 @@ Every SimpleTuner option ends up in exactly one place: mapped onto a TrainingJob
 consumed (it only selects what this converter already assumes, e.g. `model_family:
 pixart_sigma`), or listed as having no equivalent. Nothing is dropped silently. Options without
 an equivalent are listed by name only, never with their values: SimpleTuner configs carry S3
-keys, Hub tokens and webhook URLs, and any value printed here is shown via runner.redact.
+keys, Hub tokens and webhook URLs, and any value printed here is shown via runner.spec.redact.
 
 SimpleTuner configs carry values as strings more often than not ("false", "1e-5", "20"),
 and SimpleTuner itself once read "False" as true; values are parsed by what the target
@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 import yaml
 
-from runner import redact
-from runner import schema as schema_mod
-from runner.semantics import MAX_AREA_MEGAPIXELS
-from runner.spec import MAX_SPEC_BYTES, SpecError, job_from_document
+from runner.spec import redact
+from runner.spec import schema as schema_mod
+from runner.spec.semantics import MAX_AREA_MEGAPIXELS
+from runner.spec.load import MAX_SPEC_BYTES, SpecError, job_from_document
 
 PIXART_FAMILY = "pixart_sigma"
 # SimpleTuner's pixel_area sizes are pixels of the side of an equivalent square; ours are

@@ -77,7 +77,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
-from runner.atomic import build_dir_once
+from runner.files import build_dir_once
 
 __all__ = [
     "BUILTIN_PREFIX",

@@ -3,8 +3,8 @@
 A test puts this folder on PYTHONPATH, so Python imports this file at start-up in the process
 it launches (and in every worker that process starts), and sets TJ_KILL_AT to a JSON object:
 
-    target  "module:function" or "module:Class.method", e.g. "os:replace", "runner.atomic:open"
-            (a module global that does not exist, like `open` in runner.atomic, shadows the builtin)
+    target  "module:function" or "module:Class.method", e.g. "os:replace", "runner.files:open"
+            (a module global that does not exist, like `open` in runner.files, shadows the builtin)
     match   optional regex searched in str() of the call's first argument; other calls pass through
     nth     the Nth matching call is the fatal one (1-based)
     when    "before" the call, "after" it returns, or "mid-write" (for `open` targets: the

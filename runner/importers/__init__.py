@@ -1,0 +1,1 @@
+"""Converters from other trainers' configs into a TrainingJob (torch-free)."""

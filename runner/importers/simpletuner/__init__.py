@@ -1,0 +1,1 @@
+"""`trainingjob import-simpletuner`: a SimpleTuner config.json + multidatabackend.json as a TrainingJob."""
