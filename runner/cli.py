@@ -9,7 +9,8 @@ import os
 import sys
 from typing import Sequence
 
-from runner.spec.load import SpecError, load_spec
+from runner.spec.errors import SpecError
+from runner.spec.load import load_spec
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
 DEBUG_ENV = "TRAININGJOB_DEBUG"

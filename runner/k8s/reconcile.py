@@ -70,7 +70,7 @@ def spec_document(tj: dict) -> dict:
 
 def validated(tj: dict) -> tuple[dict, list[str]]:
     """(defaulted document, problems): the project's own validator, then what Kubernetes needs."""
-    from runner.spec.load import validate_document
+    from runner.spec.validate import validate_document
 
     doc, problems, _ = validate_document(spec_document(tj), source=f"trainingjob/{tj['metadata']['name']}")
     if not problems:

@@ -8,7 +8,7 @@ from typing import Any
 
 from runner.observe.metrics import Metrics
 from runner.spec.plan import JobPaths, job_paths
-from runner.spec.load import TrainingJob
+from runner.spec.node import TrainingJob
 
 
 @dataclass

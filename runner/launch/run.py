@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from runner.spec.plan import job_paths
-from runner.spec.load import TrainingJob
+from runner.spec.node import TrainingJob
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
 

@@ -30,7 +30,9 @@ import yaml
 from runner.smoke import checks as checks_mod
 from runner.smoke.report import FAILED, PASSED, SKIPPED, Check, junit_xml, passed, text_report
 from runner.smoke.shrink import SUBSTITUTE_NAME, shrink, substitute_dataset
-from runner.spec.load import SpecError, TrainingJob, job_from_document, load_spec
+from runner.spec.errors import SpecError
+from runner.spec.load import job_from_document, load_spec
+from runner.spec.node import TrainingJob
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
 DEFAULT_IMAGES = 8

@@ -9,8 +9,10 @@ import re
 import textwrap
 from typing import Any
 
+from runner.spec import fieldpath
 from runner.spec import schema as schema_mod
-from runner.spec.load import did_you_mean
+from runner.spec.errors import did_you_mean
+from runner.spec.schema import element
 
 WIDTH = 80
 
@@ -21,8 +23,7 @@ class ExplainError(Exception):
 
 def field_path(path: str) -> list[str]:
     """`trainingjob.spec.datasets[0].crop` -> ['spec', 'datasets', 'crop'] (list items are transparent)."""
-    text = re.sub(r"\[\d*\]", "", path.strip())
-    parts = [p for p in text.split(".") if p]
+    parts = [p for p in fieldpath.split(path.replace("[]", "")) if p and not p.isdigit()]
     if parts and parts[0].lower() in ("trainingjob", "trainingjobs", "tj"):
         parts = parts[1:]
     return parts
@@ -30,22 +31,12 @@ def field_path(path: str) -> list[str]:
 
 def resolve(parts: list[str]) -> dict[str, Any]:
     """Schema node of a field path; ExplainError with a did-you-mean when a segment is unknown."""
-    node = schema_mod.load_schema()
-    for i, part in enumerate(parts):
-        node = _element(node)
-        props = node.get("properties", {})
-        if part not in props:
-            where = ".".join(parts[:i]) or "TrainingJob"
-            hint = did_you_mean(part, props) if props else f"; {where} has no fields"
-            raise ExplainError(f"field {'.'.join(parts[:i + 1])!r} does not exist in {where}{hint}")
-        node = props[part]
-    return node
-
-
-def _element(node: dict[str, Any]) -> dict[str, Any]:
-    while node.get("type") == "array" and isinstance(node.get("items"), dict):
-        node = node["items"]
-    return node
+    try:
+        return schema_mod.node_at(parts, indexed=False)
+    except schema_mod.FieldNotFound as e:
+        where = ".".join(parts[:e.index]) or "TrainingJob"
+        hint = did_you_mean(parts[e.index], e.fields) if e.fields else f"; {where} has no fields"
+        raise ExplainError(f"field {'.'.join(parts[:e.index + 1])!r} does not exist in {where}{hint}") from None
 
 
 def type_name(node: dict[str, Any]) -> str:
@@ -94,15 +85,15 @@ def _child_line(name: str, node: dict[str, Any], required: bool) -> list[str]:
     head = f"  {name}\t<{type_name(node)}>" + (" -required-" if required else "")
     summary = _first_sentence(node.get("description", ""))
     extras = []
-    if "enum" in node or "enum" in _element(node):
-        extras.append("One of: " + ", ".join(map(str, node.get("enum") or _element(node)["enum"])) + ".")
+    if "enum" in node or "enum" in element(node):
+        extras.append("One of: " + ", ".join(map(str, node.get("enum") or element(node)["enum"])) + ".")
     if "default" in node:
         extras.append(f"Default: {_value(node['default'])}.")
     return [head] + _wrap(" ".join([summary] + extras).strip(), 4)
 
 
 def _tree(node: dict[str, Any], indent: int) -> list[str]:
-    node = _element(node)
+    node = element(node)
     required = set(node.get("required", []))
     lines = []
     for name, child in node.get("properties", {}).items():
@@ -114,27 +105,27 @@ def _tree(node: dict[str, Any], indent: int) -> list[str]:
 def explain(path: str = "", recursive: bool = False) -> str:
     parts = field_path(path)
     node = resolve(parts)
-    parent_required = set(_element(resolve(parts[:-1])).get("required", [])) if parts else set()
+    parent_required = set(element(resolve(parts[:-1])).get("required", [])) if parts else set()
     lines = [f"KIND:       {schema_mod.KIND}", f"VERSION:    {schema_mod.api_version()}", ""]
     lines.append(f"FIELD:      {'.'.join(parts) or '<TrainingJob>'}")
     lines.append(f"TYPE:       <{type_name(node)}>" + (" -required-" if parts and parts[-1] in parent_required else ""))
     if "default" in node:
         lines.append(f"DEFAULT:    {_value(node['default'])}")
-    enum = node.get("enum") or _element(node).get("enum")
+    enum = node.get("enum") or element(node).get("enum")
     if enum:
         lines.append(f"ENUM:       {', '.join(map(str, enum))}")
-    limits = _constraints(node) + (_constraints(_element(node)) if node.get("type") == "array" else [])
+    limits = _constraints(node) + (_constraints(element(node)) if node.get("type") == "array" else [])
     if limits:
         lines.append(f"ALLOWED:    {'; '.join(limits)}")
     lines += ["", "DESCRIPTION:"] + _wrap(node.get("description", "(no description)"), 4)
-    element = _element(node)
-    if element.get("properties"):
+    item = element(node)
+    if item.get("properties"):
         lines += ["", "FIELDS:"]
         if recursive:
-            lines += _tree(element, 2)
+            lines += _tree(item, 2)
         else:
-            required = set(element.get("required", []))
-            for name, child in element["properties"].items():
+            required = set(item.get("required", []))
+            for name, child in item["properties"].items():
                 lines += _child_line(name, child, name in required) + [""]
             lines.pop()
     return "\n".join(lines) + "\n"

@@ -13,7 +13,9 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import BinaryIO, Sequence
 
-from runner.spec.load import MAX_SPEC_BYTES, SpecError, job_from_document, load_spec, parse_document
+from runner.spec.errors import SpecError
+from runner.spec.load import job_from_document, load_spec
+from runner.spec.parse import MAX_SPEC_BYTES, parse_document
 
 STDIN = "-"
 STDIN_SOURCE = "<stdin>"

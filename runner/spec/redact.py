@@ -16,6 +16,8 @@ import json
 import re
 from typing import Any
 
+from runner.spec.errors import clip
+
 HIDDEN = "<hidden: may be a secret>"
 
 SECRET_WORDS = frozenset({
@@ -76,8 +78,7 @@ def show(name: Any, value: Any, limit: int = 80) -> str:
     """A value for a message about option `name`: JSON, clipped, or HIDDEN when it may be a secret."""
     if is_hidden(name, value):
         return HIDDEN
-    text = json.dumps(value, default=str, ensure_ascii=False)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return clip(json.dumps(value, default=str, ensure_ascii=False), limit)
 
 
 def reference_hint(path: str) -> str | None:

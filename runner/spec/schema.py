@@ -1,16 +1,19 @@
 """The TrainingJob JSON Schema: the single source of truth for options, defaults and docs.
 
-Everything else (CLI validation, defaults, `explain`, the CRD) derives from this file.
+Everything else (CLI validation, defaults, `explain`, the CRD) derives from this file. Torch-free.
 """
 from __future__ import annotations
 
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from runner.spec.errors import an, did_you_mean
 
 # Inside the package, so a wheel install (and every image) carries it.
 SCHEMA_PATH = Path(__file__).resolve().parent / "trainingjob.schema.json"
+KIND = "TrainingJob"
 
 
 @lru_cache(maxsize=1)
@@ -25,9 +28,6 @@ def api_version() -> str:
 
 def api_group() -> str:
     return api_version().split("/", 1)[0]
-
-
-KIND = "TrainingJob"
 
 
 def apply_defaults(doc: Any, schema: dict[str, Any] | None = None) -> Any:
@@ -56,20 +56,65 @@ def apply_defaults(doc: Any, schema: dict[str, Any] | None = None) -> Any:
     return doc
 
 
-def subschema(path: str) -> dict[str, Any] | None:
-    """Schema node of a dotted field path (`spec.datasets.crop`; list items are transparent)."""
-    node = load_schema()
-    for part in [p for p in path.split(".") if p]:
-        while node.get("type") == "array":
-            node = node.get("items", {})
-        props = node.get("properties", {})
-        if part not in props:
-            return None
-        node = props[part]
+# ----------------------------------------------------------------------------- field paths
+
+class FieldNotFound(LookupError):
+    """A field path that names no schema node. `index` is the first part that does not
+    resolve and `fields` the fields that exist there; the message says why, in the words of
+    `--set` (`explain` words it its own way from the same facts)."""
+
+    def __init__(self, parts: list[str], index: int, fields: tuple[str, ...], message: str):
+        super().__init__(message)
+        self.parts, self.index, self.fields = parts, index, fields
+
+
+def element(node: dict[str, Any]) -> dict[str, Any]:
+    """The schema of one item, for a list (of lists); any other node as it is."""
+    while node.get("type") == "array" and isinstance(node.get("items"), dict):
+        node = node["items"]
     return node
 
 
-def iter_fields(node: dict[str, Any] | None = None, path: str = ""):
+def node_at(parts: list[str], *, indexed: bool) -> dict[str, Any]:
+    """The schema node a field path names; FieldNotFound when there is none.
+
+    `indexed` (a path into a document, as `--set` writes one): a list must be indexed
+    (`spec.datasets.0.crop`), and free-form maps (labels, nodeSelector) and `status` take any
+    key. Otherwise (a path into the docs, as `explain` and the importers write one): list items
+    are transparent (`spec.datasets.crop`) and only the schema's named fields exist."""
+    node = load_schema()
+    for i, part in enumerate(parts):
+        here = ".".join(parts[:i])
+        if not indexed:
+            node = element(node)
+        elif node.get("type") == "array":
+            if not part.isdigit():
+                raise FieldNotFound(parts, i, (), f"{here} is a list; index it, e.g. {here}[0].{part}")
+            node = node.get("items", {})
+            continue
+        elif node.get("x-kubernetes-preserve-unknown-fields"):
+            return {}
+        props = node.get("properties", {})
+        if part in props:
+            node = props[part]
+        elif indexed and "properties" not in node and isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]  # a free-form map: any key goes
+        elif props:
+            raise FieldNotFound(parts, i, tuple(props), f"unknown field {here}.{part}" + did_you_mean(part, props))
+        else:
+            raise FieldNotFound(parts, i, (), f"{here} is {an(str(node.get('type', 'value')))}; it has no field {part!r}")
+    return node
+
+
+def subschema(path: str) -> dict[str, Any] | None:
+    """Schema node of a dotted docs path (`spec.datasets.crop`; list items are transparent), or None."""
+    try:
+        return node_at([p for p in path.split(".") if p], indexed=False)
+    except FieldNotFound:
+        return None
+
+
+def iter_fields(node: dict[str, Any] | None = None, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     """Every field of the schema as (dotted path, schema node), depth first; list items are
     transparent (`spec.datasets.crop`)."""
     node = load_schema() if node is None else node

@@ -12,7 +12,7 @@ import math
 import os
 from typing import Any, Callable, Iterator
 
-from runner.spec import redact
+from runner.spec import fieldpath, redact
 from runner.spec import schema as schema_mod
 from runner.models.registry import traits
 
@@ -113,7 +113,7 @@ def _seed(spec: dict[str, Any]) -> Iterator[Finding]:
 def _paths(spec: dict[str, Any], cwd: str | None = None) -> Iterator[Finding]:
     """A filesystem root as a place to write caches, outputs or read data from is always a mistake
     (`/`, or a relative path like `../../..` that climbs there from the working directory)."""
-    found = [(p, _get(spec, p)) for p in _DIRS]
+    found = [(p, fieldpath.dig(spec, p.removeprefix("spec."))) for p in _DIRS]
     found += [(f"spec.datasets[{i}].{key}", ds.get(key)) for i, ds in enumerate(spec["datasets"])
               for key in ("path", "vaeCacheDir")]
     resume = spec["training"]["resume"]
@@ -134,19 +134,12 @@ def is_filesystem_root(path: str, cwd: str | None = None) -> bool:
 
 def _secret_references(spec: dict[str, Any]) -> Iterator[Finding]:
     """A name field that passes its pattern but holds a token (an AWS key id is upper-case)."""
-    found = [(p, _get(spec, p)) for p in _ENV_FIELDS]
+    found = [(p, fieldpath.dig(spec, p.removeprefix("spec."))) for p in _ENV_FIELDS]
     for ref, node in (spec.get("kubernetes", {}).get("secrets") or {}).items():
         found += [(f"spec.kubernetes.secrets.{ref}.{key}", node.get(key)) for key in ("name", "key")]
     for where, value in found:
         if redact.looks_like_secret_value(value):
             yield ERROR, f"{where}: the value looks like a secret itself (not shown); {redact.reference_hint(where)}"
-
-
-def _get(spec: dict[str, Any], path: str) -> Any:
-    node: Any = spec
-    for part in path.split(".")[1:]:
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def _guidance(spec: dict[str, Any]) -> Iterator[Finding]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -17,7 +16,11 @@ from pathlib import Path
 from typing import Callable
 
 from runner.spec import schema as schema_mod
-from runner.spec.load import SpecError, field_problems, job_from_document, parse_document
+from runner.spec.errors import SpecError
+from runner.spec.names import slug
+from runner.spec.load import job_from_document
+from runner.spec.parse import parse_document
+from runner.spec.validate import field_problems
 
 Ask = Callable[[str], str]
 DEFAULT_OUTPUT = "trainingjob.yaml"
@@ -90,9 +93,7 @@ def gather(ask: Ask | None) -> dict[str, str]:
 
 def dataset_name(directory: str) -> str:
     """A valid dataset name from a directory: `datasets/My Photos` -> `my-photos`."""
-    base = Path(directory.rstrip("/\\")).name.lower()
-    name = re.sub(r"[^a-z0-9_-]+", "-", base).strip("-_")[:63].strip("-_")
-    return name or "images"
+    return slug(Path(directory.rstrip("/\\")).name, "images", underscore=True)
 
 
 def _q(value: str) -> str:

@@ -214,7 +214,7 @@ def failing_cel(doc: dict) -> list[str]:
 
 def _doc(**spec_changes) -> dict:
     from runner.spec.schema import apply_defaults
-    from runner.spec.load import parse_document
+    from runner.spec.parse import parse_document
 
     doc = parse_document((REPO / "examples" / "smoke.yaml").read_text())
     for dotted, value in spec_changes.items():

@@ -15,7 +15,8 @@ from runner.k8s import build
 from runner.k8s.build import Options, Owner
 from runner.k8s.render import RenderError, render_objects, render_text
 from runner.launch import images, torchrun
-from runner.spec.load import job_from_document, parse_document
+from runner.spec.load import job_from_document
+from runner.spec.parse import parse_document
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "k8s" / "example-trainingjob.yaml"

@@ -1,12 +1,26 @@
-"""Layering: the spec/CLI modules import only the standard library, PyYAML, jsonschema and each
-other at module level, so `validate`, `explain`, `schema`, `init` and `import-simpletuner` stay
-fast and work without the training extras. Heavy imports belong inside the functions that need
-them (e.g. `cmd_run`)."""
+"""Layer contracts: which parts of the runner may import which. Each test fails, naming the
+module and the import, when a change crosses a layer.
+
+- The light side (the spec, the CLI, the importers, smoke planning, the Kubernetes code, the
+  model registry) imports only the standard library, PyYAML and jsonschema when it is
+  imported, however deep the chain of runner modules: `validate`, `explain`, `schema`, `init`,
+  `import-simpletuner` and the operator stay fast and work without the training extras.
+  Heavy imports belong inside the functions that need them (e.g. `cmd_run`).
+- Stages and models run inside pods and talk to the cluster only through files, env and
+  metrics: they never import Kubernetes, even lazily. Kubernetes code never reaches the
+  training stack, even lazily (the operator image has no torch).
+- The data layer never imports torch (dataset preflight runs in `validate`).
+- A model family imports no stage: stages call families, never the other way round.
+- Nothing outside runner/models imports a concrete family: the stages get one from the
+  registry by `spec.model.family`.
+"""
 from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -14,107 +28,148 @@ import pytest
 from runner.spec import schema as schema_mod
 
 REPO = Path(__file__).resolve().parents[2]
-LIGHT_MODULES = ["runner/cli.py", "runner/spec/load.py", "runner/spec/schema.py", "runner/spec/semantics.py",
-                 "runner/spec/explain.py", "runner/spec/starter.py", "runner/importers/simpletuner/config.py",
-                 "runner/k8s/__init__.py", "runner/k8s/crd.py", "runner/spec/redact.py", "runner/models/registry.py",
-                 "runner/k8s/build.py", "runner/k8s/render.py", "runner/k8s/reconcile.py", "runner/k8s/status.py",
-                 "runner/k8s/progress.py", "runner/launch/images.py", "runner/launch/torchrun.py",
-                 "runner/launch/nodes.py",
-                 "runner/spec/problems.py", "runner/smoke/__init__.py", "runner/smoke/command.py",
-                 "runner/smoke/session.py", "runner/smoke/shrink.py", "runner/smoke/checks.py",
-                 "runner/smoke/report.py"]
-LIGHT_RUNNER = {"runner", "runner.spec", "runner.spec.load", "runner.spec.schema", "runner.spec.semantics", "runner.spec.explain",
-                "runner.spec.starter", "runner.importers.simpletuner.config", "runner.k8s", "runner.k8s.crd", "runner.spec.redact",
-                "runner.models.registry", "runner.k8s.build", "runner.k8s.render", "runner.k8s.status",
-                "runner.k8s.progress", "runner.k8s.reconcile", "runner.launch", "runner.launch.images",
-                "runner.launch.torchrun", "runner.__version__",
-                "runner.spec.problems", "runner.smoke", "runner.smoke.session",
-                "runner.smoke.shrink", "runner.smoke.checks", "runner.smoke.report"}
-THIRD_PARTY = {"yaml", "jsonschema"}
+RUNNER = REPO / "runner"
+HEAVY = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "torchvision")
+LIGHT_THIRD_PARTY = {"yaml", "jsonschema"}
+# The operator is the one light module with third-party dependencies of its own (the
+# `operator` extra); what it imports from the runner is checked like everything else.
+OPERATOR_THIRD_PARTY = {"kopf", "kubernetes", "prometheus_client"}
+LIGHT_PACKAGES = ("runner.spec", "runner.importers", "runner.k8s", "runner.smoke")
+LIGHT_MODULES = ("runner", "runner.__main__", "runner.cli", "runner.files",
+                 "runner.models", "runner.models.registry", "runner.observe.names",
+                 "runner.launch", "runner.launch.images", "runner.launch.torchrun", "runner.launch.nodes")
+STAGES = ("runner.cache", "runner.train", "runner.launch")
+KUBERNETES = ("kubernetes", "kopf", "runner.k8s")
 
 
-def module_level_imports(path: Path) -> list[str]:
-    """Imports executed when the module is imported (not those inside functions)."""
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(RUNNER.rglob("*.py"))}
+
+
+def is_under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _imports(path: Path, module_level: bool) -> list[str]:
+    """Absolute names imported by a module (`from a import b` gives `a` and `a.b`, so importing a
+    submodule that way counts). `module_level`: only what runs when the module is imported, not
+    what runs inside functions and classes."""
     tree = ast.parse(path.read_text(), str(path))
+    nodes = []
+    if module_level:
+        stack = list(tree.body)
+        while stack:
+            node = stack.pop()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            nodes.append(node)
+            stack.extend(ast.iter_child_nodes(node))
+    else:
+        nodes = list(ast.walk(tree))
     names = []
-    for node in tree.body:
-        for sub in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else []:
-            if isinstance(sub, ast.Import):
-                names += [alias.name for alias in sub.names]
-            elif isinstance(sub, ast.ImportFrom) and sub.module and not sub.level:
-                names += [sub.module] + [f"{sub.module}.{alias.name}" for alias in sub.names
-                                         if sub.module == "runner"]
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
     return names
 
 
-@pytest.mark.parametrize("module", LIGHT_MODULES)
-def test_light_modules_import_nothing_heavy_at_module_level(module):
-    for name in module_level_imports(REPO / module):
+@lru_cache(maxsize=None)
+def module_level_imports(name: str) -> tuple[str, ...]:
+    return tuple(_imports(MODULES[name], module_level=True))
+
+
+def all_imports(name: str) -> list[str]:
+    return _imports(MODULES[name], module_level=False)
+
+
+def loaded_with(name: str) -> dict[str, str]:
+    """Every name imported when `name` is imported, with the runner module that imports it:
+    module-level imports, followed through the runner's own modules (and the packages above
+    each, which Python imports first)."""
+    found: dict[str, str] = {}
+    visited, todo = {name}, [name]
+    while todo:
+        current = todo.pop()
+        for imported in module_level_imports(current):
+            found.setdefault(imported, current)
+            chain = imported.split(".")
+            for parent in (".".join(chain[:i]) for i in range(1, len(chain) + 1)):
+                if parent in MODULES and parent not in visited:
+                    found.setdefault(parent, current)
+                    visited.add(parent)
+                    todo.append(parent)
+    return found
+
+
+LIGHT = sorted(n for n in MODULES if is_under(n, LIGHT_PACKAGES) or n in LIGHT_MODULES)
+
+
+def test_the_light_side_is_what_it_says():
+    """Guard against the list going stale: every named light module exists."""
+    assert [n for n in LIGHT_MODULES if n not in MODULES] == []
+    assert all(any(is_under(n, [p]) for n in MODULES) for p in LIGHT_PACKAGES)
+
+
+@pytest.mark.parametrize("module", LIGHT)
+def test_light_modules_load_nothing_heavy(module):
+    allowed = LIGHT_THIRD_PARTY | (OPERATOR_THIRD_PARTY if module == "runner.k8s.operator" else set())
+    offenders = []
+    for name, importer in loaded_with(module).items():
         top = name.split(".")[0]
         if top == "runner":
-            assert name in LIGHT_RUNNER, f"{module} imports {name} at module level"
-        else:
-            assert top in sys.stdlib_module_names or top in THIRD_PARTY or top == "__future__", (
-                f"{module} imports {name} at module level")
+            if name in MODULES and name not in LIGHT:
+                offenders.append(f"{importer} imports {name}, which is not on the light side")
+        elif top not in sys.stdlib_module_names and top != "__future__" and top not in allowed:
+            offenders.append(f"{importer} imports {name} at module level")
+    assert offenders == [], f"importing {module}:"
+
+
+def test_importing_the_light_side_loads_no_torch():
+    """The same, measured: import every light module in a fresh interpreter."""
+    code = ("import importlib, sys\n"
+            f"for name in {[n for n in LIGHT if n != 'runner.__main__']!r}:\n    importlib.import_module(name)\n"
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_run_is_the_only_command_that_reaches_the_stages():
-    source = (REPO / "runner" / "cli.py").read_text()
+    source = (RUNNER / "cli.py").read_text()
     assert source.count("runner.launch.run") == 1 and "from runner.launch.run import run_job" in source
+
+
+@pytest.mark.parametrize("package", [*STAGES, "runner.models", "runner.data", "runner.evaluation", "runner.observe"])
+def test_stages_and_models_never_import_kubernetes(package):
+    """Stages run inside pods; they talk to the cluster only through files, env and metrics."""
+    offenders = [f"{n}: {imp}" for n in MODULES if is_under(n, [package])
+                 for imp in all_imports(n) if is_under(imp, KUBERNETES)]
+    assert offenders == []
+
+
+def test_kubernetes_code_never_reaches_the_training_stack():
+    """The operator image has no torch: nothing under runner/k8s may reach it, even lazily."""
+    offenders = [f"{n}: {imp}" for n in MODULES if is_under(n, ["runner.k8s"])
+                 for imp in all_imports(n)
+                 if imp.split(".")[0] in HEAVY or is_under(imp, [*STAGES[:2], "runner.launch.run", "runner.models",
+                                                                  "runner.data", "runner.evaluation"])]
+    assert offenders == []
+
+
+def test_the_data_layer_never_imports_torch():
+    """Dataset preflight runs in `validate`, which must stay light."""
+    offenders = [f"{n}: {imp}" for n in MODULES if is_under(n, ["runner.data"])
+                 for imp in all_imports(n) if imp.split(".")[0] in HEAVY]
+    assert offenders == []
 
 
 def test_every_schema_field_name_is_camel_case():
     bad = [path for path, _ in schema_mod.iter_fields()
            if not re.fullmatch(r"[a-z][a-zA-Z0-9]*", path.rsplit(".", 1)[-1])]
     assert bad == []
-
-
-TORCH_SIDE = ["runner/cache", "runner/train", "runner/models", "runner/data", "runner/evaluation"]
-
-
-def all_imports(path: Path) -> list[str]:
-    """Every import in a module, including those inside functions."""
-    names = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.append(node.module)
-    return names
-
-
-@pytest.mark.parametrize("package", TORCH_SIDE)
-def test_stages_never_import_kubernetes(package):
-    """Stages run inside pods; they talk to the cluster only through files, env and metrics."""
-    offenders = [f"{p.relative_to(REPO)}: {name}" for p in sorted((REPO / package).rglob("*.py"))
-                 for name in all_imports(p) if name.split(".")[0] in ("kubernetes", "kopf", "runner.k8s")
-                 or name.startswith("runner.k8s")]
-    assert offenders == []
-
-
-def test_data_layer_never_imports_torch():
-    """Dataset preflight runs in `validate`, which must stay light."""
-    offenders = [f"{p.relative_to(REPO)}: {name}" for p in sorted((REPO / "runner" / "data").rglob("*.py"))
-                 for name in all_imports(p) if name.split(".")[0] in ("torch", "diffusers", "transformers")]
-    assert offenders == []
-
-
-HEAVY = ("torch", "diffusers", "transformers", "accelerate")
-
-
-def test_operator_and_render_never_import_the_training_stack():
-    """The operator image has no torch: nothing under runner/k8s may reach it, even lazily."""
-    offenders = [f"{p.relative_to(REPO)}: {name}" for p in sorted((REPO / "runner" / "k8s").rglob("*.py"))
-                 for name in all_imports(p) if name.split(".")[0] in HEAVY
-                 or name.startswith(("runner.stages", "runner.train", "runner.models"))]
-    assert offenders == []
-
-
-def test_importing_the_operator_loads_no_torch():
-    import subprocess
-
-    code = ("import sys, runner.cli, runner.k8s.operator, runner.k8s.render, runner.k8s.reconcile; "
-            f"print([m for m in {HEAVY!r} if m in sys.modules])")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"

@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 
 from runner.spec import semantics
-from runner.spec.load import SpecError, apply_overrides, job_from_document, load_spec, parse_document
+from runner.spec.errors import SpecError
+from runner.spec.load import job_from_document, load_spec
+from runner.spec.overrides import apply_overrides
+from runner.spec.parse import parse_document
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))

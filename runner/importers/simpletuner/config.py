@@ -24,7 +24,9 @@ import yaml
 from runner.spec import redact
 from runner.spec import schema as schema_mod
 from runner.spec.semantics import MAX_AREA_MEGAPIXELS
-from runner.spec.load import MAX_SPEC_BYTES, SpecError, job_from_document
+from runner.spec.errors import SpecError
+from runner.spec.load import job_from_document
+from runner.spec.parse import MAX_SPEC_BYTES
 
 PIXART_FAMILY = "pixart_sigma"
 # SimpleTuner's pixel_area sizes are pixels of the side of an equivalent square; ours are
