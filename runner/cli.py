@@ -100,7 +100,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_import_simpletuner(args: argparse.Namespace) -> int:
-    from runner.importers.simpletuner.config import import_files
+    from runner.importers.simpletuner.convert import import_files
 
     if args.output != "-" and os.path.lexists(args.output) and not args.force:
         print(f"{args.output}: already exists; pass --force to overwrite it", file=sys.stderr)

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from runner.importers.simpletuner import config as simpletuner
+from runner.importers.simpletuner import options as simpletuner
 from runner.spec.load import load_spec
 
 # SimpleTuner's PixArt Sigma quickstart (documentation/quickstart/SIGMA.md).
