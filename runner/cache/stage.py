@@ -1,4 +1,4 @@
-"""Cache stage: T5 text embeddings and VAE latents to disk, keyed by everything that changes them.
+"""Cache stage: text embeddings and VAE latents to disk, keyed by everything that changes them.
 
 Layout: one safetensors file per entry (`<dir>/<key[:2]>/<key>.safetensors`). Per-entry files,
 not shards, because invalidation is per entry: a changed crop re-encodes one image, a new
@@ -12,7 +12,7 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from runner.cache import keys as cachekeys
 from runner.files import atomic_write_bytes, atomic_write_json, sweep_stale_temps
@@ -134,14 +134,14 @@ def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 def encoder_identities(ctx: RunContext, model_dir: Path) -> tuple[EncoderIdentity, EncoderIdentity]:
     from runner.data.discovery import DigestMemo
 
-    model = ctx.spec.model
+    model, family = ctx.spec.model, ctx.family.traits
     memo = DigestMemo(ctx.paths.digests)  # a local model folder's files are hashed once, then remembered
     fingerprint = {name: cachekeys.component_fingerprint(model_dir / name, memo.digest)
-                   for name in ("text_encoder", "tokenizer", "vae")}
+                   for name in (*family.text_components, family.vae_component)}
     memo.save()
-    text_fp = fingerprint["text_encoder"] + fingerprint["tokenizer"]
+    text_fp = "".join(fingerprint[name] for name in family.text_components)
     text = EncoderIdentity(model.pretrained, model.revision, text_fp, model.textEncoderDtype)
-    vae = EncoderIdentity(model.pretrained, model.revision, fingerprint["vae"], model.vaeDtype)
+    vae = EncoderIdentity(model.pretrained, model.revision, fingerprint[family.vae_component], model.vaeDtype)
     return text, vae
 
 
@@ -149,9 +149,9 @@ def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identi
                report: CacheReport, writer: ThreadPoolExecutor, shard: Shard = Shard()) -> tuple[dict[str, str], dict[str, int]]:
     """Encode the missing captions. Returns each caption's key and, where known, its length in
     tokens before the encoder's truncation (stored with the entry, so a rerun knows it too)."""
-    from runner.models import pixart_sigma as family
     from runner.observe.progress import Progress
 
+    family = ctx.family
     max_tokens = ctx.spec.model.textEncoderMaxLength
     keys = {c: cachekeys.text_key(identity, max_tokens, c) for c in captions}
     tokens: dict[str, int] = {}
@@ -165,15 +165,14 @@ def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identi
     report.text_total, report.text_encoded = len(keys), len(missing)
     ctx.metrics.cache_planned("text", sum(map(shard.owns, keys.values())), len(missing))
     if missing:
-        ctx.log(f"encoding {len(missing)} caption(s) with the T5 text encoder ({len(keys) - len(missing)} cached)")
-        tokenizer, encoder = family.load_text_encoder(model_dir, ctx.spec.model.textEncoderDtype, ctx.device)
+        ctx.log(f"encoding {len(missing)} caption(s) with the text encoder ({len(keys) - len(missing)} cached)")
+        text_encoder = family.load_text_encoder(model_dir, ctx.spec.model.textEncoderDtype, ctx.device)
         bar = Progress(len(missing), "text embeds", "caption")
         futures = []
         for batch in chunks(missing, ctx.spec.textEmbeds.writeBatchSize):
-            # Untruncated lengths, only to report captions the encoder cuts (verbose=False: no
-            # "sequence longer than the maximum" warning per long caption).
-            counts = [len(ids) for ids in tokenizer(list(batch), truncation=False, verbose=False).input_ids]
-            for caption, n, embed in zip(batch, counts, family.encode_captions(tokenizer, encoder, batch, max_tokens)):
+            # Untruncated lengths, only to report captions the encoder cuts.
+            counts = family.token_counts(text_encoder, batch)
+            for caption, n, embed in zip(batch, counts, family.encode_text(text_encoder, batch, max_tokens)):
                 tokens[caption] = n
                 futures.append(writer.submit(write_entry, entry_path(ctx.paths.text_dir, keys[caption]),
                                              {"prompt_embeds": embed}, {"caption": caption[:2000], "tokens": str(n)}))
@@ -183,7 +182,7 @@ def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identi
         for f in futures:
             f.result()
         bar.close()
-        del encoder, tokenizer
+        del text_encoder
         _free(ctx.device)
     return keys, tokens
 
@@ -193,9 +192,10 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
     """Encode missing latents, grouped by bucket so each VAE batch has one shape."""
     import torch
 
-    from runner.models import pixart_sigma as family
+    from runner.models.pipeline import torch_dtype
     from runner.observe.progress import Progress
 
+    family = ctx.family
     keys: dict[tuple[str, str], str] = {}
     todo: list[tuple[Path, Any, str]] = []
     for ds, plan in plans:
@@ -221,7 +221,7 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
     with ThreadPoolExecutor(max_workers=4) as loaders:
         for bucket in sorted(by_bucket):
             for batch in chunks(by_bucket[bucket], VAE_ENCODE_BATCH):
-                loaded = list(loaders.map(lambda e: load_pixels(e[1]), batch))
+                loaded = list(loaders.map(lambda e: load_pixels(e[1], family.image_to_tensor), batch))
                 good = [(e, px) for e, px in zip(batch, loaded) if not isinstance(px, str)]
                 failed += [(e[1], px) for e, px in zip(batch, loaded) if isinstance(px, str)]
                 bar.update(len(batch))
@@ -233,7 +233,7 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
                 # may take another convolution path).
                 seeds = [int(key[:8], 16) for (_, _, key), _ in good]
                 latents = family.encode_images(vae, torch.stack([px for _, px in good]), seeds)
-                dtype = family.DTYPES[ctx.spec.model.vaeDtype]
+                dtype = torch_dtype(ctx.spec.model.vaeDtype)
                 for ((vae_dir, item, key), _), latent in zip(good, latents):
                     futures.append(writer.submit(write_entry, entry_path(vae_dir, key),
                                                  {"latent": latent.to("cpu", dtype)}, {"source": item.info.rel}))
@@ -248,26 +248,26 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
     return keys, failed
 
 
-def load_pixels(item) -> Any:
-    """The cropped image as a tensor, or the reason it cannot be decoded (headers can parse
-    while the pixel data is truncated, so this is where most corrupt files surface)."""
+def load_pixels(item, to_tensor: Callable[[Any], Any]) -> Any:
+    """The cropped image as the family's tensor (`to_tensor`), or the reason it cannot be decoded
+    (headers can parse while the pixel data is truncated, so this is where most corrupt files surface)."""
     from PIL import Image
 
     from runner.data.transforms import apply_crop
-    from runner.models.pixart_sigma import image_to_tensor
 
     try:
         with Image.open(item.info.path) as im:
-            return image_to_tensor(apply_crop(im, item.plan))
+            return to_tensor(apply_crop(im, item.plan))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL raises these for broken files
         return f"cannot decode ({e})"
 
 
-def verify_images(plans) -> list[tuple[Any, str]]:
+def verify_images(plans, to_tensor: Callable[[Any], Any]) -> list[tuple[Any, str]]:
     """Decode every image once (used with vaeCacheDisable, where nothing else would before training)."""
     with ThreadPoolExecutor(max_workers=4) as pool:
         items = [item for _, plan in plans for item in plan.items]
-        return [(it, r) for it, r in zip(items, pool.map(load_pixels, items)) if isinstance(r, str)]
+        return [(it, r) for it, r in zip(items, pool.map(lambda it: load_pixels(it, to_tensor), items))
+                if isinstance(r, str)]
 
 
 def crop_plan_dict(plan) -> dict[str, Any]:
@@ -354,14 +354,12 @@ def check_sizes(ctx: RunContext, plans) -> None:
 def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheReport:
     """Encode what is missing; with the whole range (the default) also write the manifests.
     `plans` from an earlier plan_datasets() of this process are reused, not recomputed."""
-    from runner.models.pixart_sigma import resolve_model_dir
-
     spec = ctx.spec_dict
     report = CacheReport()
     plans = plan_datasets(ctx, quiet=not shard.is_whole) if plans is None else plans
     for ds, plan in plans:
         report.skipped += [(ds["name"], rel, reason) for rel, reason in plan.skipped]
-    model_dir = resolve_model_dir(spec["model"]["pretrained"], spec["model"]["revision"], ctx.paths.cache_dir)
+    model_dir = ctx.family.resolve(spec["model"]["pretrained"], spec["model"]["revision"], ctx.paths.cache_dir)
     text_id, vae_id = encoder_identities(ctx, model_dir)
 
     validation = spec["validation"]
@@ -377,7 +375,7 @@ def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheRepor
             return report
         sweep_cache_dirs(ctx, plans)
         if spec["vaeCacheDisable"]:
-            latent_keys, broken = {}, verify_images(plans)
+            latent_keys, broken = {}, verify_images(plans, ctx.family.image_to_tensor)
         else:
             latent_keys, broken = cache_latents(ctx, model_dir, plans, vae_id, report, writer)
         plans = drop_broken(ctx, plans, broken, report)

@@ -33,6 +33,13 @@ class RunContext:
         """Plain-dict view of the frozen spec (built once; treat it as read-only)."""
         return self.job.spec.to_dict()
 
+    @cached_property
+    def family(self):
+        """The model family the spec trains (runner.models.family.ModelFamily), imported on first use."""
+        from runner.models.registry import family
+
+        return family(self.job.spec.model.family)
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0

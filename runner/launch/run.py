@@ -92,7 +92,7 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
 
     from runner.data import DatasetError
     from runner.launch.torchrun import LaunchError
-    from runner.models.pixart_sigma import ModelError
+    from runner.models.pipeline import ModelError
     from runner.train.publish import PublishError, hub_token
     from runner.train.loop import ResumeError
     from runner.train.completion import finished_message, finished_step

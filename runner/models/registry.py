@@ -1,37 +1,32 @@
-"""What validation needs to know about each model family, without importing torch.
+"""Model families by name (`spec.model.family`): their torch-free traits, and their
+implementation, imported on first use.
 
 `trainingjob validate` must not import torch (the operator depends on it), yet some checks
 depend on the architecture: an image side that is not a multiple of the VAE factor times the
-transformer's patch size has no whole token grid and crashes the first validation step. This
-table holds those traits, keyed by `spec.model.family`; the torch side (runner/models/<family>.py)
-is where they come from, and tests check the two agree on the real pipeline.
+transformer's patch size has no whole token grid and crashes the first validation step. So
+the traits live here as data; the family module they name (runner/models/<family>.py) is only
+imported when a stage asks for the family, and tests check the two agree on the real pipeline.
+
+Adding a family: its module (implementing runner.models.family.ModelFamily as FAMILY), its
+traits below, and its name in the schema's `spec.model.family` enum (a test checks the enum
+and this table agree).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from functools import lru_cache
 from types import MappingProxyType
+from typing import Any, Mapping
 
+from runner.models.family import FamilyTraits, ModelFamily
 
-@dataclass(frozen=True)
-class FamilyTraits:
-    name: str  # as in spec.model.family
-    title: str  # for messages
-    vae_scale_factor: int  # image px per latent px
-    patch_size: int  # latent px per transformer token (each side)
-    max_side: int  # the largest side the family was trained for, in px
-    # The builtin tiny model of the same architecture (random weights, built offline): what a
-    # smoke run swaps in for `pretrained`, so the user's spec runs on a CPU in seconds.
-    tiny_model: str
-
-    @property
-    def resolution_multiple(self) -> int:
-        """Image sides must be multiples of this: one transformer token is this many px."""
-        return self.vae_scale_factor * self.patch_size
-
-
-FAMILIES = MappingProxyType({
-    "pixart_sigma": FamilyTraits(name="pixart_sigma", title="PixArt Sigma", vae_scale_factor=8, patch_size=2,
-                                 max_side=2048, tiny_model="builtin:tiny-pixart-sigma"),
+FAMILIES: Mapping[str, FamilyTraits] = MappingProxyType({
+    "pixart_sigma": FamilyTraits(
+        name="pixart_sigma", title="PixArt Sigma", implementation="runner.models.pixart_sigma",
+        vae_scale_factor=8, patch_size=2, max_side=2048, max_tokens=300, latent_channels=4,
+        tiny_model="builtin:tiny-pixart-sigma",
+        components=("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+        text_components=("text_encoder", "tokenizer"), vae_component="vae", guidance_range=(3.6, 4.4)),
 })
 
 
@@ -42,3 +37,14 @@ def traits(family: str) -> FamilyTraits:
         return FAMILIES[family]
     except KeyError:
         raise KeyError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}") from None
+
+
+@lru_cache(maxsize=None)
+def family(name: str) -> ModelFamily:
+    """The implementation of a family (imports torch and the family's libraries)."""
+    return importlib.import_module(traits(name).implementation).FAMILY
+
+
+def family_of(spec: Mapping[str, Any]) -> ModelFamily:
+    """The family a (plain, defaulted) spec trains."""
+    return family(spec["model"]["family"])

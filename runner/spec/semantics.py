@@ -16,7 +16,6 @@ from runner.spec import fieldpath, redact
 from runner.spec import schema as schema_mod
 from runner.models.registry import traits
 
-PIXART_GUIDANCE_RANGE = (3.6, 4.4)
 MAX_VALIDATION_SIDE = 8192
 # Dataset sizes: with resolutionType area, megapixels (1.0 = 1024x1024). 16 MP is a 4096 px
 # square, twice the largest side any supported family was trained at; a number above it is a
@@ -143,12 +142,13 @@ def _secret_references(spec: dict[str, Any]) -> Iterator[Finding]:
 
 
 def _guidance(spec: dict[str, Any]) -> Iterator[Finding]:
-    # The default (4.0) is inside the range, so this only fires on a value someone chose.
-    if spec["model"]["family"] == "pixart_sigma":
-        lo, hi = PIXART_GUIDANCE_RANGE
+    # The default (4.0) is inside PixArt Sigma's range, so this only fires on a value someone chose.
+    family = traits(spec["model"]["family"])
+    if family.guidance_range:
+        lo, hi = family.guidance_range
         g = spec["validation"]["guidance"]
         if not lo <= g <= hi:
-            yield WARNING, (f"spec.validation.guidance: {g} is outside {lo}-{hi}, the range PixArt Sigma samples "
+            yield WARNING, (f"spec.validation.guidance: {g} is outside {lo}-{hi}, the range {family.title} samples "
                             "best at; validation images may look washed out or burnt")
 
 

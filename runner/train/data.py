@@ -2,17 +2,23 @@
 resumable at any batch, with caption dropout decided by the sampler (so it resumes too)."""
 from __future__ import annotations
 
+import functools
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import torch
 from safetensors.torch import load_file
 
 from runner.cache.keys import entry_path
 from runner.spec.plan import enabled_datasets
+
+if TYPE_CHECKING:
+    from runner.models.family import ModelFamily
+
+PadText = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # ModelFamily.pad_text
 
 
 class CacheMismatch(Exception):
@@ -72,10 +78,11 @@ def load_samples(manifest: dict[str, Any], repeats: dict[str, int]) -> list[Samp
 
 
 class CachedDataset(torch.utils.data.Dataset):
-    """Index by (sample index, drop caption?)."""
+    """Index by (sample index, drop caption?). `to_tensor` turns a cropped image into the
+    family's VAE input (vaeCacheDisable: the latents are encoded per batch)."""
 
-    def __init__(self, samples: list[Sample], text_dir: Path, empty_key: str):
-        self.samples, self.text_dir, self.empty_key = samples, text_dir, empty_key
+    def __init__(self, samples: list[Sample], text_dir: Path, empty_key: str, to_tensor: Callable[[Any], torch.Tensor]):
+        self.samples, self.text_dir, self.empty_key, self.to_tensor = samples, text_dir, empty_key, to_tensor
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -89,11 +96,10 @@ class CachedDataset(torch.utils.data.Dataset):
         from PIL import Image
 
         from runner.data.transforms import CropPlan, apply_crop
-        from runner.models.pixart_sigma import image_to_tensor
 
         plan = CropPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.plan.items()})
         with Image.open(s.image_path) as im:
-            return {"pixels": image_to_tensor(apply_crop(im, plan)), "embed": embed}
+            return {"pixels": self.to_tensor(apply_crop(im, plan)), "embed": embed}
 
 
 # Text lengths rounded up to a multiple of 64: a handful of shapes instead of one per batch, so
@@ -102,10 +108,9 @@ class CachedDataset(torch.utils.data.Dataset):
 TEXT_PAD_MULTIPLE = 64
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    from runner.models.pixart_sigma import pad_embeddings
-
-    embeds, mask = pad_embeddings([it["embed"] for it in items], multiple=TEXT_PAD_MULTIPLE)
+def collate(items: list[dict[str, Any]], pad_text: PadText) -> dict[str, torch.Tensor]:
+    """A batch: latents (or pixels) stacked, text embeddings padded by the family's `pad_text`."""
+    embeds, mask = pad_text([it["embed"] for it in items], multiple=TEXT_PAD_MULTIPLE)
     key = "latent" if "latent" in items[0] else "pixels"
     return {key: torch.stack([it[key] for it in items]), "embeds": embeds, "mask": mask}
 
@@ -132,14 +137,16 @@ class EpochBatches:
 
 
 class TrainingData:
-    def __init__(self, manifest: dict[str, Any], *, repeats: dict[str, int], batch_size: int, world_size: int,
-                 rank: int, seed: int, dropout: float, workers: int, pin_memory: bool):
+    def __init__(self, manifest: dict[str, Any], family: ModelFamily, *, repeats: dict[str, int], batch_size: int,
+                 world_size: int, rank: int, seed: int, dropout: float, workers: int, pin_memory: bool):
         self.samples = load_samples(manifest, repeats)
         missing = missing_entries(self.samples, Path(manifest["text_dir"]), manifest["empty_caption"])
         if missing:
             raise CacheMismatch(f"the cache is incomplete: {len(missing)} entr{'y is' if len(missing) == 1 else 'ies are'} "
                                 f"missing (e.g. {missing[0]}); run the cache stage again, it encodes only what is missing")
-        self.dataset = CachedDataset(self.samples, Path(manifest["text_dir"]), manifest["empty_caption"])
+        self.dataset = CachedDataset(self.samples, Path(manifest["text_dir"]), manifest["empty_caption"],
+                                     family.image_to_tensor)
+        self.collate = functools.partial(collate, pad_text=family.pad_text)
         self.kw = dict(batch_size=batch_size, world_size=world_size, rank=rank, seed=seed, dropout=dropout)
         self.workers, self.pin_memory = workers, pin_memory
         self.batches_per_epoch = len(EpochBatches(self.samples, epoch=0, **self.kw))
@@ -154,7 +161,7 @@ class TrainingData:
             # resumed run creates an iterator mid-epoch where an uninterrupted one did not, so
             # that draw alone made resumed runs diverge.
             own = random.Random(f"{self.kw['seed']}:{epoch}:{self.kw['rank']}:loader").getrandbits(63)
-            loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
+            loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate,
                                                  num_workers=self.workers, pin_memory=self.pin_memory,
                                                  generator=torch.Generator().manual_seed(own))
             for i, batch in enumerate(loader, start=start + 1):
@@ -166,7 +173,9 @@ def training_data(spec: Mapping[str, Any], manifest: dict[str, Any], *, rank: in
                   pin_memory: bool = False) -> TrainingData:
     """This rank's batches for the spec (the train stage, and the check whether a job is finished)."""
     training = spec["training"]
-    return TrainingData(manifest, repeats={ds["name"]: ds["repeats"] for ds in enabled_datasets(spec)},
+    from runner.models.registry import family_of
+
+    return TrainingData(manifest, family_of(spec), repeats={ds["name"]: ds["repeats"] for ds in enabled_datasets(spec)},
                         batch_size=training["batchSize"], world_size=world_size, rank=rank, seed=training["seed"],
                         dropout=training["captionDropout"], workers=training["dataloaderWorkers"],
                         pin_memory=pin_memory)

@@ -1,4 +1,4 @@
-"""Train stage: full fine-tune of the PixArt Sigma transformer from the cache.
+"""Train stage: full fine-tune of a family's transformer (PixArt Sigma first) from the cache.
 
 The loop is the marked block in `run_train()`; everything else is a component set up before it.
 """
@@ -54,12 +54,10 @@ def make_accelerator(ctx: RunContext):
     )
 
 
-def latent_source(data: TrainingData, model_dir: Path, device: torch.device, vae_dtype: str):
+def latent_source(data: TrainingData, family, model_dir: Path, device: torch.device, vae_dtype: str):
     """Cached latents straight to the device, or (vaeCacheDisable) VAE-encoded per batch."""
     if not data.on_the_fly:
         return None, lambda batch: batch["latent"].to(device, non_blocking=True).float()
-    from runner.models import pixart_sigma as family
-
     vae = family.load_vae(model_dir, vae_dtype, device)
     return vae, lambda batch: family.encode_images(vae, batch["pixels"]).to(device).float()
 
@@ -95,13 +93,13 @@ def resume_state(ctx: RunContext, accelerator) -> tuple[TrainerState, Path | Non
 def run_train(ctx: RunContext) -> TrainResult:
     from accelerate.utils import set_seed
 
-    from runner.models import pixart_sigma as family
     from runner.observe.progress import Progress
     from runner.train.optim import make_lr_scheduler, make_optimizer
     from runner.train.validation import Validator
 
     spec = ctx.spec_dict
     training = spec["training"]
+    family = ctx.family
     stop = Stop()
     stop.install()  # before any collective: a rank stopped early must still take part in the agreement
     accelerator = make_accelerator(ctx)
@@ -121,16 +119,16 @@ def run_train(ctx: RunContext) -> TrainResult:
                                           gradient_checkpointing=training["gradientCheckpointing"])
     if training["compile"]:
         if device.type == "cuda":
-            ctx.log(f"compiling {family.compile_blocks(transformer)} transformer blocks (once per aspect bucket)")
+            ctx.log(f"compiling {family.compile(transformer)} transformer blocks (once per aspect bucket)")
         else:
             ctx.log(f"note: spec.training.compile is ignored on {device.type}")
-    objective = family.make_objective(model_dir, transformer)
+    objective = family.objective(model_dir, transformer)
     optimizer = make_optimizer(training, transformer.parameters(), device)
     lr_scheduler = make_lr_scheduler(training, optimizer, plan.total_steps)
     transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
-    vae, to_latents = latent_source(data, model_dir, device, spec["model"]["vaeDtype"])
+    vae, to_latents = latent_source(data, family, model_dir, device, spec["model"]["vaeDtype"])
     state, last_ckpt = resume_state(ctx, accelerator)
-    validator = Validator(spec, manifest, ctx.paths.validation, device, torch.float32, vae=vae)
+    validator = Validator(spec, manifest, family, ctx.paths.validation, device, torch.float32, vae=vae)
     if accelerator.is_main_process:
         accelerator.init_trackers(ctx.job.name, config=_flat(spec))
     ctx.log(f"training {sum(p.numel() for p in transformer.parameters() if p.requires_grad) / 1e6:.2f}M parameters "
@@ -210,9 +208,7 @@ def run_train(ctx: RunContext) -> TrainResult:
         _validate(accelerator, validator, transformer, state.step, ctx.metrics)
     model_out = None
     if accelerator.is_main_process:
-        from runner.models.pipeline import export_pipeline
-
-        model_out = export_pipeline(model_dir, accelerator.unwrap_model(transformer), ctx.paths.model)
+        model_out = family.export(model_dir, accelerator.unwrap_model(transformer), ctx.paths.model)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(state.step, last_loss, last_ckpt, model_out, ctx.paths.validation if validator.enabled else None)

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from runner.models.registry import traits
+
 
 class PublishError(Exception):
     pass
@@ -29,7 +31,7 @@ def model_card(job_document: dict[str, Any], images: list[Path], repo_id: str) -
         "library_name: diffusers",
         "pipeline_tag: text-to-image",
         f"base_model: {spec['model']['pretrained']}",
-        "tags: [pixart-sigma, text-to-image, diffusers, trainingjob]",
+        f"tags: [{traits(spec['model']['family']).tag}, text-to-image, diffusers, trainingjob]",
         "---",
         f"# {repo_id}",
         "",
@@ -49,6 +51,7 @@ def push_to_hub(model_dir: Path, job_document: dict[str, Any], images: list[Path
     hub = job_document["spec"]["output"]["hub"]
     token = hub_token(hub)
     repo_id = hub["repoId"]
+    title = traits(job_document["spec"]["model"]["family"]).title
     (model_dir / "README.md").write_text(model_card(job_document, images, repo_id))
     vdir = model_dir / "validation"
     vdir.mkdir(exist_ok=True)
@@ -58,7 +61,7 @@ def push_to_hub(model_dir: Path, job_document: dict[str, Any], images: list[Path
     try:
         api.create_repo(repo_id, private=hub["private"], exist_ok=True, repo_type="model")
         commit = api.upload_folder(repo_id=repo_id, folder_path=str(model_dir), repo_type="model",
-                                   commit_message="Upload fine-tuned PixArt Sigma pipeline (trainingjob)")
+                                   commit_message=f"Upload fine-tuned {title} pipeline (trainingjob)")
     except Exception as e:  # noqa: BLE001 - network, auth, quota: all reported the same way
         raise PublishError(f"pushing {model_dir} to the Hub repo {repo_id} failed: {type(e).__name__}: {e}") from None
     return getattr(commit, "commit_url", repo_id)

@@ -1,10 +1,10 @@
 """Validation images: every prompt at every resolution with the spec's guidance, steps and seed,
-using the live transformer and T5 embeddings cached by the cache stage."""
+using the live transformer and the text embeddings cached by the cache stage."""
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file
@@ -13,10 +13,14 @@ from runner.files import atomic_write_json
 from runner.spec.semantics import parse_resolutions
 from runner.train.data import text_entry
 
+if TYPE_CHECKING:
+    from runner.models.family import ModelFamily
+
 
 class Validator:
-    def __init__(self, spec: dict[str, Any], manifest: dict[str, Any], out_dir: Path, device: torch.device,
-                 dtype: torch.dtype, vae=None):
+    def __init__(self, spec: dict[str, Any], manifest: dict[str, Any], family: ModelFamily, out_dir: Path,
+                 device: torch.device, dtype: torch.dtype, vae=None):
+        self.family = family
         self.cfg = spec["validation"]
         self.eval_cfg = spec["evaluation"]
         self.cache_dir = Path(spec["cacheDir"])
@@ -37,19 +41,15 @@ class Validator:
         return bool(self.prompts)
 
     def _pipeline(self, transformer):
-        from runner.models import pixart_sigma as family
-
         if self.pipe is None:
             model_dir = Path(self.manifest["model_dir"])
-            vae = self.vae if self.vae is not None else family.load_vae(model_dir, "float32", self.device)
-            self.pipe = family.validation_pipeline(model_dir, transformer, vae, torch.float32)
+            vae = self.vae if self.vae is not None else self.family.load_vae(model_dir, "float32", self.device)
+            self.pipe = self.family.validation_pipeline(model_dir, transformer, vae, torch.float32)
         self.pipe.transformer = transformer
         return self.pipe
 
     @torch.no_grad()
     def run(self, transformer, step: int) -> dict[str, float]:
-        from runner.models.pixart_sigma import pad_embeddings
-
         folder = self.out_dir / f"step-{step}"
         folder.mkdir(parents=True, exist_ok=True)
         pipe = self._pipeline(transformer)
@@ -63,7 +63,7 @@ class Validator:
         try:
             with stance:
                 for pi, (prompt, embed) in enumerate(self.prompts):
-                    (pos, neg), mask = pad_embeddings([embed, self.negative])
+                    (pos, neg), mask = self.family.pad_text([embed, self.negative])
                     pos, neg = pos.to(self.device, self.dtype), neg.to(self.device, self.dtype)
                     mask = mask.to(self.device)
                     for w, h in parse_resolutions(self.cfg["resolutions"]):
@@ -90,21 +90,14 @@ class Validator:
         """One image from precomputed embeddings, with the same seed at every validation."""
         gen = torch.Generator(device="cpu").manual_seed(self.cfg["seed"])
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            return pipe(prompt=None, negative_prompt=None, prompt_embeds=pos[None], prompt_attention_mask=mask[:1],
-                        negative_prompt_embeds=neg[None], negative_prompt_attention_mask=mask[1:],
-                        width=width, height=height, num_inference_steps=self.cfg["inferenceSteps"],
-                        guidance_scale=self.cfg["guidance"], generator=gen, use_resolution_binning=False,
-                        clean_caption=False).images[0]
+            return self.family.render(pipe, pos, neg, mask, width=width, height=height,
+                                      steps=self.cfg["inferenceSteps"], guidance=self.cfg["guidance"], generator=gen)
 
     def _clip(self):
         from runner.evaluation.clip_score import ClipScorer
-        from runner.models.tiny import pixart_sigma as tiny
 
         if self.scorer is None:
-            ref = self.eval_cfg["clipModel"]
-            if tiny.is_builtin(ref):
-                ref = str(tiny.resolve_builtin(ref, self.cache_dir))
-            self.scorer = ClipScorer(ref, device=str(self.device))
+            self.scorer = ClipScorer(self.eval_cfg["clipModel"], device=str(self.device), cache_dir=self.cache_dir)
         return self.scorer
 
 

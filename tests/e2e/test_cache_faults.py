@@ -31,7 +31,7 @@ CACHE_KILL_POINTS = [
     ("digest book mid-write", {"target": "runner.files:open", "match": r"digests\.json", "nth": 1, "when": "mid-write"}),
     ("first latent mid-write", {"target": "runner.files:open", "match": r"/vae/", "nth": 1, "when": "mid-write"}),
     ("latent written, not renamed", {"target": "os:replace", "match": r"/vae/", "nth": 3}),
-    ("VAE encoding, writes in flight", {"target": "runner.models.pixart_sigma:encode_images", "nth": 2}),
+    ("VAE encoding, writes in flight", {"target": "runner.models.pixart_sigma:PixArtSigma.encode_images", "nth": 2}),
     ("text embedding mid-write", {"target": "runner.files:open", "match": r"/text/", "nth": 3, "when": "mid-write"}),
     ("text embedding written, not renamed", {"target": "os:replace", "match": r"/text/", "nth": 6}),
     ("dataset manifest mid-write", {"target": "runner.files:open", "match": r"vae/photos/\.manifest\.json",

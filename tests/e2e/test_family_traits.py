@@ -23,6 +23,10 @@ def test_pixart_sigma_traits_match_the_pipeline(tiny_model):
     t = traits("pixart_sigma")
     assert t.vae_scale_factor == pipe.vae_scale_factor
     assert t.patch_size == pipe.transformer.config.patch_size
+    assert t.latent_channels == pipe.vae.config.latent_channels == pipe.transformer.config.in_channels
+    assert pipe.transformer.config.out_channels == 2 * t.latent_channels  # the other half: learned sigma
+    assert t.max_tokens == pipe.tokenizer.model_max_length
+    assert set(t.components) | {"model_index.json"} == {p.name for p in tiny_model.iterdir() if not p.name.startswith(".")}
 
     embeds = torch.zeros(1, 4, pipe.text_encoder.config.d_model)
     mask = torch.ones(1, 4, dtype=torch.long)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from runner.models.pipeline import export_pipeline
-from runner.models.pixart_sigma import load_transformer
+from runner.models.pixart_sigma import FAMILY
 from runner.models.tiny.pixart_sigma import MARKER, build_tiny_pixart_sigma
 
 
@@ -21,7 +21,7 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _modified_transformer(base_dir: Path, seed: int):
-    model = load_transformer(base_dir, bit_fit=False, gradient_checkpointing=False)
+    model = FAMILY.load_transformer(base_dir, bit_fit=False, gradient_checkpointing=False)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():

@@ -114,11 +114,12 @@ def test_a_download_cut_for_good_is_never_used_and_a_later_run_resumes_it(tmp_pa
 MODEL_DRIVER = r"""
 import json, sys
 from pathlib import Path
-from runner.models.pixart_sigma import ModelError, resolve_model_dir
+from runner.models.pipeline import ModelError
+from runner.models.registry import family
 out = {}
 for repo in sys.argv[1:]:
     try:
-        folder = resolve_model_dir(repo, "main", Path("unused"), retries=1, backoff_s=0.05)
+        folder = family("pixart_sigma").resolve(repo, "main", Path("unused"), retries=1, backoff_s=0.05)
         out[repo] = {"files": sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())}
     except ModelError as e:
         out[repo] = {"error": str(e)}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.models import registry
 from runner.spec import schema as schema_mod
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ LIGHT_THIRD_PARTY = {"yaml", "jsonschema"}
 OPERATOR_THIRD_PARTY = {"kopf", "kubernetes", "prometheus_client"}
 LIGHT_PACKAGES = ("runner.spec", "runner.importers", "runner.k8s", "runner.smoke")
 LIGHT_MODULES = ("runner", "runner.__main__", "runner.cli", "runner.files",
-                 "runner.models", "runner.models.registry", "runner.observe.names",
+                 "runner.models", "runner.models.registry", "runner.models.family", "runner.observe.names",
                  "runner.launch", "runner.launch.images", "runner.launch.torchrun", "runner.launch.nodes")
 STAGES = ("runner.cache", "runner.train", "runner.launch")
 KUBERNETES = ("kubernetes", "kopf", "runner.k8s")
@@ -57,7 +58,7 @@ def is_under(name: str, prefixes) -> bool:
 def _imports(path: Path, module_level: bool) -> list[str]:
     """Absolute names imported by a module (`from a import b` gives `a` and `a.b`, so importing a
     submodule that way counts). `module_level`: only what runs when the module is imported, not
-    what runs inside functions and classes."""
+    what runs inside functions and classes or under `if TYPE_CHECKING:`."""
     tree = ast.parse(path.read_text(), str(path))
     nodes = []
     if module_level:
@@ -65,6 +66,9 @@ def _imports(path: Path, module_level: bool) -> list[str]:
         while stack:
             node = stack.pop()
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                stack.extend(node.orelse)  # annotations only: never runs
                 continue
             nodes.append(node)
             stack.extend(ast.iter_child_nodes(node))
@@ -166,6 +170,29 @@ def test_the_data_layer_never_imports_torch():
     """Dataset preflight runs in `validate`, which must stay light."""
     offenders = [f"{n}: {imp}" for n in MODULES if is_under(n, ["runner.data"])
                  for imp in all_imports(n) if imp.split(".")[0] in HEAVY]
+    assert offenders == []
+
+
+def test_model_families_import_no_stage():
+    """Stages call a family through runner.models.family.ModelFamily; a family that called back
+    into a stage would tie the two together again."""
+    offenders = [f"{n}: {imp}" for n in MODULES if is_under(n, ["runner.models"])
+                 for imp in all_imports(n) if is_under(imp, [*STAGES, "runner.smoke", "runner.k8s", "runner.cli"])]
+    assert offenders == []
+
+
+CONCRETE_FAMILIES = sorted({t.implementation for t in registry.FAMILIES.values()})
+
+
+def test_the_registry_names_every_family_module():
+    assert CONCRETE_FAMILIES and all(name in MODULES for name in CONCRETE_FAMILIES)
+
+
+def test_nothing_outside_models_imports_a_concrete_family():
+    """Stages, training, validation, smoke and the cache get their family from
+    runner.models.registry by spec.model.family, so adding one touches none of them."""
+    offenders = [f"{n}: {imp}" for n in MODULES if not is_under(n, ["runner.models"])
+                 for imp in all_imports(n) if is_under(imp, CONCRETE_FAMILIES)]
     assert offenders == []
 
 

@@ -1,4 +1,4 @@
-"""PixArt Sigma model helpers on the tiny builtin: padding, pixels, the training objective, BitFit."""
+"""The PixArt Sigma family on the tiny builtin: text padding, pixels, the training objective, BitFit."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,14 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from runner.models.pixart_sigma import (
-    Objective,
-    image_to_tensor,
-    load_noise_scheduler,
-    load_transformer,
-    make_objective,
-    pad_embeddings,
-)
+from runner.models.pixart_sigma import FAMILY, Objective
 from runner.models.tiny.pixart_sigma import build_tiny_pixart_sigma
 
 
@@ -28,12 +21,12 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(tiny_dir: Path):
-    return load_transformer(tiny_dir, bit_fit=False, gradient_checkpointing=False)
+    return FAMILY.load_transformer(tiny_dir, bit_fit=False, gradient_checkpointing=False)
 
 
 @pytest.fixture(scope="module")
 def objective(tiny_dir: Path, model) -> Objective:
-    return make_objective(tiny_dir, model)
+    return FAMILY.objective(tiny_dir, model)
 
 
 def _inputs(seed: int = 0, batch: int = 2, h: int = 8, w: int = 8, tokens: int = 5):
@@ -50,12 +43,12 @@ def _loss(objective, model, seed: int = 0, **kw):
     return objective(model, latents, embeds, mask, generator=torch.Generator().manual_seed(seed))
 
 
-# ----------------------------------------------------------------------------- pad_embeddings
+# ----------------------------------------------------------------------------- pad_text
 
 @pytest.mark.parametrize("lengths, dim", [([1], 4), ([2, 5, 3], 8), ([6, 6], 3), ([1, 300], 2)])
-def test_pad_embeddings(lengths: list[int], dim: int) -> None:
+def test_pad_text(lengths: list[int], dim: int) -> None:
     embeds = [torch.arange(n * dim, dtype=torch.float32).reshape(n, dim) + 1 for n in lengths]
-    out, mask = pad_embeddings(embeds)
+    out, mask = FAMILY.pad_text(embeds)
     assert out.shape == (len(lengths), max(lengths), dim) and out.dtype == torch.float32
     assert mask.shape == (len(lengths), max(lengths)) and mask.dtype == torch.long
     for i, (e, n) in enumerate(zip(embeds, lengths)):
@@ -65,16 +58,16 @@ def test_pad_embeddings(lengths: list[int], dim: int) -> None:
 
 
 @pytest.mark.parametrize("lengths,multiple,expected", [([3, 5], 1, 5), ([3, 5], 4, 8), ([64], 64, 64), ([65, 1], 64, 128)])
-def test_pad_embeddings_rounds_length_up(lengths, multiple, expected) -> None:
-    out, mask = pad_embeddings([torch.ones(n, 4) for n in lengths], multiple=multiple)
+def test_pad_text_rounds_length_up(lengths, multiple, expected) -> None:
+    out, mask = FAMILY.pad_text([torch.ones(n, 4) for n in lengths], multiple=multiple)
     assert out.shape == (len(lengths), expected, 4)
     assert mask.sum(dim=1).tolist() == lengths
     assert float(out[mask == 0].abs().sum()) == 0.0
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_pad_embeddings_keeps_dtype(dtype) -> None:
-    out, _ = pad_embeddings([torch.ones(2, 3, dtype=dtype), torch.ones(1, 3, dtype=dtype)])
+def test_pad_text_keeps_dtype(dtype) -> None:
+    out, _ = FAMILY.pad_text([torch.ones(2, 3, dtype=dtype), torch.ones(1, 3, dtype=dtype)])
     assert out.dtype == dtype
 
 
@@ -87,7 +80,7 @@ def test_pad_embeddings_keeps_dtype(dtype) -> None:
     ("RGBA", (4, 4), (0, 0, 0, 0), -1.0),
 ])
 def test_image_to_tensor_constant(mode: str, size: tuple[int, int], fill, expected: float) -> None:
-    t = image_to_tensor(Image.new(mode, size, fill))
+    t = FAMILY.image_to_tensor(Image.new(mode, size, fill))
     w, h = size
     assert t.shape == (3, h, w) and t.dtype == torch.float32
     assert torch.allclose(t, torch.full_like(t, expected))
@@ -97,7 +90,7 @@ def test_image_to_tensor_channels_and_range() -> None:
     img = Image.new("RGB", (5, 3))
     img.putpixel((0, 0), (255, 0, 128))
     img.putpixel((4, 2), (10, 200, 30))
-    t = image_to_tensor(img)
+    t = FAMILY.image_to_tensor(img)
     assert t.shape == (3, 3, 5)
     assert t.min() >= -1.0 and t.max() <= 1.0
     assert t[:, 0, 0].tolist() == pytest.approx([1.0, -1.0, 128 / 127.5 - 1], abs=1e-6)
@@ -108,7 +101,7 @@ def test_image_to_tensor_channels_and_range() -> None:
 # ----------------------------------------------------------------------------- Objective
 
 def test_objective_scheduler_from_pipeline(tiny_dir: Path, objective: Objective) -> None:
-    sched = load_noise_scheduler(tiny_dir)
+    sched = FAMILY.noise_scheduler(tiny_dir)
     assert type(sched).__name__ == "DDPMScheduler"
     assert objective.scheduler.config.num_train_timesteps == 1000
     assert objective.use_additional_conditions is False
@@ -211,7 +204,7 @@ def test_objective_v_prediction_target(tiny_dir: Path, model) -> None:
     sigma_t = sqrt(1 - alphas_cumprod[t]); the noisy input is alpha_t * x0 + sigma_t * eps."""
     from diffusers import DDPMScheduler
 
-    config = make_objective(tiny_dir, model).scheduler.config
+    config = FAMILY.objective(tiny_dir, model).scheduler.config
     v_objective = Objective(scheduler=DDPMScheduler.from_config({**config, "prediction_type": "v_prediction"}),
                             use_additional_conditions=False)
     latents, embeds, mask = _inputs()
@@ -252,10 +245,8 @@ def _conditions_seen(transformer, call) -> dict:
 
 def _pipeline_conditions(pipeline_cls, tiny_dir: Path, transformer, height: int, width: int) -> dict:
     """What diffusers' own pipeline passes to this transformer when sampling height x width."""
-    from runner.models.pixart_sigma import load_noise_scheduler, load_vae
-
-    pipe = pipeline_cls(tokenizer=None, text_encoder=None, vae=load_vae(tiny_dir, "float32", torch.device("cpu")),
-                        transformer=transformer, scheduler=load_noise_scheduler(tiny_dir))
+    pipe = pipeline_cls(tokenizer=None, text_encoder=None, vae=FAMILY.load_vae(tiny_dir, "float32", torch.device("cpu")),
+                        transformer=transformer, scheduler=FAMILY.noise_scheduler(tiny_dir))
     pipe.set_progress_bar_config(disable=True)
     _, embeds, mask = _inputs(batch=1)
     return _conditions_seen(transformer, lambda: pipe(
@@ -305,7 +296,7 @@ def test_micro_conditions_match_the_diffusers_pipeline(tiny_dir: Path, micro_con
     samples a multi-scale model: resolution [height, width] in pixels, aspect ratio height / width."""
     from diffusers import PixArtAlphaPipeline
 
-    objective = make_objective(tiny_dir, micro_conditioned)
+    objective = FAMILY.objective(tiny_dir, micro_conditioned)
     assert objective.use_additional_conditions is True
     expected = _pipeline_conditions(PixArtAlphaPipeline, tiny_dir, micro_conditioned, height, width)
     got = _objective_conditions(objective, micro_conditioned, height, width)
@@ -332,7 +323,7 @@ def test_micro_conditions_change_the_prediction(micro_conditioned) -> None:
 
 @pytest.mark.parametrize("bit_fit", [True, False])
 def test_bit_fit_trainable_params(tiny_dir: Path, bit_fit: bool) -> None:
-    m = load_transformer(tiny_dir, bit_fit=bit_fit, gradient_checkpointing=False)
+    m = FAMILY.load_transformer(tiny_dir, bit_fit=bit_fit, gradient_checkpointing=False)
     assert m.training
     trainable = [n for n, p in m.named_parameters() if p.requires_grad]
     frozen = [n for n, p in m.named_parameters() if not p.requires_grad]
@@ -342,7 +333,7 @@ def test_bit_fit_trainable_params(tiny_dir: Path, bit_fit: bool) -> None:
         assert all(not n.endswith(".bias") for n in frozen)
         assert any(n.endswith(".weight") for n in frozen)
         # Gradients flow only into biases.
-        obj = make_objective(tiny_dir, m)
+        obj = FAMILY.objective(tiny_dir, m)
         _loss(obj, m).backward()
         for n, p in m.named_parameters():
             if not p.requires_grad:
@@ -354,13 +345,11 @@ def test_bit_fit_trainable_params(tiny_dir: Path, bit_fit: bool) -> None:
 
 
 def test_cached_latent_of_an_image_does_not_depend_on_its_batch(tiny_dir: Path) -> None:
-    from runner.models.pixart_sigma import encode_images, load_vae
-
-    vae = load_vae(tiny_dir, "float32", torch.device("cpu"))
+    vae = FAMILY.load_vae(tiny_dir, "float32", torch.device("cpu"))
     g = torch.Generator().manual_seed(3)
     a, b = torch.rand(3, 64, 64, generator=g) * 2 - 1, torch.rand(3, 64, 64, generator=g) * 2 - 1
-    together = encode_images(vae, torch.stack([a, b]), seeds=[11, 22])
-    alone = encode_images(vae, a[None], seeds=[11])
+    together = FAMILY.encode_images(vae, torch.stack([a, b]), seeds=[11, 22])
+    alone = FAMILY.encode_images(vae, a[None], seeds=[11])
     assert together.shape == (2, 4, 8, 8)
     assert torch.allclose(together[0], alone[0], atol=1e-5)
-    assert not torch.allclose(encode_images(vae, a[None], seeds=[12])[0], alone[0])
+    assert not torch.allclose(FAMILY.encode_images(vae, a[None], seeds=[12])[0], alone[0])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from runner.files import atomic_write_json
+from runner.models.pixart_sigma import FAMILY
 from runner.cache.keys import entry_path
 from runner.cache.stage import crop_plan_dict, write_entry
 from runner.train.data import (
@@ -127,7 +128,7 @@ def test_collate_pads_embeddings_with_mask(lengths: list[int]) -> None:
     g = torch.Generator().manual_seed(0)
     items = [{"latent": torch.randn(4, 16, 24, generator=g), "embed": torch.randn(n, 32, generator=g)}
              for n in lengths]
-    batch = collate(items)
+    batch = collate(items, FAMILY.pad_text)
     longest = -(-max(lengths) // TEXT_PAD_MULTIPLE) * TEXT_PAD_MULTIPLE  # a few fixed shapes for compile
     assert longest % TEXT_PAD_MULTIPLE == 0 and longest >= max(lengths)
     assert batch["latent"].shape == (len(lengths), 4, 16, 24)
@@ -142,7 +143,7 @@ def test_collate_pads_embeddings_with_mask(lengths: list[int]) -> None:
 
 def test_collate_pixels_key() -> None:
     items = [{"pixels": torch.rand(3, 8, 8), "embed": torch.rand(2, 4)} for _ in range(3)]
-    batch = collate(items)
+    batch = collate(items, FAMILY.pad_text)
     assert set(batch) == {"pixels", "embeds", "mask"}
     assert batch["pixels"].shape == (3, 3, 8, 8)
 
@@ -216,7 +217,7 @@ def test_load_samples_repeats(tmp_path: Path, repeats: int) -> None:
 
 @pytest.mark.parametrize("with_latents, dropout", [(True, 0.0), (True, 1.0), (False, 0.0)])
 def test_training_data_stream_reads_real_entries(tmp_path: Path, with_latents: bool, dropout: float) -> None:
-    data = TrainingData(_write_cache(tmp_path, with_latents=with_latents), repeats={}, batch_size=2, world_size=1, rank=0,
+    data = TrainingData(_write_cache(tmp_path, with_latents=with_latents), FAMILY, repeats={}, batch_size=2, world_size=1, rank=0,
                         seed=3, dropout=dropout, workers=0, pin_memory=False)
     # 3 images per bucket, batch size 2: one batch per bucket, the odd one out is left for this epoch.
     assert data.batches_per_epoch == 2 and data.on_the_fly is (not with_latents)
@@ -250,7 +251,7 @@ def test_stream_leaves_the_global_rng_alone(tmp_path: Path, workers: int) -> Non
     resume restores. A DataLoader iterator draws its base seed from that RNG when created, and a
     resumed run creates one mid-epoch where the uninterrupted run did not: the noise after a
     resume would differ. Starting the stream anywhere, and crossing epochs, must draw nothing."""
-    data = TrainingData(_write_cache(tmp_path), repeats={}, batch_size=2, world_size=1, rank=0, seed=3,
+    data = TrainingData(_write_cache(tmp_path), FAMILY, repeats={}, batch_size=2, world_size=1, rank=0, seed=3,
                         dropout=0.5, workers=workers, pin_memory=False)
     torch.manual_seed(1234)
     before = torch.get_rng_state()
