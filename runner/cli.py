@@ -9,10 +9,10 @@ import os
 import sys
 from typing import Sequence
 
+from runner.exitcodes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from runner.spec.errors import SpecError
 from runner.spec.load import load_spec
 
-EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
 DEBUG_ENV = "TRAININGJOB_DEBUG"
 
 
@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
     except Exception as e:  # anything else is our bug, not the user's input

@@ -1,4 +1,6 @@
-"""Writes that are all-or-nothing: a reader sees the old content or the new, never a torn one.
+"""Files written all-or-nothing, and files identified by their content.
+
+Writes are all-or-nothing: a reader sees the old content or the new, never a torn one.
 
 Every temp name carries its writer (`<host>.<pid>`), so `sweep_stale_temps` can later remove
 what a killed writer left (SIGKILL, the OOM killer and power cuts skip every cleanup handler)
@@ -8,6 +10,8 @@ another pod sharing the volume.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import re
@@ -16,8 +20,9 @@ import socket
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 # Temp files (`.<name>.<host>.<pid>.tmp`), temp folders (`.<name>.tmp-<host>.<pid>.<random>`)
 # and the trash of build_dir_once (`.<name>.old-<uuid4 hex>`, an incomplete folder moved aside).
@@ -102,6 +107,33 @@ def sweep_stale_temps(folder: Path) -> list[Path]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` in one step (temp file, fsync, rename)."""
+    _via_temp(path, data, lambda tmp: os.replace(tmp, path))
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
+
+
+def atomic_create_bytes(path: Path, data: bytes) -> None:
+    """Like atomic_write_bytes, but never replaces: FileExistsError when `path` exists, even
+    when it appeared while this was writing (a hard link, unlike a rename, refuses to
+    overwrite). Where the file system has no hard links, an exclusive create writes in place."""
+    def link(tmp: Path) -> None:
+        try:
+            os.link(tmp, path)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            with open(path, "xb") as f:
+                f.write(data)
+        os.unlink(tmp)
+
+    _via_temp(path, data, link)
+
+
+def _via_temp(path: Path, data: bytes, publish: Callable[[Path], None]) -> None:
+    """Write `data` to `path`'s temp sibling, flush it to disk, then `publish(tmp)` it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
@@ -109,7 +141,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp)
     except BaseException as e:
         # A full disk must not leave half-written temp files behind (a SIGKILL skips this:
         # sweep_stale_temps is for that).
@@ -120,8 +152,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: Path, payload: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
+def file_digest(path: Path, chunk_size: int = 1 << 20) -> str:
+    """sha256 hex digest of a file's content, read in chunks (cache keys, checkpoint seals)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def replace_dir(tmp: Path, dest: Path) -> Path:
@@ -171,3 +208,25 @@ def build_dir_once(dest: Path, build: Callable[[Path], None], is_complete: Calla
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class BuildMarker:
+    """The file a build_dir_once `build` writes last into its folder: the folder is complete
+    when the marker is there, its version is this one or newer, and every file it lists exists."""
+
+    name: str
+    version: int
+
+    def write(self, folder: Path, files: Sequence[str] = (), **info: Any) -> None:
+        record = {**info, "version": self.version, "files": list(files)}
+        (Path(folder) / self.name).write_text(json.dumps(record, indent=1) + "\n")
+
+    def is_complete(self, folder: Path) -> bool:
+        folder = Path(folder)
+        try:
+            record = json.loads((folder / self.name).read_text())
+            return (int(record.get("version", 0)) >= self.version
+                    and all((folder / name).is_file() for name in record.get("files", [])))
+        except (OSError, ValueError, TypeError, AttributeError):  # absent, or not a marker we wrote
+            return False

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from runner.data.discovery import file_digest
+from runner.files import file_digest
 
 # Bump when the on-disk layout of an entry changes.
 CACHE_FORMAT = 1

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from runner.cache import keys as cachekeys
-from runner.files import atomic_write_bytes, atomic_write_json, sweep_stale_temps
 from runner.cache.keys import EncoderIdentity, entry_path
-from runner.launch.context import RunContext
 from runner.data import DatasetError
+from runner.files import atomic_write_bytes, atomic_write_json, sweep_stale_temps
+from runner.launch.context import RunContext
 from runner.spec.plan import cache_fingerprint, enabled_datasets
 
 MANIFEST_FORMAT = 1

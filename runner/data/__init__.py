@@ -2,7 +2,7 @@
 
 Pure functions plus thin I/O (PIL, numpy, huggingface_hub); nothing here imports torch.
 
-    discovery   find_images / probe / scan / file_digest       (image headers, EXIF orientation)
+    discovery   find_images / probe / scan / DigestMemo        (image headers, EXIF orientation, content digests)
     captions    caption_for                                    (filename / textfile / instanceprompt)
     transforms  plan_crop / apply_crop / meets_minimum         (resize + crop math, 64-px buckets)
     buckets     bucket_key / group_by_bucket / check_dataset_size / bucket_batches

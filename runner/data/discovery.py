@@ -12,7 +12,6 @@ unreadable file, a name that is not UTF-8, an image over MAX_IMAGE_PIXELS.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from runner.data import DatasetError
+from runner.files import file_digest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -195,18 +195,6 @@ def scan(root: Path, workers: int | None = None) -> tuple[list[ImageInfo], list[
             skipped.append((_rel(path, root), result))
     skipped.sort()
     return usable, skipped
-
-
-def file_digest(path: Path, chunk_size: int = 1 << 20) -> str:
-    """sha256 hex digest of the file's content, read in chunks (for cache keys)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk_size)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 class DigestMemo:

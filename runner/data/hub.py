@@ -34,9 +34,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from runner.files import atomic_write_json
 from runner.data import DatasetError
 from runner.data.discovery import IMAGE_EXTENSIONS, find_images
+from runner.files import atomic_write_json
 
 CAPTION_EXTENSIONS = (".txt",)
 HUB_RETRIES = 4  # after the first attempt: waits of 2, 4, 8 and 16 s with the default backoff

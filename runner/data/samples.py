@@ -7,16 +7,16 @@ exist: most are 512x512, others are 3:2, 4:3, 5:6 or about 2:1.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from runner.files import build_dir_once
 from runner.data import DatasetError
+from runner.files import BuildMarker, build_dir_once
 
 MARKER = ".samples-complete.json"
 SAMPLES_VERSION = 1
 MAX_SIDE = 1024
 MIN_SAMPLES = 12
+COMPLETE = BuildMarker(MARKER, SAMPLES_VERSION)  # written last: lists the photos written
 
 # (skimage.data function, caption). All are bundled with the scikit-image distribution.
 SAMPLES: tuple[tuple[str, str], ...] = (
@@ -70,16 +70,6 @@ def _load(name: str):
     return value
 
 
-def _is_complete(dest: Path) -> bool:
-    marker = dest / MARKER
-    try:
-        info = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    return (info.get("version") == SAMPLES_VERSION
-            and all((dest / name).is_file() for name in info.get("files", [])))
-
-
 def materialize_samples(dest: Path) -> Path:
     """Write the sample photos to `dest` (once) and return it.
 
@@ -88,7 +78,7 @@ def materialize_samples(dest: Path) -> Path:
     a complete set is returned as is. Raises DatasetError if scikit-image is missing, fewer
     than 12 photos load, or `dest` exists but is not a samples directory."""
     dest = Path(dest)
-    if _is_complete(dest):
+    if COMPLETE.is_complete(dest):
         return dest
     try:
         import skimage.data  # noqa: F401
@@ -110,13 +100,13 @@ def materialize_samples(dest: Path) -> Path:
         if len(written) < MIN_SAMPLES:
             raise DatasetError(f"type: samples: only {len(written)} scikit-image photos could be loaded offline "
                                f"(need {MIN_SAMPLES}); failed: {', '.join(failed)}. Upgrade scikit-image or use a local dataset")
-        (tmp / MARKER).write_text(json.dumps({"version": SAMPLES_VERSION, "files": written}, indent=1))
+        COMPLETE.write(tmp, files=written)
 
     def ours(folder: Path) -> bool:  # an older samples version, or an empty folder
         return (folder / MARKER).exists() or (folder.is_dir() and not any(folder.iterdir()))
 
     try:
-        return build_dir_once(dest, fill, _is_complete, may_replace=ours)
+        return build_dir_once(dest, fill, COMPLETE.is_complete, may_replace=ours)
     except FileExistsError:
         raise DatasetError(f"{dest}: exists but is not a samples directory written by this tool; "
                            "delete it or point spec.cacheDir elsewhere") from None

@@ -18,9 +18,10 @@ from typing import Any
 import yaml
 
 from runner import __version__
-from runner.spec import schema as schema_mod
+from runner.exitcodes import EXIT_INVALID  # bad input: retrying cannot help, so the Job fails at once
 from runner.launch import images
 from runner.launch.torchrun import RENDEZVOUS_PORT, SHUTDOWN_TIMEOUT_S
+from runner.spec import schema as schema_mod
 
 MANAGER = "trainingjob-operator"
 PART_OF = "trainingjob-runner"
@@ -30,7 +31,6 @@ SPEC_DIR, SPEC_FILE = "/etc/trainingjob", "trainingjob.yaml"
 GRACE_PERIOD_S = SHUTDOWN_TIMEOUT_S + 60
 # Pod failures a Job retries (crashes, OOM kills); evictions and preemptions are not counted.
 BACKOFF_LIMIT = 3
-EXIT_INVALID = 2  # the CLI's exit code for bad input: retrying cannot help
 KUEUE_PREFIX = "kueue.x-k8s.io/"
 JOB_NAME_MAX = 52  # an Indexed Job's pod hostname is `<job>-<index>` and must stay within 63
 STAGES = ("cache", "train")

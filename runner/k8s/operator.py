@@ -21,11 +21,11 @@ import kopf
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from runner.spec import schema as schema_mod
 from runner.k8s import build, progress
 from runner.k8s import status as st
 from runner.k8s.build import Options
 from runner.k8s.reconcile import TERMINAL, Observed, Outcome, reconcile
+from runner.spec import schema as schema_mod
 
 PLURAL = schema_mod.KIND.lower() + "s"
 RETRY_DELAY_S = 10

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from runner.exitcodes import EXIT_INVALID
 from runner.launch import images
 from runner.spec.plan import job_paths
 
@@ -157,7 +158,7 @@ def run_in_container(job: Any, spec_file: str, overrides: Sequence[str], stage: 
     if not engine or not shutil.which(engine):
         print(f"run --container: no container engine found; install podman or docker "
               f"(or set {ENGINE_ENV})", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     hardware = spec.get("hardware", {}).get("accelerator", "cpu")
     try:
         image = os.environ.get(IMAGE_ENV) or images.image_ref(hardware)
@@ -169,7 +170,7 @@ def run_in_container(job: Any, spec_file: str, overrides: Sequence[str], stage: 
                                 device_gids=_device_gids())
     except (images.NoImageError, ContainerError) as e:
         print(f"{spec_file}: {e}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     # Bind mounts need their source; creating the writable ones here also makes them the
     # caller's. A root caller's job runs as the image's non-root user, so it gets the new ones.
     for m in job_mounts(spec, os.path.abspath(spec_file), cwd):

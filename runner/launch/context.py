@@ -7,8 +7,8 @@ from functools import cached_property
 from typing import Any
 
 from runner.observe.metrics import Metrics
-from runner.spec.plan import JobPaths, job_paths
 from runner.spec.node import TrainingJob
+from runner.spec.plan import JobPaths, job_paths
 
 
 @dataclass

@@ -4,17 +4,16 @@ from __future__ import annotations
 import errno
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from runner.spec.plan import job_paths
+from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STOPPED
 from runner.spec.node import TrainingJob
+from runner.spec.plan import job_paths
 
-EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
 
 
 class HardwareError(Exception):
@@ -228,7 +227,7 @@ def run_train_stage(job: TrainingJob) -> int:
         t0 = time.time()
         result = run_train(ctx)
         if result.interrupted:
-            return 128 + signal.SIGTERM
+            return EXIT_STOPPED
         if ctx.is_main and job.spec.output.hub.push and result.model_dir:
             from runner.train.publish import push_to_hub
             from runner.train.validation import latest_images

@@ -20,11 +20,12 @@ The builders here are pure (argv, topology, exit codes); only `launch` touches t
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+from runner.exitcodes import EXIT_INVALID, EXIT_OK, EXIT_STOPPED, killed_by
 
 # A pod's agent restarts its worker group this often (a worker crash, or a peer pod replaced
 # after eviction: the survivors re-rendezvous and resume from the checkpoint) before the pod
@@ -104,11 +105,10 @@ def torchrun_argv(topo: Topology, worker_args: list[str], *, run_id: str, log_di
 def exit_code(exitcodes: list[int]) -> int:
     """One exit code for the failed workers, in the CLI's terms: a signal becomes 128+N; a
     SIGTERM stop (143) wins over the SIGTERMs torchrun then sends to the slower workers."""
-    codes = [128 - c if c < 0 else c for c in exitcodes if c != 0]
+    codes = [killed_by(-c) if c < 0 else c for c in exitcodes if c != 0]
     if not codes:
-        return 0
-    stop = 128 + signal.SIGTERM
-    return stop if all(c == stop for c in codes) else next(c for c in codes if c != stop)
+        return EXIT_OK
+    return EXIT_STOPPED if all(c == EXIT_STOPPED for c in codes) else next(c for c in codes if c != EXIT_STOPPED)
 
 
 def cache_shard(env: Mapping[str, str], nodes: int) -> tuple[int, int]:
@@ -137,7 +137,7 @@ def launch(spec_file: Path, *, job_name: str, hardware: Mapping[str, Any], stage
         topo = topology(hardware, stage, env)
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     in_pod = "JOB_COMPLETION_INDEX" in env
     argv = torchrun_argv(topo, ["runner", "run", str(spec_file), "--stage", stage], run_id=run_id(env, job_name),
                          log_dir=str(output_dir / "logs" / "torchrun" / stage),
@@ -154,5 +154,5 @@ def launch(spec_file: Path, *, job_name: str, hardware: Mapping[str, Any], stage
         return exit_code([f.exitcode for f in e.failures.values()])
     except SignalException as e:
         # torchrun has already passed the signal on and waited for the workers to checkpoint.
-        return 128 + int(e.sigval)
-    return 0
+        return killed_by(e.sigval)
+    return EXIT_OK

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from runner.spec import schema as schema_mod
 from runner.smoke.report import FAILED, PASSED, SKIPPED, Check
+from runner.spec import schema as schema_mod
 
 HUB_TIMEOUT_S = 10.0
 _TRUE = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads HF_HUB_OFFLINE

@@ -27,6 +27,8 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
+from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK
+from runner.files import atomic_write_bytes
 from runner.smoke import checks as checks_mod
 from runner.smoke.report import FAILED, PASSED, SKIPPED, Check, junit_xml, passed, text_report
 from runner.smoke.shrink import SUBSTITUTE_NAME, shrink, substitute_dataset
@@ -34,7 +36,6 @@ from runner.spec.errors import SpecError
 from runner.spec.load import job_from_document, load_spec
 from runner.spec.node import TrainingJob
 
-EXIT_OK, EXIT_INTERNAL, EXIT_INVALID = 0, 1, 2
 DEFAULT_IMAGES = 8
 DEFAULT_BUDGET_S = 120.0
 MARKER = ".trainingjob-smoke"
@@ -86,9 +87,8 @@ def run_smoke(path: str, overrides: list[str], opts: SmokeOptions, env: Mapping[
         code = EXIT_INTERNAL  # only the budget can fail after the stages passed: a machine limit
     sys.stdout.write(text_report(f"smoke run of {path}:", s.checks, s.notes))
     if opts.junit:
-        Path(opts.junit).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.junit).write_text(junit_xml(f"trainingjob smoke {path}", s.checks, s.notes + s.changes),
-                                    encoding="utf-8")
+        atomic_write_bytes(Path(opts.junit), junit_xml(f"trainingjob smoke {path}", s.checks,
+                                                       s.notes + s.changes).encode("utf-8"))
     return code
 
 
@@ -128,7 +128,7 @@ def _run(s: Session, path: str, overrides: list[str], opts: SmokeOptions, env: M
     s.notes = [f"the smoke differs from the real run in {len(s.changes)} field(s), sizes scaled by "
                f"1/{round(1 / shrunk.scale)}; each change and why is listed at the top of {spec_file}"]
     header = "".join(f"# {line}\n" for line in [f"Smoke run of {path}: what differs from it, and why."] + s.changes)
-    spec_file.write_text(header + yaml.safe_dump(shrunk.document, sort_keys=False))
+    atomic_write_bytes(spec_file, (header + yaml.safe_dump(shrunk.document, sort_keys=False)).encode("utf-8"))
     # The shrunk spec goes through the same validation as any spec: a failure here is our bug.
     smoke_job = job_from_document(shrunk.document, source=str(spec_file))
     return _run_stages(s, smoke_job)

@@ -12,9 +12,9 @@ import math
 import os
 from typing import Any, Callable, Iterator
 
+from runner.models.registry import traits
 from runner.spec import fieldpath, redact
 from runner.spec import schema as schema_mod
-from runner.models.registry import traits
 
 MAX_VALIDATION_SIDE = 8192
 # Dataset sizes: with resolutionType area, megapixels (1.0 = 1024x1024). 16 MP is a 4096 px

@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from runner.exitcodes import EXIT_INVALID, EXIT_OK
+from runner.files import atomic_create_bytes, atomic_write_bytes
 from runner.spec import schema as schema_mod
 from runner.spec.errors import SpecError
-from runner.spec.names import slug
 from runner.spec.load import job_from_document
+from runner.spec.names import slug
 from runner.spec.parse import parse_document
 from runner.spec.validate import field_problems
 
@@ -186,21 +187,9 @@ def check(text: str, source: str) -> list[str]:
 
 
 def write(text: str, output: str, force: bool) -> None:
-    """Write without ever clobbering an existing file unless `force`; atomic either way."""
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not force:
-        with open(path, "x", encoding="utf-8") as f:  # "x": fails if it appeared meanwhile
-            f.write(text)
-        return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write without ever clobbering an existing file unless `force` (FileExistsError, even when
+    the file appeared meanwhile); atomic either way."""
+    (atomic_write_bytes if force else atomic_create_bytes)(Path(output), text.encode("utf-8"))
 
 
 def run_init(output: str, yes: bool, force: bool, ask: Ask | None = None,
@@ -209,14 +198,14 @@ def run_init(output: str, yes: bool, force: bool, ask: Ask | None = None,
     to_stdout = output == "-"
     if not to_stdout and os.path.lexists(output) and not force:
         print(f"{output}: already exists; pass --force to overwrite it or --output another file", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     if interactive is None:
         interactive = sys.stdin.isatty() and not yes
     try:
         answers = gather((ask or ask_stdin) if interactive and not yes else None)
     except EOFError:
         print("\ninit: no answer (end of input); nothing written", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     if not Path(answers["dataset"]).is_dir():
         print(f"note: dataset directory {answers['dataset']!r} does not exist yet; put images there before "
               "`trainingjob validate` and `trainingjob run`", file=sys.stderr)
@@ -226,18 +215,18 @@ def run_init(output: str, yes: bool, force: bool, ask: Ask | None = None,
         for line in problems:
             print(line, file=sys.stderr)
         print("init: the starter would not validate; nothing written", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     if to_stdout:
         sys.stdout.write(text)
-        return 0
+        return EXIT_OK
     try:
         write(text, output, force)
     except FileExistsError:
         print(f"{output}: already exists; pass --force to overwrite it", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     except OSError as e:
         print(f"{output}: cannot write ({e.strerror or e})", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     print(f"wrote {output} (TrainingJob {answers['name']!r}); next: trainingjob validate {output}, "
           f"then trainingjob run {output}", file=sys.stderr)
-    return 0
+    return EXIT_OK

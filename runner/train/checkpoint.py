@@ -7,7 +7,6 @@ SIGKILL mid-write or a corrupted disk costs at most the last interval of trainin
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -15,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from runner.files import atomic_write_json, replace_dir
+from runner.files import atomic_write_json, file_digest, replace_dir
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -30,17 +29,9 @@ class TrainerState:
     spec_hash: str = ""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def seal(folder: Path, state: TrainerState) -> None:
     """Record every file's size and hash, then the state file itself (atomically)."""
-    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": file_digest(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != STATE_FILE}
     atomic_write_json(folder / STATE_FILE, {"state": asdict(state), "files": files})
 
@@ -64,7 +55,7 @@ def verify(folder: Path) -> str | None:
             return f"{rel} is missing"
         if path.stat().st_size != meta["size"]:
             return f"{rel} has {path.stat().st_size} bytes, expected {meta['size']} (truncated?)"
-        if _sha256(path) != meta["sha256"]:
+        if file_digest(path) != meta["sha256"]:
             return f"{rel} checksum mismatch (corrupt)"
     return None
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from runner.files import atomic_write_bytes
 from runner.models.registry import traits
 
 
@@ -52,11 +53,9 @@ def push_to_hub(model_dir: Path, job_document: dict[str, Any], images: list[Path
     token = hub_token(hub)
     repo_id = hub["repoId"]
     title = traits(job_document["spec"]["model"]["family"]).title
-    (model_dir / "README.md").write_text(model_card(job_document, images, repo_id))
-    vdir = model_dir / "validation"
-    vdir.mkdir(exist_ok=True)
+    atomic_write_bytes(model_dir / "README.md", model_card(job_document, images, repo_id).encode("utf-8"))
     for p in images:
-        (vdir / p.name).write_bytes(p.read_bytes())
+        atomic_write_bytes(model_dir / "validation" / p.name, p.read_bytes())
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=hub["private"], exist_ok=True, repo_type="model")

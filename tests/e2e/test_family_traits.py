@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runner.spec import semantics
 from runner.models.registry import traits
+from runner.spec import semantics
 
 pytestmark = pytest.mark.e2e
 

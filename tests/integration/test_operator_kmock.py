@@ -14,10 +14,10 @@ import kubernetes
 import pytest
 import yaml
 
-from runner.spec import schema as schema_mod
 from runner.k8s import operator as op
 from runner.k8s import progress
 from runner.k8s.build import Options
+from runner.spec import schema as schema_mod
 from tests.integration.kmock_cluster import Cluster
 
 REPO = Path(__file__).resolve().parents[2]

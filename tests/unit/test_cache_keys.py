@@ -23,9 +23,10 @@ from runner.cache.keys import (
     latent_key,
     text_key,
 )
-from runner.data.discovery import DigestMemo, file_digest
-from runner.data.transforms import plan_crop
 from runner.cache.stage import crop_plan_dict
+from runner.data.discovery import DigestMemo
+from runner.files import file_digest
+from runner.data.transforms import plan_crop
 
 BASE_ID = EncoderIdentity(model="PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", revision="main",
                           fingerprint="0" * 32, dtype="bfloat16")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.spec import schema as schema_mod
 from runner.k8s import crd
+from runner.spec import schema as schema_mod
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "k8s" / "crd.yaml"

@@ -1,7 +1,6 @@
 """runner.data.discovery: finding images, header probing, EXIF orientation, corrupt files."""
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 from PIL import Image
 
 from runner.data import DatasetError
-from runner.data.discovery import IMAGE_EXTENSIONS, ImageInfo, file_digest, find_images, probe, scan
+from runner.data.discovery import IMAGE_EXTENSIONS, ImageInfo, find_images, probe, scan
 
 
 def write_image(path: Path, size=(96, 64), fmt=None, orientation: int | None = None, color=(200, 30, 30)) -> Path:
@@ -144,14 +143,6 @@ def test_scan_bad_root_raises(tmp_path, make):
         root.write_text("x")
     with pytest.raises(DatasetError, match="root"):
         scan(root)
-
-
-@pytest.mark.parametrize("content", [b"", b"abc", b"x" * (3 << 20)])
-def test_file_digest_matches_hashlib(tmp_path, content):
-    p = tmp_path / "f.bin"
-    p.write_bytes(content)
-    assert file_digest(p) == hashlib.sha256(content).hexdigest()
-    assert file_digest(p, chunk_size=7) == hashlib.sha256(content).hexdigest()
 
 
 # ----------------------------------------------------------------------------- hostile files

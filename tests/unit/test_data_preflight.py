@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from runner.data import DatasetError
-from runner.data.discovery import DigestMemo, file_digest
+from runner.data.discovery import DigestMemo
+from runner.files import file_digest
 from runner.data.preflight import DatasetPlan, dataset_problems, plan_dataset, seed_key_for
 
 

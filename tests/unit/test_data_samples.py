@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from runner.data import DatasetError, samples
+from runner.data.buckets import check_dataset_size
 from runner.data.captions import caption_for
 from runner.data.discovery import scan
 from runner.data.preflight import plan_dataset
-from runner.data.buckets import check_dataset_size
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from runner import __version__
-from runner.spec import schema
 from runner.launch import images
+from runner.spec import schema
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / images.DOCKERFILE

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from runner.cache.stage import CacheReport
 from runner.observe import names as N
 from runner.observe.metrics import Metrics
 from runner.observe.runlog import read as read_log
-from runner.cache.stage import CacheReport
 from tests.observe_tools import free_port, promtool_check_metrics, sample, scrape
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from runner.spec.plan import cache_fingerprint, enabled_datasets, job_paths, step_plan
 from runner.spec.load import job_from_document
+from runner.spec.plan import cache_fingerprint, enabled_datasets, job_paths, step_plan
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE_DOC = yaml.safe_load((REPO / "examples" / "smoke.yaml").read_text())

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.train.publish import PublishError, hub_token, model_card
 from runner.spec.load import job_from_document
+from runner.train.publish import PublishError, hub_token, model_card
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "hf_SuperSecretTokenValue1234567890"

@@ -30,8 +30,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from runner.train.publish import PublishError, push_to_hub
 from runner.spec.load import job_from_document
+from runner.train.publish import PublishError, push_to_hub
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hf_fake_secret_123"

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner.files import atomic_write_json
-from runner.models.pixart_sigma import FAMILY
 from runner.cache.keys import entry_path
 from runner.cache.stage import crop_plan_dict, write_entry
+from runner.files import atomic_write_json
+from runner.models.pixart_sigma import FAMILY
 from runner.train.data import (
     TEXT_PAD_MULTIPLE,
     CacheMismatch,

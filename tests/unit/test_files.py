@@ -1,6 +1,9 @@
-"""runner.files: temp files carry their writer, and only those of writers that are gone are swept."""
+"""runner.files: all-or-nothing writes whose temp files carry their writer (only those of writers that are gone
+are swept), content digests, and build markers."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from runner import files as atomic
-from runner.files import atomic_write_bytes, build_dir_once, sweep_stale_temps, temp_path
+from runner.files import (BuildMarker, atomic_create_bytes, atomic_write_bytes, build_dir_once, file_digest,
+                          sweep_stale_temps, temp_path)
 
 
 @pytest.fixture
@@ -101,3 +105,35 @@ def test_build_dir_once_temp_folders_are_sweepable(tmp_path):
 
     build_dir_once(tmp_path / "thing", build, lambda d: (d / "done").is_file())
     assert seen and atomic._TEMP_DIR.match(seen[0]) and f".{os.getpid()}." in seen[0]
+
+
+def test_create_never_replaces_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "sub" / "spec.yaml"
+    atomic_create_bytes(path, b"first")
+    with pytest.raises(FileExistsError):
+        atomic_create_bytes(path, b"second")
+    assert path.read_bytes() == b"first"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["spec.yaml"]
+
+
+@pytest.mark.parametrize("content", [b"", b"abc", b"x" * (3 << 20)])
+def test_file_digest_matches_hashlib(tmp_path, content):
+    p = tmp_path / "f.bin"
+    p.write_bytes(content)
+    assert file_digest(p) == hashlib.sha256(content).hexdigest()
+    assert file_digest(p, chunk_size=7) == hashlib.sha256(content).hexdigest()
+
+
+def test_a_build_marker_is_complete_only_with_its_version_and_files(tmp_path):
+    marker = BuildMarker(".done.json", 2)
+    assert not marker.is_complete(tmp_path)
+    (tmp_path / "a.bin").write_bytes(b"a")
+    marker.write(tmp_path, files=["a.bin"], seed=7)
+    assert marker.is_complete(tmp_path) and json.loads((tmp_path / ".done.json").read_text())["seed"] == 7
+    assert BuildMarker(".done.json", 1).is_complete(tmp_path)  # newer builds serve older readers
+    assert not BuildMarker(".done.json", 3).is_complete(tmp_path)
+    (tmp_path / "a.bin").unlink()
+    assert not marker.is_complete(tmp_path)
+    (tmp_path / ".done.json").write_text("[1, 2]")  # not a marker we wrote
+    assert not marker.is_complete(tmp_path)
+
