@@ -10,12 +10,15 @@ through them:
   at the end, as tokenizers pad) becomes a per-sample key count (`seqused_k`) instead of
   an additive bias, so the padded keys cost nothing.
 
-flash-attn-4 4.0.0b36 computes dQ wrongly at head_dim 72 on SM90 (dK, dV and the output are
-right; measured on an H200: relative error 1.3). Its SM90 kernels round the head dim up to
-a multiple of 16 internally anyway, so `set_attention` checks each candidate width on a
-small problem against SDPA before use (72, then zero-padded 80, then 96) and takes the
-first that is right; zero padding is exact (padded q, k add 0 to the scores; padded v
-gives 0 columns that are sliced off; the softmax scale stays 1/sqrt(72)).
+flash-attn-4 4.0.0b36 is not right everywhere on SM90 (measured on an H200 against SDPA in
+float32): the forward is right at 72; the backward's dQ is wrong whenever the kernel's
+internal head tile is 80 (head_dim 72 or 80: relative error 1.2) and right at 96; and the
+backward with per-sample key counts (`seqused_k`) gives wrong dK/dV at every width. So
+`set_attention` checks on a small problem before use: the forward runs at the native
+width, the backward at the first width (72, then zero-padded 80, 96) whose gradients
+agree, and key-padded (cross-)attention uses the kernels only if that case agrees too,
+SDPA otherwise. Zero padding is exact (padded q, k add 0 to the scores; padded v, out and
+dout give 0 columns that are sliced off; the softmax scale stays 1/sqrt(72)).
 
 The kernels sit behind two torch.library custom ops, so a compiled block keeps them as one
 opaque node each (no graph break) and autograd calls the matching backward kernel.
@@ -43,7 +46,8 @@ class Kernels:
     fwd: Callable
     bwd: Callable
     accepts: Callable[[torch.Tensor], bool] = lambda q: True
-    head_dim: int | None = None  # zero-pad q, k, v to this width first (None: as they come)
+    bwd_head_dim: int | None = None  # the backward zero-pads to this width (None: as they come)
+    key_padding: bool = True  # seqused_k is right; when False, masked attention goes to SDPA
 
 
 _ACTIVE: Kernels | None = None
@@ -55,48 +59,25 @@ def use_kernels(kernels: Kernels | None) -> None:
     _ACTIVE = kernels
 
 
-_SPLIT_DQ = [False]  # see fa4_kernels(split_dq=...)
+@functools.lru_cache(maxsize=1)
+def fa4_kernels() -> Kernels:
+    """flash-attn-4 (CuTe DSL) kernels; ImportError when the package is not installed."""
+    import os
 
-
-@functools.lru_cache(maxsize=None)
-def fa4_kernels(split_dq: bool = False) -> Kernels:
-    """flash-attn-4 (CuTe DSL) kernels; ImportError when the package is not installed.
-    `split_dq`: run the SM90 backward's dQ GEMM on both warp groups, as FA4 does above
-    head_dim 96, instead of the single-warp-group dQ it picks at head_dim <= 96 (a suspect
-    for the wrong dQ at 72)."""
+    # Compiled kernels persist on disk, so later processes (and the next run) skip the JIT.
+    os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
     from flash_attn.cute import interface as fa
-
-    _patch_bwd_config(fa)
 
     def fwd(q, k, v, seqused_k, scale):
         out, lse, *_ = fa._flash_attn_fwd(q, k, v, seqused_k=seqused_k, softmax_scale=scale, return_lse=True)
         return out, lse
 
     def bwd(dout, q, k, v, out, lse, seqused_k, scale):
-        _SPLIT_DQ[0] = split_dq
         dq, dk, dv = fa._flash_attn_bwd(q, k, v, out, dout, lse, softmax_scale=scale, seqused_k=seqused_k)[:3]
         return dq, dk, dv
 
     # FA4 takes half-precision CUDA tensors; float32 (validation, CPU) goes to SDPA.
-    return Kernels("fa4-split-dq" if split_dq else "fa4", fwd, bwd,
-                   accepts=lambda q: q.is_cuda and q.dtype in (torch.float16, torch.bfloat16))
-
-
-def _patch_bwd_config(fa) -> None:
-    if getattr(fa._tile_size_bwd_sm90, "_trainingjob", False):
-        return
-    import dataclasses
-
-    original = fa._tile_size_bwd_sm90
-
-    def tile_size_bwd_sm90(*a, **kw):
-        config = original(*a, **kw)
-        if _SPLIT_DQ[0] and config.dQ_single_wg:
-            config = dataclasses.replace(config, dQ_single_wg=False)
-        return config
-
-    tile_size_bwd_sm90._trainingjob = True
-    fa._tile_size_bwd_sm90 = tile_size_bwd_sm90
+    return Kernels("fa4", fwd, bwd, accepts=lambda q: q.is_cuda and q.dtype in (torch.float16, torch.bfloat16))
 
 
 def reference_kernels() -> Kernels:
@@ -151,8 +132,11 @@ def _attn_fwd_fake(q, k, v, seqused_k, scale):
 def attn_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
              lse: torch.Tensor, seqused_k: Optional[torch.Tensor], scale: float
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dq, dk, dv = _ACTIVE.bwd(dout, q, k, v, out, lse, seqused_k, scale)
-    return dq, dk, dv
+    d, width = q.shape[-1], _ACTIVE.bwd_head_dim
+    if not width or width <= d:
+        return tuple(_ACTIVE.bwd(dout, q, k, v, out, lse, seqused_k, scale))
+    dq, dk, dv = _ACTIVE.bwd(*(F.pad(t, (0, width - d)) for t in (dout, q, k, v, out)), lse, seqused_k, scale)
+    return dq[..., :d].contiguous(), dk[..., :d].contiguous(), dv[..., :d].contiguous()
 
 
 @attn_bwd.register_fake
@@ -179,12 +163,7 @@ attn_fwd.register_autograd(_backward, setup_context=_setup_context)
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqused_k: torch.Tensor | None,
               scale: float) -> torch.Tensor:
     """softmax(q k^T * scale) v over the first seqused_k[b] keys of each sample; [B, N, H, D]."""
-    d = q.shape[-1]
-    width = _ACTIVE.head_dim if _ACTIVE is not None and _ACTIVE.head_dim else d
-    if width > d:
-        q, k, v = (F.pad(t, (0, width - d)) for t in (q, k, v))
-    out = attn_fwd(q.contiguous(), k.contiguous(), v.contiguous(), seqused_k, scale)[0]
-    return out[..., :d] if width > d else out
+    return attn_fwd(q.contiguous(), k.contiguous(), v.contiguous(), seqused_k, scale)[0]
 
 
 # ----------------------------------------------------------------------------- processor
@@ -209,7 +188,8 @@ class FlashAttnProcessor:
         h = attn.heads
         d = q.shape[-1] // h
         q, k, v = q.view(b, n, h, d), k.view(b, -1, h, d), v.view(b, -1, h, d)
-        if _ACTIVE is not None and _ACTIVE.accepts(q) and k.dtype == q.dtype:
+        if (_ACTIVE is not None and _ACTIVE.accepts(q) and k.dtype == q.dtype
+                and (attention_mask is None or _ACTIVE.key_padding)):
             seqused = key_counts(attention_mask) if attention_mask is not None else None
             out = attention(q, k, v, seqused, attn.scale)
         else:
@@ -258,13 +238,14 @@ def set_attention(transformer, backend: str, device: torch.device) -> tuple[str,
         use_kernels(None)
         return "sdpa", problem
     head_dim = _head_dim(transformer)
-    kernels = checked_kernels([fa4_kernels(), fa4_kernels(split_dq=True)], head_dim, device) if head_dim else None
+    kernels = checked_kernels(fa4_kernels(), head_dim, device) if head_dim else None
     if kernels is None:
         use_kernels(None)
         return "sdpa", f"flash-attn-4 failed its check against SDPA at head_dim {head_dim} and the padded widths"
     use_kernels(kernels)
     install_processor(transformer)
-    return f"{kernels.name} (head_dim {head_dim}" + (f" padded to {kernels.head_dim})" if kernels.head_dim else ")"), None
+    return (f"{kernels.name} (head_dim {head_dim}, backward at {kernels.bwd_head_dim or head_dim}; key-padded "
+            f"cross-attention on {kernels.name if kernels.key_padding else 'sdpa'})"), None
 
 
 def _head_dim(transformer) -> int | None:
@@ -284,22 +265,22 @@ def widths(head_dim: int) -> list[int]:
     return out
 
 
-def checked_kernels(variants: list[Kernels], head_dim: int, device: torch.device,
-                    dtype=torch.bfloat16) -> Kernels | None:
-    """The first (width, variant) at which the kernels match SDPA (output and all three
-    gradients, self- and key-padded cross-attention), narrowest width first; or None."""
+def checked_kernels(kernels: Kernels, head_dim: int, device: torch.device, dtype=torch.bfloat16) -> Kernels | None:
+    """`kernels` with the backward at the first width whose plain attention matches SDPA
+    (output and all three gradients), and key_padding set by whether the key-padded case
+    matches too at that width; None when no width does."""
     import dataclasses
 
     for width in widths(head_dim):
-        for kernels in variants:
-            candidate = dataclasses.replace(kernels, head_dim=None if width == head_dim else width)
-            if agrees_with_sdpa(candidate, head_dim, device, dtype):
-                return candidate
+        candidate = dataclasses.replace(kernels, bwd_head_dim=None if width == head_dim else width, key_padding=True)
+        if agrees_with_sdpa(candidate, head_dim, device, dtype, key_padded=False):
+            padded_ok = agrees_with_sdpa(candidate, head_dim, device, dtype, key_padded=True)
+            return dataclasses.replace(candidate, key_padding=padded_ok)
     return None
 
 
 def agrees_with_sdpa(kernels: Kernels, head_dim: int, device: torch.device, dtype=torch.bfloat16,
-                     tol: float = 2e-2) -> bool:
+                     key_padded: bool = False, tol: float = 2e-2) -> bool:
     """fwd+bwd of a small random problem against SDPA in float32 (relative L2 errors);
     bf16 rounding gives ~4e-3, a wrong kernel ~1."""
     previous, grad_mode = _ACTIVE, torch.is_grad_enabled()
@@ -308,7 +289,8 @@ def agrees_with_sdpa(kernels: Kernels, head_dim: int, device: torch.device, dtyp
         torch.set_grad_enabled(True)  # start-up may run under no_grad
         g = torch.Generator(device=device).manual_seed(0)
         b, h, n = 2, 2, 320
-        for t, seqused in ((n, None), (140, torch.tensor([100, 140], device=device, dtype=torch.int32))):
+        cases = [(140, torch.tensor([100, 140], device=device, dtype=torch.int32))] if key_padded else [(n, None)]
+        for t, seqused in cases:
             q, k, v = (torch.randn(b, s, h, head_dim, device=device, generator=g, dtype=dtype).requires_grad_()
                        for s in (n, t, t))
             go = torch.randn(b, n, h, head_dim, device=device, generator=g, dtype=dtype)

@@ -58,16 +58,20 @@ def test_output_and_gradients_match_sdpa_with_key_padding() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_head_padding_is_exact() -> None:
-    """Zero-padding the head dim (72 -> 80 on the GPU) with the scale of the real width."""
+def test_backward_head_padding_is_exact() -> None:
+    """Zero-padding the head dim in the backward (72 -> 96 on the GPU) changes no gradient."""
     q, k, v = _qkv(d=9)
-    attn.use_kernels(dataclasses.replace(attn.reference_kernels(), head_dim=16))
-    out = attn.attention(q, k, v, None, 9 ** -0.5)
+    used = torch.tensor([4, 10], dtype=torch.int32)
+    attn.use_kernels(dataclasses.replace(attn.reference_kernels(), bwd_head_dim=16))
+    out = attn.attention(q, k, v, used, 9 ** -0.5)
     assert out.shape == q.shape
-    torch.testing.assert_close(out, _sdpa(q, k, v), rtol=1e-5, atol=1e-5)
-    (dq,) = torch.autograd.grad(out.sum(), (q,))
-    (rq,) = torch.autograd.grad(_sdpa(q, k, v).sum(), (q,))
-    torch.testing.assert_close(dq, rq, rtol=1e-4, atol=1e-5)
+    mask = (torch.arange(10)[None] < used[:, None].long())[:, None, None, :]
+    ref = _sdpa(q, k, v, mask)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    go = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), go), torch.autograd.grad(ref, (q, k, v), go)):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_compiled_matches_eager() -> None:
@@ -84,21 +88,46 @@ def test_compiled_matches_eager() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_check_skips_a_wrong_kernel_and_takes_the_padded_width() -> None:
-    """Like flash-attn-4 4.0.0b36 at head_dim 72: dQ wrong at the native width."""
+def test_check_picks_the_first_right_backward_width_and_tests_key_padding() -> None:
+    """Like flash-attn-4 4.0.0b36 on an H200: dQ wrong at an internal width of 80 (head_dim
+    72 and 80), right at 96; key-padded backward wrong at every width."""
     good = attn.reference_kernels()
 
     def bad_bwd(dout, q, k, v, out, lse, seqused_k, scale):
         dq, dk, dv = good.bwd(dout, q, k, v, out, lse, seqused_k, scale)
-        return (dq.flip(1) if q.shape[-1] % 16 else dq), dk, dv
+        if seqused_k is not None:
+            dk = dk.flip(1)
+        return (dq.flip(1) if q.shape[-1] % 32 else dq), dk, dv
 
     broken = dataclasses.replace(good, name="broken", bwd=bad_bwd)
-    chosen = attn.checked_kernels([broken], 72, torch.device("cpu"), dtype=torch.float32)
-    assert chosen is not None and chosen.head_dim == 80
-    assert attn.checked_kernels([dataclasses.replace(good, bwd=lambda *a: [x * 0 for x in good.bwd(*a)])], 72,
-                                torch.device("cpu"), dtype=torch.float32) is None
+    cpu = torch.device("cpu")
+    chosen = attn.checked_kernels(broken, 72, cpu, dtype=torch.float32)
+    assert chosen is not None and chosen.bwd_head_dim == 96 and not chosen.key_padding
+    fine = attn.checked_kernels(good, 72, cpu, dtype=torch.float32)
+    assert fine.bwd_head_dim is None and fine.key_padding
+    zero = dataclasses.replace(good, bwd=lambda *a: [x * 0 for x in good.bwd(*a)])
+    assert attn.checked_kernels(zero, 72, cpu, dtype=torch.float32) is None
     assert attn.widths(72) == [72, 80, 96]
     assert attn.widths(64) == [64]
+
+
+def test_processor_sends_masked_attention_to_sdpa_when_key_padding_is_off() -> None:
+    calls: list[bool] = []
+    good = attn.reference_kernels()
+
+    def fwd(q, k, v, seqused_k, scale):
+        calls.append(seqused_k is not None)
+        return good.fwd(q, k, v, seqused_k, scale)
+
+    attn.use_kernels(dataclasses.replace(good, fwd=fwd, key_padding=False))
+    model = _tiny_transformer()
+    attn.install_processor(model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model(torch.randn(1, 4, 8, 8, generator=g), encoder_hidden_states=torch.randn(1, 6, 12, generator=g),
+              encoder_attention_mask=torch.tensor([[1, 1, 1, 0, 0, 0]]), timestep=torch.tensor([10]),
+              added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+    assert calls == [False, False]  # the two self-attentions; cross-attention went to SDPA
 
 
 def _tiny_transformer():
