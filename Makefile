@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 SPEC ?= examples/smoke.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: install train-local test test-fast crd lint clean
+.PHONY: install train-local test test-fast crd lint clean bench
 
 # torch==2.13.0 is installed on its own first: on these CPU machines it comes from local disk,
 # while an unpinned torch would pull a multi-GB CUDA build.
@@ -30,6 +30,10 @@ test-fast: $(STAMP)
 
 crd: $(STAMP)
 	$(PY) -m runner.k8s.crd > k8s/crd.yaml.tmp && mv k8s/crd.yaml.tmp k8s/crd.yaml
+
+# On a GPU machine, with the system's CUDA torch (not .venv): see bench/README.md.
+bench:
+	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) output cache .pytest_cache
