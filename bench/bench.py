@@ -244,7 +244,8 @@ def measure() -> None:
 
 def write(rows: list[dict], card: str) -> None:
     name = f"{datetime.date.today().isoformat()}-{re.sub(r'[^A-Za-z0-9]+', '-', card).strip('-').lower()}.json"
-    for folder in [REPO / "bench" / "results"] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else []):
+    home = WORK if args.tiny else REPO / "bench" / "results"  # a CPU smoke run is no result
+    for folder in [home] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else []):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(json.dumps(rows, indent=1) + "\n")
 
