@@ -99,7 +99,10 @@ def encode_captions(tokenizer, encoder, captions: Sequence[str], max_tokens: int
     Trimming cuts the cache ~2.5x at PixArt's 300 tokens; the loader pads back with a mask,
     which is exactly what the transformer sees (masked positions do not attend)."""
     device = next(encoder.parameters()).device
-    tokens = tokenizer(list(captions), max_length=max_tokens, padding="max_length", truncation=True,
+    # Padded to the batch's longest caption, not to max_tokens: padded keys are masked, so the
+    # real tokens' embeddings are the same, and length-sorted batches of ~120-token captions
+    # encode ~2.8x faster than at 300 (measured with the real-size T5-XXL on an H200).
+    tokens = tokenizer(list(captions), max_length=max_tokens, padding="longest", truncation=True,
                        add_special_tokens=True, return_tensors="pt")
     mask = tokens.attention_mask.to(device)
     hidden = encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
@@ -122,11 +125,19 @@ def pad_embeddings(embeds: Sequence[torch.Tensor], multiple: int = 1) -> tuple[t
 
 # ----------------------------------------------------------------------------- VAE
 
-def load_vae(model_dir: Path, dtype: str, device: torch.device):
+def load_vae(model_dir: Path, dtype: str, device: torch.device, compile: bool = False):
+    """The VAE; with `compile` on CUDA its encoder is compiled and channels-last. Both
+    together: eager channels-last is slower than the default layout (GroupNorm falls to a
+    generic kernel), compiled channels-last is 1.7x faster (H200, 1024 px, bf16)."""
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", dtype=DTYPES[dtype])
-    return vae.to(device).eval().requires_grad_(False)
+    vae = vae.to(device).eval().requires_grad_(False)
+    if compile and torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one conv algorithm search per bucket shape
+        vae.to(memory_format=torch.channels_last)
+        vae.encoder.compile(dynamic=None)  # static first shape; later buckets share one dynamic graph
+    return vae
 
 
 def image_to_tensor(image) -> torch.Tensor:
@@ -140,7 +151,10 @@ def encode_images(vae, pixels: torch.Tensor, seeds: Sequence[int] | None = None)
     """[B, 3, H, W] in [-1, 1] -> scaled latents [B, 4, H/8, W/8] (float32), sampled from the
     VAE's posterior with per-image noise seeds when given (reproducible cache entries)."""
     param = next(vae.parameters())
-    dist = vae.encode(pixels.to(param.device, param.dtype)).latent_dist
+    pixels = pixels.to(param.device, param.dtype)
+    if param.dim() == 4 and param.is_contiguous(memory_format=torch.channels_last):
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    dist = vae.encode(pixels).latent_dist
     shape = dist.mean.shape[1:]
     if seeds is None:
         noise = torch.randn(dist.mean.shape, dtype=torch.float32)
@@ -167,23 +181,44 @@ def load_transformer(model_dir: Path, *, bit_fit: bool, gradient_checkpointing: 
     return model
 
 
-def compile_blocks(model) -> int:
+def compile_blocks(model, dynamic: bool = True) -> int:
     """torch.compile each transformer block in place (state-dict keys stay the same, so
     checkpoints and exports are unaffected). Per block rather than whole-model: same speed,
     a fraction of the compile time, since all 28 blocks share one compiled graph.
 
-    Each aspect bucket is a new static shape, and the first block sees float32 input while
-    the rest see bf16, so one code object legitimately needs a few graphs per bucket: the
+    The first bucket compiles static shapes. With `dynamic`, the second bucket's shape makes
+    torch recompile once with a symbolic sequence length, and that graph serves every later
+    bucket, so compile time is bounded by two compiles however many buckets there are.
+    Without it every bucket is its own static graph; and since the first block sees float32
+    input while the rest see bf16, one code object needs a few graphs per bucket: the
     default limit of 8 would silently fall back to eager after ~4 buckets."""
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    # Static shapes per bucket: a dynamic-shape graph after the second bucket would be slower.
-    torch._dynamo.config.automatic_dynamic_shapes = False
+    torch._dynamo.config.automatic_dynamic_shapes = dynamic
     for block in model.transformer_blocks:
-        block.compile(dynamic=False)
+        block.compile(dynamic=None if dynamic else False)
     return len(model.transformer_blocks)
+
+
+def apply_speed_options(transformer, spec, device: torch.device, log) -> None:
+    """spec.model.attention, spec.training.fp8 and spec.training.compile, in that order
+    (kernels and FP8 modules must be in place before the blocks are compiled, and before
+    the optimizer takes the parameters)."""
+    from runner.models.attention import set_attention
+    from runner.training.precision import apply_fp8
+
+    training = spec["training"]
+    used, why = set_attention(transformer, spec["model"].get("attention", "auto"), device)
+    if device.type == "cuda" or spec["model"].get("attention") == "fa4":
+        log(f"attention kernels: {used}" + (f" ({why})" if why else ""))
+    if training.get("fp8"):
+        log(f"fp8 linears: {apply_fp8(transformer, device, 'on')}")
+    if training["compile"] and device.type == "cuda":  # elsewhere ignored, as the schema says
+        dynamic = training.get("compileDynamic", True)
+        log(f"compiling {compile_blocks(transformer, dynamic)} transformer blocks (first bucket static, "
+            + ("later buckets share one dynamic graph)" if dynamic else "one graph per bucket)"))
 
 
 def load_noise_scheduler(model_dir: Path):

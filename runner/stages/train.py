@@ -119,11 +119,7 @@ def run_train(ctx: RunContext) -> TrainResult:
     plan = step_plan(spec, data.batches_per_epoch)
     transformer = family.load_transformer(model_dir, bit_fit=spec["model"]["bitFit"],
                                           gradient_checkpointing=training["gradientCheckpointing"])
-    if training["compile"]:
-        if device.type == "cuda":
-            ctx.log(f"compiling {family.compile_blocks(transformer)} transformer blocks (once per aspect bucket)")
-        else:
-            ctx.log(f"note: spec.training.compile is ignored on {device.type}")
+    family.apply_speed_options(transformer, spec, device, ctx.log)  # attention kernels, fp8, compile
     objective = family.make_objective(model_dir, transformer)
     optimizer = make_optimizer(training, transformer.parameters(), device)
     lr_scheduler = make_lr_scheduler(training, optimizer, plan.total_steps)
