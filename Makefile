@@ -15,7 +15,7 @@ HW ?= cpu
 IMAGES := $(PYTHON) -m runner.launch.images
 IMAGE_FLAGS = --registry '$(REGISTRY)' --name '$(NAME)' $(if $(ENGINE),--engine '$(ENGINE)') $(if $(filter-out 0 no false,$(DRY_RUN)),--dry-run)
 
-.PHONY: install train-local test test-fast test-images e2e-kind crd lint clean images image push
+.PHONY: install train-local test test-fast test-images e2e-kind crd lint clean images image push bench
 
 # torch==2.13.0 is installed on its own first: on these CPU machines it comes from local disk,
 # while an unpinned torch would pull a multi-GB CUDA build. GPU=cuda12|cuda13|rocm (on a fresh
@@ -65,6 +65,10 @@ image:
 
 push:
 	@$(IMAGES) push $(IMAGE_FLAGS)
+
+# On a GPU machine, with the system's CUDA torch (not .venv): see bench/README.md.
+bench:
+	$(PYTHON) bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) output cache .pytest_cache

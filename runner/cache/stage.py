@@ -17,12 +17,12 @@ from typing import Any, Callable, Iterable, Sequence
 from runner.cache import keys as cachekeys
 from runner.cache.keys import EncoderIdentity, entry_path
 from runner.data import DatasetError
+from runner.data.prefetch import decode_workers, prefetched
 from runner.files import atomic_write_bytes, atomic_write_json, sweep_stale_temps
 from runner.launch.context import RunContext
 from runner.spec.plan import cache_fingerprint, enabled_datasets
 
 MANIFEST_FORMAT = 1
-VAE_ENCODE_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,7 @@ def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identi
             missing.append(caption)
         elif str(meta.get("tokens", "")).isdigit():
             tokens[caption] = int(meta["tokens"])
+    missing.sort(key=len)  # similar lengths share a batch: T5 pads each batch to its longest caption
     report.text_total, report.text_encoded = len(keys), len(missing)
     ctx.metrics.cache_planned("text", sum(map(shard.owns, keys.values())), len(missing))
     if missing:
@@ -210,7 +211,7 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
     if not todo:
         return keys, []
     ctx.log(f"encoding {len(todo)} image(s) with the VAE ({len(keys) - len(todo)} cached)")
-    vae = family.load_vae(model_dir, ctx.spec.model.vaeDtype, ctx.device)
+    vae = family.load_vae(model_dir, ctx.spec.model.vaeDtype, ctx.device, compile=ctx.spec_dict["model"]["vaeCompile"])
     by_bucket: dict[str, list] = {}
     for entry in todo:
         by_bucket.setdefault(entry[1].bucket, []).append(entry)
@@ -218,10 +219,10 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
     futures = []
 
     failed: list[tuple[Any, str]] = []
-    with ThreadPoolExecutor(max_workers=4) as loaders:
+    with ThreadPoolExecutor(max_workers=decode_workers()) as loaders:
         for bucket in sorted(by_bucket):
-            for batch in chunks(by_bucket[bucket], VAE_ENCODE_BATCH):
-                loaded = list(loaders.map(lambda e: load_pixels(e[1], family.image_to_tensor), batch))
+            batches = chunks(by_bucket[bucket], ctx.spec_dict["model"]["vaeBatchSize"])
+            for batch, loaded in prefetched(batches, lambda e: load_pixels(e[1], family.image_to_tensor), loaders):
                 good = [(e, px) for e, px in zip(batch, loaded) if not isinstance(px, str)]
                 failed += [(e[1], px) for e, px in zip(batch, loaded) if isinstance(px, str)]
                 bar.update(len(batch))

@@ -74,14 +74,18 @@ class ModelFamily(Protocol):
     def load_text_encoder(self, model_dir: Path, dtype: str, device: Any) -> Any:
         """The text encoder (with its tokenizer), frozen, on `device`."""
 
-    def load_vae(self, model_dir: Path, dtype: str, device: Any) -> Any:
-        """The VAE, frozen, on `device`."""
+    def load_vae(self, model_dir: Path, dtype: str, device: Any, compile: bool = False) -> Any:
+        """The VAE, frozen, on `device`; `compile` (spec.model.vaeCompile) where that is faster."""
 
     def load_transformer(self, model_dir: Path, *, bit_fit: bool, gradient_checkpointing: bool) -> torch.nn.Module:
         """The denoiser to train, in float32, its trainable parameters marked."""
 
-    def compile(self, transformer: torch.nn.Module) -> int:
-        """torch.compile the transformer in place; returns how many blocks were compiled."""
+    def set_attention(self, transformer: torch.nn.Module, backend: str, device: Any) -> tuple[str, str | None]:
+        """Attention kernels for training (spec.model.attention); returns the kernels used and why not others."""
+
+    def compile(self, transformer: torch.nn.Module, dynamic: bool = True) -> int:
+        """torch.compile the transformer in place (`dynamic`: spec.training.compileDynamic);
+        returns how many blocks were compiled."""
 
     # ---- text
     def token_counts(self, text_encoder: Any, captions: Sequence[str]) -> list[int]:

@@ -70,11 +70,19 @@ class PixArtSigma:
         encoder = T5EncoderModel.from_pretrained(model_dir, subfolder="text_encoder", dtype=pipeline.torch_dtype(dtype))
         return tokenizer, encoder.to(device).eval().requires_grad_(False)
 
-    def load_vae(self, model_dir: Path, dtype: str, device):
+    def load_vae(self, model_dir: Path, dtype: str, device, compile: bool = False):
+        """With `compile` on CUDA the encoder is compiled and channels-last. Both together:
+        eager channels-last is slower than the default layout (GroupNorm falls to a generic
+        kernel), compiled channels-last is 1.7x faster (H200, 1024 px, bf16)."""
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", dtype=pipeline.torch_dtype(dtype))
-        return vae.to(device).eval().requires_grad_(False)
+        vae = vae.to(device).eval().requires_grad_(False)
+        if compile and torch.device(device).type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one conv algorithm search per bucket shape
+            vae.to(memory_format=torch.channels_last)
+            vae.encoder.compile(dynamic=None)  # static first shape; later buckets share one dynamic graph
+        return vae
 
     def load_transformer(self, model_dir: Path, *, bit_fit: bool, gradient_checkpointing: bool):
         from diffusers import PixArtTransformer2DModel
@@ -88,22 +96,31 @@ class PixArtSigma:
         model.train()
         return model
 
-    def compile(self, transformer) -> int:
+    def set_attention(self, transformer, backend: str, device) -> tuple[str, str | None]:
+        """spec.model.attention: FA4 kernels where they run and check out, else SDPA
+        (runner/models/attention.py)."""
+        from runner.models.attention import set_attention
+
+        return set_attention(transformer, backend, device)
+
+    def compile(self, transformer, dynamic: bool = True) -> int:
         """torch.compile each transformer block in place (state-dict keys stay the same, so
         checkpoints and exports are unaffected). Per block rather than whole-model: same speed,
         a fraction of the compile time, since all 28 blocks share one compiled graph.
 
-        Each aspect bucket is a new static shape, and the first block sees float32 input while
-        the rest see bf16, so one code object legitimately needs a few graphs per bucket: the
+        The first bucket compiles static shapes. With `dynamic`, the second bucket's shape makes
+        torch recompile once with a symbolic sequence length, and that graph serves every later
+        bucket, so compile time is bounded by two compiles however many buckets there are.
+        Without it every bucket is its own static graph; and since the first block sees float32
+        input while the rest see bf16, one code object needs a few graphs per bucket: the
         default limit of 8 would silently fall back to eager after ~4 buckets."""
         import torch._dynamo
 
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        # Static shapes per bucket: a dynamic-shape graph after the second bucket would be slower.
-        torch._dynamo.config.automatic_dynamic_shapes = False
+        torch._dynamo.config.automatic_dynamic_shapes = dynamic
         for block in transformer.transformer_blocks:
-            block.compile(dynamic=False)
+            block.compile(dynamic=None if dynamic else False)
         return len(transformer.transformer_blocks)
 
     # ---- text
@@ -121,7 +138,10 @@ class PixArtSigma:
         which is exactly what the transformer sees (masked positions do not attend)."""
         tokenizer, encoder = text_encoder
         device = next(encoder.parameters()).device
-        tokens = tokenizer(list(captions), max_length=max_tokens, padding="max_length", truncation=True,
+        # Padded to the batch's longest caption, not to max_tokens: padded keys are masked, so the
+        # real tokens' embeddings are the same, and length-sorted batches of ~120-token captions
+        # encode ~2.8x faster than at 300 (measured with the real-size T5-XXL on an H200).
+        tokens = tokenizer(list(captions), max_length=max_tokens, padding="longest", truncation=True,
                            add_special_tokens=True, return_tensors="pt")
         mask = tokens.attention_mask.to(device)
         hidden = encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
@@ -152,7 +172,10 @@ class PixArtSigma:
         """[B, 3, H, W] in [-1, 1] -> scaled latents [B, 4, H/8, W/8] (float32), sampled from the
         VAE's posterior with per-image noise seeds when given (reproducible cache entries)."""
         param = next(vae.parameters())
-        dist = vae.encode(pixels.to(param.device, param.dtype)).latent_dist
+        pixels = pixels.to(param.device, param.dtype)
+        if param.dim() == 4 and param.is_contiguous(memory_format=torch.channels_last):
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        dist = vae.encode(pixels).latent_dist
         shape = dist.mean.shape[1:]
         if seeds is None:
             noise = torch.randn(dist.mean.shape, dtype=torch.float32)

@@ -8,6 +8,7 @@ launching process plans a kind itself (the final pass), its own counts are the a
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -69,7 +70,15 @@ class CacheProgress:
         self._share(force=True)
 
     def close(self) -> None:
+        """A worker shares its last counts; the launching process, whose workers are done by
+        now, removes their files so nothing of this hand-over is left in the cache folder."""
         self._share(force=True)
+        if self._shard_dir is not None and self._shard_dir.is_dir():
+            for path in self._shard_dir.glob("rank-*.json"):
+                path.unlink(missing_ok=True)
+            for folder in (self._shard_dir, self._shard_dir.parent):  # .progress/<job>, then .progress
+                with contextlib.suppress(OSError):  # not empty: another job's (or node's) files
+                    folder.rmdir()
 
     # ---- read at scrape time ----
     def merged(self) -> tuple[dict[str, dict[str, float]], int]:

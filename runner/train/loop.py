@@ -62,6 +62,24 @@ def latent_source(data: TrainingData, family, model_dir: Path, device: torch.dev
     return vae, lambda batch: family.encode_images(vae, batch["pixels"]).to(device).float()
 
 
+def apply_speed_options(family, transformer, spec: dict[str, Any], device: torch.device, log) -> None:
+    """spec.model.attention, spec.training.fp8 and spec.training.compile, in that order
+    (kernels and FP8 modules must be in place before the blocks are compiled, and before
+    the optimizer takes the parameters)."""
+    from runner.train.precision import apply_fp8
+
+    training = spec["training"]
+    used, why = family.set_attention(transformer, spec["model"].get("attention", "auto"), device)
+    if device.type == "cuda" or spec["model"].get("attention") == "fa4":
+        log(f"attention kernels: {used}" + (f" ({why})" if why else ""))
+    if training.get("fp8"):
+        log(f"fp8 linears: {apply_fp8(transformer, device, 'on')}")
+    if training["compile"] and device.type == "cuda":  # elsewhere ignored, as the schema says
+        dynamic = training.get("compileDynamic", True)
+        log(f"compiling {family.compile(transformer, dynamic)} transformer blocks (first bucket static, "
+            + ("later buckets share one dynamic graph)" if dynamic else "one graph per bucket)"))
+
+
 def resume_state(ctx: RunContext, accelerator) -> tuple[TrainerState, Path | None]:
     """The state to start from, and the checkpoint it was loaded from (None: from the base model)."""
     mode = ctx.spec.training.resume
@@ -117,11 +135,7 @@ def run_train(ctx: RunContext) -> TrainResult:
     plan = step_plan(spec, data.batches_per_epoch)
     transformer = family.load_transformer(model_dir, bit_fit=spec["model"]["bitFit"],
                                           gradient_checkpointing=training["gradientCheckpointing"])
-    if training["compile"]:
-        if device.type == "cuda":
-            ctx.log(f"compiling {family.compile(transformer)} transformer blocks (once per aspect bucket)")
-        else:
-            ctx.log(f"note: spec.training.compile is ignored on {device.type}")
+    apply_speed_options(family, transformer, spec, device, ctx.log)  # attention kernels, fp8, compile
     objective = family.objective(model_dir, transformer)
     optimizer = make_optimizer(training, transformer.parameters(), device)
     lr_scheduler = make_lr_scheduler(training, optimizer, plan.total_steps)

@@ -82,6 +82,17 @@ def test_the_workflow_steps_run_in_a_fresh_clone(tmp_path):
     assert "smoke run passed" in out["Smoke run on the CPU"]
     report = ET.parse(clone / "smoke-reports" / "examples_smoke.xml").getroot().find("testsuite")
     assert report.attrib["failures"] == "0" and int(report.attrib["tests"]) >= 6
-    # Until `trainingjob render` exists the step says it skipped; after, it must have validated.
-    render = out["Render and check the Kubernetes manifests"]
-    assert "no render command yet" in render or "passed" in render
+    # smoke.yaml is local-only (no spec.kubernetes.volumes): not rendered, and said so.
+    assert "examples/smoke.yaml: no spec.kubernetes.volumes" in out["Render and check the Kubernetes manifests"]
+
+    # The same step on a cluster spec: render | kubernetes-validate --strict, every object checked.
+    render_step = next(s for s in job["steps"] if s.get("name") == "Render and check the Kubernetes manifests")
+    (runner_temp / "trainingjobs.txt").write_text("k8s/example-trainingjob.yaml\n")
+    script = tmp_path / "render.sh"
+    script.write_text(render_step["run"])
+    proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)], cwd=clone, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "not rendered" not in proc.stdout
+    for kind in ("configmap", "job", "service"):
+        assert f"passed for resource {kind}/" in proc.stdout + proc.stderr, proc.stdout + proc.stderr

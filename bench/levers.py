@@ -1,0 +1,433 @@
+"""Speed levers, one section at a time, on the real PixArt-Sigma-XL architecture (random weights).
+
+    python bench/levers.py SECTION[,SECTION...] [--tiny] [--out DIR]
+
+Sections:
+  step     train step (fwd + eps-MSE + bwd + clip + AdamW, fp32 master, bf16 autocast) at 1024 px
+           batch 8, per variant in VARIANTS (attention kernel x compile x FP8), plus a kernel
+           profile of each variant named in --profile
+  attn     self- (4096 tokens) and cross-attention (<=320 padded keys) fwd+bwd per kernel, with
+           the max error against SDPA
+  vae      SDXL VAE encoder at 1024 px: bf16, channels_last, compile, batch 8/16, and where its
+           time goes
+  t5       real-size T5-XXL encoder: captions/s padded to 300 vs padded to the longest of
+           length-sorted batches
+--tiny runs tiny models on the CPU (a correctness smoke test). Rows go to DIR/levers.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+p = argparse.ArgumentParser()
+p.add_argument("sections")
+p.add_argument("--tiny", action="store_true")
+p.add_argument("--out", default=os.environ.get("OUT", "/tmp/levers"))
+p.add_argument("--variants", default="sdpa_compile,fa4_compile,fa4_compile_fp8")
+p.add_argument("--profile", default="")
+p.add_argument("--res", type=int, default=1024)
+p.add_argument("--batch", type=int, default=8)
+p.add_argument("--iters", type=int, default=8)
+args = p.parse_args()
+os.makedirs(args.out, exist_ok=True)
+DEV = torch.device("cpu" if args.tiny else "cuda")
+BF16 = torch.bfloat16
+T0 = time.time()
+ROWS = open(os.path.join(args.out, "levers.jsonl"), "a")
+
+
+def log(*a):
+    print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
+
+
+def emit(**rec):
+    ROWS.write(json.dumps(rec) + "\n")
+    ROWS.flush()
+    log(json.dumps(rec))
+
+
+def sync():
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, warm=2, iters=8):
+    for _ in range(warm):
+        fn()
+    sync()
+    ms = []
+    for _ in range(iters):
+        if DEV.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record(); fn(); e.record(); e.synchronize(); ms.append(s.elapsed_time(e))
+        else:
+            t = time.time(); fn(); ms.append((time.time() - t) * 1e3)
+    return statistics.median(ms)
+
+
+def free():
+    gc.collect()
+    if DEV.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib():
+    return round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if DEV.type == "cuda" else None
+
+
+def profile(fn, name, steps=2):
+    """Kernel time by category for `steps` calls of fn (already warm)."""
+    from torch.profiler import ProfilerActivity, profile as prof
+
+    with prof(activities=[ProfilerActivity.CUDA]) as pr:
+        for _ in range(steps):
+            fn()
+        sync()
+    cats: dict[str, float] = {}
+    kernels = []
+    for ev in pr.key_averages():
+        us = getattr(ev, "self_device_time_total", 0) or getattr(ev, "self_cuda_time_total", 0)
+        if not us:
+            continue
+        n = ev.key.lower()
+        if any(s in n for s in ("flash", "fmha", "attn", "attention", "cudnn", "sdpa", "kernel_cutlass")):
+            c = "attention"
+        elif any(s in n for s in ("gemm", "xmma", "nvjet", "cublas", "wgmma", "sm90_", "scaled_mm", "cutlass")):
+            c = "gemm"
+        elif "adam" in n or "multi_tensor" in n or "foreach" in n:
+            c = "optimizer"
+        elif "triton" in n:
+            c = "fused_elementwise"
+        else:
+            c = "other"
+        cats[c] = cats.get(c, 0) + us / 1e3 / steps
+        kernels.append((us / 1e3 / steps, ev.count // steps, ev.key[:110], c))
+    kernels.sort(reverse=True)
+    emit(kind="profile", name=name, ms_per_call_by_category={k: round(v, 2) for k, v in cats.items()},
+         top=[dict(ms=round(a, 2), n=b, kernel=c, cat=d) for a, b, c, d in kernels[:25]])
+
+
+# ----------------------------------------------------------------------------- step
+
+def build_transformer():
+    from diffusers import PixArtTransformer2DModel
+
+    from make_random_pixart import XL_TRANSFORMER
+
+    cfg = dict(XL_TRANSFORMER)
+    if args.tiny:
+        cfg.update(num_layers=2, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
+                   caption_channels=64, sample_size=16)
+    torch.manual_seed(0)
+    with torch.device(DEV):
+        model = PixArtTransformer2DModel(**cfg)
+    return model.train(), cfg
+
+
+def make_batch(cfg, res, bs):
+    g = torch.Generator(device=DEV).manual_seed(res + bs)
+    h = res // 8 if not args.tiny else res // 64
+    t = 320 if not args.tiny else 12
+    lat = torch.randn(bs, 4, h, h, device=DEV, generator=g)
+    emb = torch.randn(bs, t, cfg["caption_channels"], device=DEV, generator=g).to(BF16)
+    lens = torch.randint(t // 4, t - t // 16, (bs,), device=DEV, generator=g)
+    mask = (torch.arange(t, device=DEV)[None] < lens[:, None]).long()
+    return lat, emb, mask
+
+
+def section_step():
+    from diffusers import DDPMScheduler
+
+    from runner.models import attention as attn
+    from runner.models.pixart_sigma import FAMILY, Objective
+    from runner.train.optim import make_optimizer
+
+    training = dict(optimizer="adamw", learningRate=1e-5, adamBeta1=0.9, adamBeta2=0.999, adamEpsilon=1e-8,
+                    weightDecay=0.0)
+    for variant in [v for v in args.variants.split(",") if v]:
+        free()
+        torch._dynamo.reset()
+        rec = dict(kind="step", variant=variant, res=args.res, batch=args.batch)
+        try:
+            model, cfg = build_transformer()
+            kernel = "fa4" if "fa4" in variant else "sdpa"
+            used, why = attn.set_attention(model, kernel, DEV)
+            rec["attention"], rec["attention_note"] = used, why
+            if "fp8" in variant:
+                from runner.train.precision import apply_fp8
+
+                rec["fp8"] = apply_fp8(model, DEV, "auto")
+            if "compile" in variant and DEV.type == "cuda":
+                FAMILY.compile(model)
+            objective = Objective(scheduler=DDPMScheduler(num_train_timesteps=1000), use_additional_conditions=False)
+            opt = make_optimizer(training, model.parameters(), DEV)
+            params = [q for q in model.parameters() if q.requires_grad]
+            lat, emb, mask = make_batch(cfg, args.res, args.batch)
+
+            def step():
+                with torch.autocast(DEV.type, dtype=BF16):
+                    loss = objective(model, lat, emb, mask)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                return loss
+
+            tw = time.time()
+            for _ in range(3):
+                loss = step()
+            sync()
+            rec["warm_s"] = round(time.time() - tw, 1)
+            ms = timed(step, warm=0, iters=args.iters)
+            rec.update(step_ms=round(ms, 1), samples_per_s=round(args.batch / ms * 1e3, 2), loss=float(loss),
+                       peak_gib=peak_gib())
+            emit(**rec)
+            if variant in args.profile.split(",") and DEV.type == "cuda":
+                profile(step, variant)
+            del model, opt, objective
+        except Exception as e:  # noqa: BLE001 - record and go on to the next variant
+            traceback.print_exc()
+            rec["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+            emit(**rec)
+
+
+def section_buckets():
+    """Five aspect buckets of about 1 MP, captions padded to 128-320 tokens, through the
+    compiled blocks as spec.training.compileDynamic sets them: compile seconds per new
+    shape, and the steady step time in each bucket afterwards."""
+    from diffusers import DDPMScheduler
+
+    from runner.models import attention as attn
+    from runner.models.pixart_sigma import FAMILY, Objective
+    from runner.train.optim import make_optimizer
+
+    dynamic = os.environ.get("BUCKETS_DYNAMIC", "1") == "1"
+    free()
+    torch._dynamo.reset()
+    model, cfg = build_transformer()
+    used, _ = attn.set_attention(model, "auto", DEV)
+    if DEV.type == "cuda":
+        FAMILY.compile(model, dynamic)
+    training = dict(optimizer="adamw", learningRate=1e-5, adamBeta1=0.9, adamBeta2=0.999, adamEpsilon=1e-8,
+                    weightDecay=0.0)
+    objective = Objective(scheduler=DDPMScheduler(num_train_timesteps=1000), use_additional_conditions=False)
+    opt = make_optimizer(training, model.parameters(), DEV)
+    shapes = [(128, 128), (112, 144), (144, 112), (104, 152), (152, 104)]
+    if args.tiny:
+        shapes = [(16, 16), (12, 20), (20, 12), (8, 24), (24, 8)]
+    texts = [128, 192, 256, 320] if not args.tiny else [4, 8, 12]
+    g = torch.Generator(device=DEV).manual_seed(0)
+    bs = args.batch
+
+    def step(h, w, t):
+        lat = torch.randn(bs, 4, h, w, device=DEV, generator=g)
+        emb = torch.randn(bs, t, cfg["caption_channels"], device=DEV, generator=g).to(BF16)
+        mask = (torch.arange(t, device=DEV)[None] < torch.full((bs, 1), t - 5, device=DEV)).long()
+        with torch.autocast(DEV.type, dtype=BF16):
+            loss = objective(model, lat, emb, mask)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    compile_s, steady = 0.0, {}
+    for i, (h, w) in enumerate(shapes):
+        for j, t in enumerate(texts):
+            sync()
+            t0 = time.time()
+            step(h, w, t)
+            sync()
+            first = time.time() - t0
+            ms = timed(lambda: step(h, w, t), warm=0, iters=3)
+            compile_s += max(0.0, first - ms / 1e3)
+            steady.setdefault(f"{h * 8}x{w * 8}", []).append(ms)
+    per_bucket = {k: round(statistics.mean(v), 1) for k, v in steady.items()}
+    mean_ms = statistics.mean(per_bucket.values())
+    emit(kind="buckets", dynamic=dynamic, attention=used, batch=bs, buckets=len(shapes), text_lengths=len(texts),
+         distinct_shapes=len(shapes) * len(texts), compile_s=round(compile_s, 1), step_ms_by_bucket=per_bucket,
+         samples_per_s=round(bs / mean_ms * 1e3, 2), peak_gib=peak_gib())
+
+
+# ----------------------------------------------------------------------------- attention
+
+def section_attn():
+    import torch.nn.functional as F
+
+    from runner.models import attention as attn
+
+    if DEV.type == "cuda":
+        problem = attn.fa4_problem(DEV)
+        emit(kind="fa4_import", problem=problem)
+        if problem:
+            return
+        attn.use_kernels(attn.fa4_kernels())
+    else:
+        attn.use_kernels(attn.reference_kernels())
+    b, h, d = (8, 16, 72) if not args.tiny else (2, 2, 8)
+    shapes = [("self", 4096, None), ("cross", 320, 300)] if not args.tiny else [("self", 32, None), ("cross", 12, 9)]
+    n = 4096 if not args.tiny else 32
+    for name, t, used_max in shapes:
+        g = torch.Generator(device=DEV).manual_seed(0)
+        dt = BF16 if DEV.type == "cuda" else torch.float32
+        q = torch.randn(b, n, h, d, device=DEV, generator=g, dtype=dt).requires_grad_()
+        k = torch.randn(b, t, h, d, device=DEV, generator=g, dtype=dt).requires_grad_()
+        v = torch.randn(b, t, h, d, device=DEV, generator=g, dtype=dt).requires_grad_()
+        go = torch.randn(b, n, h, d, device=DEV, generator=g, dtype=dt)
+        used = None
+        mask = None
+        if used_max:
+            used = torch.randint(8, used_max, (b,), device=DEV, generator=g).to(torch.int32)
+            keep = torch.arange(t, device=DEV)[None] < used[:, None].long()
+            mask = torch.where(keep, 0.0, -10000.0).to(dt)[:, None, None, :].expand(b, h, 1, t)
+        scale = d ** -0.5
+
+        def ours():
+            return attn.attention(q, k, v, used, scale)
+
+        def sdpa():
+            return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                  attn_mask=mask, scale=scale).transpose(1, 2)
+
+        res = {}
+        for label, fn in (("sdpa", sdpa), ("fa4", ours)):
+            out = fn()
+            grads = torch.autograd.grad(out, (q, k, v), go)
+            res[label] = (out.detach().float(), [x.float() for x in grads])
+
+            def fb():
+                o = fn()
+                o.backward(go)
+
+            fwd_ms = timed(lambda: fn(), warm=2, iters=10)
+            fb_ms = timed(fb, warm=2, iters=10)
+            flops = 4 * b * h * n * t * d
+            emit(kind="attn", shape=name, kernel=label, fwd_ms=round(fwd_ms, 3), fwd_bwd_ms=round(fb_ms, 3),
+                 fwd_tflops=round(flops / fwd_ms / 1e9, 1), fwd_bwd_tflops=round(3.5 * flops / fb_ms / 1e9, 1))
+        (o1, g1), (o2, g2) = res["sdpa"], res["fa4"]
+        rel = lambda a, r: float((a - r).norm() / r.norm().clamp_min(1e-30))  # noqa: E731
+        emit(kind="attn_check", shape=name, out_rel=rel(o2, o1), dq_rel=rel(g2[0], g1[0]), dk_rel=rel(g2[1], g1[1]),
+             dv_rel=rel(g2[2], g1[2]))
+
+
+# ----------------------------------------------------------------------------- VAE
+
+def section_vae():
+    from diffusers import AutoencoderKL
+
+    from make_random_pixart import SDXL_VAE
+
+    cfg = dict(SDXL_VAE)
+    res = 1024 if not args.tiny else 64
+    if args.tiny:
+        cfg.update(block_out_channels=(32, 32, 32, 32))
+    torch.backends.cudnn.benchmark = True
+    with torch.device(DEV):
+        vae = AutoencoderKL(**cfg)
+    vae = vae.to(DEV, BF16 if DEV.type == "cuda" else torch.float32).eval().requires_grad_(False)
+    dt = next(vae.parameters()).dtype
+    plan = [("eager", 8, False, False), ("eager", 16, False, False), ("channels_last", 8, True, False),
+            ("channels_last", 16, True, False), ("channels_last_compile", 8, True, True),
+            ("channels_last_compile", 16, True, True)]
+    if args.tiny:  # compiling the VAE on 2 CPU cores takes minutes
+        plan = plan[:3]
+    encode = vae.encoder
+    compiled = None
+    for name, bs, cl, comp in plan:
+        free()
+        rec = dict(kind="vae", variant=name, res=res, batch=bs, dtype=str(dt))
+        try:
+            vae.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            x = torch.rand(bs, 3, res, res, device=DEV, dtype=dt) * 2 - 1
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if comp and compiled is None:
+                compiled = torch.compile(vae.encoder)
+            fn = compiled if comp else encode
+
+            def run():
+                with torch.inference_mode():
+                    return vae.quant_conv(fn(x))
+
+            tw = time.time()
+            run(); sync()
+            rec["first_s"] = round(time.time() - tw, 1)
+            ms = timed(run, warm=1, iters=4)
+            rec.update(ms=round(ms, 1), images_per_s=round(bs / ms * 1e3, 1), peak_gib=peak_gib())
+            emit(**rec)
+            if name == "channels_last" and bs == 8 and DEV.type == "cuda":
+                profile(run, "vae_channels_last_b8", steps=1)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            emit(**rec)
+
+
+# ----------------------------------------------------------------------------- T5
+
+def section_t5():
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+               feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False, tie_word_embeddings=False)
+    if args.tiny:
+        cfg.update(d_model=64, d_ff=128, num_layers=2, num_heads=4, d_kv=16, vocab_size=100)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(BF16 if DEV.type == "cuda" else torch.float32)
+    try:
+        with torch.device(DEV):
+            model = T5EncoderModel(T5Config(**cfg)).eval()
+    finally:
+        torch.set_default_dtype(old)
+    emit(kind="t5_info", params=sum(q.numel() for q in model.parameters()),
+         attn_impl=getattr(model.config, "_attn_implementation", None))
+    g = torch.Generator().manual_seed(0)
+    n = 512 if not args.tiny else 8
+    lens = torch.randint(20, 201, (n,), generator=g)  # ~120 tokens on average, as real captions
+    ids = torch.randint(3, cfg["vocab_size"], (n, 300), generator=g)
+    for mode, bs in (("pad300", 64), ("pad300", 128), ("longest_sorted", 64), ("longest_sorted", 128)):
+        if args.tiny:
+            bs = 4
+        free()
+        order = torch.argsort(lens) if mode == "longest_sorted" else torch.arange(n)
+        batches = []
+        for i in range(0, n, bs):
+            idx = order[i:i + bs]
+            width = int(lens[idx].max()) if mode == "longest_sorted" else 300
+            am = (torch.arange(width)[None] < lens[idx][:, None]).long()
+            batches.append((ids[idx, :width].to(DEV), am.to(DEV)))
+
+        def run():
+            with torch.inference_mode():
+                for i, a in batches:
+                    model(input_ids=i, attention_mask=a)
+
+        ms = timed(run, warm=1, iters=2)
+        emit(kind="t5", mode=mode, batch=bs, captions=n, captions_per_s=round(n / ms * 1e3, 1), peak_gib=peak_gib())
+
+
+if __name__ == "__main__":
+    info = dict(kind="info", torch=torch.__version__, device=str(DEV))
+    if DEV.type == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(), cudnn=torch.backends.cudnn.version())
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    emit(**info)
+    for section in args.sections.split(","):
+        log(f"== {section}")
+        try:
+            globals()[f"section_{section}"]()
+        except Exception:  # noqa: BLE001 - the next section still runs
+            traceback.print_exc()
+    log("done")

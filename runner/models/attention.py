@@ -1,0 +1,325 @@
+"""Attention kernels for the PixArt transformer (spec.model.attention).
+
+PixArt-Sigma-XL has 16 heads of 72. PyTorch's SDPA runs head_dim 72 through cuDNN on
+Hopper, which pads to 128 internally (measured on an H200: 6.8 ms per layer, fwd+bwd, at
+72 and at 128 alike), so ~44% of its tensor-core work is on zeros. flash-attn-4's SM90
+kernels have native tiles for head dims up to 96. `fa4` runs self- and cross-attention
+through them:
+- no [B, N, H, D] -> [B, H, N, D] transposes: FA4 takes the Linear outputs' own layout;
+- cross-attention's key padding (T5 embeddings are trimmed to their real length and padded
+  at the end, as tokenizers pad) becomes a per-sample key count (`seqused_k`) instead of
+  an additive bias, so the padded keys cost nothing.
+
+flash-attn-4 4.0.0b36 is not right everywhere on SM90 (measured on an H200 against SDPA in
+float32): the forward is right at 72; the backward's dQ is wrong whenever the kernel's
+internal head tile is 80 (head_dim 72 or 80: relative error 1.2) and right at 96; and the
+backward with per-sample key counts (`seqused_k`) gives wrong dK/dV at every width. So
+`set_attention` checks on a small problem before use: the forward runs at the native
+width, the backward at the first width (72, then zero-padded 80, 96) whose gradients
+agree, and key-padded (cross-)attention uses the kernels only if that case agrees too,
+SDPA otherwise. Zero padding is exact (padded q, k add 0 to the scores; padded v, out and
+dout give 0 columns that are sliced off; the softmax scale stays 1/sqrt(72)).
+
+The kernels sit behind two torch.library custom ops, so a compiled block keeps them as one
+opaque node each (no graph break) and autograd calls the matching backward kernel.
+Anything the kernels cannot take (CPU, float32 inputs as in validation) goes to SDPA
+with the same q, k, v and mask, so the two paths compute the same function.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "sdpa", "fa4")
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """fwd(q, k, v, seqused_k, scale) -> (out, lse) and bwd(dout, q, k, v, out, lse, seqused_k,
+    scale) -> (dq, dk, dv); q/k/v/out are [B, N, H, D], lse [B, H, N] float32."""
+
+    name: str
+    fwd: Callable
+    bwd: Callable
+    accepts: Callable[[torch.Tensor], bool] = lambda q: True
+    bwd_head_dim: int | None = None  # the backward zero-pads to this width (None: as they come)
+    key_padding: bool = True  # seqused_k is right; when False, masked attention goes to SDPA
+
+
+_ACTIVE: Kernels | None = None
+
+
+def use_kernels(kernels: Kernels | None) -> None:
+    """Select the implementation behind the custom ops (tests swap in `reference_kernels`)."""
+    global _ACTIVE
+    _ACTIVE = kernels
+
+
+@functools.lru_cache(maxsize=1)
+def fa4_kernels() -> Kernels:
+    """flash-attn-4 (CuTe DSL) kernels; ImportError when the package is not installed."""
+    import os
+
+    # Compiled kernels persist on disk, so later processes (and the next run) skip the JIT.
+    os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
+    from flash_attn.cute import interface as fa
+
+    def fwd(q, k, v, seqused_k, scale):
+        out, lse, *_ = fa._flash_attn_fwd(q, k, v, seqused_k=seqused_k, softmax_scale=scale, return_lse=True)
+        return out, lse
+
+    def bwd(dout, q, k, v, out, lse, seqused_k, scale):
+        dq, dk, dv = fa._flash_attn_bwd(q, k, v, out, dout, lse, softmax_scale=scale, seqused_k=seqused_k)[:3]
+        return dq, dk, dv
+
+    # FA4 takes half-precision CUDA tensors; float32 (validation, CPU) goes to SDPA.
+    return Kernels("fa4", fwd, bwd, accepts=lambda q: q.is_cuda and q.dtype in (torch.float16, torch.bfloat16))
+
+
+def reference_kernels() -> Kernels:
+    """The same contract in plain PyTorch (float32 math): what the CPU tests check the op
+    plumbing, the key-count masking and the backward against."""
+
+    def scores(q, k, seqused_k, scale):
+        s = torch.einsum("bnhd,bthd->bhnt", q.float(), k.float()) * scale
+        if seqused_k is not None:
+            keep = torch.arange(k.shape[1], device=k.device)[None, :] < seqused_k[:, None].long()
+            s = s.masked_fill(~keep[:, None, None, :], float("-inf"))
+        return s
+
+    def fwd(q, k, v, seqused_k, scale):
+        s = scores(q, k, seqused_k, scale)
+        lse = torch.logsumexp(s, dim=-1)
+        out = torch.einsum("bhnt,bthd->bnhd", torch.exp(s - lse[..., None]), v.float())
+        return out.to(q.dtype).contiguous(), lse.contiguous()
+
+    def bwd(dout, q, k, v, out, lse, seqused_k, scale):
+        p = torch.exp(scores(q, k, seqused_k, scale) - lse[..., None])
+        do = dout.float()
+        dv = torch.einsum("bhnt,bnhd->bthd", p, do)
+        dp = torch.einsum("bnhd,bthd->bhnt", do, v.float())
+        delta = (do * out.float()).sum(-1).transpose(1, 2)  # [B, H, N]
+        ds = p * (dp - delta[..., None]) * scale
+        dq = torch.einsum("bhnt,bthd->bnhd", ds, k.float())
+        dk = torch.einsum("bhnt,bnhd->bthd", ds, q.float())
+        return tuple(g.to(t.dtype).contiguous() for g, t in ((dq, q), (dk, k), (dv, v)))
+
+    return Kernels("reference", fwd, bwd)
+
+
+# ----------------------------------------------------------------------------- custom ops
+
+@torch.library.custom_op("trainingjob::attn_fwd", mutates_args=())
+def attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqused_k: Optional[torch.Tensor],
+             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    if _ACTIVE is None:
+        raise RuntimeError("no attention kernels selected (runner.models.attention.use_kernels)")
+    out, lse = _ACTIVE.fwd(q, k, v, seqused_k, scale)
+    return out, lse
+
+
+@attn_fwd.register_fake
+def _attn_fwd_fake(q, k, v, seqused_k, scale):
+    b, n, h, _ = q.shape
+    return q.new_empty((b, n, h, v.shape[-1])), q.new_empty((b, h, n), dtype=torch.float32)
+
+
+@torch.library.custom_op("trainingjob::attn_bwd", mutates_args=())
+def attn_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+             lse: torch.Tensor, seqused_k: Optional[torch.Tensor], scale: float
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    d, width = q.shape[-1], _ACTIVE.bwd_head_dim
+    if not width or width <= d:
+        return tuple(_ACTIVE.bwd(dout, q, k, v, out, lse, seqused_k, scale))
+    dq, dk, dv = _ACTIVE.bwd(*(F.pad(t, (0, width - d)) for t in (dout, q, k, v, out)), lse, seqused_k, scale)
+    return dq[..., :d].contiguous(), dk[..., :d].contiguous(), dv[..., :d].contiguous()
+
+
+@attn_bwd.register_fake
+def _attn_bwd_fake(dout, q, k, v, out, lse, seqused_k, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, seqused_k, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, seqused_k)
+    ctx.scale = scale
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, seqused_k = ctx.saved_tensors
+    dq, dk, dv = attn_bwd(dout.contiguous(), q, k, v, out, lse, seqused_k, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+attn_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqused_k: torch.Tensor | None,
+              scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v over the first seqused_k[b] keys of each sample; [B, N, H, D]."""
+    return attn_fwd(q.contiguous(), k.contiguous(), v.contiguous(), seqused_k, scale)[0]
+
+
+# ----------------------------------------------------------------------------- processor
+
+def key_counts(bias: torch.Tensor) -> torch.Tensor:
+    """Per-sample count of attended keys from diffusers' additive key-padding bias
+    ([B, 1, T], 0 = keep, -10000 = drop). Assumes trailing padding, as every tokenizer
+    here pads and as the cache's trimmed embeddings are padded back."""
+    return (bias.reshape(bias.shape[0], -1) > -1.0).sum(dim=-1, dtype=torch.int32)
+
+
+class FlashAttnProcessor:
+    """diffusers attention processor for PixArt's plain Attention modules (no q/k norms,
+    no group or spatial norm, no residual): the kernels above where they apply, SDPA on the
+    same tensors otherwise."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        b, n, _ = hidden_states.shape
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        h = attn.heads
+        d = q.shape[-1] // h
+        q, k, v = q.view(b, n, h, d), k.view(b, -1, h, d), v.view(b, -1, h, d)
+        if (_ACTIVE is not None and _ACTIVE.accepts(q) and k.dtype == q.dtype
+                and (attention_mask is None or _ACTIVE.key_padding)):
+            seqused = key_counts(attention_mask) if attention_mask is not None else None
+            out = attention(q, k, v, seqused, attn.scale)
+        else:
+            mask = None
+            if attention_mask is not None:
+                mask = attn.prepare_attention_mask(attention_mask, k.shape[1], b).view(b, h, -1, k.shape[1])
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 attn_mask=mask, scale=attn.scale).transpose(1, 2)
+        out = out.reshape(b, n, h * d).to(q.dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def _plain(attn) -> bool:
+    """Only Attention modules shaped like PixArt's: anything else keeps its own processor."""
+    return (getattr(attn, "spatial_norm", None) is None and getattr(attn, "group_norm", None) is None
+            and getattr(attn, "norm_q", None) is None and getattr(attn, "norm_k", None) is None
+            and not getattr(attn, "norm_cross", False) and not getattr(attn, "residual_connection", False)
+            and getattr(attn, "rescale_output_factor", 1.0) == 1.0)
+
+
+def fa4_problem(device: torch.device) -> str | None:
+    """Why FA4 cannot run here, or None."""
+    if device.type != "cuda":
+        return f"needs a CUDA GPU (device is {device.type})"
+    major, _ = torch.cuda.get_device_capability(device)
+    if major not in (9, 10):
+        return f"needs compute capability 9.x or 10.x (this GPU is {major}.x)"
+    try:
+        fa4_kernels()
+    except Exception as e:  # noqa: BLE001 - an install problem of any kind means: use SDPA
+        return f"flash-attn-4 is not importable ({type(e).__name__}: {e})"
+    return None
+
+
+def set_attention(transformer, backend: str, device: torch.device) -> tuple[str, str | None]:
+    """Install the kernels for spec.model.attention; returns (backend in use, why not the
+    requested one). `auto` is fa4 where it runs, else sdpa; `fa4` where it cannot run
+    also falls back to sdpa, with the reason."""
+    if backend not in BACKENDS:
+        raise ValueError(f"spec.model.attention: unknown backend {backend!r}")
+    if backend == "sdpa":
+        use_kernels(None)
+        return "sdpa", None
+    problem = fa4_problem(device)
+    if problem:
+        use_kernels(None)
+        return "sdpa", problem
+    head_dim = _head_dim(transformer)
+    kernels = checked_kernels(fa4_kernels(), head_dim, device) if head_dim else None
+    if kernels is None:
+        use_kernels(None)
+        return "sdpa", f"flash-attn-4 failed its check against SDPA at head_dim {head_dim} and the padded widths"
+    use_kernels(kernels)
+    install_processor(transformer)
+    return (f"{kernels.name} (head_dim {head_dim}, backward at {kernels.bwd_head_dim or head_dim}; key-padded "
+            f"cross-attention on {kernels.name if kernels.key_padding else 'sdpa'})"), None
+
+
+def _head_dim(transformer) -> int | None:
+    for module in transformer.modules():
+        if type(module).__name__ == "Attention" and _plain(module):
+            return module.inner_dim // module.heads if hasattr(module, "inner_dim") else None
+    return None
+
+
+def widths(head_dim: int) -> list[int]:
+    """Candidate kernel widths: the head dim itself, then rounded up to 16 and to 32."""
+    out = [head_dim]
+    for multiple in (16, 32):
+        w = -(-head_dim // multiple) * multiple
+        if w not in out:
+            out.append(w)
+    return out
+
+
+def checked_kernels(kernels: Kernels, head_dim: int, device: torch.device, dtype=torch.bfloat16) -> Kernels | None:
+    """`kernels` with the backward at the first width whose plain attention matches SDPA
+    (output and all three gradients), and key_padding set by whether the key-padded case
+    matches too at that width; None when no width does."""
+    import dataclasses
+
+    for width in widths(head_dim):
+        candidate = dataclasses.replace(kernels, bwd_head_dim=None if width == head_dim else width, key_padding=True)
+        if agrees_with_sdpa(candidate, head_dim, device, dtype, key_padded=False):
+            padded_ok = agrees_with_sdpa(candidate, head_dim, device, dtype, key_padded=True)
+            return dataclasses.replace(candidate, key_padding=padded_ok)
+    return None
+
+
+def agrees_with_sdpa(kernels: Kernels, head_dim: int, device: torch.device, dtype=torch.bfloat16,
+                     key_padded: bool = False, tol: float = 2e-2) -> bool:
+    """fwd+bwd of a small random problem against SDPA in float32 (relative L2 errors);
+    bf16 rounding gives ~4e-3, a wrong kernel ~1."""
+    previous, grad_mode = _ACTIVE, torch.is_grad_enabled()
+    use_kernels(kernels)
+    try:
+        torch.set_grad_enabled(True)  # start-up may run under no_grad
+        g = torch.Generator(device=device).manual_seed(0)
+        b, h, n = 2, 2, 320
+        cases = [(140, torch.tensor([100, 140], device=device, dtype=torch.int32))] if key_padded else [(n, None)]
+        for t, seqused in cases:
+            q, k, v = (torch.randn(b, s, h, head_dim, device=device, generator=g, dtype=dtype).requires_grad_()
+                       for s in (n, t, t))
+            go = torch.randn(b, n, h, head_dim, device=device, generator=g, dtype=dtype)
+            out = attention(q, k, v, seqused, head_dim ** -0.5)
+            got = [out, *torch.autograd.grad(out, (q, k, v), go)]
+            qf, kf, vf = (x.detach().float().requires_grad_() for x in (q, k, v))
+            mask = None
+            if seqused is not None:
+                mask = (torch.arange(t, device=device)[None] < seqused[:, None].long())[:, None, None, :]
+            ref = F.scaled_dot_product_attention(qf.transpose(1, 2), kf.transpose(1, 2), vf.transpose(1, 2),
+                                                 attn_mask=mask, scale=head_dim ** -0.5).transpose(1, 2)
+            want = [ref, *torch.autograd.grad(ref, (qf, kf, vf), go.float())]
+            for a, r in zip(got, want):
+                err = float((a.detach().float() - r.detach()).norm() / r.detach().norm().clamp_min(1e-12))
+                if not err < tol:  # also catches NaN
+                    return False
+        return True
+    except Exception:  # noqa: BLE001 - a kernel that cannot run this shape is not usable
+        return False
+    finally:
+        use_kernels(previous)
+        torch.set_grad_enabled(grad_mode)
+
+
+def install_processor(transformer) -> int:
+    """FlashAttnProcessor on every plain Attention module; returns how many."""
+    processor, count = FlashAttnProcessor(), 0
+    for module in transformer.modules():
+        if type(module).__name__ == "Attention" and _plain(module):
+            module.set_processor(processor)
+            count += 1
+    return count

@@ -1,0 +1,183 @@
+"""The attention fast path on the CPU: the custom ops with the reference kernels stand in for
+flash-attn-4, so key-count masking, head padding, the backward, compile and the processor
+are checked against SDPA here; the GPU kernels themselves are checked at start-up."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+import torch.nn.functional as F  # noqa: E402
+
+from runner.models import attention as attn  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.fixture(autouse=True)
+def reference_kernels():
+    attn.use_kernels(attn.reference_kernels())
+    yield
+    attn.use_kernels(None)
+
+
+def _qkv(b=2, n=12, t=10, h=2, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, s, h, d, generator=g, requires_grad=True) for s in (n, t, t)]
+
+
+def _sdpa(q, k, v, mask=None):
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                          attn_mask=mask, scale=q.shape[-1] ** -0.5).transpose(1, 2)
+
+
+def test_padded_keys_equal_unpadded_attention() -> None:
+    """Keys past seqused_k are ignored: the same as attending to the trimmed keys only."""
+    q, k, v = _qkv(b=1, t=10)
+    used = torch.tensor([6], dtype=torch.int32)
+    padded = attn.attention(q, k, v, used, 8 ** -0.5)
+    trimmed = attn.attention(q, k[:, :6], v[:, :6], None, 8 ** -0.5)
+    torch.testing.assert_close(padded, trimmed, rtol=1e-5, atol=1e-6)
+    k2 = k.detach().clone()
+    k2[:, 6:] = 1e3  # whatever sits in the padding changes nothing
+    torch.testing.assert_close(attn.attention(q, k2, v, used, 8 ** -0.5), padded, rtol=1e-5, atol=1e-6)
+
+
+def test_output_and_gradients_match_sdpa_with_key_padding() -> None:
+    q, k, v = _qkv()
+    used = torch.tensor([4, 10], dtype=torch.int32)
+    mask = (torch.arange(10)[None] < used[:, None].long())[:, None, None, :]
+    out, ref = attn.attention(q, k, v, used, 8 ** -0.5), _sdpa(q, k, v, mask)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    go = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), go), torch.autograd.grad(ref, (q, k, v), go)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_backward_head_padding_is_exact() -> None:
+    """Zero-padding the head dim in the backward (72 -> 96 on the GPU) changes no gradient."""
+    q, k, v = _qkv(d=9)
+    used = torch.tensor([4, 10], dtype=torch.int32)
+    attn.use_kernels(dataclasses.replace(attn.reference_kernels(), bwd_head_dim=16))
+    out = attn.attention(q, k, v, used, 9 ** -0.5)
+    assert out.shape == q.shape
+    mask = (torch.arange(10)[None] < used[:, None].long())[:, None, None, :]
+    ref = _sdpa(q, k, v, mask)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    go = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), go), torch.autograd.grad(ref, (q, k, v), go)):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_matches_eager() -> None:
+    q, k, v = _qkv()
+    used = torch.tensor([3, 10], dtype=torch.int32)
+
+    def f(q, k, v):
+        return attn.attention(q, k, v, used, 8 ** -0.5).square().sum()
+
+    eager = f(q, k, v)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(compiled, (q, k, v)), torch.autograd.grad(f(q, k, v), (q, k, v))):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_check_picks_the_first_right_backward_width_and_tests_key_padding() -> None:
+    """Like flash-attn-4 4.0.0b36 on an H200: dQ wrong at an internal width of 80 (head_dim
+    72 and 80), right at 96; key-padded backward wrong at every width."""
+    good = attn.reference_kernels()
+
+    def bad_bwd(dout, q, k, v, out, lse, seqused_k, scale):
+        dq, dk, dv = good.bwd(dout, q, k, v, out, lse, seqused_k, scale)
+        if seqused_k is not None:
+            dk = dk.flip(1)
+        return (dq.flip(1) if q.shape[-1] % 32 else dq), dk, dv
+
+    broken = dataclasses.replace(good, name="broken", bwd=bad_bwd)
+    cpu = torch.device("cpu")
+    chosen = attn.checked_kernels(broken, 72, cpu, dtype=torch.float32)
+    assert chosen is not None and chosen.bwd_head_dim == 96 and not chosen.key_padding
+    fine = attn.checked_kernels(good, 72, cpu, dtype=torch.float32)
+    assert fine.bwd_head_dim is None and fine.key_padding
+    zero = dataclasses.replace(good, bwd=lambda *a: [x * 0 for x in good.bwd(*a)])
+    assert attn.checked_kernels(zero, 72, cpu, dtype=torch.float32) is None
+    assert attn.widths(72) == [72, 80, 96]
+    assert attn.widths(64) == [64]
+
+
+def test_processor_sends_masked_attention_to_sdpa_when_key_padding_is_off() -> None:
+    calls: list[bool] = []
+    good = attn.reference_kernels()
+
+    def fwd(q, k, v, seqused_k, scale):
+        calls.append(seqused_k is not None)
+        return good.fwd(q, k, v, seqused_k, scale)
+
+    attn.use_kernels(dataclasses.replace(good, fwd=fwd, key_padding=False))
+    model = _tiny_transformer()
+    attn.install_processor(model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model(torch.randn(1, 4, 8, 8, generator=g), encoder_hidden_states=torch.randn(1, 6, 12, generator=g),
+              encoder_attention_mask=torch.tensor([[1, 1, 1, 0, 0, 0]]), timestep=torch.tensor([10]),
+              added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+    assert calls == [False, False]  # the two self-attentions; cross-attention went to SDPA
+
+
+def _tiny_transformer():
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    return PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=16, sample_size=8, patch_size=2, norm_type="ada_norm_single", caption_channels=12,
+        norm_elementwise_affine=False, norm_eps=1e-6, num_embeds_ada_norm=1000, use_additional_conditions=False,
+        activation_fn="gelu-approximate", attention_bias=True, interpolation_scale=1).eval()
+
+
+def test_processor_matches_diffusers_default() -> None:
+    model = _tiny_transformer()
+    g = torch.Generator().manual_seed(1)
+    x, emb = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 6, 12, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    kw = dict(encoder_hidden_states=emb, encoder_attention_mask=mask, timestep=torch.tensor([10, 500]),
+              added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)
+    with torch.no_grad():
+        want = model(x, **kw)[0]
+        assert attn.install_processor(model) == 4  # self + cross in each of 2 blocks
+        got = model(x, **kw)[0]
+        attn.use_kernels(None)  # kernels off: the processor's own SDPA path
+        fallback = model(x, **kw)[0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fallback, want, rtol=1e-5, atol=1e-6)
+
+
+def test_set_attention_falls_back_to_sdpa_on_cpu() -> None:
+    model = _tiny_transformer()
+    before = {type(m.processor).__name__ for m in model.modules() if hasattr(m, "processor")}
+    for backend in ("auto", "fa4", "sdpa"):
+        used, why = attn.set_attention(model, backend, torch.device("cpu"))
+        assert used == "sdpa"
+        assert (why is None) == (backend == "sdpa")
+    assert {type(m.processor).__name__ for m in model.modules() if hasattr(m, "processor")} == before
+    with pytest.raises(ValueError, match="spec.model.attention"):
+        attn.set_attention(model, "xformers", torch.device("cpu"))
+
+
+def test_speed_options_on_cpu_change_nothing(tmp_path: Path) -> None:
+    from runner.models.pixart_sigma import FAMILY
+    from runner.train.loop import apply_speed_options
+
+    model = _tiny_transformer()
+    logs: list[str] = []
+    spec = {"model": {"attention": "auto"}, "training": {"compile": True, "compileDynamic": True, "fp8": True}}
+    apply_speed_options(FAMILY, model, spec, torch.device("cpu"), logs.append)
+    assert not any(type(m).__name__ == "Float8Linear" for m in model.modules())
+    assert all(not hasattr(b, "_compiled_call_impl") or b._compiled_call_impl is None for b in model.transformer_blocks)
+    assert logs == ["fp8 linears: off (needs a CUDA GPU (device is cpu))"]
