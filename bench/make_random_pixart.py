@@ -37,14 +37,14 @@ def main(out: Path, text_layers: int = 2) -> None:
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
-    from runner.models.tiny.pixart_sigma import build_t5_tokenizer
+    from runner.models.tiny.tokenizers import t5_tokenizer
 
     if (out / "model_index.json").exists():
         print(f"{out} exists")
         return
     t0 = time.time()
     torch.manual_seed(0)
-    tokenizer = build_t5_tokenizer()
+    tokenizer = t5_tokenizer()
     t5_config = T5Config(vocab_size=len(tokenizer), d_model=4096, d_kv=64, d_ff=10240, num_layers=text_layers,
                          num_heads=64, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
                          use_cache=False, pad_token_id=0, eos_token_id=1, tie_word_embeddings=False)

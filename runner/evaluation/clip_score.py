@@ -62,7 +62,7 @@ class ClipScorer:
     ) -> None:
         from transformers import CLIPModel, CLIPProcessor
 
-        from runner.models.tiny.pixart_sigma import is_builtin, resolve_builtin
+        from runner.models.tiny import is_builtin, resolve_builtin
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -31,7 +31,7 @@ def resolve_model_dir(ref: str, revision: str, cache_dir: Path, components: Sequ
     """A local folder holding the diffusers pipeline `ref` names (builtin, local dir or Hub id).
     `components`: the pipeline's subfolders, the files downloaded for a Hub id. `retry`:
     `retries` and `backoff_s` of runner.data.hub.fetch_snapshot, for a Hub id."""
-    from runner.models.tiny import pixart_sigma as tiny
+    from runner.models import tiny
 
     if tiny.is_builtin(ref):
         try:

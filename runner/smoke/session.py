@@ -321,7 +321,7 @@ def _stage(s: Session, name: str, fn) -> bool | int:
 
 
 def _build_tiny_model(spec: Mapping[str, Any]) -> str:
-    from runner.models.tiny.pixart_sigma import resolve_builtin
+    from runner.models.tiny import resolve_builtin
 
     ref = spec["model"]["pretrained"]
     resolve_builtin(ref, Path(spec["cacheDir"]))

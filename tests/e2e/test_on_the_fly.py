@@ -15,7 +15,7 @@ def test_vae_cache_disable_trains_without_latent_files_and_scores_with_clip(runn
     from PIL import Image
 
     from runner.evaluation import ClipScorer
-    from runner.models.tiny.pixart_sigma import build_tiny_clip
+    from runner.models.tiny.clip import build_tiny_clip
 
     # A random-weight CLIP scores 0 (a negative cosine, clamped) for every pair or for none,
     # depending on its seed; this seed gives these validation images positive scores that

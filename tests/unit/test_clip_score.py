@@ -14,7 +14,7 @@ from transformers import CLIPModel, CLIPProcessor
 
 from runner.evaluation import ClipScorer
 from runner.evaluation.clip_score import clip_scores
-from runner.models.tiny.pixart_sigma import build_tiny_clip
+from runner.models.tiny.clip import build_tiny_clip
 
 PROMPTS = [
     "a photo of a cat",

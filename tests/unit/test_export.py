@@ -9,7 +9,8 @@ import torch
 
 from runner.models.pipeline import export_pipeline
 from runner.models.pixart_sigma import FAMILY
-from runner.models.tiny.pixart_sigma import MARKER, build_tiny_pixart_sigma
+from runner.models.tiny.build import MARKER
+from runner.models.tiny.pixart_sigma import build_tiny_pixart_sigma
 
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -9,14 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner.models.tiny import pixart_sigma as tiny
-from runner.models.tiny.pixart_sigma import (
-    MARKER,
-    build_tiny_clip,
-    build_tiny_pixart_sigma,
-    is_builtin,
-    resolve_builtin,
-)
+from runner.models import tiny
+from runner.models.tiny import is_builtin, make_tokenizers, resolve_builtin, tokenizers
+from runner.models.tiny.build import MARKER, build_once
+from runner.models.tiny.clip import build_tiny_clip
+from runner.models.tiny.pixart_sigma import build_tiny_pixart_sigma
 
 PROMPTS = ["a photo of a cat", "An astronaut riding a rocket to the Moon, with coffee & coins!"]
 
@@ -222,10 +219,10 @@ def test_losing_the_race_keeps_the_winner(tmp_path: Path) -> None:
 
     def loser(tmp: Path) -> None:
         # another process finishes and renames into place while we build
-        tiny._atomic_build(dest, kind="k", seed=0, required="config.json", build=winner)
+        build_once(dest, kind="k", seed=0, required="config.json", build=winner)
         (tmp / "config.json").write_text('"loser"')
 
-    out = tiny._atomic_build(dest, kind="k", seed=0, required="config.json", build=loser)
+    out = build_once(dest, kind="k", seed=0, required="config.json", build=loser)
     assert out == dest
     assert (dest / "config.json").read_text() == '"winner"'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
@@ -237,7 +234,7 @@ def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        tiny._atomic_build(tmp_path / "m", kind="k", seed=0, required="config.json", build=boom)
+        build_once(tmp_path / "m", kind="k", seed=0, required="config.json", build=boom)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -298,3 +295,20 @@ def test_resolve_builtin_builds_tiny_clip(tmp_path: Path) -> None:
     # deterministic
     again = build_tiny_clip(tmp_path / "again")
     assert _files(dest) == _files(again)
+
+
+# --------------------------------------------------------------------------- tokenizers as data
+
+
+def test_the_shipped_tokenizer_files_are_what_the_script_makes(tmp_path: Path) -> None:
+    for path in make_tokenizers.write(tmp_path):
+        shipped = tokenizers.HERE / path.name
+        assert path.read_bytes() == shipped.read_bytes(), (
+            f"{shipped} is stale: rerun python -m runner.models.tiny.make_tokenizers")
+
+
+def test_builds_train_no_tokenizer() -> None:
+    """The builders read the shipped files: nothing under runner/models/tiny but the script trains."""
+    for module in ("__init__", "build", "tokenizers", "pixart_sigma", "clip"):
+        source = (tokenizers.HERE / f"{module}.py").read_text()
+        assert "trainers" not in source and "make_tokenizers" not in source.split('"""', 2)[-1], module
