@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from runner.spec import schema as schema_mod
 from runner.spec.errors import SpecError
 from runner.spec.node import TrainingJob, freeze
 from runner.spec.overrides import apply_what_applies
@@ -32,5 +33,6 @@ def job_from_document(doc: dict[str, Any], source: str = "<spec>", overrides: Se
     if problems:
         raise SpecError(problems, warnings)
     full.pop("status", None)
-    return TrainingJob(name=full["metadata"]["name"], spec=freeze(full["spec"]), document=freeze(full),
-                       source=source, warnings=tuple(warnings))
+    schema = schema_mod.load_schema()
+    return TrainingJob(name=full["metadata"]["name"], spec=freeze(full["spec"], "spec", schema["properties"]["spec"]),
+                       document=freeze(full, "", schema), source=source, warnings=tuple(warnings))

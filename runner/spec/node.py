@@ -8,31 +8,51 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from runner.spec.errors import did_you_mean
 
-def freeze(value: Any) -> Any:
+
+def freeze(value: Any, path: str = "", schema: dict[str, Any] | None = None) -> Any:
+    """Mappings become Nodes and lists tuples, all the way down. `schema` is the value's
+    schema node: it tells each Node which names are fields (so an absent optional field reads
+    as None and a misspelt one raises)."""
+    from runner.spec.schema import element
+
+    schema = schema or {}
     if isinstance(value, dict):
-        return Node({k: freeze(v) for k, v in value.items()})
+        props = schema.get("properties", {})
+        fields = frozenset(props) if props else None
+        return Node({k: freeze(v, f"{path}.{k}" if path else k, props.get(k)) for k, v in value.items()},
+                    path, fields)
     if isinstance(value, list):
-        return tuple(freeze(v) for v in value)
+        items = element(schema)
+        return tuple(freeze(v, f"{path}[{i}]", items) for i, v in enumerate(value))
     return value
 
 
 class Node:
     """Read-only attribute view of a validated mapping: `job.spec.training.batchSize`.
-    Absent optional fields read as None."""
 
-    __slots__ = ("_data",)
+    An optional field the spec leaves out (and the schema gives no default) reads as None. A
+    name the schema does not have raises AttributeError naming the path, so a typo in code
+    fails where it is made instead of reading as None."""
 
-    def __init__(self, data: dict[str, Any]):
+    __slots__ = ("_data", "_path", "_fields")
+
+    def __init__(self, data: dict[str, Any], path: str = "", fields: frozenset[str] | None = None):
         object.__setattr__(self, "_data", MappingProxyType(data))
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_fields", fields)  # None: a free-form map, only its keys exist
 
     def __getattr__(self, name: str) -> Any:
         try:
             return self._data[name]
         except KeyError:
-            if name.startswith("__"):
-                raise AttributeError(name) from None
+            pass
+        if not name.startswith("__") and self._fields is not None and name in self._fields:
             return None
+        where = f"{self._path}.{name}" if self._path else name
+        known = sorted(self._fields if self._fields is not None else self._data)
+        raise AttributeError(f"{where}: no such field" + (did_you_mean(name, known) if known else ""))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("TrainingJob specs are frozen; use --set or edit the file")

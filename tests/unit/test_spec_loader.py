@@ -1,6 +1,7 @@
 """runner.spec/semantics on valid input: defaults, YAML details, overrides, freezing, warnings."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,22 @@ def test_defaults_are_filled_and_the_result_is_frozen(minimal_spec):
         job.spec.training.batchSize = 4  # type: ignore[misc]
     assert len(job.hash) == 16
     assert job.hash == job_from_document(parse_document(minimal_spec)).hash
+
+
+@pytest.mark.parametrize("read, where, hint", [
+    (lambda job: job.spec.training.batchSiz, "spec.training.batchSiz", "did you mean 'batchSize'?"),
+    (lambda job: job.spec.datasets[0].pathh, "spec.datasets[0].pathh", "did you mean 'path'?"),
+    (lambda job: job.document.metadata.nmae, "metadata.nmae", "did you mean 'name'?"),
+    (lambda job: job.spec.modle, "spec.modle", "did you mean 'model'?"),
+])
+def test_a_misspelt_field_in_code_raises_naming_its_path(minimal_spec, read, where, hint):
+    """An optional field the spec leaves out reads as None; a name the schema does not have is a
+    bug in the code that reads it, so it fails there instead of reading as None."""
+    job = job_from_document(parse_document(minimal_spec))
+    with pytest.raises(AttributeError, match=f"^{re.escape(where)}: no such field; {re.escape(hint)}$"):
+        read(job)
+    assert job.spec.output.hub.get("repoId") is None and job.spec.output.hub.repoId is None
+    assert not hasattr(job.spec.training, "batchSiz") and hasattr(job.spec.training, "epochs")
 
 
 def test_yaml12_style_exponent_reads_as_a_number(minimal_spec):
