@@ -125,13 +125,9 @@ def cmd_import_simpletuner(args: argparse.Namespace) -> int:
         return EXIT_OK
     from runner.spec.starter import write
 
-    try:
-        write(text, args.output, force=args.force)
-    except FileExistsError:
-        print(f"{args.output}: already exists; pass --force to overwrite it", file=sys.stderr)
-        return EXIT_INVALID
-    except OSError as e:
-        print(f"{args.output}: cannot write ({e.strerror or e})", file=sys.stderr)
+    problem = write(text, args.output, force=args.force)
+    if problem:
+        print(problem, file=sys.stderr)
         return EXIT_INVALID
     print(f"wrote {args.output}; check it with: trainingjob validate {args.output}", file=sys.stderr)
     return EXIT_OK

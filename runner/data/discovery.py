@@ -225,7 +225,7 @@ class DigestMemo:
         return self.digest(info.path, info.size_bytes, info.mtime_ns)
 
     def digest(self, path: Path, size: int | None = None, mtime_ns: int | None = None) -> str:
-        """The sha256 of any file (model weights too: see cachekeys.component_fingerprint).
+        """The sha256 of any file (model weights too: see runner.cache.keys.component_fingerprint).
         `size` and `mtime_ns` are read here unless the caller already has them from a probe."""
         if size is None or mtime_ns is None:
             st = os.stat(path)

@@ -186,10 +186,16 @@ def check(text: str, source: str) -> list[str]:
     return []
 
 
-def write(text: str, output: str, force: bool) -> None:
-    """Write without ever clobbering an existing file unless `force` (FileExistsError, even when
-    the file appeared meanwhile); atomic either way."""
-    (atomic_write_bytes if force else atomic_create_bytes)(Path(output), text.encode("utf-8"))
+def write(text: str, output: str, force: bool) -> str | None:
+    """Write a generated spec (init, import-simpletuner), atomically, never over an existing
+    file unless `force` (not even one that appeared meanwhile). None, or why it was not written."""
+    try:
+        (atomic_write_bytes if force else atomic_create_bytes)(Path(output), text.encode("utf-8"))
+    except FileExistsError:
+        return f"{output}: already exists; pass --force to overwrite it"
+    except OSError as e:
+        return f"{output}: cannot write ({e.strerror or e})"
+    return None
 
 
 def run_init(output: str, yes: bool, force: bool, ask: Ask | None = None,
@@ -219,13 +225,9 @@ def run_init(output: str, yes: bool, force: bool, ask: Ask | None = None,
     if to_stdout:
         sys.stdout.write(text)
         return EXIT_OK
-    try:
-        write(text, output, force)
-    except FileExistsError:
-        print(f"{output}: already exists; pass --force to overwrite it", file=sys.stderr)
-        return EXIT_INVALID
-    except OSError as e:
-        print(f"{output}: cannot write ({e.strerror or e})", file=sys.stderr)
+    problem = write(text, output, force)
+    if problem:
+        print(problem, file=sys.stderr)
         return EXIT_INVALID
     print(f"wrote {output} (TrainingJob {answers['name']!r}); next: trainingjob validate {output}, "
           f"then trainingjob run {output}", file=sys.stderr)
