@@ -37,6 +37,7 @@ from typing import Any, Callable
 from runner.data import DatasetError
 from runner.data.discovery import IMAGE_EXTENSIONS, find_images
 from runner.files import atomic_write_json
+from runner.spec.errors import clip
 
 CAPTION_EXTENSIONS = (".txt",)
 HUB_RETRIES = 4  # after the first attempt: waits of 2, 4, 8 and 16 s with the default backoff
@@ -348,5 +349,5 @@ def _result(dest: Path, subfolder: str | None, where: str, fixes: str) -> Path:
 
 
 def _short(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    """An exception's message on one line, clipped."""
+    return clip(" ".join(str(e).split()) or type(e).__name__, limit)

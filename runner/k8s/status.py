@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Iterable
 
+from runner.spec import errors
+
 CONDITION_TYPES = ("Cached", "Running", "Complete", "Failed", "Suspended")
 MESSAGE_LIMIT = 1024  # Events cap messages at 1 KiB; conditions stay readable in `kubectl describe`
 # Scheduling that takes a moment is normal (autoscalers, Kueue); past this it is news.
@@ -27,7 +29,8 @@ def parse_time(text: str | None) -> datetime | None:
 
 
 def clip(message: str) -> str:
-    return message if len(message) <= MESSAGE_LIMIT else message[:MESSAGE_LIMIT - 3] + "..."
+    """A condition or event message cut to the API's limit."""
+    return errors.clip(message, MESSAGE_LIMIT)
 
 
 def condition(old: Iterable[dict[str, Any]], type_: str, status: bool | None, reason: str, message: str,
