@@ -44,8 +44,10 @@ def writer_tag() -> str:
 
 
 def temp_path(path: Path) -> Path:
-    """The hidden sibling `path` is written to before it is renamed into place."""
-    return path.with_name(f".{path.name}.{writer_tag()}.tmp")
+    """The hidden sibling `path` is written to before it is renamed into place. A random part
+    keeps two threads of one process apart when they write the same path at once (two
+    identical images share one latent key)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.{writer_tag()}.tmp")
 
 
 def _pid_alive(pid: int) -> bool:

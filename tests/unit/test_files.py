@@ -107,6 +107,34 @@ def test_build_dir_once_temp_folders_are_sweepable(tmp_path):
     assert seen and atomic._TEMP_DIR.match(seen[0]) and f".{os.getpid()}." in seen[0]
 
 
+def test_threads_writing_one_path_at_once_never_share_a_temp_file(tmp_path):
+    """Two identical images share a latent key, so the cache's writer threads can write one
+    entry twice at the same moment; each write must land whole, neither may lose its temp."""
+    import threading
+
+    target = tmp_path / "ab" / "key.safetensors"
+    payloads = [bytes([i]) * 200_000 for i in range(8)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(payloads))
+
+    def write(data: bytes) -> None:
+        start.wait()
+        try:
+            for _ in range(20):
+                atomic_write_bytes(target, data)
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target.read_bytes() in payloads
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
 def test_create_never_replaces_and_leaves_no_temp(tmp_path):
     path = tmp_path / "sub" / "spec.yaml"
     atomic_create_bytes(path, b"first")
