@@ -38,11 +38,11 @@ train-local: $(STAMP)
 # where it works; elsewhere those tests skip and say why).
 test: $(STAMP)
 	bash tests/system-deps.sh
-	$(PY) -m pytest -q -ra -m "not image"
+	$(PY) -m pytest -q -ra -n auto --dist loadfile -m "not image"
 
 test-fast: $(STAMP)
 	bash tests/system-deps.sh
-	$(PY) -m pytest -q -ra -m "not e2e and not image"
+	$(PY) -m pytest -q -ra -n auto --dist loadfile -m "not e2e and not image"
 
 # Builds the CPU image from a local Debian base and runs the smoke job in it (podman/buildah).
 test-images: $(STAMP)
