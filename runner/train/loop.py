@@ -80,10 +80,24 @@ def apply_speed_options(family, transformer, spec: dict[str, Any], device: torch
             + ("later buckets share one dynamic graph)" if dynamic else "one graph per bucket)"))
 
 
+def set_aside_earlier_run(ctx: RunContext, accelerator) -> None:
+    """`resume: none` starts over. An earlier run's checkpoints in spec.output.dir are moved
+    aside, never deleted and never mixed with this run's: pruning keeps the highest step
+    numbers, so they would outlive, and delete, the new run's own. Collective."""
+    root = ctx.paths.checkpoints
+    if accelerator.is_main_process and ckpt.list_checkpoints(root):
+        aside = root.with_name(f"{root.name}.before-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        root.rename(aside)
+        ctx.paths.finished.unlink(missing_ok=True)  # the earlier run's "complete" no longer holds
+        ctx.log(f"resume: none: moved the earlier run's checkpoints to {aside}")
+    accelerator.wait_for_everyone()
+
+
 def resume_state(ctx: RunContext, accelerator) -> tuple[TrainerState, Path | None]:
     """The state to start from, and the checkpoint it was loaded from (None: from the base model)."""
     mode = ctx.spec.training.resume
     if mode == "none":
+        set_aside_earlier_run(ctx, accelerator)
         return TrainerState(spec_hash=ctx.job.hash), None
     if mode == "auto":
         path = ckpt.latest_complete(ctx.paths.checkpoints, ctx.log)

@@ -46,6 +46,27 @@ def test_rerun_of_a_finished_job_does_nothing_and_says_how_to_continue(tmp_path,
     assert _snapshot(runner.out) == before, "a finished job was changed by its rerun"
 
 
+def test_resume_none_starts_over_and_sets_the_earlier_run_aside(tmp_path, tiny_model, cache, reference):
+    """Pruning keeps the highest step numbers: a fresh run into a folder holding step-10 of an
+    earlier run used to have its own checkpoints deleted as soon as they were written."""
+    runner = runner_with_cache(tmp_path, tiny_model, cache)
+    shutil.copytree(reference, runner.out)
+    earlier = {p.name for p in (runner.out / "checkpoints").iterdir()}
+
+    again = run(runner, *RESUME_SETS, "spec.training.resume=none", "spec.training.maxSteps=4",
+                "spec.training.checkpointEvery=2", "spec.training.checkpointsTotalLimit=1",
+                env=quiet_env(runner), stage="all")
+    assert_clean(again)
+    assert "resuming from" not in again.stdout
+    assert sorted(p.name for p in (runner.out / "checkpoints").iterdir()) == ["step-4"]
+    state = json.loads((runner.out / "checkpoints" / "step-4" / "trainer_state.json").read_text())["state"]
+    assert state["step"] == 4
+    [aside] = [p for p in runner.out.iterdir() if p.name.startswith("checkpoints.before-")]
+    assert {p.name for p in aside.iterdir()} == earlier  # nothing of the earlier run is lost
+    assert f"moved the earlier run's checkpoints to {aside}" in again.stdout
+    assert json.loads((runner.out / "trainingjob.complete.json").read_text())["step"] == 4
+
+
 def test_two_process_data_parallel_run_on_cpu(runner):
     """gpusPerNode: 2 with accelerator cpu runs two gloo workers: the same launch and sharding
     code path as 2 x H100, checked here without a GPU."""
