@@ -320,7 +320,9 @@ def build_pod_monitor(doc: dict, opts: Options, owner: Owner | None = None) -> d
         "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
         "metadata": _meta(doc, names(job)["monitor"], "monitoring", opts, owner),
         "spec": {"selector": {"matchLabels": {label_job(): job}},
-                 "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}]},
+                 "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s",
+                                         # keep our own `job` label (the TrainingJob), not exported_job
+                                         "honorLabels": True}]},
     }
 
 

@@ -49,6 +49,8 @@ def test_rendered_manifests_pass_kubernetes_validate_strict(accelerator, nodes, 
     for obj in objects:
         if obj["kind"] == "PodMonitor":  # a CRD kind kubernetes-validate has no schema for
             assert set(obj["spec"]) == {"selector", "podMetricsEndpoints"}
+            # Prometheus would otherwise rename our `job` label (the TrainingJob) to exported_job.
+            assert [e["honorLabels"] for e in obj["spec"]["podMetricsEndpoints"]] == [True]
             continue
         for version in VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
