@@ -2,7 +2,7 @@
 it nowhere.
 
 The smoke job runs as two workers (so the launcher writes `trainingjob.effective.yaml`) and
-pushes to the fake Hub of tests/unit/test_publish_hub.py (so the model card is written), with
+pushes to the fake Hub of tests/fakehub.py (so the model card is written), with
 HF_TOKEN and WANDB_API_KEY set to distinctive values and named in the spec. Then neither value
 may appear in stdout/stderr, in any file under the output and cache dirs (model card, cache
 manifests, effective spec, trainer_state.json, TensorBoard events, images.json, checkpoints),
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import REPO, assert_clean
-from tests.unit.test_publish_hub import FakeHub
+from tests.fakehub import FakeHub
 
 pytestmark = pytest.mark.e2e
 
@@ -47,9 +47,8 @@ def leaks_in(root: Path) -> list[str]:
 
 @pytest.fixture
 def hub():
-    fake = FakeHub()
-    yield fake
-    fake.close()
+    with FakeHub() as fake:
+        yield fake
 
 
 def test_a_planted_token_is_never_written_or_printed(runner, hub, tmp_path):

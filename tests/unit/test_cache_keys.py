@@ -7,10 +7,7 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -27,6 +24,7 @@ from runner.cache.stage import crop_plan_dict
 from runner.data.discovery import DigestMemo
 from runner.files import file_digest
 from runner.data.transforms import plan_crop
+from tests.fakehub import FakeHub, Repo, client_env, git_blob_id
 
 BASE_ID = EncoderIdentity(model="PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", revision="main",
                           fingerprint="0" * 32, dtype="bfloat16")
@@ -268,112 +266,29 @@ def test_component_fingerprint_missing_folder(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- Hub snapshots
 
-COMMIT = "7d3a9c1e" * 5
-
-
-class FakeModelHub:
-    """Just enough of the Hub for snapshot_download of a model repo: revision info, the tree
-    listing, and file resolution. Weights are LFS files, answered as the Hub does: the git
-    ETag plus X-Linked-Etag / X-Linked-Size with the object's sha256, which the client uses to
-    name the blob in its cache; small files are plain git blobs (ETag = git blob id)."""
-
-    def __init__(self, files: dict[str, bytes], lfs: set[str]):
-        self.files, self.lfs, self.gets = files, lfs, []
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def send(self, code: int, body: bytes = b"", headers: dict | None = None) -> None:
-                self.send_response(code)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            def do_GET(self):
-                parts = unquote(urlparse(self.path).path).strip("/").split("/")
-                as_json = {"Content-Type": "application/json"}
-                if parts[:2] == ["api", "models"] and parts[4:5] == ["revision"]:
-                    info = {"id": "/".join(parts[2:4]), "sha": COMMIT,
-                            "siblings": [{"rfilename": f} for f in hub.files]}
-                    return self.send(200, json.dumps(info).encode(), as_json)
-                if parts[:2] == ["api", "models"] and parts[4:5] == ["tree"]:
-                    tree = []
-                    for f, c in hub.files.items():
-                        if f in hub.lfs:  # git holds a pointer; the bytes are an LFS object
-                            pointer = _lfs_pointer(c)
-                            tree.append({"type": "file", "path": f, "size": len(c), "oid": _git_blob_id(pointer),
-                                         "lfs": {"oid": hashlib.sha256(c).hexdigest(), "size": len(c),
-                                                 "pointerSize": len(pointer)}})
-                        else:
-                            tree.append({"type": "file", "path": f, "size": len(c), "oid": _git_blob_id(c)})
-                    return self.send(200, json.dumps(tree).encode(), as_json)
-                if len(parts) > 4 and parts[2] == "resolve":
-                    name = "/".join(parts[4:])
-                    content = hub.files.get(name)
-                    if content is None:
-                        return self.send(404, b"", {"X-Error-Code": "EntryNotFound"})
-                    headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{_git_blob_id(content)}"'}
-                    if name in hub.lfs:
-                        headers |= {"ETag": f'"{_git_blob_id(_lfs_pointer(content))}"',
-                                    "X-Linked-Etag": f'"{hashlib.sha256(content).hexdigest()}"',
-                                    "X-Linked-Size": str(len(content))}
-                    if self.command == "GET":
-                        hub.gets.append(name)
-                    return self.send(200, content, headers)
-                return self.send(404, b"")
-
-            do_HEAD = do_GET
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _git_blob_id(content: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
-
-
-def _lfs_pointer(content: bytes) -> bytes:
-    return (b"version https://git-lfs.github.com/spec/v1\noid sha256:%s\nsize %d\n"
-            % (hashlib.sha256(content).hexdigest().encode(), len(content)))
-
-
-def _snapshot_download(hub: FakeModelHub, hf_cache: Path) -> Path:
+def _snapshot_download(hub: FakeHub, root: Path) -> Path:
     """huggingface_hub's own snapshot_download, in a subprocess: it reads HF_ENDPOINT and the
     offline switch when imported."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(hf_cache.parent / "hf-home"), "HF_HUB_DISABLE_XET": "1",
-            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_ETAG_TIMEOUT": "5",
-            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     code = ("import sys; from huggingface_hub import snapshot_download; "
             "print(snapshot_download('owner/model', revision='main', cache_dir=sys.argv[1]))")
-    proc = subprocess.run([sys.executable, "-c", code, str(hf_cache)], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code, str(root / "hub")], capture_output=True, text=True,
+                          env=client_env(root, endpoint=hub.url, HF_HUB_ETAG_TIMEOUT="5"), timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
 def test_hub_snapshot_fingerprint_is_content_identity(tmp_path: Path) -> None:
+    """Weights are LFS files, answered as the Hub does: the git ETag plus X-Linked-Etag /
+    X-Linked-Size with the object's sha256, which the client uses to name the blob in its cache;
+    small files are plain git blobs (ETag = git blob id)."""
     files = {"vae/config.json": CONFIG, "vae/diffusion_pytorch_model.safetensors": WEIGHTS}
-    hub = FakeModelHub(files, lfs={"vae/diffusion_pytorch_model.safetensors"})
-    try:
-        first = _snapshot_download(hub, tmp_path / "pod-1" / "hub")
-        again = _snapshot_download(hub, tmp_path / "pod-2" / "hub")  # a new pod downloads the same revision
-        hub.files = {**files, "vae/diffusion_pytorch_model.safetensors": _one_byte(WEIGHTS)}
-        changed = _snapshot_download(hub, tmp_path / "pod-3" / "hub")
-    finally:
-        hub.close()
-    assert hub.gets.count("vae/diffusion_pytorch_model.safetensors") == 3  # three real downloads
+    with FakeHub(models={"owner/model": Repo(files, lfs={"vae/diffusion_pytorch_model.safetensors"})}) as hub:
+        first = _snapshot_download(hub, tmp_path / "pod-1")
+        again = _snapshot_download(hub, tmp_path / "pod-2")  # a new pod downloads the same revision
+        hub.repos["model", "owner/model"].files["vae/diffusion_pytorch_model.safetensors"] = _one_byte(WEIGHTS)
+        changed = _snapshot_download(hub, tmp_path / "pod-3")
+    weight_gets = [p for p in hub.file_gets() if p.endswith("/vae/diffusion_pytorch_model.safetensors")]
+    assert len(weight_gets) == 3  # three real downloads
     weights = first / "vae" / "diffusion_pytorch_model.safetensors"
     assert weights.is_symlink() and weights.resolve().parent.name == "blobs"
     assert weights.resolve().name == hashlib.sha256(WEIGHTS).hexdigest()
@@ -386,7 +301,7 @@ def test_hub_snapshot_fingerprint_is_content_identity(tmp_path: Path) -> None:
 
     fp = component_fingerprint(first / "vae", counting_digest)
     # The weights' sha256 is the blob's name: only the small git file was read.
-    assert hashed == [_git_blob_id(CONFIG)]
+    assert hashed == [git_blob_id(CONFIG)]
     assert component_fingerprint(again / "vae") == fp
     # ... and equals a plain copy of the same bytes, e.g. a folder made with hf download --local-dir.
     assert component_fingerprint(_make_component(tmp_path / "local")) == fp

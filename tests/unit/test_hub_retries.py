@@ -1,34 +1,32 @@
 """A Hub that answers 500, stalls, or drops the connection mid-download.
 
 Everything runs through the real huggingface_hub client against the fake Hub of
-test_data_hub.py, told to misbehave. Timeouts are shortened with the documented
+tests/fakehub.py, told to misbehave. Timeouts are shortened with the documented
 HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT, retries with download_dataset's arguments.
 """
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.unit.test_data_hub import FILES, SHA, FakeHub, hub_env, run_calls
+from tests.fakehub import FILES, SHA, FakeHub, client_env, run_calls
 
 EXPECTED = ["a.png", "a.txt", "photos/b.JPG", "photos/b.txt", "photos/deep/c.webp"]
 
 
 @pytest.fixture
 def hub():
-    fake = FakeHub({"owner/pics": FILES})
-    yield fake
-    fake.close()
+    with FakeHub(datasets={"owner/pics": FILES}) as fake:
+        yield fake
 
 
 def count(hub: FakeHub, pattern: str) -> int:
-    import re
-
-    return sum(bool(re.search(pattern, f"{m} {p}")) for m, p in hub.requests)
+    return sum(bool(re.search(pattern, f"{m} {p}")) for m, p in hub.calls())
 
 
 def assert_whole(dest, files=EXPECTED):
@@ -38,9 +36,9 @@ def assert_whole(dest, files=EXPECTED):
 
 def test_transient_failures_are_retried_and_the_files_arrive_whole(tmp_path, hub):
     hub.faults = [
-        {"path": r"GET /api/datasets/owner/pics/revision/main", "kind": "500", "times": 2},
-        {"path": r"GET /api/datasets/owner/pics/tree/", "kind": "500", "times": 1},
-        {"path": r"GET .*/resolve/.*/a\.png$", "kind": "500", "times": 1},          # not retried by the library
+        {"path": r"GET /api/datasets/owner/pics/revision/main", "kind": 500, "times": 2},
+        {"path": r"GET /api/datasets/owner/pics/tree/", "kind": 500, "times": 1},
+        {"path": r"GET .*/resolve/.*/a\.png$", "kind": 500, "times": 1},          # not retried by the library
         {"path": r"GET .*/resolve/.*/photos/b\.JPG$", "kind": "drop", "times": 1},  # resumed with a Range request
         {"path": r"GET .*/resolve/.*/c\.webp$", "kind": "stall", "seconds": 30, "times": 1},  # read timeout
     ]
@@ -54,7 +52,7 @@ def test_transient_failures_are_retried_and_the_files_arrive_whole(tmp_path, hub
 
 
 def test_a_hub_that_keeps_answering_500_gives_a_clear_error_and_no_files(tmp_path, hub):
-    hub.faults = [{"path": r"/api/datasets/", "kind": "500", "times": None}]
+    hub.faults = [{"path": r"/api/datasets/", "kind": 500, "times": None}]
     dest = tmp_path / "dest"
     [res] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], endpoint=hub.url, retries=2)
     err = res["error"]
@@ -79,7 +77,7 @@ def test_a_stalled_hub_times_out_instead_of_hanging(tmp_path, hub):
 def test_a_download_cut_for_good_is_never_used_and_a_later_run_resumes_it(tmp_path, hub):
     half = len(FILES["photos/b.JPG"]) // 2
     hub.faults = [{"path": r"GET .*/resolve/.*/photos/b\.JPG$", "kind": "drop", "times": 1},
-                  {"path": r"GET .*/resolve/.*/photos/b\.JPG$", "kind": "500", "times": None}]
+                  {"path": r"GET .*/resolve/.*/photos/b\.JPG$", "kind": 500, "times": None}]
     dest = tmp_path / "dest"
     [res] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], endpoint=hub.url, retries=1)
     assert "HTTP 500 (tried 2 times)" in res["error"] and "photos/b.JPG" in res["error"], res
@@ -91,7 +89,7 @@ def test_a_download_cut_for_good_is_never_used_and_a_later_run_resumes_it(tmp_pa
     [offline] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], offline=True, hub_cache="other-cache")
     assert "did not finish" in offline["error"] and "unset HF_HUB_OFFLINE" in offline["error"], offline
     # The Hub still down: the same.
-    hub.faults = [{"path": r"/api/datasets/", "kind": "500", "times": None}]
+    hub.faults = [{"path": r"/api/datasets/", "kind": 500, "times": None}]
     [down] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], endpoint=hub.url, retries=0)
     assert "HTTP 500" in down["error"], down
 
@@ -106,7 +104,7 @@ def test_a_download_cut_for_good_is_never_used_and_a_later_run_resumes_it(tmp_pa
     # A complete download is trusted offline, and when the Hub is down.
     [offline] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], offline=True, hub_cache="other-cache")
     assert offline.get("files") == EXPECTED, offline
-    hub.faults = [{"path": r"/api/", "kind": "500", "times": None}]
+    hub.faults = [{"path": r"/api/", "kind": 500, "times": None}]
     [down] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], endpoint=hub.url, retries=0)
     assert down.get("files") == EXPECTED, down
 
@@ -133,16 +131,16 @@ PIPELINE = {"model_index.json": b'{"_class_name": "PixArtSigmaPipeline"}', "vae/
 
 def test_model_downloads_are_retried_checked_and_worded(tmp_path):
     """One process (runner.models imports torch: slow to start) resolves two Hub models."""
-    hub = FakeHub({}, models={"owner/flaky": PIPELINE, "owner/down": PIPELINE})
+    hub = FakeHub(models={"owner/flaky": PIPELINE, "owner/down": PIPELINE})
     hub.faults = [
-        {"path": r"GET /owner/flaky/resolve/.*/vae/diffusion_pytorch_model\.safetensors$", "kind": "500", "times": 1},
-        {"path": r"GET /api/models/owner/flaky/tree/", "kind": "500", "times": 1},
+        {"path": r"GET /owner/flaky/resolve/.*/vae/diffusion_pytorch_model\.safetensors$", "kind": 500, "times": 1},
+        {"path": r"GET /api/models/owner/flaky/tree/", "kind": 500, "times": 1},
         # (a HEAD answered 500 is retried by huggingface_hub itself, with its own fixed backoff)
-        {"path": r"GET /owner/down/resolve/.*/vae/", "kind": "500", "times": None},
+        {"path": r"GET /owner/down/resolve/.*/vae/", "kind": 500, "times": None},
     ]
     try:
         proc = subprocess.run([sys.executable, "-c", MODEL_DRIVER, "owner/flaky", "owner/down"],
-                              env=hub_env(tmp_path, endpoint=hub.url), cwd=tmp_path, capture_output=True, text=True,
+                              env=client_env(tmp_path, endpoint=hub.url), cwd=tmp_path, capture_output=True, text=True,
                               timeout=120)
     finally:
         hub.close()

@@ -1,30 +1,20 @@
-"""runner.train.publish.push_to_hub against a fake Hub, through the real huggingface_hub client.
+"""runner.train.publish.push_to_hub against the fake Hub of tests/fakehub.py, through the real
+huggingface_hub client.
 
-huggingface_hub reads HF_ENDPOINT and HF_HUB_DISABLE_XET into `huggingface_hub.constants` at
-import time, and `HfApi()` copies `constants.ENDPOINT` when it is built (the commit helpers get
-that endpoint passed down). So the push runs in-process with those two constants monkeypatched
-(and the env vars set too, for anything reading them later). With Xet disabled and every file
-answered as "regular" by the preupload endpoint, the client sends file contents inline, base64,
-in the NDJSON commit body - which the fake Hub decodes and records.
-
-Endpoints the client uses for create_repo + upload_folder of small files:
-  POST /api/repos/create                       create_repo (JSON: name, organization, visibility, type)
-  GET  /api/models/{repo}                      repo_info, only when create answered 401/402/403 (exist_ok)
-  POST /api/validate-yaml                      README.md front matter check (create_commit)
-  POST /api/models/{repo}/preupload/{revision} upload mode per file
-  POST /api/models/{repo}/commit/{revision}    NDJSON: header line + one "file" line per file
-  GET  /api/agent-harnesses                    user-agent registry, once per process, no credentials
+The push runs in-process with the client's import-time constants patched (point_client_at).
+With Xet disabled and every file answered as "regular" by the preupload endpoint, the client sends
+file contents inline, base64, in the NDJSON commit body - which the fake Hub decodes and records.
+create_repo + upload_folder of small files use: POST /api/repos/create, GET /api/models/{repo}
+(repo_info, only when create answered 401/402/403: exist_ok), POST /api/validate-yaml (README front
+matter), POST .../preupload/{revision}, POST .../commit/{revision}, and GET /api/agent-harnesses
+(the user-agent registry, once per process, without credentials).
 """
 from __future__ import annotations
 
-import base64
 import io
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pytest
 import yaml
@@ -32,170 +22,21 @@ from PIL import Image
 
 from runner.spec.load import job_from_document
 from runner.train.publish import PublishError, push_to_hub
+from tests.fakehub import SHA as COMMIT_OID
+from tests.fakehub import FakeHub, point_client_at
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hf_fake_secret_123"
 TOKEN_ENV = "TJ_TEST_TOKEN"
 REPO_ID = "me/tiny"
-COMMIT_OID = "0123456789abcdef0123456789abcdef01234567"
-
-
-class FakeHub:
-    """Just enough of the Hub HTTP API for create_repo + upload_folder of small files.
-
-    `fail` maps an endpoint name ("create", "validate", "preupload", "commit") to an HTTP
-    status to answer instead. Every request is recorded; unknown ones answer 404 and are
-    kept in `unknown` so a client change shows up as a clear test failure."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.unknown: list[tuple[str, str]] = []
-        self.created: dict[str, dict] = {}
-        self.commits: list[dict] = []
-        self.fail: dict[str, int] = {}
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def send(self, code, body=None, headers=None):
-                raw = json.dumps(body).encode() if body is not None else b""
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(raw)
-
-            def read_body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    out = b""
-                    while True:
-                        size = int(self.rfile.readline().strip(), 16)
-                        if size == 0:
-                            self.rfile.readline()
-                            return out
-                        out += self.rfile.read(size)
-                        self.rfile.readline()
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            def failed(self, name) -> bool:
-                code = hub.fail.get(name)
-                if code is None:
-                    return False
-                errors = {401: "Invalid credentials in Authorization header", 500: "Internal Error"}
-                self.send(code, {"error": errors.get(code, "error")})
-                return True
-
-            def route(self):
-                path = unquote(urlparse(self.path).path)
-                body = self.read_body()
-                req = {"method": self.command, "path": path,
-                       "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
-                hub.requests.append(req)
-                parts = path.strip("/").split("/")
-
-                if self.command == "POST" and path == "/api/repos/create":
-                    if self.failed("create"):
-                        return
-                    payload = req["json"] = json.loads(body)
-                    repo = f"{payload['organization']}/{payload['name']}"
-                    hub.created[repo] = payload
-                    return self.send(200, {"url": f"{hub.url}/{repo}", "name": repo, "id": "r1"})
-                if self.command == "GET" and path == "/api/agent-harnesses":
-                    # user-agent telemetry registry, fetched once per process without credentials
-                    return self.send(200, {"standardEnvVars": [], "harnesses": {}})
-                if self.command == "POST" and path == "/api/validate-yaml":
-                    if self.failed("validate"):
-                        return
-                    req["json"] = json.loads(body)
-                    return self.send(200, {"errors": [], "warnings": []})
-                if parts[:2] == ["api", "models"] and len(parts) == 4 and self.command == "GET":
-                    repo = "/".join(parts[2:4])
-                    if repo not in hub.created:
-                        return self.send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
-                    return self.send(200, {"id": repo, "sha": COMMIT_OID, "private": True, "siblings": []})
-                if parts[:2] == ["api", "models"] and len(parts) >= 6 and self.command == "POST":
-                    repo, kind, revision = "/".join(parts[2:4]), parts[4], "/".join(parts[5:])
-                    if repo not in hub.created:
-                        return self.send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
-                    if kind == "preupload":
-                        if self.failed("preupload"):
-                            return
-                        payload = req["json"] = json.loads(body)
-                        files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                 for f in payload["files"]]
-                        return self.send(200, {"files": files, "commitOid": COMMIT_OID})
-                    if kind == "commit":
-                        if self.failed("commit"):
-                            return
-                        lines = [json.loads(ln) for ln in body.decode().splitlines() if ln.strip()]
-                        req["ndjson"] = lines
-                        files, other = {}, []
-                        for line in lines[1:]:
-                            if line["key"] == "file" and line["value"].get("encoding") == "base64":
-                                files[line["value"]["path"]] = base64.b64decode(line["value"]["content"])
-                            else:
-                                other.append(line)
-                        hub.commits.append({"repo": repo, "revision": revision, "header": lines[0],
-                                            "files": files, "other": other,
-                                            "content_type": req["headers"].get("content-type")})
-                        return self.send(200, {"commitUrl": f"{hub.url}/{repo}/commit/{COMMIT_OID}",
-                                               "commitOid": COMMIT_OID, "success": True})
-                hub.unknown.append((self.command, path))
-                return self.send(404, {"error": f"fake hub: no route for {self.command} {path}"})
-
-            do_GET = do_HEAD = do_POST = do_PUT = route
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-
-    def repo_requests(self) -> list[dict]:
-        """The requests create_repo/upload_folder make (not the telemetry registry fetch)."""
-        return [r for r in self.requests if r["path"] != "/api/agent-harnesses"]
-
-    def calls(self) -> list[tuple[str, str]]:
-        return [(r["method"], r["path"]) for r in self.repo_requests()]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 @pytest.fixture
 def fake_hub(monkeypatch, tmp_path):
-    import huggingface_hub.constants as hf_constants
-    from huggingface_hub.utils import _detect_agent
-
-    hub = FakeHub()
-    # The constants were read at import time: patch them, and set the env for later readers.
-    monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
-    # The client fetches an agent-harness registry for its user agent once per process and caches
-    # it under HF_HOME: keep that file in tmp and refetch (from the fake) in every test.
-    monkeypatch.setattr(hf_constants, "AGENT_HARNESSES_PATH", str(tmp_path / "hf-home" / ".agent_harnesses.json"))
-    monkeypatch.setattr(_detect_agent, "_registry", None)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    yield hub
-    hub.close()
+    with FakeHub() as hub:
+        point_client_at(monkeypatch, tmp_path, hub.url)
+        monkeypatch.setenv(TOKEN_ENV, TOKEN)
+        yield hub
 
 
 def job_document() -> dict:
@@ -331,7 +172,7 @@ def test_push_again_into_an_existing_folder(fake_hub, model_dir, images):
     ("commit", 500),
 ])
 def test_push_server_errors_raise_publish_error(fake_hub, model_dir, images, capfd, stage, status):
-    fake_hub.fail[stage] = status
+    fake_hub.faults = [{"route": stage, "kind": status}]
     t = time.monotonic()
     with pytest.raises(PublishError) as info:
         push_to_hub(model_dir, job_document(), images)

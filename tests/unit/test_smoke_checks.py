@@ -1,18 +1,12 @@
 """runner.smoke.checks: token variables, PVC names, Hub repos and the time budget.
 
-The Hub checks run the real huggingface_hub client against a small in-process fake of the
-repo-info endpoints (`GET /api/{models,datasets}/{id}[/revision/{rev}]`). The FakeHub of
-test_publish_hub.py answers the push endpoints, not these, so this one is separate; the
-constants are patched the same way (huggingface_hub reads HF_ENDPOINT at import time).
+The Hub checks run the real huggingface_hub client against the in-process fake Hub of
+tests/fakehub.py (its repo-info endpoints, `GET /api/{models,datasets}/{id}[/revision/{rev}]`).
 """
 from __future__ import annotations
 
-import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pytest
 import yaml
@@ -20,6 +14,7 @@ import yaml
 from runner.smoke.checks import HubRepo, budget_check, hub_checks, hub_repos, pvc_checks, token_checks
 from runner.smoke.report import FAILED, PASSED, SKIPPED
 from runner.spec.load import job_from_document
+from tests.fakehub import FakeHub, Repo, point_client_at
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "hf_smoke_secret_value_123"
@@ -102,75 +97,14 @@ def test_the_repos_the_real_run_downloads():
     assert hub_repos(local) == []
 
 
-class RepoInfoHub:
-    """Repo-info endpoints of the Hub: known repos at known revisions answer 200, others 404 with
-    the X-Error-Code the client turns into RepositoryNotFound/RevisionNotFound, gated ones 401."""
-
-    def __init__(self, repos: dict[tuple[str, str], set[str]], gated: set[str] = frozenset()):
-        self.requests: list[str] = []
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def send(self, code, body, error=None):
-                raw = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                if error:
-                    self.send_header("X-Error-Code", error)
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def do_GET(self):
-                path = unquote(urlparse(self.path).path)
-                hub.requests.append(path)
-                if path == "/api/agent-harnesses":  # the client's user-agent registry
-                    return self.send(200, {"standardEnvVars": [], "harnesses": {}})
-                parts = path.strip("/").split("/")
-                kind, repo = parts[1].removesuffix("s"), "/".join(parts[2:4])
-                revision = parts[5] if len(parts) > 5 else "main"
-                if repo in gated:
-                    return self.send(401, {"error": "gated"}, "GatedRepo")
-                if (kind, repo) not in repos:
-                    return self.send(404, {"error": "Repository not found"}, "RepoNotFound")
-                if revision not in repos[(kind, repo)]:
-                    return self.send(404, {"error": "Revision not found"}, "RevisionNotFound")
-                return self.send(200, {"id": repo, "sha": "0" * 40, "siblings": [], "private": False})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def point_client_at(monkeypatch, tmp_path, url: str) -> None:
-    import huggingface_hub.constants as hf_constants
-    from huggingface_hub.utils import _detect_agent
-
-    monkeypatch.setattr(hf_constants, "ENDPOINT", url)
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "AGENT_HARNESSES_PATH", str(tmp_path / "hf-home" / ".agent_harnesses.json"))
-    monkeypatch.setattr(_detect_agent, "_registry", None)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-
-
 @pytest.fixture
 def repo_hub(monkeypatch, tmp_path):
-    hub = RepoInfoHub({("model", "org/model"): {"main", "v1"}, ("dataset", "org/data"): {"main"}},
-                      gated={"org/gated"})
-    point_client_at(monkeypatch, tmp_path, hub.url)
-    yield hub
-    hub.close()
+    """Known repos at known revisions answer 200, others 404 with the X-Error-Code the client turns
+    into RepositoryNotFound/RevisionNotFound, gated ones 401."""
+    with FakeHub(models={"org/model": Repo(revisions={"main", "v1"}), "org/gated": Repo(gated=True)},
+                 datasets={"org/data": {}}) as hub:
+        point_client_at(monkeypatch, tmp_path, hub.url)
+        yield hub
 
 
 def test_hub_repos_that_exist_pass_and_missing_ones_fail_with_the_field(repo_hub):
@@ -181,8 +115,8 @@ def test_hub_repos_that_exist_pass_and_missing_ones_fail_with_the_field(repo_hub
              HubRepo("spec.evaluation.clipModel", "org/gated", "model", None)]
     found = hub_checks(repos, env={})
     assert [c.status for c in found] == [PASSED, PASSED, FAILED, FAILED, FAILED]
-    assert "/api/models/org/model/revision/v1" in repo_hub.requests
-    assert "/api/datasets/org/data/revision/main" in repo_hub.requests
+    assert ("GET", "/api/models/org/model/revision/v1") in repo_hub.calls()
+    assert ("GET", "/api/datasets/org/data/revision/main") in repo_hub.calls()
     assert found[2].message.startswith("spec.datasets[1].repo: org/missing@main: no dataset repo")
     assert "has no revision 'v9'" in found[3].message
     assert "is gated" in found[4].message
