@@ -111,8 +111,9 @@ def _seed(spec: dict[str, Any]) -> Iterator[Finding]:
 
 def _ddp(spec: dict[str, Any]) -> Iterator[Finding]:
     """DDP's static_graph breaks under no_sync, which the loop uses for all but the last
-    micro-batch of an accumulated step: an internal assert in torch 2.11-2.13, and with that
-    assert patched out, gradients that silently stop being all-reduced (pytorch/pytorch#143580).
+    micro-batch of an accumulated step: an internal assert (reproduced with torch 2.13 on the
+    CPU; reported since 2024, pytorch/pytorch#143580), and with the assert patched out,
+    gradients that silently stop being all-reduced (the open fix, pytorch/pytorch#187732).
     Refused on one process too, so a spec that works on one GPU keeps working on several."""
     accum = spec["training"]["gradientAccumulationSteps"]
     if spec["training"]["ddp"]["staticGraph"] and accum > 1:
