@@ -66,9 +66,11 @@ image:
 push:
 	@$(IMAGES) push $(IMAGE_FLAGS)
 
-# On a GPU machine, with the system's CUDA torch (not .venv): see bench/README.md.
+# On a GPU machine, with the system's CUDA torch (not .venv): see bench/README.md. GPUS=2 measures
+# each stage on one and on two GPUs of the host, and the ratio.
+GPUS ?=
 bench:
-	$(PYTHON) bench/bench.py $(BENCH_ARGS)
+	$(PYTHON) bench/bench.py $(if $(GPUS),--gpus $(GPUS)) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) output cache .pytest_cache

@@ -1,20 +1,34 @@
-"""`make bench`: our train and cache stages beside the reference typical loop, on one GPU, in one run.
+"""`make bench`: our train and cache stages beside the reference typical loop, on one GPU, in one
+run; `make bench GPUS=2`: the same stages on one and on two GPUs of one host, in one run.
 
-    python3 bench/bench.py [--phase all|prepare|measure] [--reference DIR] [--work DIR] [--tiny]
+    python3 bench/bench.py [--phase all|prepare|measure] [--gpus 1|2] [--only ITEMS] [--reference DIR]
+                           [--work DIR] [--steps N] [--deadline S] [--tiny]
 
 prepare: a random-weight PixArt-Sigma-XL pipeline with the real-size T5-XXL encoder
          (bench/make_random_pixart.py --text-layers 24) and N captioned JPEG photos
-         (bench/make_photos.py), under --work.
-measure: 1. the reference typical loop (fp32 master + bf16 autocast + foreach AdamW, eager) at
-            1024 px batch 8 and 512 px batch 32, which also measures the bf16 matmul peak;
-         2. `trainingjob run` (cache + train, spec defaults) at 1024 px batch 8, then at 512 px
-            batch 32 (bench/bench.yaml): samples/s = median of the logged 10-step windows after
-            step 20; the cache stage's rates from its timestamped progress lines;
-         3. five aspect buckets x three caption lengths through the compiled blocks: compile
-            seconds and distinct shapes (bench/levers.py buckets).
-Rows go to bench/results/<date>-<card>.json (and $OUT when set). Every step runs in its own
-process with a time limit, so a failing step leaves an error row and the rest still run.
---tiny: tiny models on the CPU, a smoke test of this script.
+         (bench/make_photos.py), under --work. Both steps skip what is already there.
+measure, --gpus 1 (items, in order):
+  reference  the reference typical loop (fp32 master + bf16 autocast + foreach AdamW, eager) at
+             1024 px batch 8 and 512 px batch 32, which also measures the bf16 matmul peak;
+  1024       `trainingjob run` (cache + train, spec defaults; bench/bench.yaml) at 1024 px batch 8:
+             samples/s = median of the logged 10-step windows after step 20; the cache stage's
+             rates from its timestamped progress lines;
+  buckets    five aspect buckets x caption lengths through the compiled blocks: compile seconds
+             and distinct shapes (bench/levers.py buckets);
+  512        `trainingjob run` at 512 px batch 32.
+measure, --gpus 2 (each item measures 1 GPU and 2 GPUs in this call, so a ratio never mixes calls):
+  1024       the cache stage on a fresh cache (one shard per GPU) and training at 1024 px, batch 8
+             per GPU, on 1 GPU, then on 2 (`trainingjob run` with gpusPerNode: 2, i.e. torchrun);
+  512        training at 512 px, batch 32 per GPU, on 1 GPU (its cache stage first), then on 2;
+  comm       all-reduce time per step on 2 GPUs at 1024 and 512 px (bench/ddp_comm.py);
+  two-node   512 px on two "nodes" of one GPU each: two `trainingjob run` agents with nodes: 2,
+             a c10d rendezvous on 127.0.0.1 and CUDA_VISIBLE_DEVICES=0 / 1, standing in for two pods.
+  Rows carry `gpus` (and `nodes`); a 2-GPU row carries `gpus_1`, the 1-GPU figure of the same
+  stage from this call, and `scaling` (2.0 is perfect).
+Rows go to bench/results/<date>-<card>[-x2][-ITEMS].json (and $OUT, with the end of the log, when
+set). Every step runs in its own process with a time limit, so a failing step leaves an error row
+and the rest still run; --deadline S skips the steps that would end more than S s after the start.
+--tiny: tiny models on the CPU (several processes talk through gloo), a smoke test of this script.
 """
 from __future__ import annotations
 
@@ -23,32 +37,55 @@ import datetime
 import json
 import os
 import re
-import statistics
+import shutil
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from rows import cache_rows, flops_per_sample, parse_run, with_scaling  # noqa: E402
+
+ITEMS = {1: ("reference", "1024", "buckets", "512"), 2: ("1024", "512", "comm", "two-node")}
 p = argparse.ArgumentParser()
 p.add_argument("--phase", default="all", choices=["all", "prepare", "measure"])
+p.add_argument("--gpus", type=int, default=1, choices=sorted(ITEMS))
+p.add_argument("--only", default="", help="comma list of the items to measure (default: all of --gpus)")
 p.add_argument("--reference", default=str(REPO / "bench" / "reference"))
 p.add_argument("--work", default="/tmp/bench-work")
 p.add_argument("--photos", type=int, default=2048)
 p.add_argument("--steps", type=int, default=60)
-p.add_argument("--deadline", type=float, default=0, help="seconds the measure phase may take in all (0: no limit)")
+p.add_argument("--deadline", type=float, default=0,
+               help="seconds this whole run may take, prepare included (0: no limit); a step that would not end "
+                    "in time is skipped")
 p.add_argument("--tiny", action="store_true")
 args = p.parse_args()
+ONLY = [i for i in args.only.split(",") if i] or list(ITEMS[args.gpus])
+if unknown := [i for i in ONLY if i not in ITEMS[args.gpus]]:
+    p.error(f"--only {','.join(unknown)}: with --gpus {args.gpus} the items are {','.join(ITEMS[args.gpus])}")
 WORK = Path(args.work)
 WORK.mkdir(parents=True, exist_ok=True)
 LOG = open(WORK / "bench.log", "a")
 T0 = time.time()
 PY = sys.executable
+WARM_STEPS = min(20, args.steps // 3)  # windows up to here hold the compile and first steps
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
     [str(REPO)] + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]))
-
-
-DEADLINE = [0.0]  # absolute time the measure phase must end by
+# NVLink multicast stays off, also in the processes started here: on this workplace's shared
+# multi-GPU hosts a program that uses it can take the host's GPUs out of service.
+for key, value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
+    ENV.setdefault(key, value)
+# Multi-process runs log NCCL's set-up, which names the transport of each channel (P2P, SHM, NET).
+MULTI_ENV = dict(ENV, NCCL_DEBUG=ENV.get("NCCL_DEBUG", "INFO"))
+TRAIN_CONFIG = ("trainingjob run, spec defaults (fp32 master, bf16 autocast, fused AdamW, compiled blocks, "
+                "model.attention auto)")
+DEADLINE = T0 + args.deadline if args.deadline else 0.0  # absolute time every step must end by
+# The 2-GPU bench caches from scratch at 1024 px on each GPU count, into folders of its own; the
+# 512 px runs reuse the 1-GPU folder's text embeddings (only the latents change with resolution).
+CACHE_1GPU = "cache" if args.gpus == 1 else "cache-g1"
 
 
 def say(msg: str) -> None:
@@ -58,48 +95,56 @@ def say(msg: str) -> None:
     LOG.flush()
 
 
-def run(name: str, cmd: list[str], limit: int) -> list[tuple[float, str]]:
-    """Run cmd, echo and log its output; returns (seconds since start, line) pairs."""
-    if DEADLINE[0]:
-        limit = int(min(limit, DEADLINE[0] - time.time()))
+def run_together(name: str, procs: list[tuple[list[str], dict]], limit: int) -> list[list[tuple[float, str]]]:
+    """Run the commands at once (each with its env), log their output; returns, per command,
+    (seconds since start, line) pairs. All are killed at the time limit."""
+    if DEADLINE:
+        limit = int(min(limit, DEADLINE - time.time()))
         if limit < 20:
             say(f"== {name}: skipped, the deadline is near")
-            return [(0.0, "skipped: deadline")]
-    say(f"== {name}: {' '.join(cmd)}")
-    start, lines = time.time(), []
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        for line in proc.stdout:
+            return [[(0.0, "skipped: deadline")] for _ in procs]
+    for cmd, _ in procs:
+        say(f"== {name}: {' '.join(cmd)}")
+    start = time.time()
+    outputs: list[list[tuple[float, str]]] = [[] for _ in procs]
+    started = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for cmd, env in procs]
+
+    def pump(i: int) -> None:
+        for line in started[i].stdout:
             line = line.rstrip()
-            lines.append((time.time() - start, line))
+            outputs[i].append((time.time() - start, line))
             if "Loading weights" not in line and "UserWarning" not in line:
-                LOG.write(f"  {lines[-1][0]:7.1f} {line}\n")
-            if time.time() - start > limit:
+                LOG.write(f"  {i}{outputs[i][-1][0]:7.1f} {line}\n")
+
+    threads = [threading.Thread(target=pump, args=(i,), daemon=True) for i in range(len(procs))]
+    for t in threads:
+        t.start()
+    for i, t in enumerate(threads):
+        t.join(timeout=max(1.0, limit - (time.time() - start)))
+        if t.is_alive():
+            for proc in started:
                 proc.kill()
-                lines.append((time.time() - start, f"KILLED after {limit}s"))
-                break
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+            outputs[i].append((time.time() - start, f"KILLED after {limit}s"))
+    for proc in started:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
     LOG.flush()
-    say(f"   {name}: exit {proc.returncode} after {time.time() - start:.0f}s")
-    return lines
+    say(f"   {name}: exit {[proc.returncode for proc in started]} after {time.time() - start:.0f}s")
+    return outputs
 
 
-def flops_per_sample(res: int, t: int = 300) -> float:
-    """Matmul FLOPs of one training sample (3 x forward) of PixArt-Sigma-XL, as the reference counts them."""
-    d, n, c, layers = 1152, (res // 16) ** 2, 4096, 28
-    per_layer = (8 * n * d * d + 4 * n * n * d + 4 * n * d * d + 4 * t * d * d + 4 * n * t * d + 16 * n * d * d)
-    return 3 * (layers * per_layer + 2 * t * (c * d + d * d) + 2 * n * 16 * d + 2 * n * d * 32)
+def run(name: str, cmd: list[str], limit: int, env: dict | None = None) -> list[tuple[float, str]]:
+    return run_together(name, [(cmd, env or ENV)], limit)[0]
 
 
 # ----------------------------------------------------------------------------- prepare
 
 def prepare() -> None:
-    if args.tiny:
-        run("photos", [PY, "bench/make_photos.py", str(WORK / "photos"), str(args.photos)], 300)
-        return
-    run("pipeline", [PY, "bench/make_random_pixart.py", str(WORK / "pixart"), "--text-layers", "24"], 400)
+    if not args.tiny:
+        run("pipeline", [PY, "bench/make_random_pixart.py", str(WORK / "pixart"), "--text-layers", "24"], 400)
     run("photos", [PY, "bench/make_photos.py", str(WORK / "photos"), str(args.photos)], 300)
 
 
@@ -122,69 +167,53 @@ def reference() -> tuple[dict, dict]:
     return info, rows
 
 
-def parse_run(lines: list[tuple[float, str]]) -> dict:
-    """Rates of one `trainingjob run` from its timestamped log."""
-    got: dict = {"windows": [], "latent_lines": [], "text_lines": []}
-    for t, line in lines:
-        if m := re.search(r"train: (\d+)/\d+ step .* samples_s=([\d.]+)", line):
-            got["windows"].append((int(m.group(1)), float(m.group(2))))
-        elif m := re.match(r"latents: (\d+)/(\d+) image \(([\d.]+)", line):
-            got["latent_lines"].append((t, int(m.group(1)), int(m.group(2)), float(m.group(3))))
-        elif m := re.match(r"text embeds: (\d+)/(\d+) caption \(([\d.]+)", line):
-            got["text_lines"].append((t, int(m.group(1)), int(m.group(2)), float(m.group(3))))
-        elif m := re.search(r"encoding (\d+) image\(s\) with the VAE", line):
-            got["vae_start"] = t
-        elif m := re.search(r"cache stage done in ([\d.]+)s", line):
-            got["cache_stage_s"] = float(m.group(1))
-        elif m := re.search(r"peak GPU memory: ([\d.]+) GiB", line):
-            got["peak_gib"] = float(m.group(1))
-        elif m := re.search(r"attention kernels: (.*)", line):
-            got["attention"] = m.group(1)
-        elif "Traceback" in line or "Error" in line:
-            got.setdefault("errors", []).append(line[:300])
-    late = [s for step, s in got["windows"] if step > 20]
-    got["samples_per_s"] = statistics.median(late) if late else None
+def trainingjob(res: int, batch: int, tag: str, *, gpus: int = 1, nodes: int = 1, stage: str = "all",
+                cache: str = CACHE_1GPU, fresh_cache: bool = False) -> dict:
+    """One `trainingjob run` (with nodes > 1: one agent per node, each seeing one GPU), parsed."""
+    out = WORK / f"out-{tag}"
+    shutil.rmtree(out, ignore_errors=True)  # a finished job in it would make the run a no-op
+    if fresh_cache:
+        shutil.rmtree(WORK / cache, ignore_errors=True)
+    sets = {"spec.model.pretrained": str(WORK / "pixart"), "spec.datasets.0.path": str(WORK / "photos"),
+            "spec.datasets.0.resolution": 1.0 if res == 1024 else 0.25, "spec.cacheDir": str(WORK / cache),
+            "spec.training.batchSize": batch, "spec.training.maxSteps": args.steps, "spec.output.dir": str(out),
+            "spec.hardware.gpusPerNode": gpus, "spec.hardware.nodes": nodes}
+    if args.tiny:
+        sets.update({"spec.model.pretrained": "builtin:tiny-pixart-sigma", "spec.hardware.accelerator": "cpu",
+                     "spec.datasets.0.resolution": 0.0625 if res == 1024 else 0.015625})
+    cmd = [PY, "-m", "runner", "run", "bench/bench.yaml", "--stage", stage]
+    for k, v in sets.items():
+        cmd += ["--set", f"{k}={v}"]
+    name, limit = f"trainingjob run {res} px batch {batch} on {gpus * nodes} GPU(s), stage {stage}", 420
+    if nodes == 1:
+        return parse_run(run(name, cmd, limit, MULTI_ENV if gpus > 1 else ENV), WARM_STEPS)
+    port, run_id = str(free_port()), uuid.uuid4().hex
+    pods = [(cmd, dict(MULTI_ENV, JOB_COMPLETION_INDEX=str(i), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                       POD_IP="127.0.0.1", TRAININGJOB_RUN_ID=run_id,
+                       **({} if args.tiny else {"CUDA_VISIBLE_DEVICES": str(i)})))
+            for i in range(nodes)]
+    logs = run_together(name + f" as {nodes} nodes", pods, limit)
+    got = parse_run(logs[0], WARM_STEPS)  # node 0 holds global rank 0, which logs for the group
+    got.setdefault("errors", []).extend(parse_run(logs[1], WARM_STEPS).get("errors", []))
     return got
 
 
-def trainingjob(res: int, batch: int, tag: str) -> dict:
-    sets = {"spec.model.pretrained": str(WORK / "pixart"), "spec.datasets.0.path": str(WORK / "photos"),
-            "spec.datasets.0.resolution": 1.0 if res == 1024 else 0.25, "spec.cacheDir": str(WORK / "cache"),
-            "spec.training.batchSize": batch, "spec.training.maxSteps": args.steps,
-            "spec.output.dir": str(WORK / f"out-{tag}")}
-    if args.tiny:
-        sets.update({"spec.model.pretrained": "builtin:tiny-pixart-sigma", "spec.hardware.accelerator": "cpu",
-                     "spec.datasets.0.resolution": 0.0625 if res == 1024 else 0.015625,
-                     "spec.training.batchSize": 2})
-    cmd = [PY, "-m", "runner", "run", "bench/bench.yaml"]
-    for k, v in sets.items():
-        cmd += ["--set", f"{k}={v}"]
-    return parse_run(run(f"trainingjob run {res} px batch {batch}", cmd, 420 if res == 1024 else 300))
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def cache_rows(got: dict, common: dict) -> list[dict]:
-    rows = []
-    lat, txt = got["latent_lines"], got["text_lines"]
-    if len(lat) >= 2:  # steady rate: from the first progress line (compile behind it) to the last
-        (t1, c1, total, _), (t2, c2, _, _) = lat[0], lat[-1]
-        vae_rate = (c2 - c1) / max(t2 - t1, 1e-9)
-        rows.append(dict(common, stage="cache: VAE encode (JPEG decode ahead, compiled channels-last bf16, writes overlapped)",
-                         images=total, images_per_s=round(vae_rate, 1),
-                         first_line_s=round(t1 - got.get("vae_start", t1), 1)))
-    else:
-        vae_rate = None
-    text_rate = txt[-1][3] if txt else None  # the bar starts after T5 loads: encode + write rate
-    if text_rate:
-        rows.append(dict(common, stage="cache: T5-XXL text encode (24 layers, length-sorted, padded to the longest)",
-                         images=txt[-1][2], images_per_s=round(text_rate, 1)))
-    if vae_rate and text_rate:
-        rows.append(dict(common, stage="cache: end to end steady (decode + resize + VAE + T5 + write, one caption per image)",
-                         images_per_s=round(1 / (1 / vae_rate + 1 / text_rate), 1)))
-    if got.get("cache_stage_s") and lat:
-        rows.append(dict(common, stage="cache: whole stage wall clock (model loads and compile included)",
-                         images=lat[-1][2], images_per_s=round(lat[-1][2] / got["cache_stage_s"], 1),
-                         stage_s=got["cache_stage_s"]))
-    return rows
+def comm(res: int, batch: int, base: dict) -> dict:
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "bench/ddp_comm.py",
+           "--res", str(res), "--batch", str(batch)] + (["--tiny", "--steps", "3"] if args.tiny else [])
+    lines = run(f"all-reduce per step at {res} px", cmd, 300, MULTI_ENV)
+    found = [json.loads(line.split("DDP_COMM ", 1)[1]) for _, line in lines if "DDP_COMM " in line]
+    errors = [line[:300] for _, line in lines if "Traceback" in line or "Error" in line][:3]
+    return dict(base, gpus=2,
+                stage="train: all-reduce per step (DDP comm hook around the default all-reduce, bench/ddp_comm.py)", **(found[0] if found else {"resolution": res, "batch": batch, "errors": errors}))
 
 
 def buckets() -> dict | None:
@@ -204,50 +233,74 @@ def measure() -> None:
     import torch
 
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    DEADLINE[0] = time.time() + args.deadline if args.deadline else 0.0
-    info, ref = reference()
+    info, ref = reference() if "reference" in ONLY else ({}, {})
     peak = info.get("matmul_bf16_8192_TFLOPs")
     base = dict(card=card, torch=torch.__version__, matmul_peak_tflops=round(peak, 1) if peak else None)
-    rows = []
+    rows: list[dict] = []
+    b1024, b512 = (2, 2) if args.tiny else (8, 32)  # images per GPU per step
 
-    def train_row(res, batch, config, sps, peak_gib, **extra):
+    def train_row(res, batch, config, sps, peak_gib, gpus=1, **extra):
         b = ref.get(res, {}).get("samples_per_s")
-        mfu = round(sps * flops_per_sample(res) / 1e12 / peak, 3) if sps and peak else None
-        return dict(base, stage="train", resolution=res, config=config, batch=batch,
+        mfu = round(sps / gpus * flops_per_sample(res) / 1e12 / peak, 3) if sps and peak else None
+        return dict(base, stage="train", resolution=res, config=config, batch=batch, gpus=gpus,
                     samples_per_s=round(sps, 2) if sps else None, mfu=mfu, peak_gib=peak_gib,
-                    baseline_samples_per_s=round(b, 2) if b else None,
-                    speedup=round(sps / b, 3) if sps and b else None, **extra)
+                    baseline_samples_per_s=round(b, 2) if b and gpus == 1 else None,
+                    speedup=round(sps / b, 3) if sps and b and gpus == 1 else None, **extra)
+
+    def stage_row(res, batch, got, gpus=1, **extra):
+        if gpus > 1 or extra.get("nodes", 1) > 1:
+            extra.update(ddp=got.get("ddp"), nccl_transports=got["transports"])
+        return train_row(res, batch, TRAIN_CONFIG, got["samples_per_s"], got.get("peak_gib"), gpus,
+                         attention=got.get("attention"), windows=got["windows"], errors=got.get("errors", [])[:3],
+                         **extra)
 
     for res, r in sorted(ref.items(), reverse=True):
         rows.append(train_row(res, r["bs"], "reference typical loop: fp32 master + bf16 autocast + foreach AdamW, eager",
                               r["samples_per_s"], round(r.get("peak_alloc_GiB", 0), 1)))
-    for res, batch in ((1024, 8), (0, 0), (512, 32)):
-        if res == 0:  # the bucket test before 512 px: it answers a target, 512 px only checks a second size
-            if (bk := buckets()) is not None:
-                rows.append(train_row(1024, bk["batch"], f"{bk['buckets']} aspect buckets x {bk['text_lengths']} caption "
-                                      f"lengths through the compiled blocks (compileDynamic: {str(bk['dynamic']).lower()})",
-                                      bk["samples_per_s"], bk.get("peak_gib"), distinct_shapes=bk["distinct_shapes"],
-                                      compile_s=bk["compile_s"], step_ms_by_bucket=bk["step_ms_by_bucket"],
-                                      attention=bk.get("attention")))
-            continue
-        got = trainingjob(res, batch, str(res))
-        rows.append(train_row(res, batch, "trainingjob run, spec defaults (fp32 master, bf16 autocast, fused AdamW, "
-                              "compiled blocks, model.attention auto)", got["samples_per_s"], got.get("peak_gib"),
-                              attention=got.get("attention"), windows=got["windows"], errors=got.get("errors", [])[:3]))
-        if res == 1024:
-            rows += cache_rows(got, dict(base, resolution=1024))
+    for item in ONLY:
+        if item == "buckets" and (bk := buckets()) is not None:
+            rows.append(train_row(1024, bk["batch"], f"{bk['buckets']} aspect buckets x {bk['text_lengths']} caption "
+                                  f"lengths through the compiled blocks (compileDynamic: {str(bk['dynamic']).lower()})",
+                                  bk["samples_per_s"], bk.get("peak_gib"), distinct_shapes=bk["distinct_shapes"],
+                                  compile_s=bk["compile_s"], step_ms_by_bucket=bk["step_ms_by_bucket"],
+                                  attention=bk.get("attention")))
+        elif item == "1024":
+            for gpus in ((1,) if args.gpus == 1 else (1, 2)):
+                cache = CACHE_1GPU if gpus == 1 else "cache-g2"
+                got = trainingjob(1024, b1024, f"1024-g{gpus}", gpus=gpus, cache=cache, fresh_cache=args.gpus > 1)
+                rows.append(stage_row(1024, b1024, got, gpus))
+                rows += cache_rows(got, dict(base, resolution=1024, gpus=gpus))
+        elif item == "512":
+            got = trainingjob(512, b512, "512-g1")
+            rows.append(stage_row(512, b512, got))
+            if args.gpus > 1:  # the same cache: gpus do not enter its key
+                rows.append(stage_row(512, b512, trainingjob(512, b512, "512-g2", gpus=2, stage="train"), gpus=2))
+        elif item == "comm":
+            rows += [comm(1024, b1024, base), comm(512, b512, base)]
+        elif item == "two-node":
+            trainingjob(512, b512, "512-cache", stage="cache")  # encodes nothing when the 512 item just ran
+            rows.append(stage_row(512, b512, trainingjob(512, b512, "512-2nodes", nodes=2, stage="train"), gpus=2,
+                                  nodes=2))
+        rows = with_scaling(rows)
         write(rows, card)
-    write(rows, card)
     for r in rows:
         say(json.dumps({k: v for k, v in r.items() if k not in ("windows", "card", "torch")}))
 
 
 def write(rows: list[dict], card: str) -> None:
-    name = f"{datetime.date.today().isoformat()}-{re.sub(r'[^A-Za-z0-9]+', '-', card).strip('-').lower()}.json"
+    """The rows (after every item, so a run stopped part-way keeps what it measured) and, into
+    $OUT, the end of the log beside them."""
+    suffix = "" if args.gpus == 1 else f"-x{args.gpus}"
+    if args.only:
+        suffix += "-" + "-".join(ONLY)
+    name = f"{datetime.date.today().isoformat()}-{re.sub(r'[^A-Za-z0-9]+', '-', card).strip('-').lower()}{suffix}"
     home = WORK if args.tiny else REPO / "bench" / "results"  # a CPU smoke run is no result
     for folder in [home] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else []):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(json.dumps(rows, indent=1) + "\n")
+        (folder / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    if os.environ.get("OUT"):  # the device tool brings back files of up to 16 MiB
+        LOG.flush()
+        (Path(os.environ["OUT"]) / f"{name}.log").write_bytes((WORK / "bench.log").read_bytes()[-8 * 2**20:])
 
 
 if __name__ == "__main__":

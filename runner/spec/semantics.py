@@ -109,6 +109,19 @@ def _seed(spec: dict[str, Any]) -> Iterator[Finding]:
                       f"with seed + rank, and numpy takes seeds below 2^32); use at most {MAX_SEED - world + 1}")
 
 
+def _ddp(spec: dict[str, Any]) -> Iterator[Finding]:
+    """DDP's static_graph breaks under no_sync, which the loop uses for all but the last
+    micro-batch of an accumulated step: an internal assert (reproduced with torch 2.13 on the
+    CPU; reported since 2024, pytorch/pytorch#143580), and with the assert patched out,
+    gradients that silently stop being all-reduced (the open fix, pytorch/pytorch#187732).
+    Refused on one process too, so a spec that works on one GPU keeps working on several."""
+    accum = spec["training"]["gradientAccumulationSteps"]
+    if spec["training"]["ddp"]["staticGraph"] and accum > 1:
+        yield ERROR, (f"spec.training.ddp.staticGraph: true does not work with gradientAccumulationSteps {accum} "
+                      "(PyTorch's DistributedDataParallel fails under no_sync with a static graph, "
+                      "pytorch/pytorch#143580); set staticGraph: false (the default) or gradientAccumulationSteps: 1")
+
+
 def _paths(spec: dict[str, Any], cwd: str | None = None) -> Iterator[Finding]:
     """A filesystem root as a place to write caches, outputs or read data from is always a mistake
     (`/`, or a relative path like `../../..` that climbs there from the working directory)."""
@@ -199,7 +212,7 @@ def _wandb(spec: dict[str, Any]) -> Iterator[Finding]:
 
 
 RULES: tuple[Callable[[dict[str, Any]], Iterator[Finding]], ...] = (
-    _steps_or_epochs, _resolutions, _guidance, _mps_precision, _datasets, _dataset_sizes, _seed, _paths,
+    _steps_or_epochs, _resolutions, _guidance, _mps_precision, _datasets, _dataset_sizes, _seed, _ddp, _paths,
     _secret_references, _hub, _wandb)
 
 

@@ -16,6 +16,7 @@ import torch
 from runner.launch.context import RunContext
 from runner.spec.plan import cache_fingerprint, step_plan
 from runner.train import checkpoint as ckpt
+from runner.train import distributed
 from runner.train.checkpoint import TrainerState
 from runner.train.data import TrainingData, load_manifest, training_data
 from runner.train.guard import Guard, Stop
@@ -51,6 +52,7 @@ def make_accelerator(ctx: RunContext):
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(ctx.paths.output_dir), logging_dir=str(ctx.paths.logs)),
         step_scheduler_with_optimizer=False,
+        kwargs_handlers=[distributed.ddp_handler(spec["training"])],  # spec.training.ddp, used with several processes
     )
 
 
@@ -154,6 +156,8 @@ def run_train(ctx: RunContext) -> TrainResult:
     optimizer = make_optimizer(training, transformer.parameters(), device)
     lr_scheduler = make_lr_scheduler(training, optimizer, plan.total_steps)
     transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
+    if wrapper := distributed.summary(transformer):
+        ctx.log(wrapper)
     vae, to_latents = latent_source(data, family, model_dir, device, spec["model"]["vaeDtype"])
     state, last_ckpt = resume_state(ctx, accelerator)
     validator = Validator(spec, manifest, family, ctx.paths.validation, device, torch.float32, vae=vae)
