@@ -12,12 +12,12 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from runner.cache import keys as cachekeys
 from runner.cache.keys import EncoderIdentity, entry_path
 from runner.data import DatasetError
-from runner.data.prefetch import decode_workers, prefetched
+from runner.data.workers import decode_workers
 from runner.files import atomic_write_bytes, atomic_write_json, sweep_stale_temps
 from runner.launch.context import RunContext
 from runner.spec.plan import cache_fingerprint, enabled_datasets
@@ -191,8 +191,7 @@ def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identi
 def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIdentity, report: CacheReport,
                   writer: ThreadPoolExecutor, shard: Shard = Shard()) -> tuple[dict[tuple[str, str], str], list[tuple[Any, str]]]:
     """Encode missing latents, grouped by bucket so each VAE batch has one shape."""
-    import torch
-
+    from runner.cache.pixels import HostCopy, pixel_batches
     from runner.models.pipeline import torch_dtype
     from runner.observe.progress import Progress
 
@@ -219,26 +218,36 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
     futures = []
 
     failed: list[tuple[Any, str]] = []
-    with ThreadPoolExecutor(max_workers=decode_workers()) as loaders:
-        for bucket in sorted(by_bucket):
-            batches = chunks(by_bucket[bucket], ctx.spec_dict["model"]["vaeBatchSize"])
-            for batch, loaded in prefetched(batches, lambda e: load_pixels(e[1], family.image_to_tensor), loaders):
-                good = [(e, px) for e, px in zip(batch, loaded) if not isinstance(px, str)]
-                failed += [(e[1], px) for e, px in zip(batch, loaded) if isinstance(px, str)]
-                bar.update(len(batch))
-                ctx.metrics.cache_done("latent", len(batch))
-                if not good:
-                    continue
-                # Noise seeded by each entry's key: an image's cached latent is the same
-                # whichever other images share its batch (to float rounding: a batch of one
-                # may take another convolution path).
-                seeds = [int(key[:8], 16) for (_, _, key), _ in good]
-                latents = family.encode_images(vae, torch.stack([px for _, px in good]), seeds)
-                dtype = torch_dtype(ctx.spec.model.vaeDtype)
-                for ((vae_dir, item, key), _), latent in zip(good, latents):
-                    futures.append(writer.submit(write_entry, entry_path(vae_dir, key),
-                                                 {"latent": latent.to("cpu", dtype)}, {"source": item.info.rel}))
-                    futures[-1].add_done_callback(ctx.metrics.entry_written)
+    dtype = torch_dtype(ctx.spec.model.vaeDtype)
+    batches = [batch for bucket in sorted(by_bucket) for batch in chunks(by_bucket[bucket], ctx.spec_dict["model"]["vaeBatchSize"])]
+    in_flight = None  # the previous batch's latents, on their way to host memory
+
+    def write(done) -> None:
+        good, copy = done
+        for (vae_dir, item, key), latent in zip(good, copy.wait()):
+            futures.append(writer.submit(write_entry, entry_path(vae_dir, key), {"latent": latent.clone()},
+                                         {"source": item.info.rel}))
+            futures[-1].add_done_callback(ctx.metrics.entry_written)
+
+    images = [[item for _, item, _ in batch] for batch in batches]
+    for batch, (_, pixels, bad) in zip(batches, pixel_batches(images, family.image_to_tensor, workers=decode_workers(),
+                                                              pin=str(ctx.device).startswith("cuda"))):
+        failed += [(batch[j][1], reason) for j, reason in bad.items()]
+        good = [e for j, e in enumerate(batch) if j not in bad]
+        bar.update(len(batch))
+        ctx.metrics.cache_done("latent", len(batch))
+        if not good:
+            continue
+        # Noise seeded by each entry's key: an image's cached latent is the same whichever
+        # other images share its batch (to float rounding: a batch of one may take another
+        # convolution path).
+        seeds = [int(key[:8], 16) for _, _, key in good]
+        copy = HostCopy(family.encode_images(vae, pixels, seeds), dtype)
+        if in_flight is not None:
+            write(in_flight)
+        in_flight = (good, copy)
+    if in_flight is not None:
+        write(in_flight)
     for f in futures:
         f.result()
     bar.close()
@@ -247,28 +256,6 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
     report.latents_encoded -= len(failed)
     report.latents_total -= len(failed)
     return keys, failed
-
-
-def load_pixels(item, to_tensor: Callable[[Any], Any]) -> Any:
-    """The cropped image as the family's tensor (`to_tensor`), or the reason it cannot be decoded
-    (headers can parse while the pixel data is truncated, so this is where most corrupt files surface)."""
-    from PIL import Image
-
-    from runner.data.transforms import apply_crop
-
-    try:
-        with Image.open(item.info.path) as im:
-            return to_tensor(apply_crop(im, item.plan))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL raises these for broken files
-        return f"cannot decode ({e})"
-
-
-def verify_images(plans, to_tensor: Callable[[Any], Any]) -> list[tuple[Any, str]]:
-    """Decode every image once (used with vaeCacheDisable, where nothing else would before training)."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        items = [item for _, plan in plans for item in plan.items]
-        return [(it, r) for it, r in zip(items, pool.map(lambda it: load_pixels(it, to_tensor), items))
-                if isinstance(r, str)]
 
 
 def crop_plan_dict(plan) -> dict[str, Any]:
@@ -376,6 +363,8 @@ def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheRepor
             return report
         sweep_cache_dirs(ctx, plans)
         if spec["vaeCacheDisable"]:
+            from runner.cache.pixels import verify_images
+
             latent_keys, broken = {}, verify_images(plans, ctx.family.image_to_tensor)
         else:
             latent_keys, broken = cache_latents(ctx, model_dir, plans, vae_id, report, writer)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -74,28 +75,41 @@ def test_pad_text_keeps_dtype(dtype) -> None:
 # ----------------------------------------------------------------------------- image_to_tensor
 
 @pytest.mark.parametrize("mode, size, fill, expected", [
-    ("RGB", (16, 8), (0, 0, 0), -1.0),
-    ("RGB", (8, 24), (255, 255, 255), 1.0),
-    ("L", (10, 6), 255, 1.0),
-    ("RGBA", (4, 4), (0, 0, 0, 0), -1.0),
+    ("RGB", (16, 8), (0, 0, 0), 0),
+    ("RGB", (8, 24), (255, 255, 255), 255),
+    ("L", (10, 6), 255, 255),
+    ("RGBA", (4, 4), (0, 0, 0, 0), 0),
 ])
-def test_image_to_tensor_constant(mode: str, size: tuple[int, int], fill, expected: float) -> None:
+def test_image_to_tensor_constant(mode: str, size: tuple[int, int], fill, expected: int) -> None:
     t = FAMILY.image_to_tensor(Image.new(mode, size, fill))
     w, h = size
-    assert t.shape == (3, h, w) and t.dtype == torch.float32
-    assert torch.allclose(t, torch.full_like(t, expected))
+    assert t.shape == (3, h, w) and t.dtype == torch.uint8
+    assert torch.equal(t, torch.full_like(t, expected))
 
 
-def test_image_to_tensor_channels_and_range() -> None:
+def test_image_to_tensor_channels() -> None:
     img = Image.new("RGB", (5, 3))
     img.putpixel((0, 0), (255, 0, 128))
     img.putpixel((4, 2), (10, 200, 30))
     t = FAMILY.image_to_tensor(img)
     assert t.shape == (3, 3, 5)
-    assert t.min() >= -1.0 and t.max() <= 1.0
-    assert t[:, 0, 0].tolist() == pytest.approx([1.0, -1.0, 128 / 127.5 - 1], abs=1e-6)
-    assert t[:, 2, 4].tolist() == pytest.approx([10 / 127.5 - 1, 200 / 127.5 - 1, 30 / 127.5 - 1], abs=1e-6)
+    assert t[:, 0, 0].tolist() == [255, 0, 128]
+    assert t[:, 2, 4].tolist() == [10, 200, 30]
     assert t.is_contiguous()
+
+
+def test_encoding_uint8_pixels_equals_encoding_them_normalised_on_the_host(tiny_dir: Path) -> None:
+    """The VAE's input is uint8 in the cache and normalised by encode_images; the latents must be
+    exactly those of the [-1, 1] float input computed independently here with numpy."""
+    vae = FAMILY.load_vae(tiny_dir, "float32", torch.device("cpu"))
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(2, 64, 48, 3), dtype=np.uint8)
+    as_uint8 = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    normalised = torch.from_numpy(images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)).permute(0, 3, 1, 2)
+    got = FAMILY.encode_images(vae, as_uint8, seeds=[1, 2])
+    want = FAMILY.encode_images(vae, normalised.contiguous(), seeds=[1, 2])
+    assert got.shape == (2, 4, 8, 6)
+    assert torch.equal(got, want)
 
 
 # ----------------------------------------------------------------------------- Objective

@@ -1,17 +1,18 @@
-"""FP8 fallback, decode-ahead and T5 padding to the longest caption, on the CPU."""
+"""FP8 fallback, the cache stage's pixel loader, decode workers and T5 padding to the longest caption, on the CPU."""
 from __future__ import annotations
 
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
+from PIL import Image
 
-torch = pytest.importorskip("torch")
-
-from runner.data.prefetch import decode_workers, prefetched  # noqa: E402
-from runner.train.precision import apply_fp8, fp8_filter, fp8_problem  # noqa: E402
+from runner.cache.pixels import HostCopy, pixel_batches
+from runner.data.transforms import plan_crop
+from runner.data.workers import decode_workers, quota_cpus, usable_cpus
+from runner.models.pixart_sigma import FAMILY
+from runner.train.precision import apply_fp8, fp8_filter, fp8_problem
 
 
 def test_fp8_falls_back_cleanly_where_unsupported() -> None:
@@ -34,39 +35,70 @@ def test_fp8_filter_takes_block_linears_only() -> None:
     assert not fp8_filter(torch.nn.LayerNorm(16), "transformer_blocks.0.norm1")
 
 
-def test_prefetched_keeps_order_and_loads_ahead() -> None:
-    started: list[int] = []
-    lock = threading.Lock()
+def _photo_items(tmp_path: Path, sizes: list[tuple[int, int]]) -> list[SimpleNamespace]:
+    """Plan items (what the cache stage passes) for PNGs of distinct colours, 64x64 crops."""
+    items = []
+    for i, (w, h) in enumerate(sizes):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (w, h), (i * 20, 255 - i * 20, 7 * i)).save(path)
+        plan = plan_crop(w, h, resolution=64, resolution_type="pixel", crop=True, crop_style="center",
+                         crop_aspect="square", seed_key=str(i))
+        items.append(SimpleNamespace(info=SimpleNamespace(path=path, rel=path.name), plan=plan))
+    return items
 
-    def load(x: int) -> int:
-        with lock:
-            started.append(x)
-        time.sleep(0.01)
-        return x * 10
 
-    batches = [[1, 2], [3, 4], [5, 6], [7]]
-    with ThreadPoolExecutor(4) as pool:
-        stream = prefetched(batches, load, pool, depth=2)
-        first = next(stream)
-        assert first == ([1, 2], [10, 20])
-        assert {3, 4, 5, 6} <= set(started)  # the next two batches were already submitted
-        rest = list(stream)
-    assert [b for b, _ in rest] == [[3, 4], [5, 6], [7]]
-    assert [r for _, r in rest] == [[30, 40], [50, 60], [70]]
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pixel_batches_keep_order_and_report_undecodable_items(tmp_path: Path, workers: int) -> None:
+    items = _photo_items(tmp_path, [(80, 64), (64, 96), (70, 70), (64, 64), (100, 64)])
+    (tmp_path / "2.png").write_bytes((tmp_path / "2.png").read_bytes()[:60])  # truncated: does not decode
+    (tmp_path / "3.png").write_bytes(b"not an image")
+    batches = [items[0:2], items[2:4], items[4:5]]
+    out = list(pixel_batches(batches, FAMILY.image_to_tensor, workers=workers, pin=False))
+    assert [b for b, _, _ in out] == batches
+    (_, first, bad0), (_, none, bad1), (_, last, bad2) = out
+    assert first.shape == (2, 3, 64, 64) and first.dtype == torch.uint8 and bad0 == {}
+    assert first[0, :, 0, 0].tolist() == [0, 255, 0] and first[1, :, 0, 0].tolist() == [20, 235, 7]
+    assert none is None and sorted(bad1) == [0, 1] and all(r.startswith("cannot decode") for r in bad1.values())
+    assert last.shape == (1, 3, 64, 64) and last[0, :, 5, 5].tolist() == [80, 175, 28] and bad2 == {}
+
+
+def test_host_copy_on_the_cpu_casts() -> None:
+    t = torch.tensor([1.0, 2.5, -3.25])
+    out = HostCopy(t, torch.bfloat16).wait()
+    assert out.dtype == torch.bfloat16 and out.tolist() == [1.0, 2.5, -3.25]
+
+
+@pytest.mark.parametrize("line, cpus", [
+    ("max 100000", None),
+    ("400000 100000", 4.0),
+    ("150000 100000", 1.5),
+    ("50000 100000\n", 0.5),
+    ("", None),
+    ("garbage", None),
+    ("0 100000", None),
+])
+def test_quota_cpus(line: str, cpus: float | None) -> None:
+    assert quota_cpus(line) == cpus
+
+
+@pytest.mark.parametrize("affinity, cpu_max, expected", [
+    (64, "400000 100000", 4),   # a pod limited to 4 CPUs on a 64-core node
+    (64, "150000 100000", 2),   # 1.5 CPUs: two processes
+    (64, "50000 100000", 1),
+    (2, "400000 100000", 2),    # the affinity mask is smaller
+    (8, "max 100000", 8),
+    (8, None, 8),
+])
+def test_usable_cpus(affinity: int, cpu_max: str | None, expected: int) -> None:
+    assert usable_cpus(affinity, cpu_max) == expected
+
+
+def test_decode_workers_is_within_bounds() -> None:
     assert 1 <= decode_workers() <= 16
-
-
-def test_prefetched_raises_a_loader_error() -> None:
-    def load(x: int) -> int:
-        raise OSError("truncated")
-
-    with ThreadPoolExecutor(2) as pool, pytest.raises(OSError, match="truncated"):
-        list(prefetched([[1]], load, pool))
 
 
 @pytest.mark.usefixtures("torch_single_thread")
 def test_t5_padding_to_longest_gives_the_same_embeddings(tmp_path: Path) -> None:
-    pytest.importorskip("diffusers")
     from runner.models.pixart_sigma import FAMILY
     from runner.models.tiny.pixart_sigma import build_tiny_pixart_sigma
 

@@ -1,0 +1,88 @@
+"""Images in, latents out, for the cache stage's VAE pass.
+
+Pixels: each batch of cropped images is decoded in a worker process of a torch DataLoader, as
+uint8 (a quarter of float32's bytes; the family normalises on the device), and pinned on CUDA
+so the copy to the GPU does not wait for the GPU's queue. Processes rather than threads: JPEG
+parsing and PIL's loading loop run Python code under the GIL, so with many decode threads the
+stage's own thread, which feeds the GPU, queued for the GIL between its CUDA calls.
+
+Latents: each batch is copied back into pinned memory without blocking, and handed to the
+writers only after the next batch has been queued on the GPU, so the GPU never idles while
+the host waits for a copy.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+
+def load_pixels(item, to_tensor: Callable[[Any], Any]) -> Any:
+    """The cropped image as the family's tensor (`to_tensor`), or the reason it cannot be decoded
+    (headers can parse while the pixel data is truncated, so this is where most corrupt files surface)."""
+    from PIL import Image
+
+    from runner.data.transforms import apply_crop
+
+    try:
+        with Image.open(item.info.path) as im:
+            return to_tensor(apply_crop(im, item.plan))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL raises these for broken files
+        return f"cannot decode ({e})"
+
+
+def verify_images(plans, to_tensor: Callable[[Any], Any]) -> list[tuple[Any, str]]:
+    """Decode every image once (used with vaeCacheDisable, where nothing else would before training)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        items = [item for _, plan in plans for item in plan.items]
+        return [(it, r) for it, r in zip(items, pool.map(lambda it: load_pixels(it, to_tensor), items))
+                if isinstance(r, str)]
+
+
+class PixelBatches(torch.utils.data.Dataset):
+    """Item i: (i, the decodable images of batch i stacked, or None, {position: reason} for the rest)."""
+
+    def __init__(self, batches: Sequence[Sequence[Any]], to_tensor: Callable[[Any], torch.Tensor]):
+        self.batches, self.to_tensor = batches, to_tensor
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, dict[int, str]]:
+        loaded = [load_pixels(item, self.to_tensor) for item in self.batches[i]]
+        failed = {j: px for j, px in enumerate(loaded) if isinstance(px, str)}
+        good = [px for px in loaded if not isinstance(px, str)]
+        return i, torch.stack(good) if good else None, failed
+
+
+def pixel_batches(batches: Sequence[Sequence[Any]], to_tensor: Callable[[Any], torch.Tensor], *, workers: int,
+                  pin: bool) -> Iterator[tuple[Sequence[Any], torch.Tensor | None, dict[int, str]]]:
+    """Yield (batch, stacked pixels of its decodable items or None, {position in batch: reason}),
+    in order, with `workers` processes decoding the next batches (0: in this process)."""
+    loader = torch.utils.data.DataLoader(PixelBatches(batches, to_tensor), batch_size=None, shuffle=False,
+                                         num_workers=workers, pin_memory=pin,
+                                         prefetch_factor=2 if workers else None)
+    for i, pixels, failed in loader:
+        yield batches[i], pixels, failed
+
+
+class HostCopy:
+    """A device tensor on its way to host memory: on CUDA a non-blocking copy into pinned
+    memory, finished by `wait()`; elsewhere the tensor itself."""
+
+    def __init__(self, tensor: torch.Tensor, dtype: torch.dtype):
+        tensor = tensor.to(dtype)
+        self.event = None
+        if tensor.is_cuda:
+            self.host = torch.empty(tensor.shape, dtype=dtype, pin_memory=True)
+            self.host.copy_(tensor, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = tensor
+
+    def wait(self) -> torch.Tensor:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host
