@@ -7,11 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from runner.data.prefetch import decode_workers, prefetched  # noqa: E402
-from runner.train.precision import apply_fp8, fp8_filter, fp8_problem  # noqa: E402
+from runner.data.prefetch import decode_workers, prefetched
+from runner.train.precision import apply_fp8, fp8_filter, fp8_problem
 
 
 def test_fp8_falls_back_cleanly_where_unsupported() -> None:
@@ -66,7 +65,6 @@ def test_prefetched_raises_a_loader_error() -> None:
 
 @pytest.mark.usefixtures("torch_single_thread")
 def test_t5_padding_to_longest_gives_the_same_embeddings(tmp_path: Path) -> None:
-    pytest.importorskip("diffusers")
     from runner.models.pixart_sigma import FAMILY
     from runner.models.tiny.pixart_sigma import build_tiny_pixart_sigma
 
