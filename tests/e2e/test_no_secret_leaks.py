@@ -9,17 +9,20 @@ manifests, effective spec, trainer_state.json, TensorBoard events, images.json, 
 nor in anything uploaded. The Hub's Authorization header is the control: it must carry the
 token, which shows the run really read the variable the spec names.
 
-Kubernetes manifests do not exist yet (`trainingjob render` is being built); when they do,
-they belong in this test too: they must reference the Secret, never hold its value.
+The Kubernetes manifests are checked the same way: `trainingjob render` (the builder the
+operator uses too, runner/k8s/build.py) run with both tokens in its environment must print
+neither; the pods get them only through secretKeyRef to the Secrets the spec names.
 """
 from __future__ import annotations
 
 import base64
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.e2e.conftest import REPO, assert_clean
 from tests.fakehub import FakeHub
@@ -86,3 +89,31 @@ def test_a_planted_token_is_never_written_or_printed(runner, hub, tmp_path):
     bodies = b"".join(r["body"] for r in hub.requests)
     assert not any(f in bodies for token in (HF_TOKEN, WANDB_KEY) for f in planted_forms(token))
     assert os.environ.get("HF_TOKEN") != HF_TOKEN  # planted in the child only
+
+
+def test_rendered_kubernetes_manifests_reference_the_secrets_never_their_values():
+    env = {**os.environ, "HF_TOKEN": HF_TOKEN, "WANDB_API_KEY": WANDB_KEY, "MY_WANDB": WANDB_KEY}
+    sets = ("spec.output.hub.push=true", "spec.output.hub.repoId=me/leak-check", "spec.tracking.wandb.enabled=true",
+            "spec.tracking.wandb.project=leak", "spec.tracking.wandb.apiKeyEnv=MY_WANDB",
+            "spec.kubernetes.secrets.hubToken={name: hf-token, key: token}",
+            "spec.kubernetes.secrets.wandbApiKey={name: wandb, key: api-key}")
+    cmd = [sys.executable, "-m", "runner", "render", str(REPO / "k8s" / "example-trainingjob.yaml"), "--pod-monitor"]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for token in (HF_TOKEN, WANDB_KEY):
+        assert not any(form.decode() in proc.stdout + proc.stderr for form in planted_forms(token))
+
+    # The control: every container that needs a token gets it, by reference to the spec's Secret.
+    jobs = [o for o in yaml.safe_load_all(proc.stdout) if o and o["kind"] == "Job"]
+    assert {j["metadata"]["labels"]["app.kubernetes.io/component"] for j in jobs} == {"cache", "train"}
+    refs = {}
+    for job in jobs:
+        for container in job["spec"]["template"]["spec"]["containers"]:
+            for var in container.get("env", []):
+                if var["name"] in ("HF_TOKEN", "MY_WANDB", "WANDB_API_KEY"):
+                    assert "value" not in var, (job["metadata"]["name"], var)
+                    refs[var["name"]] = var["valueFrom"]["secretKeyRef"]
+    assert refs["HF_TOKEN"] == {"name": "hf-token", "key": "token"}
+    assert refs["MY_WANDB"] == {"name": "wandb", "key": "api-key"}

@@ -1,7 +1,8 @@
 """A diverging run (forced through the spec: plain SGD at learning rate 1, no clipping) stops
 at the step the loss or the weights stop being finite, with exit 1 and advice from the spec,
 not as "a bug in trainingjob"; no checkpoint or export holds a NaN (before, the loss was
-checked every 10 steps and a checkpoint every step saved up to 9 diverged models)."""
+checked every 10 steps and a checkpoint every step saved up to 9 diverged models). The loss is
+checked at every step whether or not a checkpoint is due."""
 from __future__ import annotations
 
 import re
@@ -40,3 +41,13 @@ def test_divergence_stops_at_its_step_with_advice_and_nothing_non_finite_is_save
         weights = load_file(str(runner.out / "checkpoints" / f"step-{s}" / "model.safetensors"))
         assert all_finite(weights), f"step-{s} holds NaN or inf"
     assert not (runner.out / "model").exists()
+
+    # The loss is checked at every step, not only when a checkpoint is due: with no checkpoint
+    # before the end, the same (deterministic) run stops at the same step, having saved nothing.
+    # Checked every 10 steps, as before, it went on to step 10 on a NaN loss.
+    quiet = runner_with_cache(tmp_path / "no-checkpoints", tiny_model, cache)
+    again = run(quiet, *DIVERGE, "spec.training.checkpointEvery=100", env=quiet_env(quiet))
+    assert_clean(again, 1)
+    first_nan_loss = step if found.group(0).startswith("not finite at") else step + 1  # weights: next step's loss
+    assert f"the loss is not finite at step {first_nan_loss}." in again.stderr, again.stderr[-3000:]
+    assert published_steps(quiet.out) == [] and not (quiet.out / "model").exists()

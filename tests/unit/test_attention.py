@@ -7,13 +7,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-
-import torch.nn.functional as F  # noqa: E402
-
-from runner.models import attention as attn  # noqa: E402
+from runner.models import attention as attn
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
