@@ -50,7 +50,8 @@ def podman_env(tmp_path_factory) -> dict[str, str]:
     missing = harness.missing_tools(["podman", "mmdebstrap"])
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed: the CPU image test needs podman (with buildah) and "
-                    "mmdebstrap, e.g. `apt-get install podman buildah mmdebstrap runc` (.ci/run does this on CI)")
+                    "mmdebstrap, e.g. `apt-get install podman buildah mmdebstrap runc`, then `make test-images` "
+                    "(not part of `make test` or CI: see README, Images)")
     work = tmp_path_factory.mktemp("image")
     if sh(["podman", "image", "exists", BASE], 60).returncode != 0:
         tar = work / "base.tar"

@@ -243,6 +243,9 @@ CEL_CASES = {
     "hub push without repo": ({"output__hub": {"push": True}}, "repoId"),
     "wandb without project": ({"tracking__wandb": {"enabled": True}}, "project"),
     "mps with bf16": ({"hardware__accelerator": "mps", "training__mixedPrecision": "bf16"}, "mixedPrecision"),
+    "staticGraph with accumulation": ({"training__ddp": {"staticGraph": True}, "training__gradientAccumulationSteps": 2},
+                                      "staticGraph"),
+    "staticGraph without accumulation": ({"training__ddp": {"staticGraph": True}}, None),
 }
 
 

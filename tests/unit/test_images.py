@@ -166,8 +166,6 @@ def test_train_images_install_what_ci_installs():
 @pytest.mark.parametrize("image", list(images.IMAGES.values()), ids=lambda i: i.hardware)
 def test_image_extras_exist_and_every_requirement_is_pinned(image):
     extras = PYPROJECT["project"]["optional-dependencies"]
-    if image is images.OPERATOR and "operator" not in extras:
-        pytest.skip("the `operator` extra arrives with the Kubernetes operator (issue 8)")
     assert set(image.extras) <= set(extras)
     pins = constraints()
     reqs = PYPROJECT["project"]["dependencies"] + [r for e in image.extras for r in extras[e]]
