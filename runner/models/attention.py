@@ -11,14 +11,14 @@ through them:
   an additive bias, so the padded keys cost nothing.
 
 flash-attn-4 4.0.0b36 is not right everywhere on SM90 (measured on an H200 against SDPA in
-float32): the forward is right at 72; the backward's dQ is wrong whenever the kernel's
-internal head tile is 80 (head_dim 72 or 80: relative error 1.2) and right at 96; and the
-backward with per-sample key counts (`seqused_k`) gives wrong dK/dV at every width. So
-`set_attention` checks on a small problem before use: the forward runs at the native
-width, the backward at the first width (72, then zero-padded 80, 96) whose gradients
-agree, and key-padded (cross-)attention uses the kernels only if that case agrees too,
-SDPA otherwise. Zero padding is exact (padded q, k add 0 to the scores; padded v, out and
-dout give 0 columns that are sliced off; the softmax scale stays 1/sqrt(72)).
+float32): the backward's dQ is wrong whenever the kernel's internal head tile is 80 (head_dim
+72 or 80), and with per-sample key counts (`seqused_k`) the unused keys' dK/dV rows are left
+unwritten. `fa4_sm90` corrects both from outside the package. Whatever the installed release
+does, `set_attention` checks on a small problem before use: the forward runs at the native
+width, the backward at the first width (72, then zero-padded 80, 96) whose gradients agree,
+and key-padded (cross-)attention uses the kernels only if that case agrees too, SDPA
+otherwise. Zero padding is exact (padded q, k add 0 to the scores; padded v, out and dout
+give 0 columns that are sliced off; the softmax scale stays 1/sqrt(72)).
 
 The kernels sit behind two torch.library custom ops, so a compiled block keeps them as one
 opaque node each (no graph break) and autograd calls the matching backward kernel.
@@ -68,12 +68,17 @@ def fa4_kernels() -> Kernels:
     os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
     from flash_attn.cute import interface as fa
 
+    from runner.models.fa4_sm90 import install_postprocess_fix, zeroed_key_grads
+
+    install_postprocess_fix(fa)
+
     def fwd(q, k, v, seqused_k, scale):
         out, lse, *_ = fa._flash_attn_fwd(q, k, v, seqused_k=seqused_k, softmax_scale=scale, return_lse=True)
         return out, lse
 
     def bwd(dout, q, k, v, out, lse, seqused_k, scale):
-        dq, dk, dv = fa._flash_attn_bwd(q, k, v, out, dout, lse, softmax_scale=scale, seqused_k=seqused_k)[:3]
+        dq, dk, dv = fa._flash_attn_bwd(q, k, v, out, dout, lse, softmax_scale=scale, seqused_k=seqused_k,
+                                        **zeroed_key_grads(k, v, seqused_k))[:3]
         return dq, dk, dv
 
     # FA4 takes half-precision CUDA tensors; float32 (validation, CPU) goes to SDPA.
