@@ -17,7 +17,7 @@ TEXT = re.compile(r"text embeds: (\d+)/(\d+) caption \(([\d.]+)")
 # NCCL_DEBUG=INFO names the transport of each channel, e.g. "... via P2P/CUMEM/read", "via SHM/direct/direct"
 NCCL_VIA = re.compile(r"NCCL INFO Channel \S+ ?: .* via (\S+)")
 
-VAE_STAGE = "cache: VAE encode (JPEG decode ahead, compiled channels-last bf16, writes overlapped)"
+VAE_STAGE = "cache: VAE encode (JPEG decode in worker processes, compiled channels-last bf16, writes overlapped)"
 TEXT_STAGE = "cache: T5-XXL text encode (24 layers, length-sorted, padded to the longest)"
 STEADY_STAGE = "cache: end to end steady (decode + resize + VAE + T5 + write, one caption per image)"
 WHOLE_STAGE = "cache: whole stage wall clock (model loads and compile included)"
