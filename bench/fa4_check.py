@@ -72,20 +72,22 @@ def rel(x, ref):
     return d / max(m, 1e-12)
 
 
+def problem(B, Nq, Nk, D, H=16):
+    """Random bf16 q, k, v, dout in [B, N, H, D] and the softmax scale."""
+    q = torch.randn(B, Nq, H, D, device=DEVICE, dtype=torch.bfloat16)
+    k, v = (torch.randn(B, Nk, H, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    dout = torch.randn(B, Nq, H, D, device=DEVICE, dtype=torch.bfloat16)
+    return q, k, v, dout, 1.0 / math.sqrt(D)
+
+
 def check_case(D, cross, args, seqused_list=(97, 45)):
     torch.manual_seed(1234 + D + (7 if cross else 0))
-    B, H, Nq = 2, 16, 1024
-    Nk = 128 if cross else 1024
-    dev, dt = DEVICE, torch.bfloat16
-    q = torch.randn(B, Nq, H, D, device=dev, dtype=dt)
-    k = torch.randn(B, Nk, H, D, device=dev, dtype=dt)
-    v = torch.randn(B, Nk, H, D, device=dev, dtype=dt)
-    dout = torch.randn(B, Nq, H, D, device=dev, dtype=dt)
-    scale = 1.0 / math.sqrt(D)
+    B, Nk = 2, 128 if cross else 1024
+    q, k, v, dout, scale = problem(B, 1024, Nk, D)
     seqused_k = key_mask = None
     if cross:
-        seqused_k = torch.tensor(seqused_list[:B], device=dev, dtype=torch.int32)
-        key_mask = torch.arange(Nk, device=dev)[None, :] < seqused_k[:, None].long()
+        seqused_k = torch.tensor(seqused_list[:B], device=DEVICE, dtype=torch.int32)
+        key_mask = torch.arange(Nk, device=DEVICE)[None, :] < seqused_k[:, None].long()
 
     out, dq, dk, dv = fa_fwd_bwd(q, k, v, dout, scale, seqused_k,
                                  zero_dkdv=args.workaround, poison=True)
@@ -117,17 +119,11 @@ def check_case(D, cross, args, seqused_list=(97, 45)):
 
 def time_case(D, cross, args, pad_to=None, iters=20, warmup=3):
     torch.manual_seed(0)
-    B, H, Nq = 8, 16, 4096
-    Nk = 128 if cross else 4096
-    dev, dt = DEVICE, torch.bfloat16
-    q = torch.randn(B, Nq, H, D, device=dev, dtype=dt)
-    k = torch.randn(B, Nk, H, D, device=dev, dtype=dt)
-    v = torch.randn(B, Nk, H, D, device=dev, dtype=dt)
-    dout = torch.randn(B, Nq, H, D, device=dev, dtype=dt)
-    scale = 1.0 / math.sqrt(D)
+    B, Nk = 8, 128 if cross else 4096
+    q, k, v, dout, scale = problem(B, 4096, Nk, D)
     seqused_k = None
     if cross:
-        seqused_k = torch.randint(60, Nk + 1, (B,), device=dev, dtype=torch.int32)
+        seqused_k = torch.randint(60, Nk + 1, (B,), device=DEVICE, dtype=torch.int32)
 
     def step():
         out, lse = fa_iface._flash_attn_fwd(
