@@ -305,14 +305,21 @@ def snapshots():
             change(c)
             c.step()
         return c
-    return {"pending": at(0), "caching": at(1), "cached": at(2), "training": at(3), "succeeded": at(4)}
+
+    def failed_in_training():
+        c = at(3)
+        c.finish("train", ok=False)
+        c.step()
+        return c
+    return {"pending": at(0), "caching": at(1), "cached": at(2), "training": at(3), "succeeded": at(4),
+            "failed": failed_in_training()}
 
 
-@pytest.mark.parametrize("stage", ["pending", "caching", "cached", "training", "succeeded"])
+@pytest.mark.parametrize("stage", ["pending", "caching", "cached", "training", "succeeded", "failed"])
 def test_operator_restart_in_every_stage_converges_without_duplicates(stage):
     c = snapshots()[stage]
     assert c.state == {"pending": "Pending", "caching": "Caching", "cached": "Pending", "training": "Training",
-                       "succeeded": "Succeeded"}[stage]
+                       "succeeded": "Succeeded", "failed": "Failed"}[stage]
     created = list(c.created)
     status = copy.deepcopy(c.tj["status"])
     out = c.step(T0 + timedelta(seconds=30))
@@ -328,8 +335,9 @@ def test_restart_between_two_creates_makes_only_the_missing_child():
     assert [o["metadata"]["name"] for o in out.create] == ["smoke-cache"]
 
 
-def test_a_finished_job_is_never_rerun():
-    c = snapshots()["succeeded"]
+@pytest.mark.parametrize("stage, state", [("succeeded", "Succeeded"), ("failed", "Failed")])
+def test_a_finished_job_is_never_rerun(stage, state):
+    c = snapshots()[stage]
     c.children.clear()  # someone deleted the Jobs
     out = c.step()
-    assert out.create == [] and c.state == "Succeeded"
+    assert out.create == [] and c.state == state
