@@ -14,6 +14,8 @@ the host waits for a copy.
 """
 from __future__ import annotations
 
+import functools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Sequence
 
@@ -58,13 +60,40 @@ class PixelBatches(torch.utils.data.Dataset):
         return i, torch.stack(good) if good else None, failed
 
 
+def die_with_parent(parent: int, _worker_id: int) -> None:
+    """DataLoader worker set-up: exit when the stage's process dies (a SIGKILLed stage then
+    leaves no decoders behind holding its output pipes), and print nothing after it has: the
+    only tracebacks left to a worker then are multiprocessing's fd-sharing thread losing its peer
+    (errors while decoding are sent to the stage and raised there, not printed here)."""
+    import ctypes
+    import signal
+    import sys
+    import time
+
+    try:  # Linux: SIGKILL this worker when its parent exits (PR_SET_PDEATHSIG = 1)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
+    report = sys.excepthook
+
+    def report_unless_orphaned(*exc) -> None:
+        time.sleep(0.2)  # a dying process's sockets close a moment before its children are told
+        if os.getppid() == parent:
+            report(*exc)
+
+    sys.excepthook = report_unless_orphaned
+
+
 def pixel_batches(batches: Sequence[Sequence[Any]], to_tensor: Callable[[Any], torch.Tensor], *, workers: int,
                   pin: bool) -> Iterator[tuple[Sequence[Any], torch.Tensor | None, dict[int, str]]]:
     """Yield (batch, stacked pixels of its decodable items or None, {position in batch: reason}),
     in order, with `workers` processes decoding the next batches (0: in this process)."""
     loader = torch.utils.data.DataLoader(PixelBatches(batches, to_tensor), batch_size=None, shuffle=False,
                                          num_workers=workers, pin_memory=pin,
-                                         prefetch_factor=2 if workers else None)
+                                         prefetch_factor=2 if workers else None,
+                                         worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None)
     for i, pixels, failed in loader:
         yield batches[i], pixels, failed
 
