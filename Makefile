@@ -38,7 +38,7 @@ train-local: $(STAMP)
 # where it works; elsewhere those tests skip and say why).
 test: $(STAMP)
 	bash tests/system-deps.sh
-	$(PY) -m pytest -q -ra -n auto --dist loadfile -m "not image"
+	$(PY) -m pytest -q -ra -n auto --dist loadfile --durations=15 -m "not image"
 
 test-fast: $(STAMP)
 	bash tests/system-deps.sh

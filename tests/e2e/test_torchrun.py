@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import uuid
 
@@ -16,6 +17,8 @@ SMALL = ("spec.training.batchSize=1", "spec.training.maxSteps=2", "spec.training
 
 
 def test_gpus_per_node_2_goes_through_torchrun(runner):
+    """gpusPerNode: 2 with accelerator cpu runs two gloo workers per stage through torchrun: the
+    same launch and sharding code path as on 2 GPUs, checked here without one."""
     proc = runner.run("spec.hardware.gpusPerNode=2", *SMALL)
     assert_clean(proc)
     out = proc.stdout + proc.stderr
@@ -26,8 +29,16 @@ def test_gpus_per_node_2_goes_through_torchrun(runner):
     assert "[rank0]: " in out and "[rank1]: " in out
     logs = sorted(p.relative_to(runner.out) for p in (runner.out / "logs" / "torchrun").rglob("stdout.log"))
     assert len(logs) == 4, logs  # 2 cache + 2 train workers
+    # The cache is encoded in two shards, one per worker; the final pass finds it all cached.
+    shard_counts = [int(n) for n in re.findall(r"cache shard \d/2 done: text embeds: \d+ \((\d+) encoded", out)]
+    assert len(shard_counts) == 2 and all(n > 0 for n in shard_counts)
+    final = runner.cache_report()
+    assert final["latents_encoded"] == 0 and final["text_encoded"] == 0
+    assert sum(shard_counts) == final["text_total"]
+    assert "on 2 x cpu" in out
     state = json.loads((runner.out / "checkpoints" / "step-2" / "trainer_state.json").read_text())
-    assert state["state"]["samples_seen"] == 2 * 2
+    assert state["state"]["samples_seen"] == 2 * 2  # 2 steps x batch 1 x 2 processes
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(state["files"])
 
 
 def test_two_nodes_of_one_process_each_as_two_pods(runner):
