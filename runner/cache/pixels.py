@@ -3,10 +3,10 @@
 Pixels: each batch of cropped images is decoded in a worker process of a torch DataLoader, as
 uint8 (a quarter of float32's bytes; the family normalises on the device), and pinned on CUDA
 so the copy to the GPU does not wait for the GPU's queue. Processes rather than threads: JPEG
-parsing and PIL's loading loop run Python code under the GIL, so with many decode threads the
-stage's own thread, which feeds the GPU, queued for the GIL between its CUDA calls. (Measured
-on an H200 at 1024 px, bench/RESULTS.md: the VAE ran 65.7 images/s alone, 45.7 fed by 16
-threads, 56.2 fed this way; at 512 px 66 with threads, ~270 this way.)
+parsing and PIL's loading loop run Python code under the GIL, which the stage's own thread, the
+one feeding the GPU, needs between its CUDA calls. (Measured on an H200 at 1024 px, the whole
+change, bench/RESULTS.md: the VAE ran 65.7 images/s alone, 45.7 fed by 16 decode threads with
+pageable copies, 56.2 fed as here; at 512 px 66 before, ~270 now.)
 
 Latents: each batch is copied back into pinned memory without blocking, and handed to the
 writers only after the next batch has been queued on the GPU, so the GPU never idles while
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -36,12 +35,16 @@ def load_pixels(item, to_tensor: Callable[[Any], Any]) -> Any:
         return f"cannot decode ({e})"
 
 
-def verify_images(plans, to_tensor: Callable[[Any], Any]) -> list[tuple[Any, str]]:
-    """Decode every image once (used with vaeCacheDisable, where nothing else would before training)."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        items = [item for _, plan in plans for item in plan.items]
-        return [(it, r) for it, r in zip(items, pool.map(lambda it: load_pixels(it, to_tensor), items))
-                if isinstance(r, str)]
+def verify_images(plans, to_tensor: Callable[[Any], Any], workers: int) -> list[tuple[Any, str]]:
+    """Decode every image once (used with vaeCacheDisable, where nothing else would before
+    training): (item, reason) for each that does not decode."""
+    by_bucket: dict[Any, list] = {}
+    for _, plan in plans:
+        for item in plan.items:
+            by_bucket.setdefault(item.bucket, []).append(item)  # a batch stacks images of one size
+    batches = [group[i: i + 16] for group in by_bucket.values() for i in range(0, len(group), 16)]
+    return [(batches[i][j], reason) for i, _, failed in pixel_batches(batches, to_tensor, workers=workers, pin=False)
+            for j, reason in failed.items()]
 
 
 class PixelBatches(torch.utils.data.Dataset):
@@ -87,15 +90,14 @@ def die_with_parent(parent: int, _worker_id: int) -> None:
 
 
 def pixel_batches(batches: Sequence[Sequence[Any]], to_tensor: Callable[[Any], torch.Tensor], *, workers: int,
-                  pin: bool) -> Iterator[tuple[Sequence[Any], torch.Tensor | None, dict[int, str]]]:
-    """Yield (batch, stacked pixels of its decodable items or None, {position in batch: reason}),
-    in order, with `workers` processes decoding the next batches (0: in this process)."""
+                  pin: bool) -> Iterator[tuple[int, torch.Tensor | None, dict[int, str]]]:
+    """Yield (index of the batch, stacked pixels of its decodable items or None, {position in the
+    batch: reason}), in order, with `workers` processes decoding the next batches (0: in this process)."""
     loader = torch.utils.data.DataLoader(PixelBatches(batches, to_tensor), batch_size=None, shuffle=False,
                                          num_workers=workers, pin_memory=pin,
                                          prefetch_factor=2 if workers else None,
                                          worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None)
-    for i, pixels, failed in loader:
-        yield batches[i], pixels, failed
+    yield from loader
 
 
 class HostCopy:

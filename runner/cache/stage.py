@@ -230,8 +230,9 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
             futures[-1].add_done_callback(ctx.metrics.entry_written)
 
     images = [[item for _, item, _ in batch] for batch in batches]
-    for batch, (_, pixels, bad) in zip(batches, pixel_batches(images, family.image_to_tensor, workers=decode_workers(),
-                                                              pin=str(ctx.device).startswith("cuda"))):
+    for i, pixels, bad in pixel_batches(images, family.image_to_tensor, workers=decode_workers(),
+                                        pin=str(ctx.device).startswith("cuda")):
+        batch = batches[i]
         failed += [(batch[j][1], reason) for j, reason in bad.items()]
         good = [e for j, e in enumerate(batch) if j not in bad]
         bar.update(len(batch))
@@ -365,7 +366,7 @@ def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheRepor
         if spec["vaeCacheDisable"]:
             from runner.cache.pixels import verify_images
 
-            latent_keys, broken = {}, verify_images(plans, ctx.family.image_to_tensor)
+            latent_keys, broken = {}, verify_images(plans, ctx.family.image_to_tensor, decode_workers())
         else:
             latent_keys, broken = cache_latents(ctx, model_dir, plans, vae_id, report, writer)
         plans = drop_broken(ctx, plans, broken, report)

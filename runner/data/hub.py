@@ -244,7 +244,6 @@ def download_dataset(repo: str, revision: str, dest: Path, subfolder: str | None
     Transient Hub failures are retried `retries` times, the first after `backoff_s` seconds.
     Raises DatasetError with a user-facing message on any failure."""
     try:
-        from huggingface_hub import constants
         from huggingface_hub import errors as hf_errors
     except ImportError:
         raise DatasetError("type: huggingface needs huggingface_hub; pip install 'trainingjob-runner[train]'") from None

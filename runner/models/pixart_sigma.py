@@ -176,8 +176,8 @@ class PixArtSigma:
         param = next(vae.parameters())
         # The noise is drawn on the host (the same numbers on any device) before the encoder is
         # queued, and sent from pinned memory: a copy from pageable memory would wait for the GPU.
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        shape = (vae.config.latent_channels, pixels.shape[-2] // factor, pixels.shape[-1] // factor)
+        factor = TRAITS.vae_scale_factor
+        shape = (TRAITS.latent_channels, pixels.shape[-2] // factor, pixels.shape[-1] // factor)
         if seeds is None:
             noise = torch.randn((pixels.shape[0], *shape), dtype=torch.float32)
         else:

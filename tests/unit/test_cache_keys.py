@@ -321,8 +321,6 @@ def test_atomic_write_bytes_replaces_and_leaves_no_temp(tmp_path: Path, first: b
 
 
 def test_atomic_write_json_roundtrip(tmp_path: Path) -> None:
-    import json
-
     target = tmp_path / "manifest.json"
     atomic_write_json(target, {"b": 1, "a": [1, 2]})
     assert json.loads(target.read_text()) == {"a": [1, 2], "b": 1}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from runner.cache.pixels import HostCopy, pixel_batches
+from runner.cache.pixels import HostCopy, pixel_batches, verify_images
 from runner.data.transforms import plan_crop
 from runner.data.workers import decode_workers, quota_cpus, usable_cpus
 from runner.models.pixart_sigma import FAMILY
@@ -43,7 +43,7 @@ def _photo_items(tmp_path: Path, sizes: list[tuple[int, int]]) -> list[SimpleNam
         Image.new("RGB", (w, h), (i * 20, 255 - i * 20, 7 * i)).save(path)
         plan = plan_crop(w, h, resolution=64, resolution_type="pixel", crop=True, crop_style="center",
                          crop_aspect="square", seed_key=str(i))
-        items.append(SimpleNamespace(info=SimpleNamespace(path=path, rel=path.name), plan=plan))
+        items.append(SimpleNamespace(info=SimpleNamespace(path=path, rel=path.name), plan=plan, bucket=f"{w}x{h}"))
     return items
 
 
@@ -54,12 +54,19 @@ def test_pixel_batches_keep_order_and_report_undecodable_items(tmp_path: Path, w
     (tmp_path / "3.png").write_bytes(b"not an image")
     batches = [items[0:2], items[2:4], items[4:5]]
     out = list(pixel_batches(batches, FAMILY.image_to_tensor, workers=workers, pin=False))
-    assert [b for b, _, _ in out] == batches
+    assert [i for i, _, _ in out] == [0, 1, 2]
     (_, first, bad0), (_, none, bad1), (_, last, bad2) = out
     assert first.shape == (2, 3, 64, 64) and first.dtype == torch.uint8 and bad0 == {}
     assert first[0, :, 0, 0].tolist() == [0, 255, 0] and first[1, :, 0, 0].tolist() == [20, 235, 7]
     assert none is None and sorted(bad1) == [0, 1] and all(r.startswith("cannot decode") for r in bad1.values())
     assert last.shape == (1, 3, 64, 64) and last[0, :, 5, 5].tolist() == [80, 175, 28] and bad2 == {}
+
+
+def test_verify_images_names_what_does_not_decode_across_buckets(tmp_path: Path) -> None:
+    items = _photo_items(tmp_path, [(80, 64), (64, 96), (70, 70), (80, 64)])
+    (tmp_path / "1.png").write_bytes(b"not an image")
+    found = verify_images([(None, SimpleNamespace(items=items))], FAMILY.image_to_tensor, workers=0)
+    assert [(item.info.rel, reason.startswith("cannot decode")) for item, reason in found] == [("1.png", True)]
 
 
 def test_host_copy_on_the_cpu_casts() -> None:
