@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call of `make bench` on one GPU with no network (bench/README.md, "Running it without
 # network access"): install the carried wheels and flash-attn-4's CuTe DSL tree, then run a phase.
-#   bash bench/h200.sh prepare|check|measure [bench/bench.py arguments]
+#   bash bench/h200.sh prepare|check|measure [bench/bench.py arguments] | exec COMMAND...
 # The CuTe DSL tree travels as cutlass.tar.xz split in parts under .gpu/ (one call carries at most
 # 64 MiB): each call copies the parts it carries to /tmp/carry, and the first call that has them
 # all unpacks them, so the parts can come in calls sent back to back while the machine stays warm.
@@ -35,5 +35,6 @@ case $phase in
       timeout 300 python3 bench/fa4_check.py --workaround --dims 72 96 "$@"
     } 2>&1 | grep -v Warning | tee "$OUT/fa4_check.txt" ;;
   measure) python3 bench/bench.py --phase measure --deadline 560 "$@" 2>&1 | grep -v "Loading weights" | tail -60 ;;
+  exec) "$@" ;;  # any command, with the wheels and PYTHONPATH in place
   *) echo "unknown phase $phase"; exit 2 ;;
 esac

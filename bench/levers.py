@@ -37,6 +37,7 @@ p.add_argument("--tiny", action="store_true")
 p.add_argument("--out", default=os.environ.get("OUT", "/tmp/levers"))
 p.add_argument("--variants", default="sdpa_compile,fa4_compile,fa4_compile_fp8")
 p.add_argument("--profile", default="")
+p.add_argument("--trace", default="", help="variants whose GPU idle gaps are traced (CPU + CUDA) and summarised")
 p.add_argument("--res", type=int, default=1024)
 p.add_argument("--batch", type=int, default=8)
 p.add_argument("--iters", type=int, default=8)
@@ -120,6 +121,52 @@ def profile(fn, name, steps=2):
          top=[dict(ms=round(a, 2), n=b, kernel=c, cat=d) for a, b, c, d in kernels[:25]])
 
 
+def gaps(fn, name, steps=1):
+    """Where the GPU idles within `steps` calls of fn: kernel-to-kernel gaps over 5 us, summed by
+    the kernels on either side, and the CPU ops running at the time. Writes the trace too."""
+    import gzip
+
+    from torch.profiler import ProfilerActivity, profile as prof
+
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as pr:
+        for _ in range(steps):
+            fn()
+        sync()
+    path = os.path.join(args.out, f"trace-{name}.json")
+    pr.export_chrome_trace(path)
+    events = json.load(open(path))["traceEvents"]
+    with open(path, "rb") as f, gzip.open(path + ".gz", "wb") as g:
+        g.write(f.read())
+    os.remove(path)
+    emit(kind="gaps", name=name, **summarize_gaps(events, steps))
+
+
+def summarize_gaps(events, steps, kernel_cats=("kernel", "gpu_memcpy", "gpu_memset")):
+    import bisect
+
+    kernels = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
+                     if e.get("ph") == "X" and e.get("cat") in kernel_cats)
+    cpu = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
+                 if e.get("ph") == "X" and e.get("cat") == "cpu_op")
+    starts = [c[0] for c in cpu]
+    busy, by_pair, end = 0.0, {}, kernels[0][0]
+    for i, (s, e, n) in enumerate(kernels):
+        gap = s - end
+        busy += max(0.0, e - max(s, end))
+        if i and gap > 5:
+            lo = bisect.bisect_left(starts, s - gap - 2000)
+            hi = bisect.bisect_right(starts, s)
+            ops = sorted({c[2][:40] for c in cpu[lo:hi] if c[1] >= s - gap})[:6]
+            key = f"{kernels[i - 1][2][:60]} -> {n[:60]} | cpu: {', '.join(ops)}"
+            by_pair.setdefault(key, []).append(gap)
+        end = max(end, e)
+    span = end - kernels[0][0]
+    top = sorted(by_pair.items(), key=lambda kv: -sum(kv[1]))[:25]
+    return dict(span_ms=round(span / 1e3 / steps, 2), busy_ms=round(busy / 1e3 / steps, 2),
+                idle_ms=round((span - busy) / 1e3 / steps, 2),
+                top=[dict(ms=round(sum(v) / 1e3 / steps, 2), n=len(v) // steps, where=k) for k, v in top])
+
+
 # ----------------------------------------------------------------------------- step
 
 def build_transformer():
@@ -166,19 +213,32 @@ def section_step():
             kernel = "fa4" if "fa4" in variant else "sdpa"
             used, why = attn.set_attention(model, kernel, DEV)
             rec["attention"], rec["attention_note"] = used, why
+            if "bf16res" in variant:  # spec.training.residualDtype: bfloat16
+                from runner.models.pixart_block import use_bfloat16_residual
+
+                rec["bf16_residual_blocks"] = use_bfloat16_residual(model)
+            if "purebf16" in variant:  # bound only: bf16 weights, no fp32 master
+                model.to(BF16)
             if "fp8" in variant:
                 from runner.train.precision import apply_fp8
 
                 rec["fp8"] = apply_fp8(model, DEV, "auto")
             if "compile" in variant and DEV.type == "cuda":
                 FAMILY.compile(model)
+                if "_cg" in variant:  # CUDA graphs per block (reduce-overhead), to see what the gaps cost
+                    for block in model.transformer_blocks:
+                        block.compile(mode="reduce-overhead")
             objective = Objective(scheduler=DDPMScheduler(num_train_timesteps=1000), use_additional_conditions=False)
             opt = make_optimizer(training, model.parameters(), DEV)
             params = [q for q in model.parameters() if q.requires_grad]
             lat, emb, mask = make_batch(cfg, args.res, args.batch)
+            if "purebf16" in variant:
+                lat = lat.to(BF16)
 
             def step():
-                with torch.autocast(DEV.type, dtype=BF16):
+                if "_cg" in variant:
+                    torch.compiler.cudagraph_mark_step_begin()
+                with torch.autocast(DEV.type, dtype=BF16, enabled="purebf16" not in variant):
                     loss = objective(model, lat, emb, mask)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -197,6 +257,8 @@ def section_step():
             emit(**rec)
             if variant in args.profile.split(",") and DEV.type == "cuda":
                 profile(step, variant)
+            if variant in args.trace.split(",") and DEV.type == "cuda":
+                gaps(step, variant)
             del model, opt, objective
         except Exception as e:  # noqa: BLE001 - record and go on to the next variant
             traceback.print_exc()

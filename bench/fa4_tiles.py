@@ -1,0 +1,111 @@
+"""flash-attn-4's SM90 backward at PixArt's shape under other tile configurations.
+
+    python bench/fa4_tiles.py [--deadline S] [--out DIR]
+
+For head_dim <= 96 the package picks one BwdConfig (64 x 128 tiles, from FA3's hdim-96
+setting). This times the backward kernel (B 8, 4096 tokens, 16 heads of 72) under each
+candidate in CANDIDATES, checks its dQ/dK/dV against float32 SDPA, and records compile
+seconds; a candidate that does not compile or is wrong is recorded as such. Rows go to
+DIR/fa4_tiles.jsonl. runner/models/fa4_sm90.py's corrections are applied, as in training.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+p = argparse.ArgumentParser()
+p.add_argument("--deadline", type=float, default=400)
+p.add_argument("--out", default=os.environ.get("OUT", "/tmp/fa4-tiles"))
+p.add_argument("--only", default="", help="comma-separated candidate names")
+args = p.parse_args()
+T0 = time.time()
+
+# name -> BwdConfig fields that differ from the package's choice for head_dim <= 96
+CANDIDATES = {
+    "default": {},
+    "dq_two_wg": dict(dQ_single_wg=False),
+    "dq_atom2": dict(dQ_single_wg=False, AtomLayoutMdQ=2),
+    "m80_dq_swap": dict(m_block_size=80, dQ_swapAB=True, dQ_single_wg=False),
+    "m128": dict(m_block_size=128, AtomLayoutMdQ=2, dQ_single_wg=False),
+    "m128_pds1": dict(m_block_size=128, AtomLayoutMdQ=2, dQ_single_wg=False, num_stages_PdS=1),
+    "n96": dict(n_block_size=96),
+    "m64_n192_wg3": dict(n_block_size=192, num_wg=3, AtomLayoutNdKV=3),
+    "q1_do1": dict(num_stages_Q=1, num_stages_dO=1, m_block_size=128, AtomLayoutMdQ=2, dQ_single_wg=False),
+}
+
+
+def main() -> None:
+    from flash_attn.cute import interface as fa
+
+    from runner.models.fa4_sm90 import install_postprocess_fix
+
+    install_postprocess_fix(fa)
+    rows = open(os.path.join(args.out, "fa4_tiles.jsonl"), "a")
+
+    def emit(**rec):
+        rows.write(json.dumps(rec) + "\n")
+        rows.flush()
+        print(f"[{time.time() - T0:6.1f}s]", json.dumps(rec), flush=True)
+
+    original = fa._tile_size_bwd_sm90
+    dev = torch.device("cuda")
+    b, n, h, d = 8, 4096, 16, 72
+    g = torch.Generator(device=dev).manual_seed(0)
+    q, k, v, go = (torch.randn(b, n, h, d, device=dev, generator=g, dtype=torch.bfloat16) for _ in range(4))
+    scale = d ** -0.5
+    out, lse, *_ = fa._flash_attn_fwd(q, k, v, softmax_scale=scale, return_lse=True)
+    qf, kf, vf = (x.float().transpose(1, 2).requires_grad_() for x in (q, k, v))
+    ref = F.scaled_dot_product_attention(qf, kf, vf, scale=scale)
+    want = [x.transpose(1, 2) for x in torch.autograd.grad(ref, (qf, kf, vf), go.float().transpose(1, 2))]
+    del qf, kf, vf, ref
+    flops = 2.5 * 4 * b * h * n * n * d
+    names = [x for x in args.only.split(",") if x] or list(CANDIDATES)
+    for name in names:
+        if time.time() - T0 > args.deadline:
+            emit(kind="fa4_tile", name=name, skipped="deadline")
+            continue
+        change = CANDIDATES[name]
+
+        def pick(head_dim, head_dim_v, causal, local, sparse_block_size_q=None, _change=change):
+            cfg = original(head_dim, head_dim_v, causal, local, sparse_block_size_q=sparse_block_size_q)
+            return dataclasses.replace(cfg, **_change) if head_dim <= 96 else cfg
+
+        fa._tile_size_bwd_sm90 = pick
+        rec = dict(kind="fa4_tile", name=name, change=change)
+        try:
+            t = time.time()
+            got = fa._flash_attn_bwd(q, k, v, out, go, lse, softmax_scale=scale)[:3]
+            torch.cuda.synchronize()
+            rec["compile_s"] = round(time.time() - t, 1)
+            rec["rel_err"] = [round(float((a.float() - r).norm() / r.norm()), 5) for a, r in zip(got, want)]
+            ms = []
+            for _ in range(12):
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                fa._flash_attn_bwd(q, k, v, out, go, lse, softmax_scale=scale)
+                e.record()
+                e.synchronize()
+                ms.append(s.elapsed_time(e))
+            best = sorted(ms)[len(ms) // 2]
+            rec.update(bwd_ms=round(best, 3), tflops=round(flops / best / 1e9, 1))
+        except Exception as e:  # noqa: BLE001 - a config that cannot build is a result
+            traceback.print_exc(limit=2)
+            rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        emit(**rec)
+    fa._tile_size_bwd_sm90 = original
+
+
+if __name__ == "__main__":
+    os.makedirs(args.out, exist_ok=True)
+    main()
