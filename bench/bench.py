@@ -80,7 +80,7 @@ for key, value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST
     ENV.setdefault(key, value)
 # Multi-process runs log NCCL's set-up, which names the transport of each channel (P2P, SHM, NET).
 MULTI_ENV = dict(ENV, NCCL_DEBUG=ENV.get("NCCL_DEBUG", "INFO"))
-TRAIN_CONFIG = ("trainingjob run, spec defaults (fp32 master, bf16 autocast, fused AdamW, compiled blocks, "
+TRAIN_CONFIG = ("trainingjob run, spec defaults (fp32 master, bf16 autocast, bf16 residual stream, fused AdamW, compiled blocks, "
                 "model.attention auto)")
 DEADLINE = T0 + args.deadline if args.deadline else 0.0  # absolute time every step must end by
 # The 2-GPU bench caches from scratch at 1024 px on each GPU count, into folders of its own; the

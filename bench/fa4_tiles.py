@@ -42,7 +42,22 @@ CANDIDATES = {
     "n96": dict(n_block_size=96),
     "m64_n192_wg3": dict(n_block_size=192, num_wg=3, AtomLayoutNdKV=3),
     "q1_do1": dict(num_stages_Q=1, num_stages_dO=1, m_block_size=128, AtomLayoutMdQ=2, dQ_single_wg=False),
+    "m128_sdp2": dict(m_block_size=128, AtomLayoutMdQ=2, dQ_single_wg=False, AtomLayoutMSdP=2),
+    "m128_nosdpswap": dict(m_block_size=128, AtomLayoutMdQ=2, dQ_single_wg=False, SdP_swapAB=False),
+    "m128_dkv1": dict(m_block_size=128, AtomLayoutMdQ=2, dQ_single_wg=False, AtomLayoutNdKV=1),
+    "m128_do1": dict(m_block_size=128, AtomLayoutMdQ=2, dQ_single_wg=False, num_stages_dO=1),
+    "m128_dqswap": dict(m_block_size=128, AtomLayoutMdQ=2, dQ_single_wg=False, dQ_swapAB=True),
+    "m128_n64": dict(m_block_size=128, n_block_size=64, AtomLayoutMdQ=2, dQ_single_wg=False, AtomLayoutNdKV=1),
+    "m64_n192_wg3b": dict(n_block_size=192, num_wg=3, AtomLayoutNdKV=3, dQ_single_wg=False),
+    "m192_wg3": dict(m_block_size=192, num_wg=3, AtomLayoutMdQ=3, dQ_single_wg=False),
+    "m128_n192_wg3": dict(m_block_size=128, n_block_size=192, num_wg=3, AtomLayoutNdKV=3, AtomLayoutMdQ=1,
+                          dQ_single_wg=False),
 }
+# forward: (m_block_size, n_block_size, mma_pv_is_rs, intra_wg_overlap); the package's is 192 x 144
+FWD_CANDIDATES = {"fwd_192x144": (192, 144, False, True), "fwd_192x128": (192, 128, False, True),
+                  "fwd_192x160": (192, 160, False, True), "fwd_192x176": (192, 176, False, True),
+                  "fwd_128x176": (128, 176, False, True), "fwd_128x192_rs": (128, 192, True, True),
+                  "fwd_192x192": (192, 192, False, True), "fwd_128x128_rs": (128, 128, True, True)}
 
 
 def main() -> None:
@@ -104,6 +119,40 @@ def main() -> None:
             rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         emit(**rec)
     fa._tile_size_bwd_sm90 = original
+    fwd_original = fa._tile_size_fwd_sm90
+    ref_out = out.float()
+    for name, (tm, tn, rs, ol) in FWD_CANDIDATES.items():
+        if time.time() - T0 > args.deadline:
+            emit(kind="fa4_fwd_tile", name=name, skipped="deadline")
+            continue
+
+        def pick_fwd(head_dim, head_dim_v, is_causal, is_local, sparse_block_size_q=None, _c=(tm, tn, rs, ol)):
+            cfg = fwd_original(head_dim, head_dim_v, is_causal, is_local, sparse_block_size_q)
+            return fa.FwdConfig(*_c) if 64 < head_dim <= 96 else cfg
+
+        fa._tile_size_fwd_sm90 = pick_fwd
+        rec = dict(kind="fa4_fwd_tile", name=name)
+        try:
+            t = time.time()
+            o = fa._flash_attn_fwd(q, k, v, softmax_scale=scale, return_lse=True)[0]
+            torch.cuda.synchronize()
+            rec["compile_s"] = round(time.time() - t, 1)
+            rec["rel_err_vs_default"] = round(float((o.float() - ref_out).norm() / ref_out.norm()), 5)
+            ms = []
+            for _ in range(12):
+                s_, e_ = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s_.record()
+                fa._flash_attn_fwd(q, k, v, softmax_scale=scale, return_lse=True)
+                e_.record()
+                e_.synchronize()
+                ms.append(s_.elapsed_time(e_))
+            best = sorted(ms)[len(ms) // 2]
+            rec.update(fwd_ms=round(best, 3), tflops=round(flops / 2.5 / best / 1e9, 1))
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc(limit=2)
+            rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        emit(**rec)
+    fa._tile_size_fwd_sm90 = fwd_original
 
 
 if __name__ == "__main__":

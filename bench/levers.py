@@ -219,10 +219,37 @@ def section_step():
                 rec["bf16_residual_blocks"] = use_bfloat16_residual(model)
             if "purebf16" in variant:  # bound only: bf16 weights, no fp32 master
                 model.to(BF16)
-            if "fp8" in variant:
-                from runner.train.precision import apply_fp8
+            if "_m128" in variant:  # FA4 SM90 backward at 128 x 128 tiles (bench/fa4_tiles.py "m128")
+                from dataclasses import replace
 
-                rec["fp8"] = apply_fp8(model, DEV, "auto")
+                from flash_attn.cute import interface as fa
+
+                tiles = getattr(fa._tile_size_bwd_sm90, "__wrapped__", fa._tile_size_bwd_sm90)
+
+                def m128(hd, hdv, causal, local, sparse_block_size_q=None, _t=tiles):
+                    cfg = _t(hd, hdv, causal, local, sparse_block_size_q=sparse_block_size_q)
+                    return replace(cfg, m_block_size=128, AtomLayoutMdQ=2, dQ_single_wg=False) \
+                        if 64 < hd <= 96 and not causal and not local else cfg
+                m128.__wrapped__ = tiles
+                fa._tile_size_bwd_sm90 = m128
+            if "fp8" in variant:
+                recipe = {"fp8tw": "tensorwise", "fp8rw": "rowwise", "fp8gw": "rowwise_with_gw_hp"}.get(
+                    next((t for t in variant.split("_") if t.startswith("fp8")), ""), None)
+                if recipe is None:
+                    from runner.train.precision import apply_fp8
+
+                    rec["fp8"] = apply_fp8(model, DEV, "auto")
+                else:
+                    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+                    from runner.train.precision import fp8_filter
+
+                    ff_only = "ffonly" in variant
+                    keep = (lambda m, fqn: fp8_filter(m, fqn) and ".ff." in fqn) if ff_only else fp8_filter
+                    convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(recipe),
+                                               module_filter_fn=keep)
+                    rec["fp8"] = f"{recipe}{' ff only' if ff_only else ''}: " + str(
+                        sum(1 for m in model.modules() if type(m).__name__ == "Float8Linear"))
             if "compile" in variant and DEV.type == "cuda":
                 FAMILY.compile(model)
                 if "_cg" in variant:  # CUDA graphs per block (reduce-overhead), to see what the gaps cost

@@ -103,6 +103,13 @@ class PixArtSigma:
 
         return set_attention(transformer, backend, device)
 
+    def bf16_residual(self, transformer) -> int:
+        """PixArt's blocks with the modulation and residual stream in the autocast dtype
+        (runner/models/pixart_block.py); the state dict is unchanged."""
+        from runner.models.pixart_block import use_bfloat16_residual
+
+        return use_bfloat16_residual(transformer)
+
     def compile(self, transformer, dynamic: bool = True) -> int:
         """torch.compile each transformer block in place (state-dict keys stay the same, so
         checkpoints and exports are unaffected). Per block rather than whole-model: same speed,

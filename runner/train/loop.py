@@ -65,15 +65,19 @@ def latent_source(data: TrainingData, family, model_dir: Path, device: torch.dev
 
 
 def apply_speed_options(family, transformer, spec: dict[str, Any], device: torch.device, log) -> None:
-    """spec.model.attention, spec.training.fp8 and spec.training.compile, in that order
-    (kernels and FP8 modules must be in place before the blocks are compiled, and before
-    the optimizer takes the parameters)."""
+    """spec.model.attention, spec.training.residualStream, spec.training.fp8 and
+    spec.training.compile, in that order (kernels, block forwards and FP8 modules must be in
+    place before the blocks are compiled, and before the optimizer takes the parameters)."""
     from runner.train.precision import apply_fp8
 
     training = spec["training"]
     used, why = family.set_attention(transformer, spec["model"].get("attention", "auto"), device)
     if device.type == "cuda" or spec["model"].get("attention") == "fa4":
         log(f"attention kernels: {used}" + (f" ({why})" if why else ""))
+    if training["mixedPrecision"] == "bf16" and training["residualStream"] == "bfloat16":
+        blocks = family.bf16_residual(transformer)
+        if device.type == "cuda":
+            log(f"bf16 residual stream in {blocks} transformer blocks")
     if training.get("fp8"):
         log(f"fp8 linears: {apply_fp8(transformer, device, 'on')}")
     if training["compile"] and device.type == "cuda":  # elsewhere ignored, as the schema says

@@ -173,7 +173,8 @@ def test_speed_options_on_cpu_change_nothing(tmp_path: Path) -> None:
 
     model = _tiny_transformer()
     logs: list[str] = []
-    spec = {"model": {"attention": "auto"}, "training": {"compile": True, "compileDynamic": True, "fp8": True}}
+    spec = {"model": {"attention": "auto"}, "training": {"compile": True, "compileDynamic": True, "fp8": True,
+                                                     "mixedPrecision": "no", "residualStream": "bfloat16"}}
     apply_speed_options(FAMILY, model, spec, torch.device("cpu"), logs.append)
     assert not any(type(m).__name__ == "Float8Linear" for m in model.modules())
     assert all(not hasattr(b, "_compiled_call_impl") or b._compiled_call_impl is None for b in model.transformer_blocks)
