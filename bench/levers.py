@@ -308,6 +308,7 @@ def section_buckets():
     torch._dynamo.reset()
     model, cfg = build_transformer()
     used, _ = attn.set_attention(model, "auto", DEV)
+    FAMILY.bf16_residual(model)  # spec.training.residualStream's default, as `trainingjob run` trains
     if DEV.type == "cuda":
         FAMILY.compile(model, dynamic)
     training = dict(optimizer="adamw", learningRate=1e-5, adamBeta1=0.9, adamBeta2=0.999, adamEpsilon=1e-8,

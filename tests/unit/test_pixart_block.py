@@ -1,0 +1,106 @@
+"""spec.training.residualStream: PixArt's block with the residual stream in the autocast dtype
+(runner/models/pixart_block.py), against diffusers' own BasicTransformerBlock."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from diffusers import PixArtTransformer2DModel
+
+from runner.models.pixart_block import bfloat16_residual_forward, use_bfloat16_residual
+from runner.models.pixart_sigma import FAMILY
+from runner.spec.load import job_from_document
+from runner.spec.parse import parse_document
+from runner.train.loop import apply_speed_options
+
+
+def _model(dropout: float = 0.0) -> PixArtTransformer2DModel:
+    torch.manual_seed(0)
+    model = PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=16, sample_size=8, patch_size=2, norm_type="ada_norm_single", caption_channels=12,
+        norm_elementwise_affine=False, norm_eps=1e-6, num_embeds_ada_norm=1000, use_additional_conditions=False,
+        activation_fn="gelu-approximate", attention_bias=True, interpolation_scale=1, dropout=dropout)
+    for block in model.transformer_blocks:  # init leaves the table near 0: make the gates matter
+        torch.nn.init.normal_(block.scale_shift_table, std=0.5)
+    return model.train()
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    return dict(hidden_states=torch.randn(2, 4, 8, 8, generator=g),
+                encoder_hidden_states=torch.randn(2, 6, 12, generator=g),
+                encoder_attention_mask=torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]]),
+                timestep=torch.tensor([10, 700]), added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                return_dict=False)
+
+
+def _block_output_dtypes(model, autocast: bool) -> list[torch.dtype]:
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, a, out: seen.append(out.dtype)) for b in model.transformer_blocks]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        model(**_inputs())
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_in_float32_it_is_diffusers_block_exactly() -> None:
+    ours, theirs = _model(), _model()
+    assert use_bfloat16_residual(ours) == 2
+    out_ours, out_theirs = ours(**_inputs())[0], theirs(**_inputs())[0]
+    assert torch.equal(out_ours, out_theirs)
+    out_ours.square().mean().backward()
+    out_theirs.square().mean().backward()
+    for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters()):
+        assert torch.equal(a.grad, b.grad), name
+
+
+def test_under_bf16_autocast_the_residual_stream_is_bf16_and_the_output_close() -> None:
+    ours, theirs = _model(), _model()
+    use_bfloat16_residual(ours)
+    assert _block_output_dtypes(theirs, autocast=True) == [torch.float32] * 2  # the fp32 table promotes the gates
+    assert _block_output_dtypes(ours, autocast=True) == [torch.bfloat16] * 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = ours(**_inputs())[0].float(), theirs(**_inputs())[0].float()
+    reference = _model()(**_inputs())[0]  # float32 throughout
+    assert (a - reference).norm() / reference.norm() < 2e-2
+    assert (b - reference).norm() / reference.norm() < 2e-2
+    assert not torch.equal(a, b)  # it does change what autocast computes
+
+
+def test_weights_and_state_dict_are_untouched() -> None:
+    model = _model()
+    before = copy.deepcopy(model.state_dict())
+    use_bfloat16_residual(model)
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) and after[k].dtype == torch.float32 for k in before)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_blocks_it_cannot_reproduce_keep_their_forward() -> None:
+    model = _model(dropout=0.1)  # dropout in attention and feed-forward: not reproduced
+    assert use_bfloat16_residual(model) == 0
+    assert all("forward" not in vars(b) for b in model.transformer_blocks)
+
+
+def _applied(model) -> list[bool]:
+    return [getattr(vars(b).get("forward"), "__func__", None) is bfloat16_residual_forward
+            for b in model.transformer_blocks]
+
+
+def test_speed_options_apply_it_only_with_bf16_autocast_and_the_spec_asking() -> None:
+    for mixed, stream, expected in [("bf16", "bfloat16", True), ("bf16", "float32", False),
+                                    ("no", "bfloat16", False), ("fp16", "bfloat16", False)]:
+        model = _model()
+        spec = {"model": {"attention": "sdpa"}, "training": {"compile": False, "fp8": False,
+                                                              "mixedPrecision": mixed, "residualStream": stream}}
+        apply_speed_options(FAMILY, model, spec, torch.device("cpu"), lambda _msg: None)
+        assert _applied(model) == [expected] * 2, (mixed, stream)
+
+
+def test_the_schema_default_is_bfloat16(minimal_spec) -> None:
+    job = job_from_document(parse_document(minimal_spec))
+    assert job.spec.training.residualStream == "bfloat16"
+    assert job.spec.training.mixedPrecision == "bf16"
