@@ -11,6 +11,10 @@ gradients and the optimizer stay float32; the norms still compute in float32 (au
 
 Only blocks shaped like PixArt's are touched (ada_norm_single, self- and cross-attention, no
 dropout); anything else keeps diffusers' forward. The state dict is unchanged.
+
+`settle_block_input` serves torch.compile: diffusers' PatchEmbed hands the first block a
+transposed view in the conv's dtype, while every later block gets a contiguous tensor in the
+residual stream's dtype, so compiled blocks needed two graphs per shape.
 """
 from __future__ import annotations
 
@@ -64,3 +68,35 @@ def use_bfloat16_residual(transformer) -> int:
             block.forward = types.MethodType(bfloat16_residual_forward, block)
             count += 1
     return count
+
+
+def _uses_bf16_residual(block) -> bool:
+    return getattr(vars(block).get("forward"), "__func__", None) is bfloat16_residual_forward
+
+
+def settle_block_input(transformer) -> bool:
+    """Give the first block its input as every later block gets it, contiguous and in the
+    residual stream's dtype, so that compiled blocks share one graph per shape instead of two.
+    The values do not change: a copy, and either the cast bfloat16_residual_forward makes first
+    anyway or a widening to float32 that CUDA autocast makes too (its layer_norm computes in
+    float32; CPU autocast's does not). Returns False where the model has no PixArt-shaped
+    blocks after a `pos_embed`."""
+    blocks = getattr(transformer, "transformer_blocks", None)
+    patch = getattr(transformer, "pos_embed", None)
+    if not blocks or patch is None or not hasattr(blocks[0], "scale_shift_table"):
+        return False
+    if getattr(patch, "_trainingjob_settled", False):
+        return True
+    bf16_stream, table_dtype = _uses_bf16_residual(blocks[0]), blocks[0].scale_shift_table.dtype
+
+    def settle(module, args, out):
+        device = out.device.type
+        if bf16_stream:  # the dtype bfloat16_residual_forward casts to
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else out.dtype
+        else:  # diffusers' gated residual adds promote to the table's dtype
+            dtype = torch.promote_types(table_dtype, out.dtype)
+        return out.to(dtype).contiguous()
+
+    patch.register_forward_hook(settle)
+    patch._trainingjob_settled = True
+    return True

@@ -118,14 +118,18 @@ class PixArtSigma:
         The first bucket compiles static shapes. With `dynamic`, the second bucket's shape makes
         torch recompile once with a symbolic sequence length, and that graph serves every later
         bucket, so compile time is bounded by two compiles however many buckets there are.
-        Without it every bucket is its own static graph; and since the first block sees float32
-        input while the rest see bf16, one code object needs a few graphs per bucket: the
-        default limit of 8 would silently fall back to eager after ~4 buckets."""
+        Without it every bucket is its own static graph, so the recompile limit is raised from 8
+        to 64 (past it torch would silently fall back to eager). diffusers hands the first block
+        a transposed view in another dtype than the later blocks get, which took two graphs per
+        shape; pixart_block.settle_block_input makes its input look like theirs: one graph."""
         import torch._dynamo
+
+        from runner.models.pixart_block import settle_block_input
 
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         torch._dynamo.config.automatic_dynamic_shapes = dynamic
+        settle_block_input(transformer)
         for block in transformer.transformer_blocks:
             block.compile(dynamic=None if dynamic else False)
         return len(transformer.transformer_blocks)

@@ -1,13 +1,15 @@
 """spec.training.residualStream: PixArt's block with the residual stream in the autocast dtype
-(runner/models/pixart_block.py), against diffusers' own BasicTransformerBlock."""
+(runner/models/pixart_block.py), against diffusers' own BasicTransformerBlock; and the first
+block's input settled so that compiled blocks share one graph."""
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from diffusers import PixArtTransformer2DModel
 
-from runner.models.pixart_block import bfloat16_residual_forward, use_bfloat16_residual
+from runner.models.pixart_block import bfloat16_residual_forward, settle_block_input, use_bfloat16_residual
 from runner.models.pixart_sigma import FAMILY
 from runner.spec.load import job_from_document
 from runner.spec.parse import parse_document
@@ -104,3 +106,45 @@ def test_the_schema_default_is_bfloat16(minimal_spec) -> None:
     job = job_from_document(parse_document(minimal_spec))
     assert job.spec.training.residualStream == "bfloat16"
     assert job.spec.training.mixedPrecision == "bf16"
+
+
+def _unique_graphs(model, autocast: bool):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    for block in model.transformer_blocks:
+        block.compile(backend="eager")  # dynamo's graphs only: what the guards decide
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = model(**_inputs())[0]
+    out.float().square().mean().backward()
+    torch._dynamo.reset()
+    return counters["stats"]["unique_graphs"], out
+
+
+@pytest.mark.parametrize("bf16_stream, autocast, exact", [
+    (True, True, True),
+    (False, False, True),
+    # CPU autocast runs layer_norm on a bf16 input in bf16, so block 0's first norm now sees
+    # float32 there; CUDA autocast runs layer_norm in float32 anyway (ATen's autocast FP32
+    # list), where the settled input gives the same result.
+    (False, True, False),
+])
+def test_settled_first_block_input_makes_one_graph_for_all_blocks(bf16_stream, autocast, exact) -> None:
+    plain, settled = _model(), _model()
+    for m in (plain, settled):
+        if bf16_stream:
+            use_bfloat16_residual(m)
+    assert settle_block_input(settled)
+    graphs_plain, out_plain = _unique_graphs(plain, autocast)
+    graphs_settled, out_settled = _unique_graphs(settled, autocast)
+    assert graphs_plain == 2  # block 0's input differs from the others' in layout (and dtype)
+    assert graphs_settled == 1
+    if exact:
+        assert torch.equal(out_plain, out_settled)
+        for (name, a), (_, b) in zip(plain.named_parameters(), settled.named_parameters()):
+            assert torch.equal(a.grad, b.grad), name
+    else:
+        a, b = out_plain.float(), out_settled.float()
+        assert (a - b).norm() / b.norm() < 1e-2
