@@ -87,13 +87,13 @@ def run(kind: str, seed: int, rows) -> list[float]:
     opt = make_optimizer(training, model.parameters(), DEV)
     objective = Objective(scheduler=DDPMScheduler(num_train_timesteps=1000), use_additional_conditions=False)
     lat, emb, mask = dataset(cfg)
+    lat, emb, mask = lat.to(DEV), emb.to(DEV, torch.bfloat16), mask.to(DEV)  # once, not every step
     gen = torch.Generator(device=DEV).manual_seed(seed)
     losses, t = [], time.time()
     for step in range(args.steps):
-        idx = torch.arange(step * args.batch, (step + 1) * args.batch) % lat.shape[0]
+        idx = torch.arange(step * args.batch, (step + 1) * args.batch, device=DEV) % lat.shape[0]
         with torch.autocast(DEV.type, dtype=torch.bfloat16):
-            loss = objective(model, lat[idx].to(DEV), emb[idx].to(DEV, torch.bfloat16), mask[idx].to(DEV),
-                             generator=gen)
+            loss = objective(model, lat[idx], emb[idx], mask[idx], generator=gen)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
