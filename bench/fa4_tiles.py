@@ -1,12 +1,14 @@
 """flash-attn-4's SM90 backward at PixArt's shape under other tile configurations.
 
-    python bench/fa4_tiles.py [--deadline S] [--out DIR]
+    python bench/fa4_tiles.py [--deadline S] [--out DIR] [--only NAME[,NAME...]]
 
 For head_dim <= 96 the package picks one BwdConfig (64 x 128 tiles, from FA3's hdim-96
 setting). This times the backward kernel (B 8, 4096 tokens, 16 heads of 72) under each
 candidate in CANDIDATES, checks its dQ/dK/dV against float32 SDPA, and records compile
 seconds; a candidate that does not compile or is wrong is recorded as such. Rows go to
 DIR/fa4_tiles.jsonl. runner/models/fa4_sm90.py's corrections are applied, as in training.
+Without --only each candidate runs in its own process (a launch failure poisons the process's
+CUDA context); FWD_CANDIDATES do the same for the forward's tiles.
 """
 from __future__ import annotations
 
@@ -85,7 +87,8 @@ def main() -> None:
     want = [x.transpose(1, 2) for x in torch.autograd.grad(ref, (qf, kf, vf), go.float().transpose(1, 2))]
     del qf, kf, vf, ref
     flops = 2.5 * 4 * b * h * n * n * d
-    names = [x for x in args.only.split(",") if x] or list(CANDIDATES)
+    only = [x for x in args.only.split(",") if x]
+    names = [x for x in only if x in CANDIDATES] if only else list(CANDIDATES)
     for name in names:
         if time.time() - T0 > args.deadline:
             emit(kind="fa4_tile", name=name, skipped="deadline")
@@ -122,6 +125,8 @@ def main() -> None:
     fwd_original = fa._tile_size_fwd_sm90
     ref_out = out.float()
     for name, (tm, tn, rs, ol) in FWD_CANDIDATES.items():
+        if only and name not in only:
+            continue
         if time.time() - T0 > args.deadline:
             emit(kind="fa4_fwd_tile", name=name, skipped="deadline")
             continue
@@ -155,6 +160,26 @@ def main() -> None:
     fa._tile_size_fwd_sm90 = fwd_original
 
 
+def isolated() -> None:
+    """Each candidate in its own process: a configuration that fails to launch leaves its CUDA
+    context unusable, which would end the sweep there."""
+    import subprocess
+
+    for name in [*CANDIDATES, *FWD_CANDIDATES]:
+        left = args.deadline - (time.time() - T0)
+        if left < 20:
+            print(f"{name}: skipped, the deadline is near", flush=True)
+            continue
+        cmd = [sys.executable, __file__, "--only", name, "--out", args.out, "--deadline", str(left)]
+        try:
+            subprocess.run(cmd, timeout=left, check=False)
+        except subprocess.TimeoutExpired:
+            print(f"{name}: stopped at the deadline", flush=True)
+
+
 if __name__ == "__main__":
     os.makedirs(args.out, exist_ok=True)
-    main()
+    if args.only:
+        main()
+    else:
+        isolated()
