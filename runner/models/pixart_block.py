@@ -1,4 +1,4 @@
-"""PixArt's transformer block with a bfloat16 residual stream (spec.training.residualDtype).
+"""PixArt's transformer block with a bfloat16 residual stream (spec.training.residualStream).
 
 diffusers' BasicTransformerBlock (norm_type "ada_norm_single") adds the float32
 `scale_shift_table` to the timestep embedding, so under bf16 autocast the gates, and with
@@ -7,7 +7,7 @@ modulation and gated residual adds then move float32 activations through memory.
 `bfloat16_residual_forward` is the same block, line for line, with the modulation and the
 residual stream in the autocast dtype: what the block computes in bf16 inference, and what
 FSDP's `param_dtype=bfloat16` (torchtitan's default) gives in training. Master weights,
-gradients and the optimizer stay float32; the norms still compute in float32 (autocast).
+gradients and the optimizer stay float32; the norms still compute in float32 (CUDA autocast).
 
 Only blocks shaped like PixArt's are touched (ada_norm_single, self- and cross-attention, no
 dropout); anything else keeps diffusers' forward. The state dict is unchanged.
