@@ -160,8 +160,11 @@ def _metrics(job: TrainingJob, is_main: bool, shard=None):
         worker = shard is not None and not shard.is_whole
         return Metrics(job.name, cache_shard_file=shards / f"rank-{shard.index}.json" if worker else None)
     reporter = Reporter(job.name, job.document.to_dict(), paths.output_dir, paths.manifest)
-    return Metrics(job.name, job.spec.metrics.port, run_log=reporter.history, on_validation=reporter.write,
-                   on_close=reporter.write, cache_shard_dir=shards)
+    metrics = Metrics(job.name, job.spec.metrics.port, run_log=reporter.history, on_validation=reporter.write,
+                      on_close=reporter.write, cache_shard_dir=shards)
+    if metrics.not_served:
+        print(f"warning: {metrics.not_served}", file=sys.stderr, flush=True)
+    return metrics
 
 
 def shard_of_worker(job: TrainingJob):

@@ -9,6 +9,7 @@ misspelled call raises AttributeError, and __slots__ refuses a misspelled attrib
 from __future__ import annotations
 
 import dataclasses
+import errno
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -19,9 +20,9 @@ from runner.observe.runlog import RunLog
 
 
 class Metrics:
-    __slots__ = ("job", "rank", "registry", "server", "cache", "_series", "_log", "_on_validation", "_on_close",
-                 "_stage", "_stage_started", "_train_started", "_start_step", "_planned", "_gpu", "_thread",
-                 "_steps")
+    __slots__ = ("job", "rank", "registry", "server", "not_served", "cache", "_series", "_log", "_on_validation",
+                 "_on_close", "_stage", "_stage_started", "_train_started", "_start_step", "_planned", "_gpu",
+                 "_thread", "_steps")
 
     def __init__(self, job: str, port: int = 0, *, rank: int = 0, run_log: Path | None = None,
                  on_validation: Callable[[], Any] | None = None, on_close: Callable[[], Any] | None = None,
@@ -54,10 +55,20 @@ class Metrics:
         self._stage, self._stage_started = "", 0.0
         self._train_started, self._start_step, self._planned, self._gpu, self._steps = 0.0, 0, 0, None, 0
         self.server, self._thread = None, None
+        self.not_served: str | None = None  # why /metrics could not be served, for the log
         if port:
             from prometheus_client import start_http_server
 
-            self.server, self._thread = start_http_server(port, registry=self.registry)
+            try:
+                self.server, self._thread = start_http_server(port, registry=self.registry)
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                # Two local runs at once, or a Prometheus server on its default 9090: the run
+                # goes on without /metrics rather than dying for its monitoring.
+                self.not_served = (f"spec.metrics.port {port} is already in use on this machine (another run, or a "
+                                   "Prometheus server, listens there), so this run serves no /metrics; set "
+                                   "spec.metrics.port to a free port, or to 0 to turn the endpoint off")
 
     def _get(self, name: str, **labels: str):
         return self._series[name].labels(self.job, *labels.values())

@@ -253,3 +253,27 @@ def test_close_frees_the_port_for_the_next_stage() -> None:
         assert sample(scrape(port), N.STAGE, job="x", stage="train") == 1.0
     finally:
         train.close()
+
+
+def test_a_port_in_use_leaves_the_run_without_metrics_and_says_which_field(tmp_path: Path, minimal_spec, capsys) -> None:
+    from runner.launch.run import _metrics
+    from runner.spec.load import load_spec
+
+    with socket.socket() as taken:  # another run, or a Prometheus server, already listens there
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        m = Metrics("x", port=port)
+        assert m.server is None
+        assert f"spec.metrics.port {port} is already in use" in m.not_served
+        m.close()
+
+        spec = tmp_path / "job.yaml"
+        spec.write_text(minimal_spec)
+        job = load_spec(spec, [f"spec.metrics.port={port}", f"spec.output.dir={tmp_path / 'out'}",
+                               f"spec.cacheDir={tmp_path / 'cache'}"])
+        m = _metrics(job, is_main=True)
+        m.close()
+    err = capsys.readouterr().err
+    assert f"warning: spec.metrics.port {port} is already in use" in err
+    assert "set spec.metrics.port to a free port, or to 0" in err
