@@ -1,0 +1,95 @@
+"""The block GEMMs of a PixArt-Sigma-XL training step at their real shapes, one at a time.
+
+    python bench/gemms.py [--res 1024] [--batch 8] [--tiny] [--out DIR]
+
+A step's profile names cuBLAS kernels, not shapes, so "the GEMMs run at the card's peak" could
+not be told apart per layer. This times each Linear of a block (forward, input gradient and
+weight gradient, bf16, as autocast runs them) at the step's shapes, and the same for a fused
+q/k/v projection, and gives TFLOP/s beside a large square matmul's. Rows go to DIR/gemms.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+p = argparse.ArgumentParser()
+p.add_argument("--res", type=int, default=1024)
+p.add_argument("--batch", type=int, default=8)
+p.add_argument("--tiny", action="store_true")
+p.add_argument("--out", default=os.environ.get("OUT", "/tmp/gemms"))
+args = p.parse_args()
+DEV = torch.device("cpu" if args.tiny else "cuda")
+DT = torch.float32 if args.tiny else torch.bfloat16
+WIDTH, FF = (64, 256) if args.tiny else (1152, 4608)
+TOKENS = args.batch * (args.res // 16) ** 2 if not args.tiny else 256
+LAYERS = 28
+
+# name: (in, out, uses per block); self q/k/v/o and cross q/o see the image tokens
+LINEARS = {"attn 1152x1152 (self q, k, v, o; cross q, o)": (WIDTH, WIDTH, 6),
+           "fused q|k|v 1152x3456 (instead of three)": (WIDTH, 3 * WIDTH, 0),
+           "ff up 1152x4608": (WIDTH, FF, 1),
+           "ff down 4608x1152": (FF, WIDTH, 1)}
+
+
+def timed(fn, iters=20):
+    for _ in range(3):
+        fn()
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+    ms = []
+    for _ in range(iters):
+        if DEV.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            e.synchronize()
+            ms.append(s.elapsed_time(e))
+        else:
+            t = time.time()
+            fn()
+            ms.append((time.time() - t) * 1e3)
+    return statistics.median(ms)
+
+
+def main() -> None:
+    os.makedirs(args.out, exist_ok=True)
+    rows = open(os.path.join(args.out, "gemms.jsonl"), "a")
+
+    def emit(**rec):
+        rows.write(json.dumps(rec) + "\n")
+        rows.flush()
+        print(json.dumps(rec), flush=True)
+
+    g = torch.Generator(device=DEV).manual_seed(0)
+    n = 8192 if not args.tiny else 256
+    a, b = (torch.randn(n, n, device=DEV, dtype=DT, generator=g) for _ in range(2))
+    peak = 2 * n ** 3 / timed(lambda: a @ b) / 1e9
+    emit(kind="gemm_peak", shape=f"{n}^3", tflops=round(peak, 1))
+    step_ms = 0.0
+    for name, (k, m, uses) in LINEARS.items():
+        x = torch.randn(TOKENS, k, device=DEV, dtype=DT, generator=g)
+        w = torch.randn(m, k, device=DEV, dtype=DT, generator=g)
+        bias = torch.randn(m, device=DEV, dtype=DT, generator=g)
+        grad = torch.randn(TOKENS, m, device=DEV, dtype=DT, generator=g)
+        flops = 2 * TOKENS * k * m
+        rec = dict(kind="gemm", linear=name, tokens=TOKENS)
+        for part, fn in (("fwd", lambda: F.linear(x, w, bias)), ("dx", lambda: grad @ w),
+                         ("dw", lambda: grad.t() @ x)):
+            ms = timed(fn)
+            rec[f"{part}_ms"] = round(ms, 4)
+            rec[f"{part}_tflops"] = round(flops / ms / 1e9, 1)
+            step_ms += ms * uses * LAYERS
+        emit(**rec)
+    emit(kind="gemm_step", unfused_block_gemms_ms=round(step_ms, 1), layers=LAYERS,
+         note="the block Linears of one step (fwd + dx + dw) at these rates; cross k/v (text tokens) left out")
+
+
+if __name__ == "__main__":
+    main()
