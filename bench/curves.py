@@ -13,7 +13,6 @@ go to DIR/curves.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -25,6 +24,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
+from timing import Rows  # noqa: E402
+
 p = argparse.ArgumentParser()
 p.add_argument("--runs", default="fp32:0,fp32:1,bf16res:0,bf16res:1")
 p.add_argument("--steps", type=int, default=500)
@@ -35,15 +36,7 @@ p.add_argument("--tiny", action="store_true")
 p.add_argument("--out", default=os.environ.get("OUT", "/tmp/curves"))
 args = p.parse_args()
 DEV = torch.device("cpu" if args.tiny else "cuda")
-T0 = time.time()
 WINDOW = 50
-
-
-def emit(rows, **rec):
-    rows.write(json.dumps(rec) + "\n")
-    rows.flush()
-    short = {k: v for k, v in rec.items() if k != "losses"}
-    print(f"[{time.time() - T0:6.1f}s]", json.dumps(short), flush=True)
 
 
 def dataset(cfg, n=64):
@@ -61,7 +54,7 @@ def dataset(cfg, n=64):
     return lat, emb, mask
 
 
-def run(kind: str, seed: int, rows) -> list[float]:
+def run(kind: str, seed: int, emit) -> list[float]:
     from diffusers import DDPMScheduler, PixArtTransformer2DModel
 
     from make_random_pixart import XL_TRANSFORMER
@@ -101,19 +94,18 @@ def run(kind: str, seed: int, rows) -> list[float]:
         losses.append(loss.detach())
     losses = [float(x) for x in torch.stack(losses).cpu()]
     windows = [sum(losses[i:i + WINDOW]) / len(losses[i:i + WINDOW]) for i in range(0, len(losses), WINDOW)]
-    emit(rows, kind="curve", run=f"{kind}:{seed}", attention=used, steps=args.steps, res=args.res, batch=args.batch,
+    emit(kind="curve", run=f"{kind}:{seed}", attention=used, steps=args.steps, res=args.res, batch=args.batch,
          lr=args.lr, seconds=round(time.time() - t, 1), window=WINDOW, window_means=[round(w, 5) for w in windows],
          losses=[round(x, 5) for x in losses])
     return windows
 
 
 def main() -> None:
-    os.makedirs(args.out, exist_ok=True)
-    rows = open(os.path.join(args.out, "curves.jsonl"), "a")
+    emit = Rows(args.out, "curves.jsonl")
     curves = {}
     for item in args.runs.split(","):
         kind, seed = item.split(":")
-        curves[(kind, int(seed))] = run(kind, int(seed), rows)
+        curves[(kind, int(seed))] = run(kind, int(seed), emit)
 
     def distance(a, b):  # mean absolute gap between two curves' window means
         return sum(abs(x - y) for x, y in zip(a, b)) / len(a)
@@ -123,7 +115,7 @@ def main() -> None:
         noise = distance(curves[("fp32", seeds[0])], curves[("fp32", seeds[1])])
         for kind in sorted({k for k, _ in curves} - {"fp32"}):
             gaps = [distance(curves[(kind, s)], curves[("fp32", s)]) for s in seeds if (kind, s) in curves]
-            emit(rows, kind="curve_compare", setting=kind, seed_noise=round(noise, 5),
+            emit(kind="curve_compare", setting=kind, seed_noise=round(noise, 5),
                  gap_to_fp32=[round(g, 5) for g in gaps], within_noise=all(g <= noise for g in gaps))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -24,10 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from timing import Rows, median_ms  # noqa: E402
 
 p = argparse.ArgumentParser()
-p.add_argument("--deadline", type=float, default=400)
+p.add_argument("--deadline", type=float, default=400, help="seconds for the whole sweep (without --only)")
 p.add_argument("--out", default=os.environ.get("OUT", "/tmp/fa4-tiles"))
 p.add_argument("--only", default="", help="comma-separated candidate names")
 args = p.parse_args()
@@ -62,20 +62,31 @@ FWD_CANDIDATES = {"fwd_192x144": (192, 144, False, True), "fwd_192x128": (192, 1
                   "fwd_192x192": (192, 192, False, True), "fwd_128x128_rs": (128, 128, True, True)}
 
 
+def trial(emit, rec: dict, call, errors, flops: float) -> None:
+    """One candidate: the first call (its JIT compile), its errors (`errors(output)`), then the
+    median of 12 calls; a candidate that cannot build or launch is recorded as such."""
+    try:
+        t = time.time()
+        got = call()
+        torch.cuda.synchronize()
+        rec["compile_s"] = round(time.time() - t, 1)
+        rec.update(errors(got))
+        ms = median_ms(call, cuda=True, warm=0, iters=12)
+        rec.update(ms=round(ms, 3), tflops=round(flops / ms / 1e9, 1))
+    except Exception as e:  # noqa: BLE001 - a config that cannot build is a result
+        traceback.print_exc(limit=2)
+        rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    emit(**rec)
+
+
 def main() -> None:
     from flash_attn.cute import interface as fa
 
     from runner.models.fa4_sm90 import install_postprocess_fix
 
     install_postprocess_fix(fa)
-    rows = open(os.path.join(args.out, "fa4_tiles.jsonl"), "a")
-
-    def emit(**rec):
-        rows.write(json.dumps(rec) + "\n")
-        rows.flush()
-        print(f"[{time.time() - T0:6.1f}s]", json.dumps(rec), flush=True)
-
-    original = fa._tile_size_bwd_sm90
+    emit = Rows(args.out, "fa4_tiles.jsonl")
+    bwd_tiles, fwd_tiles = fa._tile_size_bwd_sm90, fa._tile_size_fwd_sm90
     dev = torch.device("cuda")
     b, n, h, d = 8, 4096, 16, 72
     g = torch.Generator(device=dev).manual_seed(0)
@@ -85,79 +96,38 @@ def main() -> None:
     qf, kf, vf = (x.float().transpose(1, 2).requires_grad_() for x in (q, k, v))
     ref = F.scaled_dot_product_attention(qf, kf, vf, scale=scale)
     want = [x.transpose(1, 2) for x in torch.autograd.grad(ref, (qf, kf, vf), go.float().transpose(1, 2))]
-    del qf, kf, vf, ref
-    flops = 2.5 * 4 * b * h * n * n * d
-    only = [x for x in args.only.split(",") if x]
-    names = [x for x in only if x in CANDIDATES] if only else list(CANDIDATES)
+    ref = ref.detach().transpose(1, 2)
+    del qf, kf, vf
+    fwd_flops = 4 * b * h * n * n * d
+
+    def rel(a, r):
+        return round(float((a.float() - r).norm() / r.norm()), 5)
+
+    names = [x for x in args.only.split(",") if x] or [*CANDIDATES, *FWD_CANDIDATES]
     for name in names:
-        if time.time() - T0 > args.deadline:
-            emit(kind="fa4_tile", name=name, skipped="deadline")
-            continue
-        change = CANDIDATES[name]
+        if name in CANDIDATES:
+            change = CANDIDATES[name]
 
-        def pick(head_dim, head_dim_v, causal, local, sparse_block_size_q=None, _change=change):
-            cfg = original(head_dim, head_dim_v, causal, local, sparse_block_size_q=sparse_block_size_q)
-            return dataclasses.replace(cfg, **_change) if head_dim <= 96 else cfg
+            def pick(head_dim, head_dim_v, causal, local, sparse_block_size_q=None, _change=change):
+                cfg = bwd_tiles(head_dim, head_dim_v, causal, local, sparse_block_size_q=sparse_block_size_q)
+                return dataclasses.replace(cfg, **_change) if head_dim <= 96 else cfg
 
-        fa._tile_size_bwd_sm90 = pick
-        rec = dict(kind="fa4_tile", name=name, change=change)
-        try:
-            t = time.time()
-            got = fa._flash_attn_bwd(q, k, v, out, go, lse, softmax_scale=scale)[:3]
-            torch.cuda.synchronize()
-            rec["compile_s"] = round(time.time() - t, 1)
-            rec["rel_err"] = [round(float((a.float() - r).norm() / r.norm()), 5) for a, r in zip(got, want)]
-            ms = []
-            for _ in range(12):
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                fa._flash_attn_bwd(q, k, v, out, go, lse, softmax_scale=scale)
-                e.record()
-                e.synchronize()
-                ms.append(s.elapsed_time(e))
-            best = sorted(ms)[len(ms) // 2]
-            rec.update(bwd_ms=round(best, 3), tflops=round(flops / best / 1e9, 1))
-        except Exception as e:  # noqa: BLE001 - a config that cannot build is a result
-            traceback.print_exc(limit=2)
-            rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        emit(**rec)
-    fa._tile_size_bwd_sm90 = original
-    fwd_original = fa._tile_size_fwd_sm90
-    ref_out = out.float()
-    for name, (tm, tn, rs, ol) in FWD_CANDIDATES.items():
-        if only and name not in only:
-            continue
-        if time.time() - T0 > args.deadline:
-            emit(kind="fa4_fwd_tile", name=name, skipped="deadline")
-            continue
+            fa._tile_size_bwd_sm90 = pick
+            rec = dict(kind="fa4_tile", name=name, change=change)
+            trial(emit, rec, lambda: fa._flash_attn_bwd(q, k, v, out, go, lse, softmax_scale=scale)[:3],
+                  lambda got: {"rel_err": [rel(a, r) for a, r in zip(got, want)]}, 2.5 * fwd_flops)
+        else:
+            config = FWD_CANDIDATES[name]
 
-        def pick_fwd(head_dim, head_dim_v, is_causal, is_local, sparse_block_size_q=None, _c=(tm, tn, rs, ol)):
-            cfg = fwd_original(head_dim, head_dim_v, is_causal, is_local, sparse_block_size_q)
-            return fa.FwdConfig(*_c) if 64 < head_dim <= 96 else cfg
+            def pick_fwd(head_dim, head_dim_v, is_causal, is_local, sparse_block_size_q=None, _c=config):
+                cfg = fwd_tiles(head_dim, head_dim_v, is_causal, is_local, sparse_block_size_q)
+                return fa.FwdConfig(*_c) if 64 < head_dim <= 96 else cfg
 
-        fa._tile_size_fwd_sm90 = pick_fwd
-        rec = dict(kind="fa4_fwd_tile", name=name)
-        try:
-            t = time.time()
-            o = fa._flash_attn_fwd(q, k, v, softmax_scale=scale, return_lse=True)[0]
-            torch.cuda.synchronize()
-            rec["compile_s"] = round(time.time() - t, 1)
-            rec["rel_err_vs_default"] = round(float((o.float() - ref_out).norm() / ref_out.norm()), 5)
-            ms = []
-            for _ in range(12):
-                s_, e_ = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s_.record()
-                fa._flash_attn_fwd(q, k, v, softmax_scale=scale, return_lse=True)
-                e_.record()
-                e_.synchronize()
-                ms.append(s_.elapsed_time(e_))
-            best = sorted(ms)[len(ms) // 2]
-            rec.update(fwd_ms=round(best, 3), tflops=round(flops / 2.5 / best / 1e9, 1))
-        except Exception as e:  # noqa: BLE001
-            traceback.print_exc(limit=2)
-            rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        emit(**rec)
-    fa._tile_size_fwd_sm90 = fwd_original
+            fa._tile_size_fwd_sm90 = pick_fwd
+            rec = dict(kind="fa4_fwd_tile", name=name)
+            trial(emit, rec, lambda: fa._flash_attn_fwd(q, k, v, softmax_scale=scale, return_lse=True)[0],
+                  lambda got: {"rel_err": rel(got, ref)}, fwd_flops)
+        fa._tile_size_bwd_sm90, fa._tile_size_fwd_sm90 = bwd_tiles, fwd_tiles
 
 
 def isolated() -> None:
@@ -170,7 +140,7 @@ def isolated() -> None:
         if left < 20:
             print(f"{name}: skipped, the deadline is near", flush=True)
             continue
-        cmd = [sys.executable, __file__, "--only", name, "--out", args.out, "--deadline", str(left)]
+        cmd = [sys.executable, __file__, "--only", name, "--out", args.out]
         try:
             subprocess.run(cmd, timeout=left, check=False)
         except subprocess.TimeoutExpired:

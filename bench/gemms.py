@@ -10,13 +10,15 @@ q/k/v projection, and gives TFLOP/s beside a large square matmul's. Rows go to D
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import Rows, median_ms  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--res", type=int, default=1024)
@@ -37,35 +39,11 @@ LINEARS = {"attn 1152x1152 (self q, k, v, o; cross q, o)": (WIDTH, WIDTH, 6),
            "ff down 4608x1152": (FF, WIDTH, 1)}
 
 
-def timed(fn, iters=20):
-    for _ in range(3):
-        fn()
-    if DEV.type == "cuda":
-        torch.cuda.synchronize()
-    ms = []
-    for _ in range(iters):
-        if DEV.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            ms.append(s.elapsed_time(e))
-        else:
-            t = time.time()
-            fn()
-            ms.append((time.time() - t) * 1e3)
-    return statistics.median(ms)
-
-
 def main() -> None:
-    os.makedirs(args.out, exist_ok=True)
-    rows = open(os.path.join(args.out, "gemms.jsonl"), "a")
+    emit = Rows(args.out, "gemms.jsonl")
 
-    def emit(**rec):
-        rows.write(json.dumps(rec) + "\n")
-        rows.flush()
-        print(json.dumps(rec), flush=True)
+    def timed(fn):
+        return median_ms(fn, cuda=DEV.type == "cuda", warm=3, iters=20)
 
     g = torch.Generator(device=DEV).manual_seed(0)
     n = 8192 if not args.tiny else 256

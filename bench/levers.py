@@ -31,6 +31,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
+from timing import Rows, median_ms  # noqa: E402
+
 p = argparse.ArgumentParser()
 p.add_argument("sections")
 p.add_argument("--tiny", action="store_true")
@@ -45,18 +47,8 @@ args = p.parse_args()
 os.makedirs(args.out, exist_ok=True)
 DEV = torch.device("cpu" if args.tiny else "cuda")
 BF16 = torch.bfloat16
-T0 = time.time()
-ROWS = open(os.path.join(args.out, "levers.jsonl"), "a")
-
-
-def log(*a):
-    print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
-
-
-def emit(**rec):
-    ROWS.write(json.dumps(rec) + "\n")
-    ROWS.flush()
-    log(json.dumps(rec))
+emit = Rows(args.out, "levers.jsonl")
+log = emit.log
 
 
 def sync():
@@ -65,18 +57,7 @@ def sync():
 
 
 def timed(fn, warm=2, iters=8):
-    for _ in range(warm):
-        fn()
-    sync()
-    ms = []
-    for _ in range(iters):
-        if DEV.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record(); fn(); e.record(); e.synchronize(); ms.append(s.elapsed_time(e))
-        else:
-            t = time.time(); fn(); ms.append((time.time() - t) * 1e3)
-    return statistics.median(ms)
-
+    return median_ms(fn, cuda=DEV.type == "cuda", warm=warm, iters=iters)
 
 def free():
     gc.collect()
@@ -208,29 +189,28 @@ def section_step():
         free()
         torch._dynamo.reset()
         rec = dict(kind="step", variant=variant, res=args.res, batch=args.batch)
+        restore: list[tuple[object, str, object]] = []  # (module, attribute, original) a variant patched
         try:
             model, cfg = build_transformer()
             kernel = "fa4" if "fa4" in variant else "sdpa"
             used, why = attn.set_attention(model, kernel, DEV)
             rec["attention"], rec["attention_note"] = used, why
-            if "bf16res" in variant:  # spec.training.residualDtype: bfloat16
-                from runner.models.pixart_block import use_bfloat16_residual
-
-                rec["bf16_residual_blocks"] = use_bfloat16_residual(model)
+            if "bf16res" in variant:  # spec.training.residualStream: bfloat16
+                rec["bf16_residual_blocks"] = FAMILY.bf16_residual(model)
             if "purebf16" in variant:  # bound only: bf16 weights, no fp32 master
                 model.to(BF16)
-            if "_m128" in variant:  # FA4 SM90 backward at 128 x 128 tiles (bench/fa4_tiles.py "m128")
+            if "_m128" in variant:  # FA4 SM90 backward at 128 x 128 tiles (bench/fa4_tiles.py "m128"), this variant only
                 from dataclasses import replace
 
                 from flash_attn.cute import interface as fa
 
-                tiles = getattr(fa._tile_size_bwd_sm90, "__wrapped__", fa._tile_size_bwd_sm90)
+                tiles = fa._tile_size_bwd_sm90
+                restore.append((fa, "_tile_size_bwd_sm90", tiles))
 
-                def m128(hd, hdv, causal, local, sparse_block_size_q=None, _t=tiles):
-                    cfg = _t(hd, hdv, causal, local, sparse_block_size_q=sparse_block_size_q)
+                def m128(hd, hdv, causal, local, sparse_block_size_q=None):
+                    cfg = tiles(hd, hdv, causal, local, sparse_block_size_q=sparse_block_size_q)
                     return replace(cfg, m_block_size=128, AtomLayoutMdQ=2, dQ_single_wg=False) \
                         if 64 < hd <= 96 and not causal and not local else cfg
-                m128.__wrapped__ = tiles
                 fa._tile_size_bwd_sm90 = m128
             if "fp8" in variant:
                 recipe = {"fp8tw": "tensorwise", "fp8rw": "rowwise", "fp8gw": "rowwise_with_gw_hp"}.get(
@@ -291,6 +271,9 @@ def section_step():
             traceback.print_exc()
             rec["error"] = f"{type(e).__name__}: {str(e)[:400]}"
             emit(**rec)
+        finally:
+            for module, name, original in restore:
+                setattr(module, name, original)
 
 
 def section_buckets():
