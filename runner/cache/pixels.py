@@ -35,14 +35,10 @@ def load_pixels(item, to_tensor: Callable[[Any], Any]) -> Any:
         return f"cannot decode ({e})"
 
 
-def verify_images(plans, to_tensor: Callable[[Any], Any], workers: int) -> list[tuple[Any, str]]:
-    """Decode every image once (used with vaeCacheDisable, where nothing else would before
-    training): (item, reason) for each that does not decode."""
-    by_bucket: dict[Any, list] = {}
-    for _, plan in plans:
-        for item in plan.items:
-            by_bucket.setdefault(item.bucket, []).append(item)  # a batch stacks images of one size
-    batches = [group[i: i + 16] for group in by_bucket.values() for i in range(0, len(group), 16)]
+def verify_images(batches: Sequence[Sequence[Any]], to_tensor: Callable[[Any], Any], workers: int) -> list[tuple[Any, str]]:
+    """Decode every image of `batches` (each of one size) once, as the VAE pass would (used with
+    vaeCacheDisable, where nothing else would before training): (item, reason) for each that
+    does not decode."""
     return [(batches[i][j], reason) for i, _, failed in pixel_batches(batches, to_tensor, workers=workers, pin=False)
             for j, reason in failed.items()]
 

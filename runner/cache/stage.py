@@ -12,7 +12,7 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from runner.cache import keys as cachekeys
 from runner.cache.keys import EncoderIdentity, entry_path
@@ -129,6 +129,15 @@ def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[i: i + size]
 
 
+def bucket_batches(entries: Sequence[Any], bucket: Callable[[Any], str], size: int) -> list[Sequence[Any]]:
+    """`entries` grouped by bucket, in bucket order, cut into batches of at most `size`: a VAE
+    batch stacks images, so each holds one shape."""
+    by_bucket: dict[str, list] = {}
+    for entry in entries:
+        by_bucket.setdefault(bucket(entry), []).append(entry)
+    return [batch for name in sorted(by_bucket) for batch in chunks(by_bucket[name], size)]
+
+
 # ----------------------------------------------------------------------------- encoders
 
 def encoder_identities(ctx: RunContext, model_dir: Path) -> tuple[EncoderIdentity, EncoderIdentity]:
@@ -211,20 +220,18 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
         return keys, []
     ctx.log(f"encoding {len(todo)} image(s) with the VAE ({len(keys) - len(todo)} cached)")
     vae = family.load_vae(model_dir, ctx.spec.model.vaeDtype, ctx.device, compile=ctx.spec_dict["model"]["vaeCompile"])
-    by_bucket: dict[str, list] = {}
-    for entry in todo:
-        by_bucket.setdefault(entry[1].bucket, []).append(entry)
     bar = Progress(len(todo), "latents", "image")
     futures = []
 
     failed: list[tuple[Any, str]] = []
     dtype = torch_dtype(ctx.spec.model.vaeDtype)
-    batches = [batch for bucket in sorted(by_bucket) for batch in chunks(by_bucket[bucket], ctx.spec_dict["model"]["vaeBatchSize"])]
+    batches = bucket_batches(todo, lambda entry: entry[1].bucket, ctx.spec_dict["model"]["vaeBatchSize"])
     in_flight = None  # the previous batch's latents, on their way to host memory
 
     def write(done) -> None:
         good, copy = done
         for (vae_dir, item, key), latent in zip(good, copy.wait()):
+            # clone: the entry's own storage, so a queued write does not keep the batch's pinned buffer alive
             futures.append(writer.submit(write_entry, entry_path(vae_dir, key), {"latent": latent.clone()},
                                          {"source": item.info.rel}))
             futures[-1].add_done_callback(ctx.metrics.entry_written)
@@ -366,7 +373,9 @@ def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheRepor
         if spec["vaeCacheDisable"]:
             from runner.cache.pixels import verify_images
 
-            latent_keys, broken = {}, verify_images(plans, ctx.family.image_to_tensor, decode_workers())
+            items = [item for _, plan in plans for item in plan.items]
+            batches = bucket_batches(items, lambda item: item.bucket, ctx.spec_dict["model"]["vaeBatchSize"])
+            latent_keys, broken = {}, verify_images(batches, ctx.family.image_to_tensor, decode_workers())
         else:
             latent_keys, broken = cache_latents(ctx, model_dir, plans, vae_id, report, writer)
         plans = drop_broken(ctx, plans, broken, report)

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from runner.cache.pixels import HostCopy, pixel_batches, verify_images
+from runner.cache.stage import bucket_batches
 from runner.data.transforms import plan_crop
 from runner.data.workers import decode_workers, quota_cpus, usable_cpus
 from runner.models.pixart_sigma import FAMILY
@@ -65,8 +66,18 @@ def test_pixel_batches_keep_order_and_report_undecodable_items(tmp_path: Path, w
 def test_verify_images_names_what_does_not_decode_across_buckets(tmp_path: Path) -> None:
     items = _photo_items(tmp_path, [(80, 64), (64, 96), (70, 70), (80, 64)])
     (tmp_path / "1.png").write_bytes(b"not an image")
-    found = verify_images([(None, SimpleNamespace(items=items))], FAMILY.image_to_tensor, workers=0)
+    batches = bucket_batches(items, lambda item: item.bucket, 2)
+    found = verify_images(batches, FAMILY.image_to_tensor, workers=0)
     assert [(item.info.rel, reason.startswith("cannot decode")) for item, reason in found] == [("1.png", True)]
+
+
+@pytest.mark.parametrize("entries, size, expected", [
+    ([("b", 1), ("a", 2), ("b", 3), ("a", 4), ("b", 5)], 2, [[("a", 2), ("a", 4)], [("b", 1), ("b", 3)], [("b", 5)]]),
+    ([("a", 1), ("a", 2), ("a", 3)], 16, [[("a", 1), ("a", 2), ("a", 3)]]),
+    ([], 4, []),
+])
+def test_bucket_batches_keep_one_bucket_per_batch_in_bucket_order(entries, size, expected) -> None:
+    assert [list(b) for b in bucket_batches(entries, lambda e: e[0], size)] == expected
 
 
 def test_host_copy_on_the_cpu_casts() -> None:
@@ -100,8 +111,21 @@ def test_usable_cpus(affinity: int, cpu_max: str | None, expected: int) -> None:
     assert usable_cpus(affinity, cpu_max) == expected
 
 
-def test_decode_workers_is_within_bounds() -> None:
-    assert 1 <= decode_workers() <= 16
+@pytest.mark.parametrize("cores, cpu_max, expected", [
+    (64, "400000 100000\n", 4),   # a Kubernetes CPU limit of 4 on a 64-core node
+    (64, "max 100000\n", 16),     # no limit: at most 16 decoders
+    (8, None, 8),                  # no cgroup v2 file
+])
+def test_decode_workers_reads_affinity_and_the_cgroup_quota(monkeypatch, tmp_path: Path, cores, cpu_max,
+                                                            expected) -> None:
+    from runner.data import workers
+
+    cpu_max_file = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        cpu_max_file.write_text(cpu_max)
+    monkeypatch.setattr(workers, "CGROUP_CPU_MAX", cpu_max_file)
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert decode_workers() == expected
 
 
 @pytest.mark.usefixtures("torch_single_thread")
