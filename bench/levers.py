@@ -195,6 +195,8 @@ def section_step():
             kernel = "fa4" if "fa4" in variant else "sdpa"
             used, why = attn.set_attention(model, kernel, DEV)
             rec["attention"], rec["attention_note"] = used, why
+            if "_qkv" in variant and kernel == "fa4":  # self-attention's q/k/v in one GEMM
+                rec["fused_qkv"] = attn.install_processor(model, fuse_qkv=True)
             if "bf16res" in variant:  # spec.training.residualStream: bfloat16
                 rec["bf16_residual_blocks"] = FAMILY.bf16_residual(model)
             if "purebf16" in variant:  # bound only: bf16 weights, no fp32 master
@@ -230,6 +232,11 @@ def section_step():
                                                module_filter_fn=keep)
                     rec["fp8"] = f"{recipe}{' ff only' if ff_only else ''}: " + str(
                         sum(1 for m in model.modules() if type(m).__name__ == "Float8Linear"))
+            if "_cdt" in variant:  # inductor tunes the Triton kernels' block sizes (compile time for speed)
+                import torch._inductor.config as inductor_config
+
+                restore.append((inductor_config, "coordinate_descent_tuning", inductor_config.coordinate_descent_tuning))
+                inductor_config.coordinate_descent_tuning = True
             if "compile" in variant and DEV.type == "cuda":
                 FAMILY.compile(model)
                 if "_cg" in variant:  # CUDA graphs per block (reduce-overhead), to see what the gaps cost
@@ -287,6 +294,10 @@ def section_buckets():
     from runner.train.optim import make_optimizer
 
     dynamic = os.environ.get("BUCKETS_DYNAMIC", "1") == "1"
+    if os.environ.get("BUCKETS_SETTLE", "1") == "0":  # without pixart_block.settle_block_input, to see what it saves
+        import runner.models.pixart_block as pixart_block
+
+        pixart_block.settle_block_input = lambda transformer: False
     free()
     torch._dynamo.reset()
     model, cfg = build_transformer()
@@ -328,7 +339,7 @@ def section_buckets():
             steady.setdefault(f"{h * 8}x{w * 8}", []).append(ms)
     per_bucket = {k: round(statistics.mean(v), 1) for k, v in steady.items()}
     mean_ms = statistics.mean(per_bucket.values())
-    emit(kind="buckets", dynamic=dynamic, attention=used, batch=bs, buckets=len(shapes), text_lengths=len(texts),
+    emit(kind="buckets", dynamic=dynamic, settle=os.environ.get("BUCKETS_SETTLE", "1") != "0", attention=used, batch=bs, buckets=len(shapes), text_lengths=len(texts),
          distinct_shapes=len(shapes) * len(texts), compile_s=round(compile_s, 1), step_ms_by_bucket=per_bucket,
          samples_per_s=round(bs / mean_ms * 1e3, 2), peak_gib=peak_gib())
 

@@ -167,8 +167,10 @@ attn_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqused_k: torch.Tensor | None,
               scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale) v over the first seqused_k[b] keys of each sample; [B, N, H, D]."""
-    return attn_fwd(q.contiguous(), k.contiguous(), v.contiguous(), seqused_k, scale)[0]
+    """softmax(q k^T * scale) v over the first seqused_k[b] keys of each sample; [B, N, H, D].
+    q, k, v may be strided views (of a fused q|k|v projection) as long as the head dim is dense."""
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    return attn_fwd(q, k, v, seqused_k, scale)[0]
 
 
 # ----------------------------------------------------------------------------- processor
@@ -180,16 +182,38 @@ def key_counts(bias: torch.Tensor) -> torch.Tensor:
     return (bias.reshape(bias.shape[0], -1) > -1.0).sum(dim=-1, dtype=torch.int32)
 
 
+def fused_qkv(attn, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Self-attention's q, k, v from one GEMM on the concatenated weights (concatenated per
+    call, so the parameters and the state dict stay diffusers' own): one [N, 3C] GEMM forward,
+    and one input-gradient GEMM with K = 3C instead of three with K = C and two adds."""
+    projections = (attn.to_q, attn.to_k, attn.to_v)
+    weight = torch.cat([p.weight for p in projections])
+    bias = None if attn.to_q.bias is None else torch.cat([p.bias for p in projections])
+    return F.linear(hidden_states, weight, bias).chunk(3, dim=-1)
+
+
+def _fusable(attn) -> bool:
+    projections = (attn.to_q, attn.to_k, attn.to_v)
+    return (all(type(p) is torch.nn.Linear for p in projections)
+            and len({(p.in_features, p.out_features, p.bias is None) for p in projections}) == 1)
+
+
 class FlashAttnProcessor:
     """diffusers attention processor for PixArt's plain Attention modules (no q/k norms,
     no group or spatial norm, no residual): the kernels above where they apply, SDPA on the
-    same tensors otherwise."""
+    same tensors otherwise. With `fuse_qkv`, self-attention projects q, k, v in one GEMM."""
+
+    def __init__(self, fuse_qkv: bool = False):
+        self.fuse_qkv = fuse_qkv
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
         b, n, _ = hidden_states.shape
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        if self.fuse_qkv and encoder_hidden_states is None and _fusable(attn):
+            q, k, v = fused_qkv(attn, hidden_states)
+        else:
+            q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
         h = attn.heads
         d = q.shape[-1] // h
         q, k, v = q.view(b, n, h, d), k.view(b, -1, h, d), v.view(b, -1, h, d)
@@ -320,9 +344,9 @@ def agrees_with_sdpa(kernels: Kernels, head_dim: int, device: torch.device, dtyp
         torch.set_grad_enabled(grad_mode)
 
 
-def install_processor(transformer) -> int:
+def install_processor(transformer, fuse_qkv: bool = False) -> int:
     """FlashAttnProcessor on every plain Attention module; returns how many."""
-    processor, count = FlashAttnProcessor(), 0
+    processor, count = FlashAttnProcessor(fuse_qkv), 0
     for module in transformer.modules():
         if type(module).__name__ == "Attention" and _plain(module):
             module.set_processor(processor)

@@ -155,6 +155,41 @@ def test_processor_matches_diffusers_default() -> None:
     torch.testing.assert_close(fallback, want, rtol=1e-5, atol=1e-6)
 
 
+def test_fused_qkv_matches_diffusers_forward_and_gradients() -> None:
+    """One GEMM on the concatenated q/k/v weights: the same outputs and parameter gradients as
+    diffusers' three projections, the q, k, v reaching the kernels as strided views, and the
+    same parameters (the weights are concatenated per call, not replaced)."""
+    g = torch.Generator().manual_seed(2)
+    x, emb = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 6, 12, generator=g)
+    kw = dict(encoder_hidden_states=emb, encoder_attention_mask=torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6]),
+              timestep=torch.tensor([10, 500]), added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+              return_dict=False)
+    strides: list[bool] = []
+    good = attn.reference_kernels()
+
+    def fwd(q, k, v, seqused_k, scale):
+        strides.append(seqused_k is None and not q.is_contiguous())
+        return good.fwd(q, k, v, seqused_k, scale)
+
+    results = []
+    for fuse in (False, True):
+        attn.use_kernels(dataclasses.replace(good, fwd=fwd))
+        model = _tiny_transformer().train()
+        names = sorted(model.state_dict())
+        assert attn.install_processor(model, fuse_qkv=fuse) == 4
+        out = model(x, **kw)[0]
+        out.square().mean().backward()
+        assert sorted(model.state_dict()) == names
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (want, want_grads), (got, got_grads) = results
+    assert strides == [False, False, False, False, True, False, True, False]  # self-attention, fused
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert got_grads.keys() == want_grads.keys()
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert any(".attn1.to_k." in n and want_grads[n].abs().sum() > 0 for n in want_grads)
+
+
 def test_set_attention_falls_back_to_sdpa_on_cpu() -> None:
     model = _tiny_transformer()
     before = {type(m.processor).__name__ for m in model.modules() if hasattr(m, "processor")}
