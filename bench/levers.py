@@ -195,8 +195,8 @@ def section_step():
             kernel = "fa4" if "fa4" in variant else "sdpa"
             used, why = attn.set_attention(model, kernel, DEV)
             rec["attention"], rec["attention_note"] = used, why
-            if "_qkv" in variant and kernel == "fa4":  # self-attention's q/k/v in one GEMM
-                rec["fused_qkv"] = attn.install_processor(model, fuse_qkv=True)
+            if "_noqkv" in variant and kernel == "fa4":  # q/k/v in three GEMMs, as before the fused default
+                rec["unfused_qkv"] = attn.install_processor(model, fuse_qkv=False)
             if "bf16res" in variant:  # spec.training.residualStream: bfloat16
                 rec["bf16_residual_blocks"] = FAMILY.bf16_residual(model)
             if "purebf16" in variant:  # bound only: bf16 weights, no fp32 master

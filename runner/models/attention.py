@@ -8,7 +8,10 @@ through them:
 - no [B, N, H, D] -> [B, H, N, D] transposes: FA4 takes the Linear outputs' own layout;
 - cross-attention's key padding (T5 embeddings are trimmed to their real length and padded
   at the end, as tokenizers pad) becomes a per-sample key count (`seqused_k`) instead of
-  an additive bias, so the padded keys cost nothing.
+  an additive bias, so the padded keys cost nothing;
+- self-attention's q, k, v come from one GEMM on the concatenated weights (`fused_qkv`):
+  PixArt's 1152 x 1152 projections have K = 1152, short enough that cuBLAS ran them at
+  480-560 TFLOP/s on an H200, the fused 1152 x 3456 one at 600-730 (bench/gemms.py).
 
 flash-attn-4 4.0.0b36 is not right everywhere on SM90 (measured on an H200 against SDPA in
 float32): the backward's dQ is wrong whenever the kernel's internal head tile is 80 (head_dim
@@ -272,7 +275,7 @@ def set_attention(transformer, backend: str, device: torch.device) -> tuple[str,
         use_kernels(None)
         return "sdpa", f"flash-attn-4 failed its check against SDPA at head_dim {head_dim} and the padded widths"
     use_kernels(kernels)
-    install_processor(transformer)
+    install_processor(transformer, fuse_qkv=True)
     return (f"{kernels.name} (head_dim {head_dim}, backward at {kernels.bwd_head_dim or head_dim}; key-padded "
             f"cross-attention on {kernels.name if kernels.key_padding else 'sdpa'})"), None
 

@@ -190,6 +190,28 @@ def test_fused_qkv_matches_diffusers_forward_and_gradients() -> None:
     assert any(".attn1.to_k." in n and want_grads[n].abs().sum() > 0 for n in want_grads)
 
 
+def test_set_attention_installs_checked_kernels_with_fused_qkv(monkeypatch) -> None:
+    """The path a GPU takes, with the reference kernels standing in for flash-attn-4: the kernels
+    pass their check, every plain Attention gets the processor with self-attention's q/k/v fused,
+    and the model computes what diffusers' own processors compute."""
+    monkeypatch.setattr(attn, "fa4_problem", lambda device: None)
+    monkeypatch.setattr(attn, "fa4_kernels", attn.reference_kernels)
+    model = _tiny_transformer()
+    g = torch.Generator().manual_seed(3)
+    x, emb = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 6, 12, generator=g)
+    kw = dict(encoder_hidden_states=emb, encoder_attention_mask=torch.tensor([[1, 1, 0, 0, 0, 0], [1] * 6]),
+              timestep=torch.tensor([3, 700]), added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+              return_dict=False)
+    with torch.no_grad():
+        want = model(x, **kw)[0]
+        used, why = attn.set_attention(model, "fa4", torch.device("cpu"))
+        got = model(x, **kw)[0]
+    assert why is None and used.startswith("reference (head_dim 8")
+    processors = [m.processor for m in model.modules() if type(m).__name__ == "Attention"]
+    assert len(processors) == 4 and all(isinstance(p, attn.FlashAttnProcessor) and p.fuse_qkv for p in processors)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_set_attention_falls_back_to_sdpa_on_cpu() -> None:
     model = _tiny_transformer()
     before = {type(m.processor).__name__ for m in model.modules() if hasattr(m, "processor")}
