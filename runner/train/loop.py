@@ -64,6 +64,13 @@ def latent_source(data: TrainingData, family, model_dir: Path, device: torch.dev
     return vae, lambda batch: family.encode_images(vae, batch["pixels"]).to(device).float()
 
 
+def text_embeds(batch, device: torch.device) -> torch.Tensor:
+    """The batch's caption embeddings in float32, as the latents: the cache keeps them in the
+    text encoder's dtype (bfloat16 by default), which a float32 run without autocast cannot
+    multiply with its weights; where autocast is on, it narrows them again."""
+    return batch["embeds"].to(device, non_blocking=True).float()
+
+
 def apply_speed_options(family, transformer, spec: dict[str, Any], device: torch.device, log) -> None:
     """spec.model.attention, spec.training.residualStream, spec.training.fp8 and
     spec.training.compile, in that order (kernels, block forwards and FP8 modules must be in
@@ -199,7 +206,7 @@ def run_train(ctx: RunContext) -> TrainResult:
             state.epoch, state.batch_in_epoch, batch = next(batches)
             sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(transformer)
             with sync, accelerator.autocast():
-                loss = objective(transformer, to_latents(batch), batch["embeds"].to(device), batch["mask"].to(device))
+                loss = objective(transformer, to_latents(batch), text_embeds(batch, device), batch["mask"].to(device))
                 accelerator.backward(loss / accum)
             loss_sum += loss.detach() / accum
         if training["maxGradNorm"] > 0:

@@ -60,3 +60,18 @@ def test_smoke_job_caches_trains_validates_and_exports(runner):
     image = pipe("a cat", num_inference_steps=2, height=128, width=128, use_resolution_binning=False,
                  clean_caption=False, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (128, 128)
+
+
+def test_bfloat16_text_cache_trains_in_float32(runner):
+    """The schema's default text-encoder precision (bfloat16) caches bf16 embeddings; training
+    with mixedPrecision "no" (full float32, no autocast to cast them) must take them as well.
+    It stopped at the first step with "mat1 and mat2 must have the same dtype"."""
+    import torch
+
+    proc = runner.run("spec.model.textEncoderDtype=bfloat16", "spec.training.maxSteps=3",
+                      "spec.validation.every=100", "spec.validation.prompts=[]")
+    assert_clean(proc)
+    items = json.loads((runner.cache / "vae" / "photos" / "manifest.json").read_text())["items"]
+    embed = load_file(str(entry_path(runner.cache / "text", items[0]["text_key"])))["prompt_embeds"]
+    assert embed.dtype == torch.bfloat16  # the case under test: bf16 embeddings in the cache
+    assert math.isfinite(float(re.search(r"final loss (\S+)", proc.stdout).group(1)))
