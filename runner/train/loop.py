@@ -106,8 +106,11 @@ def set_aside_earlier_run(ctx: RunContext, accelerator) -> None:
     accelerator.wait_for_everyone()
 
 
-def resume_state(ctx: RunContext, accelerator) -> tuple[TrainerState, Path | None]:
-    """The state to start from, and the checkpoint it was loaded from (None: from the base model)."""
+def resume_state(ctx: RunContext, accelerator, optimizer, lr_scheduler) -> tuple[TrainerState, Path | None]:
+    """The state to start from, and the checkpoint it was loaded from (None: from the base model).
+    The spec's optimizer settings (learning rate, betas, weight decay) apply over the checkpoint's."""
+    from runner.train.optim import keep_spec_settings, settings_of
+
     mode = ctx.spec.training.resume
     if mode == "none":
         set_aside_earlier_run(ctx, accelerator)
@@ -122,13 +125,17 @@ def resume_state(ctx: RunContext, accelerator) -> tuple[TrainerState, Path | Non
         if problem:
             raise ResumeError(f"spec.training.resume: cannot resume from {path}: {problem}")
     state = ckpt.read_state(path)
+    built = settings_of(optimizer)
     try:
         accelerator.load_state(str(path))
+        changed = keep_spec_settings(optimizer, lr_scheduler, built)
     except (KeyError, ValueError, RuntimeError) as e:  # torch's words for "these tensors do not fit"
         raise ResumeError(f"cannot resume from {path}: its saved state does not fit the model or optimizer of this "
                           f"spec ({type(e).__name__}: {str(e)[:200]}). Changing spec.training.optimizer or the model "
                           "needs a fresh start: set spec.training.resume: none, or use a new spec.output.dir") from e
     ctx.log(f"resuming from step {state.step} ({path})")
+    for field, old, new in changed:
+        ctx.log(f"resume: spec.training.{field} is {new} now ({old} in the checkpoint); the spec's value applies")
     if state.spec_hash != ctx.job.hash:
         ctx.log("note: the spec changed since that checkpoint was written; continuing with the current spec")
     state.spec_hash = ctx.job.hash
@@ -170,7 +177,7 @@ def run_train(ctx: RunContext) -> TrainResult:
     if wrapper := distributed.summary(transformer):
         ctx.log(wrapper)
     vae, to_latents = latent_source(data, family, model_dir, device, spec["model"]["vaeDtype"])
-    state, last_ckpt = resume_state(ctx, accelerator)
+    state, last_ckpt = resume_state(ctx, accelerator, optimizer, lr_scheduler)
     validator = Validator(spec, manifest, family, ctx.paths.validation, device, torch.float32, vae=vae)
     if accelerator.is_main_process:
         accelerator.init_trackers(ctx.job.name, config=_flat(spec))

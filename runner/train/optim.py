@@ -30,3 +30,49 @@ def make_lr_scheduler(training: Mapping[str, Any], optimizer, total_steps: int):
 
     return get_scheduler(training["lrScheduler"], optimizer, num_warmup_steps=training["lrWarmupSteps"],
                          num_training_steps=total_steps)
+
+
+# The optimizer settings that come from the spec, by their name in torch's param groups.
+SPEC_FIELDS = {"lr": "learningRate", "betas": "adamBeta1/adamBeta2", "eps": "adamEpsilon",
+               "weight_decay": "weightDecay"}
+
+
+def settings_of(optimizer) -> list[dict[str, Any]]:
+    """Each param group's settings (everything but its parameters), as built from the spec."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def keep_spec_settings(optimizer, scheduler, built: list[dict[str, Any]]) -> list[tuple[str, Any, Any]]:
+    """After a checkpoint's optimizer and LR-scheduler state were loaded over ones built from
+    the current spec (`built`: settings_of before loading).
+
+    torch's load_state_dict replaces the groups' settings with the saved ones, so a changed
+    learningRate or weightDecay would silently not apply. This puts the spec's settings back,
+    the learning rate through the scheduler (its base rate, and the current rate scaled by the
+    same factor, which keeps the schedule's position). Returns (spec field, checkpoint value,
+    spec value) for each spec setting that differed. Raises ValueError when the saved state
+    belongs to another optimizer: its groups lack this one's settings, and its first step
+    would fail."""
+    groups = optimizer.param_groups
+    missing = sorted(set(optimizer.defaults) - set(groups[0]))
+    if missing:
+        raise ValueError(f"the checkpoint's optimizer is not spec.training.optimizer's (its state has no "
+                         f"{', '.join(missing)})")
+    changed: dict[str, tuple[Any, Any]] = {}
+    for group, spec in zip(groups, built):
+        for key, value in spec.items():
+            if key not in ("lr", "initial_lr") and group.get(key) != value:
+                if key in SPEC_FIELDS:
+                    changed.setdefault(SPEC_FIELDS[key], (group.get(key), value))
+                group[key] = value
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps it
+    base = [spec.get("initial_lr", spec["lr"]) for spec in built]
+    saved = list(getattr(inner, "base_lrs", base))
+    if saved != base:
+        changed["learningRate"] = (saved[0], base[0])
+        for group, old, new in zip(groups, saved, base):
+            group["lr"] = group["lr"] * new / old if old else new
+            group["initial_lr"] = new
+        inner.base_lrs = base
+        inner._last_lr = [group["lr"] for group in groups]
+    return [(field, old, new) for field, (old, new) in changed.items()]

@@ -64,3 +64,23 @@ def test_resume_none_starts_over_and_sets_the_earlier_run_aside(tmp_path, tiny_m
     assert {p.name for p in aside.iterdir()} == earlier  # nothing of the earlier run is lost
     assert f"moved the earlier run's checkpoints to {aside}" in again.stdout
     assert json.loads((runner.out / "trainingjob.complete.json").read_text())["step"] == 4
+
+
+def test_a_changed_optimizer_is_refused_and_a_changed_learning_rate_applies(tmp_path, tiny_model, cache, reference):
+    """A checkpoint's optimizer state loads into another optimizer without complaint (torch
+    takes the saved settings along), and the run used to stop at its first step with
+    "internal error: KeyError: 'momentum'"; a changed learningRate was silently the
+    checkpoint's. The reference ran AdamW at 1e-3 for 10 steps."""
+    runner = runner_with_cache(tmp_path, tiny_model, cache)
+    shutil.copytree(reference, runner.out)
+    switched = run(runner, *RESUME_SETS, "spec.training.maxSteps=12", "spec.training.optimizer=sgd",
+                   env=quiet_env(runner))
+    out = switched.stdout + switched.stderr
+    assert switched.returncode != 0 and "internal error" not in out and "Traceback" not in out
+    assert "not spec.training.optimizer's" in out and "momentum" in out and "resume: none" in out
+
+    faster = run(runner, *RESUME_SETS, "spec.training.maxSteps=12", "spec.training.learningRate=1e-2",
+                 env=quiet_env(runner))
+    assert_clean(faster)
+    assert "resuming from step 10" in faster.stdout
+    assert "spec.training.learningRate is 0.01 now (0.001 in the checkpoint)" in faster.stdout
