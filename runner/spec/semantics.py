@@ -165,6 +165,14 @@ def _guidance(spec: dict[str, Any]) -> Iterator[Finding]:
                             "best at; validation images may look washed out or burnt")
 
 
+def _warmup(spec: dict[str, Any]) -> Iterator[Finding]:
+    training = spec["training"]
+    steps, warmup = training.get("maxSteps"), training["lrWarmupSteps"]
+    if steps is not None and warmup >= steps > 0 and training["lrScheduler"] != "constant":
+        yield WARNING, (f"spec.training.lrWarmupSteps: {warmup} is not below maxSteps {steps}, so the learning "
+                        f"rate never reaches learningRate; a warmup of a few percent of the steps is usual")
+
+
 def _mps_precision(spec: dict[str, Any]) -> Iterator[Finding]:
     precision = spec["training"]["mixedPrecision"]
     if spec["hardware"]["accelerator"] == "mps" and precision != "no":
@@ -212,7 +220,7 @@ def _wandb(spec: dict[str, Any]) -> Iterator[Finding]:
 
 
 RULES: tuple[Callable[[dict[str, Any]], Iterator[Finding]], ...] = (
-    _steps_or_epochs, _resolutions, _guidance, _mps_precision, _datasets, _dataset_sizes, _seed, _ddp, _paths,
+    _steps_or_epochs, _warmup, _resolutions, _guidance, _mps_precision, _datasets, _dataset_sizes, _seed, _ddp, _paths,
     _secret_references, _hub, _wandb)
 
 

@@ -81,6 +81,9 @@ def apply_speed_options(family, transformer, spec: dict[str, Any], device: torch
     used, why = family.set_attention(transformer, spec["model"].get("attention", "auto"), device)
     if device.type == "cuda" or spec["model"].get("attention") == "fa4":
         log(f"attention kernels: {used}" + (f" ({why})" if why else ""))
+    if training["mixedPrecision"] == "fp16" and device.type == "cpu":
+        log("mixedPrecision fp16: no effect on the CPU, which has no fp16 autocast (accelerate trains in float32 "
+            "there); bf16 is the CPU's mixed precision")
     if training["mixedPrecision"] == "bf16" and training["residualStream"] == "bfloat16":
         blocks = family.bf16_residual(transformer)
         if device.type == "cuda":

@@ -236,3 +236,8 @@ def test_speed_options_on_cpu_change_nothing(tmp_path: Path) -> None:
     assert not any(type(m).__name__ == "Float8Linear" for m in model.modules())
     assert all(not hasattr(b, "_compiled_call_impl") or b._compiled_call_impl is None for b in model.transformer_blocks)
     assert logs == ["fp8 linears: off (needs a CUDA GPU (device is cpu))"]
+    logs.clear()
+    spec["training"].update(fp8=False, mixedPrecision="fp16")
+    apply_speed_options(FAMILY, _tiny_transformer(), spec, torch.device("cpu"), logs.append)
+    assert logs == ["mixedPrecision fp16: no effect on the CPU, which has no fp16 autocast (accelerate trains in "
+                    "float32 there); bf16 is the CPU's mixed precision"]

@@ -143,6 +143,21 @@ def test_guidance_outside_the_pixart_range_is_a_warning_not_an_error(tmp_path, c
     assert "valid TrainingJob 'corpus'" in result.out
 
 
+@pytest.mark.parametrize("training, warned", [
+    ({"maxSteps": 3, "lrWarmupSteps": 100, "lrScheduler": "cosine"}, True),
+    ({"maxSteps": 100, "lrWarmupSteps": 100, "lrScheduler": "linear"}, True),
+    ({"maxSteps": 101, "lrWarmupSteps": 100, "lrScheduler": "linear"}, False),
+    ({"maxSteps": 3, "lrWarmupSteps": 100, "lrScheduler": "constant"}, False),  # constant has no warmup
+    ({"maxSteps": None, "epochs": 1, "lrWarmupSteps": 100, "lrScheduler": "cosine"}, False),  # steps unknown yet
+])
+def test_a_warmup_as_long_as_the_run_is_a_warning(training, warned):
+    doc = {"spec": {"training": {"lrWarmupSteps": 0, "lrScheduler": "constant", **training}}}
+    found = list(semantics._warmup(doc["spec"]))
+    assert bool(found) == warned
+    if warned:
+        assert found[0][0] == semantics.WARNING and found[0][1].startswith("spec.training.lrWarmupSteps: 100 is not below")
+
+
 def test_warnings_still_print_when_the_spec_is_rejected(tmp_path, cli, minimal_spec):
     spec = tmp_path / "job.yaml"
     spec.write_text(minimal_spec + "    batchSize: 0\n  validation:\n    guidance: 9\n")
