@@ -72,6 +72,10 @@ def test_check_dataset_size(name, counts, batch, accum, world, expected):
     assert f"dataset {name!r}" in msg
     for fragment in expected:
         assert fragment in msg, (fragment, msg)
+    if not counts:  # nothing reached a bucket: the skipped images' reasons are the fix, not batch sizes
+        assert "Fix: add images; where images were skipped, the list above gives each one's reason" in msg
+        assert "spec.training.batchSize" not in msg
+        return
     for fix in ("add images", "spec.training.batchSize", "gradientAccumulationSteps", "cropAspect: square",
                 "minimumImageSize"):
         assert fix in msg
