@@ -246,6 +246,12 @@ def section_step():
                 restore.append((inductor_config.triton, "enable_persistent_tma_matmul",
                                 inductor_config.triton.enable_persistent_tma_matmul))
                 inductor_config.triton.enable_persistent_tma_matmul = True
+            for flag, option in (("_combo", "combo_kernels"), ("_aggr", "aggressive_fusion")):
+                if flag in variant:  # inductor: horizontal fusion of independent kernels / fusing more
+                    import torch._inductor.config as inductor_config
+
+                    restore.append((inductor_config, option, getattr(inductor_config, option)))
+                    setattr(inductor_config, option, True)
             if "_cdt" in variant:  # inductor tunes the Triton kernels' block sizes (compile time for speed)
                 import torch._inductor.config as inductor_config
 
