@@ -81,6 +81,20 @@ def show(name: Any, value: Any, limit: int = 80) -> str:
     return clip(json.dumps(value, default=str, ensure_ascii=False), limit)
 
 
+def scrub(text: str) -> str:
+    """`text` with every credential-shaped part replaced by HIDDEN: the last net for a message
+    put together from values (a note that quotes an option, a suggested fix)."""
+    for shape in _SECRET_SHAPES:
+        text = shape.sub(HIDDEN, text)
+
+    def random_run(match: re.Match) -> str:
+        run = match.group(0)
+        digits, letters = sum(c.isdigit() for c in run), sum(c.isalpha() for c in run)
+        return HIDDEN if digits >= 6 and letters >= 6 else run
+
+    return _RANDOM_RUN.sub(random_run, text)
+
+
 def reference_hint(path: str) -> str | None:
     """Why a field that names where a secret lives must not hold the secret itself, or None when
     `path` is no such field. Env-var fields end in `Env`; Kubernetes Secret references are the

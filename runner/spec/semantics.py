@@ -168,7 +168,9 @@ def _guidance(spec: dict[str, Any]) -> Iterator[Finding]:
 def _warmup(spec: dict[str, Any]) -> Iterator[Finding]:
     training = spec["training"]
     steps, warmup = training.get("maxSteps"), training["lrWarmupSteps"]
-    if steps is not None and warmup >= steps > 0 and training["lrScheduler"] != "constant":
+    if not all(type(n) is int for n in (steps, warmup)):  # unset, or a type error the schema reports
+        return
+    if warmup >= steps > 0 and training["lrScheduler"] != "constant":
         yield WARNING, (f"spec.training.lrWarmupSteps: {warmup} is not below maxSteps {steps}, so the learning "
                         f"rate never reaches learningRate; a warmup of a few percent of the steps is usual")
 

@@ -333,3 +333,33 @@ def test_pixel_values_without_a_resolution_type_read_as_pixel_area(tmp_path, cli
     ds = yaml.safe_load(result.out)["spec"]["datasets"][0]
     assert (ds["resolutionType"], ds["resolution"], ds["minimumImageSize"], ds["maximumImageSize"]) == (
         "area", 1.0, 0.25, 4.0)
+
+
+TOKEN = "hf_SECRETVALUE123abcdefghij"
+
+
+@pytest.mark.parametrize("options, note", [
+    # An owner-less id is suggested back as OWNER/<id>: that fix must not quote a token.
+    ({"hub_model_id": TOKEN, "push_to_hub": True}, "hub_model_id <hidden: may be a secret> was not converted"),
+    ({"hub_model_id": f"me/{TOKEN}", "push_to_hub": True}, "hub_model_id <hidden: may be a secret> was not converted"),
+    # A run name becomes metadata.name: slugged, a token would no longer look like one.
+    ({"tracker_run_name": TOKEN}, "tracker_run_name <hidden: may be a secret> was not used as metadata.name"),
+])
+def test_credential_shaped_values_reach_neither_the_spec_nor_the_notes(tmp_path, cli, options, note):
+    c, b = write_inputs(tmp_path, dict(QUICKSTART_CONFIG, **options), QUICKSTART_BACKENDS)
+    result = cli("import-simpletuner", c, b)
+    assert result.code == 0, result.err
+    assert note in result.out + result.err
+    for text in (result.out, result.err):
+        assert "SECRETVALUE" not in text.upper(), text
+    spec = yaml.safe_load(result.out)
+    assert "repoId" not in spec["spec"].get("output", {}).get("hub", {})
+    assert not spec["spec"].get("output", {}).get("hub", {}).get("push")
+
+
+def test_scrub_hides_credential_shaped_parts_of_a_message():
+    from runner.spec import redact
+
+    assert redact.scrub(f"set it to OWNER/{TOKEN} to publish") == "set it to OWNER/<hidden: may be a secret> to publish"
+    assert redact.scrub("https://user:pa55word@host/x") == "https<hidden: may be a secret>host/x"
+    assert redact.scrub("a plain note about step 1000 and batch 8") == "a plain note about step 1000 and batch 8"

@@ -149,6 +149,7 @@ def test_guidance_outside_the_pixart_range_is_a_warning_not_an_error(tmp_path, c
     ({"maxSteps": 101, "lrWarmupSteps": 100, "lrScheduler": "linear"}, False),
     ({"maxSteps": 3, "lrWarmupSteps": 100, "lrScheduler": "constant"}, False),  # constant has no warmup
     ({"maxSteps": None, "epochs": 1, "lrWarmupSteps": 100, "lrScheduler": "cosine"}, False),  # steps unknown yet
+    ({"maxSteps": True, "lrWarmupSteps": 2, "lrScheduler": "cosine"}, False),  # the schema's type error says it
 ])
 def test_a_warmup_as_long_as_the_run_is_a_warning(training, warned):
     doc = {"spec": {"training": {"lrWarmupSteps": 0, "lrScheduler": "constant", **training}}}

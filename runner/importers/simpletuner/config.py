@@ -158,6 +158,11 @@ def _trackers(options: dict[str, Any], label: str, out: Conversion) -> None:
     elif wandb_project is not None:
         out.unmapped.append(f"{label}: tracker_project_name (W&B is not enabled in report_to)")
     run_name = options.get("tracker_run_name")
+    if not unset(run_name) and redact.is_hidden("tracker_run_name", run_name):
+        out.set("metadata.name", DEFAULT_NAME)
+        out.notes.append(f"{label}: tracker_run_name {redact.HIDDEN} was not used as metadata.name, since it looks "
+                         f"like a credential; metadata.name {DEFAULT_NAME!r}")
+        return
     out.set("metadata.name", DEFAULT_NAME if unset(run_name) else slug(run_name, DEFAULT_NAME))
     if not unset(run_name) and out.get("metadata.name") != str(run_name):
         out.notes.append(f"{label}: tracker_run_name {redact.show('tracker_run_name', run_name)} became metadata.name "
@@ -176,6 +181,12 @@ def _hub(out: Conversion) -> None:
         out.set("spec.output.hub.push", False)
         out.notes.append("push_to_hub is true but hub_model_id is not set; push disabled. Set "
                          "spec.output.hub.repoId (OWNER/NAME) and spec.output.hub.push to publish")
+        return
+    if repo is not None and redact.is_hidden("hub_model_id", repo):
+        del out.document["spec"]["output"]["hub"]["repoId"]
+        out.set("spec.output.hub.push", False)
+        out.notes.append(f"hub_model_id {redact.HIDDEN} was not converted, since it looks like a credential; "
+                         "push disabled. Set spec.output.hub.repoId (OWNER/NAME) and spec.output.hub.push to publish")
         return
     if repo is not None and "/" not in repo:
         # The Hub puts an owner-less id under the token's user; a spec has to say which one.

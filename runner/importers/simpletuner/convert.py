@@ -20,6 +20,7 @@ import yaml
 from runner.importers.simpletuner.backends import convert_backends
 from runner.importers.simpletuner.config import convert_config
 from runner.importers.simpletuner.options import PIXART_FAMILY, Conversion
+from runner.spec import redact
 from runner.spec import schema as schema_mod
 from runner.spec.errors import SpecError, kind_of
 from runner.spec.load import job_from_document
@@ -43,7 +44,20 @@ def convert(config: Any, backends: Any, config_label: str = "config.json",
     defaults = convert_config(config, config_label, out)
     convert_backends(backends, backends_label, defaults, out)
     out.document = ordered(out.document, schema_mod.load_schema())
+    # The last net: no credential-shaped value reaches the spec or a message.
+    out.problems += [f"{path}: the value converted into it looks like a credential ({redact.HIDDEN}), so it is not "
+                     "written; set this field by hand after converting" for path in _credential_fields(out.document)]
+    out.notes, out.unmapped, out.problems = ([redact.scrub(t) for t in texts]
+                                             for texts in (out.notes, out.unmapped, out.problems))
     return out
+
+
+def _credential_fields(value: Any, path: str = "") -> list[str]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _credential_fields(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _credential_fields(v, f"{path}[{i}]")]
+    return [path] if redact.looks_like_secret_value(value) else []
 
 
 def ordered(value: Any, schema: dict[str, Any]) -> Any:
