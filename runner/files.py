@@ -108,6 +108,19 @@ def sweep_stale_temps(folder: Path) -> list[Path]:
     return removed
 
 
+def not_a_directory(path: Path | str) -> str | None:
+    """Why `path` cannot be used as a directory (created when missing): it is a file, or a
+    folder on the way to it is; None when it can."""
+    full = Path(path).absolute()
+    for step in (full, *full.parents):
+        if step.exists():
+            if step.is_dir():
+                return None
+            return f"{path} is a file, not a directory" if step == full else \
+                f"{step} is a file, so {path} cannot be a directory under it"
+    return None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace `path` with `data` in one step (temp file, fsync, rename)."""
     _via_temp(path, data, lambda tmp: os.replace(tmp, path))

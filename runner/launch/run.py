@@ -65,6 +65,18 @@ def launch_workers(job: TrainingJob, stage: str = "train") -> int:
                            output_dir=output_dir)
 
 
+def directory_problems(spec: dict) -> list[str]:
+    """Folders the run writes to that cannot be folders (a file is in the way), checked before
+    any work."""
+    from runner.files import not_a_directory
+
+    fields = [("spec.cacheDir", spec["cacheDir"]), ("spec.textEmbeds.cacheDir", spec["textEmbeds"].get("cacheDir")),
+              ("spec.output.dir", spec["output"]["dir"])]
+    fields += [(f"spec.datasets[{i}].vaeCacheDir", ds.get("vaeCacheDir")) for i, ds in enumerate(spec["datasets"])]
+    return [f"{where}: {why}; point it at a directory (it is created when missing)"
+            for where, value in fields if value and (why := not_a_directory(value))]
+
+
 def tracker_problems(spec: dict) -> list[str]:
     """Trackers that would fail hours in: missing package or missing key, checked up front.
     W&B reads WANDB_API_KEY; a spec naming another variable gets it copied across."""
@@ -100,6 +112,9 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
 
     spec = job.spec.to_dict()
     try:
+        if problems := directory_problems(spec):
+            print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
+            return EXIT_INVALID
         if stage in ("train", "all") and (done := finished_step(spec)) is not None:
             print(f"[{job.name}] {finished_message(job_paths(spec), done)}", flush=True)
             return EXIT_OK

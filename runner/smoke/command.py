@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
+from runner.exitcodes import EXIT_INVALID
+from runner.files import not_a_directory
 from runner.smoke.session import DEFAULT_BUDGET_S, DEFAULT_IMAGES
 
 # dest -> flag, for the "only with --smoke" message
@@ -47,8 +51,28 @@ def stray_options(args: argparse.Namespace) -> list[str]:
     return [flag for dest, flag in _FLAGS.items() if getattr(args, dest, None) is not None]
 
 
+def option_problems(args: argparse.Namespace) -> list[str]:
+    """Smoke options that cannot work, found before minutes of running rather than after."""
+    problems = []
+    if getattr(args, "stage", "all") != "all":
+        problems.append(f"--stage {args.stage}: not with --smoke, which runs every stage of the shrunk spec")
+    if args.smoke_dir and (why := not_a_directory(args.smoke_dir)):
+        problems.append(f"--smoke-dir: {why}; give a folder (it is created when missing)")
+    if args.junit:
+        junit = Path(args.junit)
+        if junit.is_dir():
+            problems.append(f"--junit: {junit} is a directory; give a file name, e.g. {junit / 'smoke.xml'}")
+        elif why := not_a_directory(junit.parent):
+            problems.append(f"--junit: {why}")
+    return problems
+
+
 def cmd_smoke(args: argparse.Namespace) -> int:
     from runner.smoke.session import SmokeOptions, run_smoke
+
+    if problems := option_problems(args):
+        print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
+        return EXIT_INVALID
 
     opts = SmokeOptions(smoke_dir=args.smoke_dir,
                         images=args.smoke_images if args.smoke_images is not None else DEFAULT_IMAGES,

@@ -276,3 +276,37 @@ def test_dataset_buckets_are_always_whole_token_grids():
 
     assert semantics.MIN_PIXEL_SIDE == ALIGN
     assert all(ALIGN % t.resolution_multiple == 0 for t in FAMILIES.values())
+
+
+@pytest.mark.parametrize("field, under", [("spec.output.dir", ""), ("spec.cacheDir", "/sub")])
+def test_run_refuses_an_output_or_cache_dir_that_a_file_is_in_the_way_of(tmp_path, cli, minimal_spec, field, under):
+    """It used to get as far as the metrics log and end in "internal error: FileExistsError"."""
+    spec, blocker = tmp_path / "job.yaml", tmp_path / "a-file"
+    spec.write_text(minimal_spec.replace("      path: /nonexistent-trainingjob-corpus/photos", "      type: samples"))
+    blocker.write_text("not a folder")
+    result = cli("run", spec, "--set", f"{field}={blocker}{under}")
+    assert result.code == 2, result.err
+    why = f"{blocker} is a file, not a directory" if not under else \
+        f"{blocker} is a file, so {blocker}{under} cannot be a directory under it"
+    assert f"error: {field}: {why}; point it at a directory" in result.err
+    assert "internal error" not in result.err and blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--stage", "cache"], "error: --stage cache: not with --smoke, which runs every stage"),
+    (["--junit", "{dir}"], "error: --junit: {dir} is a directory; give a file name"),
+    (["--junit", "{file}/report.xml"], "error: --junit: {file} is a file, not a directory"),
+    (["--smoke-dir", "{file}"], "error: --smoke-dir: {file} is a file, not a directory"),
+])
+def test_smoke_options_that_cannot_work_are_refused_before_the_run(tmp_path, cli, minimal_spec, args, expect):
+    """--stage was silently ignored; a --junit directory failed after the whole smoke had passed, and a
+    --smoke-dir file at once, both as "internal error"."""
+    spec, folder, blocker = tmp_path / "job.yaml", tmp_path / "reports", tmp_path / "a-file"
+    spec.write_text(minimal_spec)
+    folder.mkdir()
+    blocker.write_text("x")
+    fill = {"dir": str(folder), "file": str(blocker)}
+    result = cli("run", spec, "--smoke", *[a.format(**fill) for a in args])
+    assert result.code == 2, result.err
+    assert expect.format(**fill) in result.err
+    assert "smoke run" not in result.out  # nothing ran
