@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +121,7 @@ def kubernetes_problems(doc: dict[str, Any]) -> list[str]:
         if "claimName" not in volumes.get(volume, {}):
             problems.append(f"spec.kubernetes.volumes.{volume}.claimName: required on Kubernetes: a "
                             f"PersistentVolumeClaim for {holds} (ReadWriteMany when hardware.nodes > 1)")
+    problems += _mount_problems(volumes)
     if not k8s.get("image"):
         try:
             images.flavour(spec["hardware"]["accelerator"])
@@ -132,6 +134,29 @@ def kubernetes_problems(doc: dict[str, Any]) -> list[str]:
     if spec["tracking"]["wandb"].get("enabled") and "wandbApiKey" not in secrets:
         problems.append("spec.kubernetes.secrets.wandbApiKey: required when tracking.wandb.enabled is true on "
                         "Kubernetes (the Secret key holding the W&B API key)")
+    return problems
+
+
+# Paths every pod mounts itself (_volumes), and what is there.
+RESERVED_MOUNTS = {SPEC_DIR: "the spec's ConfigMap (read-only)", "/dev/shm": "shared memory", "/tmp": "scratch space"}
+
+
+def _mount_paths(volumes: dict[str, Any]) -> list[tuple[str, str]]:
+    """(volume name, normalized mount path) of each volume, as _volumes mounts them."""
+    return [(name, posixpath.normpath(claim.get("mountPath", f"/{name}"))) for name, claim in volumes.items()]
+
+
+def _mount_problems(volumes: dict[str, Any]) -> list[str]:
+    """Two mounts at one path (the API server refuses the pod), or a volume inside the spec's
+    read-only ConfigMap (the kubelet cannot create its mount point)."""
+    taken, problems = dict(RESERVED_MOUNTS), []
+    for name, path in _mount_paths(volumes):
+        where = f"spec.kubernetes.volumes.{name}.mountPath"
+        if path in taken or path.startswith(SPEC_DIR + "/"):
+            what = taken.get(path, RESERVED_MOUNTS[SPEC_DIR])
+            problems.append(f"{where}: {path} is where {what} is mounted; give each volume a path of its own, "
+                            f"e.g. /{name}")
+        taken.setdefault(path, f"volume {name}")
     return problems
 
 
@@ -216,10 +241,10 @@ def _volumes(spec: dict, config_map: str) -> tuple[list[dict], list[dict]]:
                {"name": "tmp", "emptyDir": {}}]
     mounts = [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
               {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}]
-    for name, claim in spec.get("kubernetes", {}).get("volumes", {}).items():
-        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim["claimName"]}})
-        mounts.append({"name": name, "mountPath": claim.get("mountPath", f"/{name}"),
-                       "readOnly": bool(claim.get("readOnly", False))})
+    claims = spec.get("kubernetes", {}).get("volumes", {})
+    for name, path in _mount_paths(claims):
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claims[name]["claimName"]}})
+        mounts.append({"name": name, "mountPath": path, "readOnly": bool(claims[name].get("readOnly", False))})
     return volumes, mounts
 
 

@@ -213,6 +213,14 @@ def test_the_pods_spec_puts_relative_paths_on_the_volumes():
     (lambda d: d["spec"]["kubernetes"]["volumes"].pop("output"), "volumes.output.claimName"),
     (lambda d: d["spec"]["hardware"].update(accelerator="mps"), "'mps' has no container image"),
     (lambda d: d["spec"]["output"]["hub"].update(push=True, repoId="a/b"), "secrets.hubToken"),
+    # the API server refuses two mounts at one path; nothing mounts inside the read-only ConfigMap
+    (lambda d: d["spec"]["kubernetes"]["volumes"]["cache"].update(mountPath="/etc/trainingjob"),
+     "volumes.cache.mountPath: /etc/trainingjob is where the spec's ConfigMap (read-only) is mounted"),
+    (lambda d: d["spec"]["kubernetes"]["volumes"]["cache"].update(mountPath="/etc/trainingjob/cache"),
+     "volumes.cache.mountPath: /etc/trainingjob/cache is where the spec's ConfigMap"),
+    (lambda d: d["spec"]["kubernetes"]["volumes"]["cache"].update(mountPath="/tmp/"), "/tmp is where scratch space"),
+    (lambda d: d["spec"]["kubernetes"]["volumes"]["output"].update(mountPath="/cache"),
+     "volumes.output.mountPath: /cache is where volume cache is mounted"),
 ])
 def test_what_kubernetes_needs_beyond_a_valid_spec(change, problem):
     doc = make_doc()
