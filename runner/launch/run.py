@@ -77,18 +77,23 @@ def directory_problems(spec: dict) -> list[str]:
             for where, value in fields if value and (why := not_a_directory(value))]
 
 
+def missing_tracker_packages(spec: dict) -> list[str]:
+    """An enabled tracker whose package is not installed (the smoke checks this too)."""
+    import importlib.util
+
+    if spec["tracking"].get("wandb", {}).get("enabled") and importlib.util.find_spec("wandb") is None:
+        return ["spec.tracking.wandb.enabled is true but the wandb package is not installed; "
+                "pip install wandb (or disable it)"]
+    return []
+
+
 def tracker_problems(spec: dict) -> list[str]:
     """Trackers that would fail hours in: missing package or missing key, checked up front.
     W&B reads WANDB_API_KEY; a spec naming another variable gets it copied across."""
     wandb = spec["tracking"].get("wandb", {})
     if not wandb.get("enabled"):
         return []
-    problems = []
-    import importlib.util
-
-    if importlib.util.find_spec("wandb") is None:
-        problems.append("spec.tracking.wandb.enabled is true but the wandb package is not installed; "
-                        "pip install wandb (or disable it)")
+    problems = missing_tracker_packages(spec)
     key_env = wandb["apiKeyEnv"]
     if not os.environ.get(key_env):
         problems.append(f"spec.tracking.wandb.enabled is true but the environment variable {key_env} is empty; "

@@ -1,6 +1,7 @@
 """What the real run needs but a CPU smoke cannot exercise, as small functions returning `Check`s.
 
-- token variables the spec names are set (checked for being set, never read into a message);
+- token variables the spec names are set (checked for being set, never read into a message),
+  and the packages of the trackers it turns on are installed;
 - Kubernetes PVC names are well-formed;
 - Hub model and dataset repos exist, skipped with a notice when the Hub cannot be reached;
 - the time budget.
@@ -50,6 +51,17 @@ def token_checks(spec: Mapping[str, Any], env: Mapping[str, str]) -> list[Check]
                                 f"{where}: {because} but the environment variable {name} is not set or empty; "
                                 f"set it (a CI secret, or export {name}=...), or on Kubernetes set {secret_field}"))
     return checks
+
+
+def package_checks(spec: Mapping[str, Any]) -> list[Check]:
+    """The packages of the trackers the spec turns on (the smoke turns them off to run offline)."""
+    from runner.launch.run import missing_tracker_packages
+
+    if not (spec["tracking"].get("wandb") or {}).get("enabled"):
+        return []
+    missing = missing_tracker_packages(dict(spec))
+    return [Check("environment", "package wandb", FAILED, missing[0]) if missing else
+            Check("environment", "package wandb", PASSED, "installed (spec.tracking.wandb.enabled is true)")]
 
 
 # ----------------------------------------------------------------------------- kubernetes

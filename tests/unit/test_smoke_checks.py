@@ -161,3 +161,25 @@ def test_over_the_budget_fails_naming_the_slowest_part():
 
 def test_no_budget_is_skipped():
     assert budget_check(TIMINGS, 0).status == SKIPPED
+
+
+def test_an_enabled_trackers_package_is_checked(tmp_path, monkeypatch):
+    """The smoke passed a W&B spec whose real run then stopped at once: wandb not installed."""
+    import importlib
+    import sys
+
+    from runner.smoke.checks import package_checks
+
+    assert package_checks(spec()) == []  # W&B off: nothing to check
+    on = spec(tracking=WANDB)
+    [check] = package_checks(on)
+    installed = importlib.util.find_spec("wandb") is not None
+    assert check.status == (PASSED if installed else FAILED)
+    if not installed:
+        assert "the wandb package is not installed; pip install wandb" in check.message
+        (tmp_path / "wandb").mkdir()  # a real package on the path: the import system finds it
+        (tmp_path / "wandb" / "__init__.py").write_text("")
+        monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+        importlib.invalidate_caches()
+        [check] = package_checks(on)
+        assert check.status == PASSED
