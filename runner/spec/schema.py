@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
+from runner.spec import fieldpath
 from runner.spec.errors import an, did_you_mean
 
 # Inside the package, so a wheel install (and every image) carries it.
@@ -89,7 +90,10 @@ def node_at(parts: list[str], *, indexed: bool) -> dict[str, Any]:
             node = element(node)
         elif node.get("type") == "array":
             if not part.isdigit():
-                raise FieldNotFound(parts, i, (), f"{here} is a list; index it, e.g. {here}[0].{part}")
+                # `spec.datasets.crop` lacks the index; in `spec.datasets.x.crop` the index is wrong
+                named = part in node.get("items", {}).get("properties", {})
+                example = fieldpath.join([*parts[:i], 0, *parts[i if named else i + 1:]])
+                raise FieldNotFound(parts, i, (), f"{here} is a list; index it with a number from 0, e.g. {example}")
             node = node.get("items", {})
             continue
         elif node.get("x-kubernetes-preserve-unknown-fields"):
