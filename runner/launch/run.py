@@ -65,16 +65,22 @@ def launch_workers(job: TrainingJob, stage: str = "train") -> int:
                            output_dir=output_dir)
 
 
-def directory_problems(spec: dict) -> list[str]:
-    """Folders the run writes to that cannot be folders (a file is in the way), checked before
-    any work."""
+def directory_problems(spec: dict, stage: str = "all") -> list[str]:
+    """Folders the run writes to that cannot be folders (a file is in the way), and a checkpoint
+    folder to resume from that is not there, checked before any work."""
     from runner.files import not_a_directory
 
     fields = [("spec.cacheDir", spec["cacheDir"]), ("spec.textEmbeds.cacheDir", spec["textEmbeds"].get("cacheDir")),
               ("spec.output.dir", spec["output"]["dir"])]
     fields += [(f"spec.datasets[{i}].vaeCacheDir", ds.get("vaeCacheDir")) for i, ds in enumerate(spec["datasets"])]
-    return [f"{where}: {why}; point it at a directory (it is created when missing)"
-            for where, value in fields if value and (why := not_a_directory(value))]
+    problems = [f"{where}: {why}; point it at a directory (it is created when missing)"
+                for where, value in fields if value and (why := not_a_directory(value))]
+    resume = spec["training"]["resume"]
+    if stage != "cache" and resume not in ("auto", "none") and not Path(resume).is_dir():
+        what = "a file" if Path(resume).exists() else "not there"
+        problems.append(f"spec.training.resume: {resume} is {what}; give a checkpoint folder (e.g. "
+                        f"<output.dir>/checkpoints/step-N), or auto (the newest one) or none")
+    return problems
 
 
 def missing_tracker_packages(spec: dict) -> list[str]:
@@ -117,7 +123,7 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
 
     spec = job.spec.to_dict()
     try:
-        if problems := directory_problems(spec):
+        if problems := directory_problems(spec, stage):
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
             return EXIT_INVALID
         if stage in ("train", "all") and (done := finished_step(spec)) is not None:

@@ -310,3 +310,15 @@ def test_smoke_options_that_cannot_work_are_refused_before_the_run(tmp_path, cli
     assert result.code == 2, result.err
     assert expect.format(**fill) in result.err
     assert "smoke run" not in result.out  # nothing ran
+
+
+@pytest.mark.parametrize("make, what", [(lambda p: None, "not there"), (lambda p: p.write_text("x"), "a file")])
+def test_a_resume_folder_that_is_not_there_is_refused_before_the_cache_stage(tmp_path, cli, minimal_spec, make, what):
+    """It was found only after the whole cache stage had run."""
+    spec, ckpt = tmp_path / "job.yaml", tmp_path / "step-100"
+    spec.write_text(minimal_spec.replace("      path: /nonexistent-trainingjob-corpus/photos", "      type: samples"))
+    make(ckpt)
+    result = cli("run", spec, "--set", f"spec.training.resume={ckpt}", "--set", f"spec.cacheDir={tmp_path / 'c'}")
+    assert result.code == 2, result.err
+    assert f"error: spec.training.resume: {ckpt} is {what}; give a checkpoint folder" in result.err
+    assert not (tmp_path / "c").exists()  # no cache work was done
