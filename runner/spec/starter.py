@@ -21,6 +21,7 @@ from runner.spec.errors import SpecError
 from runner.spec.load import job_from_document
 from runner.spec.names import slug
 from runner.spec.parse import parse_document
+from runner.spec.semantics import is_filesystem_root
 from runner.spec.validate import field_problems
 
 Ask = Callable[[str], str]
@@ -83,13 +84,20 @@ def gather(ask: Ask | None) -> dict[str, str]:
         prompt = q.prompt + (f" ({'/'.join(choices)})" if choices else "") + f" [{default}]: "
         while True:
             value = ask(prompt).strip() or default
-            problems = field_problems(q.path, value)
+            problems = field_problems(q.path, value) + _root_problem(q, value, default)
             if not problems:
                 break
             for line in problems:
                 print(f"  {line}", file=sys.stderr)
         answers[q.key] = value
     return answers
+
+
+def _root_problem(q: Question, value: str, default: str) -> list[str]:
+    """A folder answer that is the filesystem root (the whole spec check refuses it; ask again now)."""
+    if q.key in ("dataset", "output") and is_filesystem_root(value):
+        return [f"{q.path}: {value!r} resolves to the filesystem root; give a folder of its own, e.g. {default}"]
+    return []
 
 
 def dataset_name(directory: str) -> str:
@@ -201,6 +209,9 @@ def write(text: str, output: str, force: bool) -> str | None:
 def run_init(output: str, yes: bool, force: bool, ask: Ask | None = None,
              interactive: bool | None = None) -> int:
     """The `init` command; returns the exit code. `ask` and `interactive` exist for tests."""
+    if not output:
+        print("--output: give a file name, or - to print the spec", file=sys.stderr)
+        return EXIT_INVALID
     to_stdout = output == "-"
     if not to_stdout and os.path.lexists(output) and not force:
         print(f"{output}: already exists; pass --force to overwrite it or --output another file", file=sys.stderr)

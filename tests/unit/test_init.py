@@ -153,3 +153,21 @@ def _read_some(fd: int) -> bytes:
         return os.read(fd, 4096)
     except OSError:  # EIO once the child has closed the terminal
         return b""
+
+
+def test_a_root_folder_answer_is_asked_again(tmp_path, capsys):
+    """`/` passed each question's check and then threw every answer away at the end."""
+    out = tmp_path / "job.yaml"
+    ask = answers_from("root-job", "", "/", "data/imgs", "", "cpu", "/", "out/here")
+    assert starter.run_init(str(out), yes=False, force=False, ask=ask, interactive=True) == 0
+    err = capsys.readouterr().err
+    assert "spec.datasets[0].path: '/' resolves to the filesystem root; give a folder of its own, e.g. " \
+           "datasets/my-images" in err
+    assert "spec.output.dir: '/' resolves to the filesystem root; give a folder of its own, e.g. output/root-job" in err
+    spec = yaml.safe_load(out.read_text())["spec"]
+    assert spec["datasets"][0]["path"] == "data/imgs" and spec["output"]["dir"] == "out/here"
+
+
+def test_an_empty_output_name_is_refused(cli):
+    result = cli("init", "--yes", "--output", "")
+    assert result.code == 2 and "--output: give a file name, or - to print the spec" in result.err
