@@ -25,6 +25,9 @@ from runner.spec.plan import job_paths
 # the command line). Spec-named token variables are added to these.
 PASSED_ENV = ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT",
               "TRAININGJOB_DEBUG", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "NCCL_DEBUG")
+# podman's and docker's own exit codes for a container they could not start.
+ENGINE_FAILURES = {125: "the engine failed, e.g. the image could not be pulled",
+                   126: "the container's command could not be invoked", 127: "the container's command was not found"}
 IMAGE_ENV = "TRAININGJOB_IMAGE"   # overrides the image (a local build, a mirror)
 ENGINE_ENV = "TRAININGJOB_ENGINE"
 
@@ -155,6 +158,10 @@ def run_in_container(job: Any, spec_file: str, overrides: Sequence[str], stage: 
     """Run the validated `job` inside its image; returns the container's exit code."""
     spec = job.document.to_dict()["spec"]
     engine = engine or os.environ.get(ENGINE_ENV) or images.find_engine(images.RUN_ENGINES) or ""
+    if engine and engine == os.environ.get(ENGINE_ENV) and not shutil.which(engine):
+        print(f"run --container: {ENGINE_ENV}={engine} is not a command here; point it at podman or docker, "
+              "or unset it to use whichever is installed", file=sys.stderr)
+        return EXIT_INVALID
     if not engine or not shutil.which(engine):
         print(f"run --container: no container engine found; install podman or docker "
               f"(or set {ENGINE_ENV})", file=sys.stderr)
@@ -179,4 +186,10 @@ def run_in_container(job: Any, spec_file: str, overrides: Sequence[str], stage: 
             if root:
                 os.chown(m.path, images.IMAGE_UID, images.IMAGE_UID)
     print(f"running in {image} with {engine}", file=sys.stderr, flush=True)
-    return subprocess.call(cmd)
+    code = subprocess.call(cmd)
+    if code in ENGINE_FAILURES:  # the job itself never exits with these: the engine could not run it
+        print(f"run --container: {engine} could not run the container (exit {code}: {ENGINE_FAILURES[code]}); its "
+              f"own message is above. Without the image here: build it with `make image HW={hardware}`, or set "
+              f"{IMAGE_ENV} to one you have", file=sys.stderr)
+        return EXIT_INVALID
+    return code

@@ -137,7 +137,24 @@ def test_cli_run_container_execs_the_engine_and_returns_its_exit_code(cli, tmp_p
 def test_cli_run_container_without_an_engine(cli, monkeypatch):
     monkeypatch.setenv("TRAININGJOB_ENGINE", "no-such-engine-xyz")
     result = cli("run", "--container", REPO / "examples/smoke.yaml")
-    assert result.code == 2 and "no container engine" in result.err
+    assert result.code == 2 and "TRAININGJOB_ENGINE=no-such-engine-xyz is not a command here" in result.err
+    monkeypatch.delenv("TRAININGJOB_ENGINE")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    result = cli("run", "--container", REPO / "examples/smoke.yaml")
+    assert result.code == 2 and "no container engine found; install podman or docker" in result.err
+
+
+def test_cli_run_container_when_the_engine_cannot_start_it(cli, tmp_path, monkeypatch):
+    """podman exits 125 when it cannot pull the image: that is not one of our exit codes."""
+    engine = tmp_path / "fake-engine"
+    engine.write_text(FAKE_ENGINE.replace("exit 7", "echo 'Error: initializing source docker://x' >&2; exit 125"))
+    engine.chmod(engine.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRAININGJOB_ENGINE", str(engine))
+    result = cli("run", "--container", REPO / "examples/smoke.yaml", "--set", "spec.output.dir=out")
+    assert result.code == 2
+    assert f"{engine} could not run the container (exit 125: the engine failed" in result.err
+    assert "make image HW=cpu" in result.err and "TRAININGJOB_IMAGE" in result.err
 
 
 def test_launch_modules_import_neither_torch_nor_kubernetes():
