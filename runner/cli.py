@@ -142,6 +142,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     except SpecError as e:
         _print_spec_error(e)
         return EXIT_INVALID
+    from runner.launch.images import reference_problems
+
+    if problems := reference_problems(args.registry, args.version):
+        print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
+        return EXIT_INVALID
+    if args.pod_monitor and not job.spec.metrics.port:
+        print(f"{args.file}: warning: --pod-monitor: spec.metrics.port is 0 (no /metrics), so no PodMonitor is "
+              "rendered", file=sys.stderr)
     opts = Options(registry=args.registry, version=args.version, pod_monitor=args.pod_monitor,
                    managed_by="trainingjob-render")
     stages = ("cache", "train") if args.stage == "all" else (args.stage,)

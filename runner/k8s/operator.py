@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -21,10 +22,12 @@ import kopf
 import kubernetes
 from kubernetes.client.rest import ApiException
 
+from runner.exitcodes import EXIT_INVALID
 from runner.k8s import build, progress
 from runner.k8s import status as st
 from runner.k8s.build import Options
 from runner.k8s.reconcile import TERMINAL, Observed, Outcome, reconcile
+from runner.launch import images
 from runner.spec import schema as schema_mod
 
 PLURAL = schema_mod.KIND.lower() + "s"
@@ -240,6 +243,9 @@ def main(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if problems := images.reference_problems(args.registry, args.version):
+        print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
+        return EXIT_INVALID
     opts = Options(registry=args.registry, version=args.version, pod_monitor=args.pod_monitor)
     metrics = OperatorMetrics()
     if args.metrics_port:

@@ -7,6 +7,7 @@ run, so the list of images and their build arguments exist only here.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import shutil
 import subprocess
@@ -64,6 +65,24 @@ def flavour(hardware: str) -> ImageFlavour:
     except KeyError:
         raise NoImageError(f"spec.hardware.accelerator: {hardware!r} has no container image; "
                            f"images exist for {', '.join(FLAVOURS)}") from None
+
+
+# OCI distribution: a registry host[:port] and repository path, and a tag (at most 128 characters).
+_REGISTRY = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def reference_problems(registry: str, version: str, flag: str = "--") -> list[str]:
+    """Why `<registry>/<name>:<version>-<hw>` would not be an image reference (render and the
+    operator take both from flags)."""
+    problems = []
+    if not _REGISTRY.fullmatch(registry.rstrip("/")):
+        problems.append(f"{flag}registry: {registry!r} is not a registry and path (lowercase host[:port][/path], "
+                        f"e.g. {DEFAULT_REGISTRY})")
+    if not _TAG.fullmatch(f"{version}-cpu"):
+        problems.append(f"{flag}version: {version!r} does not make an image tag (letters, digits, '_', '.' and '-', "
+                        f"not starting with '.' or '-'), e.g. {__version__}")
+    return problems
 
 
 def image_ref(hardware: str, *, registry: str = DEFAULT_REGISTRY, name: str = DEFAULT_NAME,

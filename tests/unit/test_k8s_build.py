@@ -253,3 +253,36 @@ def test_render_cli_refuses_what_kubernetes_cannot_run():
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stdout == ""
     assert "spec.kubernetes.volumes.cache.claimName: required on Kubernetes" in proc.stderr
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--version", ""], "error: --version: '' does not make an image tag"),
+    (["--version", "1.0 beta"], "error: --version: '1.0 beta' does not make an image tag"),
+    (["--registry", "bad reg!/x"], "error: --registry: 'bad reg!/x' is not a registry and path"),
+    (["--set", "spec.kubernetes.volumes.cache.claimName=Bad_Name"],
+     "spec.kubernetes.volumes.cache.claimName: 'Bad_Name' does not match"),
+])
+def test_render_refuses_what_would_not_be_a_valid_object(cli, args, expect):
+    """An empty --version rendered `image: ghcr.io/trainingjob/trainingjob:-cpu`; the rest went through too."""
+    result = cli("render", EXAMPLE, *args)
+    assert result.code == 2 and result.out == ""
+    assert expect in result.err, result.err
+
+
+def test_render_says_when_pod_monitor_has_no_port_to_watch(cli):
+    result = cli("render", EXAMPLE, "--pod-monitor", "--set", "spec.metrics.port=0")
+    assert result.code == 0
+    assert "--pod-monitor: spec.metrics.port is 0 (no /metrics), so no PodMonitor is rendered" in result.err
+    assert "PodMonitor" not in result.out.replace("--pod-monitor", "")
+    with_port = cli("render", EXAMPLE, "--pod-monitor")
+    assert "kind: PodMonitor" in with_port.out and "warning" not in with_port.err
+
+
+@pytest.mark.parametrize("registry, version, ok", [
+    ("ghcr.io/trainingjob", "0.4.0", True), ("localhost:5000/me/x", "dev_1", True), ("ghcr.io/a/", "1", True),
+    ("GHCR.io/x", "1", False), ("ghcr.io//x", "1", False), ("ghcr.io/x", "-1", False), ("ghcr.io/x", "a" * 125, False),
+])
+def test_image_reference_problems(registry, version, ok):
+    from runner.launch.images import reference_problems
+
+    assert (reference_problems(registry, version) == []) == ok
