@@ -2,7 +2,6 @@
 
 - token variables the spec names are set (checked for being set, never read into a message),
   and the packages of the trackers it turns on are installed;
-- Kubernetes PVC names are well-formed;
 - Hub model and dataset repos exist, skipped with a notice when the Hub cannot be reached;
 - the time budget.
 
@@ -11,12 +10,10 @@ Nothing here imports torch; huggingface_hub is imported only when the Hub is ask
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from runner.smoke.report import FAILED, PASSED, SKIPPED, Check
-from runner.spec import schema as schema_mod
 
 HUB_TIMEOUT_S = 10.0
 _TRUE = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads HF_HUB_OFFLINE
@@ -62,33 +59,6 @@ def package_checks(spec: Mapping[str, Any]) -> list[Check]:
     missing = missing_tracker_packages(dict(spec))
     return [Check("environment", "package wandb", FAILED, missing[0]) if missing else
             Check("environment", "package wandb", PASSED, "installed (spec.tracking.wandb.enabled is true)")]
-
-
-# ----------------------------------------------------------------------------- kubernetes
-
-def _dns_subdomain() -> tuple[re.Pattern[str], int]:
-    """The schema's DNS-1123 subdomain pattern (it checks Secret names); PVC names follow the same rule."""
-    node = schema_mod.subschema("spec.kubernetes.secrets.hubToken.name")
-    return re.compile(node["pattern"]), node["maxLength"]
-
-
-def pvc_checks(spec: Mapping[str, Any]) -> list[Check]:
-    pattern, limit = _dns_subdomain()
-    volumes = (spec.get("kubernetes") or {}).get("volumes") or {}
-    checks = []
-    for volume, node in volumes.items():
-        name = node["claimName"]
-        label = f"PVC name {volume}"
-        if pattern.fullmatch(name) and len(name) <= limit:
-            checks.append(Check("kubernetes", label, PASSED, f"{name!r} is a valid PersistentVolumeClaim name"))
-        else:
-            fixed = re.sub(r"[^a-z0-9.-]+", "-", name.lower()).strip("-.")[:limit] or "my-claim"
-            checks.append(Check("kubernetes", label, FAILED,
-                                f"spec.kubernetes.volumes.{volume}.claimName: {name!r} is not a valid "
-                                f"PersistentVolumeClaim name (a DNS-1123 subdomain: lowercase letters, digits, '-' "
-                                f"and '.', starting and ending with a letter or digit, at most {limit}); "
-                                f"e.g. {fixed!r}"))
-    return checks
 
 
 # ----------------------------------------------------------------------------- hub

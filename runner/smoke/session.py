@@ -113,7 +113,7 @@ def _run(s: Session, path: str, overrides: list[str], opts: SmokeOptions, env: M
         s.add(Check("spec", "smoke folder", FAILED, problem))
         return EXIT_INVALID
     with s.timed("checks"):
-        s.add(*checks_mod.token_checks(spec, env), *checks_mod.package_checks(spec), *checks_mod.pvc_checks(spec),
+        s.add(*checks_mod.token_checks(spec, env), *checks_mod.package_checks(spec),
               *checks_mod.hub_checks(checks_mod.hub_repos(spec), env))
     _prepare(workdir)
     with s.timed("datasets"):
