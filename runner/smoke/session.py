@@ -125,8 +125,9 @@ def _run(s: Session, path: str, overrides: list[str], opts: SmokeOptions, env: M
     shrunk = shrink(doc, workdir=str(workdir), samples=samples, left_out=left_out)
     s.changes = [c.line() for c in shrunk.changes]
     spec_file = workdir / "smoke-spec.yaml"
-    s.notes = [f"the smoke differs from the real run in {len(s.changes)} field(s), sizes scaled by "
-               f"1/{round(1 / shrunk.scale)}; each change and why is listed at the top of {spec_file}"]
+    sizes = "sizes unchanged" if round(1 / shrunk.scale) == 1 else f"sizes scaled by 1/{round(1 / shrunk.scale)}"
+    s.notes = [f"the smoke differs from the real run in {len(s.changes)} field(s), {sizes}; each change and why "
+               f"is listed at the top of {spec_file}"]
     header = "".join(f"# {line}\n" for line in [f"Smoke run of {path}: what differs from it, and why."] + s.changes)
     atomic_write_bytes(spec_file, (header + yaml.safe_dump(shrunk.document, sort_keys=False)).encode("utf-8"))
     # The shrunk spec goes through the same validation as any spec: a failure here is our bug.

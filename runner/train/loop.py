@@ -185,7 +185,8 @@ def run_train(ctx: RunContext) -> TrainResult:
     if accelerator.is_main_process:
         accelerator.init_trackers(ctx.job.name, config=_flat(spec))
     ctx.log(f"training {sum(p.numel() for p in transformer.parameters() if p.requires_grad) / 1e6:.2f}M parameters "
-            f"for {plan.total_steps} steps ({plan.steps_per_epoch} per epoch) on {ctx.world_size} x {device.type}")
+            f"for {plan.total_steps} step{'s' * (plan.total_steps != 1)} ({plan.steps_per_epoch} per epoch) on "
+            f"{ctx.world_size} x {device.type}")
     ctx.metrics.train_started(plan.total_steps, state.step, device)
 
     guard = Guard(training, ctx.world_size, device)
