@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -239,12 +240,34 @@ def make_registry(opts: Options, metrics: OperatorMetrics) -> kopf.OperatorRegis
     return registry
 
 
+def cluster_problem() -> str | None:
+    """Why no cluster can be reached with the credentials kopf's login (login_via_client) would
+    use: in a pod its service account, elsewhere the kubeconfig; None when there are some.
+    Without this, kopf retries the login every minute with a traceback each time."""
+    from kubernetes.config import ConfigException
+
+    try:
+        kubernetes.config.load_incluster_config()
+        return None
+    except ConfigException:
+        pass
+    try:
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # None: ~/.kube/config
+        return None
+    except (ConfigException, OSError) as e:
+        return (f"no Kubernetes credentials: not in a pod with a service account, and no usable kubeconfig "
+                f"({e}); set KUBECONFIG or run it in the cluster (k8s/operator.yaml)")
+
+
 def main(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if problems := images.reference_problems(args.registry, args.version):
         print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
+        return EXIT_INVALID
+    if problem := cluster_problem():
+        print(f"error: operator: {problem}", file=sys.stderr)
         return EXIT_INVALID
     opts = Options(registry=args.registry, version=args.version, pod_monitor=args.pod_monitor)
     metrics = OperatorMetrics()

@@ -3,6 +3,7 @@ grants exactly what runner/k8s/operator.py calls (no wildcards, nothing extra)."
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 import subprocess
@@ -117,3 +118,30 @@ def test_rbac_grants_exactly_what_the_operator_uses(installed):
     assert ("diffusion.runner.dev", "podmonitors", "create") not in needed  # the split above worked
     assert ("monitoring.coreos.com", "podmonitors", "create") in needed
     assert ("", "configmaps", "delete") not in grants and ("batch", "jobs", "delete") not in grants
+
+
+def test_the_operator_without_credentials_says_so_and_exits_2(tmp_path):
+    """kopf alone retries the login every minute, a traceback each time."""
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+    env["KUBECONFIG"] = str(tmp_path / "no-such-kubeconfig")
+    proc = subprocess.run([sys.executable, "-m", "runner", "operator"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: operator: no Kubernetes credentials" in proc.stderr and "set KUBECONFIG" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_kubeconfig_is_enough_for_the_operators_check(tmp_path, monkeypatch):
+    from runner.k8s.operator import cluster_problem
+
+    config = tmp_path / "config"
+    config.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    assert cluster_problem() is None
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    assert "no Kubernetes credentials" in cluster_problem()
