@@ -122,6 +122,8 @@ def kubernetes_problems(doc: dict[str, Any]) -> list[str]:
             problems.append(f"spec.kubernetes.volumes.{volume}.claimName: required on Kubernetes: a "
                             f"PersistentVolumeClaim for {holds} (ReadWriteMany when hardware.nodes > 1)")
     problems += _mount_problems(volumes)
+    if not problems:  # with a volume missing, what lands off the volumes is that volume's problem
+        problems += _off_volume_problems(doc)
     if not k8s.get("image"):
         try:
             images.flavour(spec["hardware"]["accelerator"])
@@ -144,6 +146,23 @@ RESERVED_MOUNTS = {SPEC_DIR: "the spec's ConfigMap (read-only)", "/dev/shm": "sh
 def _mount_paths(volumes: dict[str, Any]) -> list[tuple[str, str]]:
     """(volume name, normalized mount path) of each volume, as _volumes mounts them."""
     return [(name, posixpath.normpath(claim.get("mountPath", f"/{name}"))) for name, claim in volumes.items()]
+
+
+def _off_volume_problems(doc: dict[str, Any]) -> list[str]:
+    """Caches and outputs the pods would write off every volume (an absolute path no mount
+    covers): lost with the pod, and never seen by the other stage's pod."""
+    spec = pod_document(doc)["spec"]
+    mounts = [path for _, path in _mount_paths(spec.get("kubernetes", {}).get("volumes", {}))]
+    places = [("spec.cacheDir", spec["cacheDir"]), ("spec.textEmbeds.cacheDir", spec["textEmbeds"].get("cacheDir")),
+              ("spec.output.dir", spec["output"]["dir"])]
+    places += [(f"spec.datasets[{i}].vaeCacheDir", ds.get("vaeCacheDir")) for i, ds in enumerate(spec["datasets"])]
+    problems = []
+    for where, path in places:
+        if path and not any(posixpath.normpath(path) == m or path.startswith(m.rstrip("/") + "/") for m in mounts):
+            problems.append(f"{where}: {path} is on no volume in the pod (mounted: {', '.join(mounts) or 'none'}), so "
+                            "what is written there is lost with the pod and the other stage never sees it; use a "
+                            "relative path (it goes on the cache or output volume) or one under a volume's mountPath")
+    return problems
 
 
 def _mount_problems(volumes: dict[str, Any]) -> list[str]:

@@ -221,6 +221,9 @@ def test_the_pods_spec_puts_relative_paths_on_the_volumes():
     (lambda d: d["spec"]["kubernetes"]["volumes"]["cache"].update(mountPath="/tmp/"), "/tmp is where scratch space"),
     (lambda d: d["spec"]["kubernetes"]["volumes"]["output"].update(mountPath="/cache"),
      "volumes.output.mountPath: /cache is where volume cache is mounted"),
+    # written off every volume: lost with the pod, and the train stage's pod never sees the cache
+    (lambda d: d["spec"].update(cacheDir="/scratch/c"), "spec.cacheDir: /scratch/c is on no volume in the pod"),
+    (lambda d: d["spec"]["output"].update(dir="/cache-not/x"), "spec.output.dir: /cache-not/x is on no volume"),
 ])
 def test_what_kubernetes_needs_beyond_a_valid_spec(change, problem):
     doc = make_doc()
