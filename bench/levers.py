@@ -176,6 +176,11 @@ def make_batch(cfg, res, bs):
     return lat, emb, mask
 
 
+# variant suffix -> inductor option it turns on: Triton block-size tuning (compile time for
+# speed), horizontal fusion of independent kernels, fusing more aggressively
+INDUCTOR_FLAGS = {"_cdt": "coordinate_descent_tuning", "_combo": "combo_kernels", "_aggr": "aggressive_fusion"}
+
+
 def section_step():
     from diffusers import DDPMScheduler
 
@@ -190,7 +195,6 @@ def section_step():
         torch._dynamo.reset()
         rec = dict(kind="step", variant=variant, res=args.res, batch=args.batch)
         restore: list[tuple[object, str, object]] = []  # (module, attribute, original) a variant patched
-        undo: list = []  # and calls that undo what it set otherwise
         try:
             model, cfg = build_transformer()
             kernel = "fa4" if "fa4" in variant else "sdpa"
@@ -233,30 +237,12 @@ def section_step():
                                                module_filter_fn=keep)
                     rec["fp8"] = f"{recipe}{' ff only' if ff_only else ''}: " + str(
                         sum(1 for m in model.modules() if type(m).__name__ == "Float8Linear"))
-            if "_lt" in variant:  # every GEMM through cuBLASLt (bench/gemms.py --library cublaslt)
-                blas = torch.backends.cuda.preferred_blas_library()
-                torch.backends.cuda.preferred_blas_library("cublaslt")
-                undo.append(lambda: torch.backends.cuda.preferred_blas_library(blas))
-            if "_mag" in variant:  # inductor autotunes each block GEMM over cuBLAS and its Triton templates
-                import torch._inductor.config as inductor_config
-
-                for name, value in (("max_autotune_gemm", True), ("max_autotune_gemm_backends", "ATEN,TRITON")):
-                    restore.append((inductor_config, name, getattr(inductor_config, name)))
-                    setattr(inductor_config, name, value)
-                restore.append((inductor_config.triton, "enable_persistent_tma_matmul",
-                                inductor_config.triton.enable_persistent_tma_matmul))
-                inductor_config.triton.enable_persistent_tma_matmul = True
-            for flag, option in (("_combo", "combo_kernels"), ("_aggr", "aggressive_fusion")):
-                if flag in variant:  # inductor: horizontal fusion of independent kernels / fusing more
+            for flag, option in INDUCTOR_FLAGS.items():
+                if flag in variant:
                     import torch._inductor.config as inductor_config
 
                     restore.append((inductor_config, option, getattr(inductor_config, option)))
                     setattr(inductor_config, option, True)
-            if "_cdt" in variant:  # inductor tunes the Triton kernels' block sizes (compile time for speed)
-                import torch._inductor.config as inductor_config
-
-                restore.append((inductor_config, "coordinate_descent_tuning", inductor_config.coordinate_descent_tuning))
-                inductor_config.coordinate_descent_tuning = True
             if "compile" in variant and DEV.type == "cuda":
                 FAMILY.compile(model)
                 if "_cg" in variant:  # CUDA graphs per block (reduce-overhead), to see what the gaps cost
@@ -301,8 +287,6 @@ def section_step():
         finally:
             for module, name, original in restore:
                 setattr(module, name, original)
-            for call in undo:
-                call()
 
 
 def section_buckets():
