@@ -23,6 +23,7 @@ from runner.exitcodes import EXIT_INVALID  # bad input: retrying cannot help, so
 from runner.launch import images
 from runner.launch.torchrun import RENDEZVOUS_PORT, SHUTDOWN_TIMEOUT_S
 from runner.spec import schema as schema_mod
+from runner.spec.semantics import written_dirs
 
 MANAGER = "trainingjob-operator"
 PART_OF = "trainingjob-runner"
@@ -153,12 +154,10 @@ def _off_volume_problems(doc: dict[str, Any]) -> list[str]:
     covers): lost with the pod, and never seen by the other stage's pod."""
     spec = pod_document(doc)["spec"]
     mounts = [path for _, path in _mount_paths(spec.get("kubernetes", {}).get("volumes", {}))]
-    places = [("spec.cacheDir", spec["cacheDir"]), ("spec.textEmbeds.cacheDir", spec["textEmbeds"].get("cacheDir")),
-              ("spec.output.dir", spec["output"]["dir"])]
-    places += [(f"spec.datasets[{i}].vaeCacheDir", ds.get("vaeCacheDir")) for i, ds in enumerate(spec["datasets"])]
     problems = []
-    for where, path in places:
-        if path and not any(posixpath.normpath(path) == m or path.startswith(m.rstrip("/") + "/") for m in mounts):
+    for where, path in written_dirs(spec):
+        path = posixpath.normpath(path)
+        if not any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts):
             problems.append(f"{where}: {path} is on no volume in the pod (mounted: {', '.join(mounts) or 'none'}), so "
                             "what is written there is lost with the pod and the other stage never sees it; use a "
                             "relative path (it goes on the cache or output volume) or one under a volume's mountPath")

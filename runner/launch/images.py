@@ -72,15 +72,15 @@ _REGISTRY = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]+([._
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
-def reference_problems(registry: str, version: str, flag: str = "--") -> list[str]:
+def reference_problems(registry: str, version: str) -> list[str]:
     """Why `<registry>/<name>:<version>-<hw>` would not be an image reference (render and the
     operator take both from flags)."""
     problems = []
     if not _REGISTRY.fullmatch(registry.rstrip("/")):
-        problems.append(f"{flag}registry: {registry!r} is not a registry and path (lowercase host[:port][/path], "
+        problems.append(f"--registry: {registry!r} is not a registry and path (lowercase host[:port][/path], "
                         f"e.g. {DEFAULT_REGISTRY})")
     if not _TAG.fullmatch(f"{version}-cpu"):
-        problems.append(f"{flag}version: {version!r} does not make an image tag (letters, digits, '_', '.' and '-', "
+        problems.append(f"--version: {version!r} does not make an image tag (letters, digits, '_', '.' and '-', "
                         f"not starting with '.' or '-'), e.g. {__version__}")
     return problems
 

@@ -69,12 +69,10 @@ def directory_problems(spec: dict, stage: str = "all") -> list[str]:
     """Folders the run writes to that cannot be folders (a file is in the way), and a checkpoint
     folder to resume from that is not there, checked before any work."""
     from runner.files import not_a_directory
+    from runner.spec.semantics import written_dirs
 
-    fields = [("spec.cacheDir", spec["cacheDir"]), ("spec.textEmbeds.cacheDir", spec["textEmbeds"].get("cacheDir")),
-              ("spec.output.dir", spec["output"]["dir"])]
-    fields += [(f"spec.datasets[{i}].vaeCacheDir", ds.get("vaeCacheDir")) for i, ds in enumerate(spec["datasets"])]
     problems = [f"{where}: {why}; point it at a directory (it is created when missing)"
-                for where, value in fields if value and (why := not_a_directory(value))]
+                for where, value in written_dirs(spec) if (why := not_a_directory(value))]
     resume = spec["training"]["resume"]
     if stage != "cache" and resume not in ("auto", "none") and not Path(resume).is_dir():
         what = "a file" if Path(resume).exists() else "not there"

@@ -56,7 +56,7 @@ def package_checks(spec: Mapping[str, Any]) -> list[Check]:
 
     if not (spec["tracking"].get("wandb") or {}).get("enabled"):
         return []
-    missing = missing_tracker_packages(dict(spec))
+    missing = missing_tracker_packages(spec)
     return [Check("environment", "package wandb", FAILED, missing[0]) if missing else
             Check("environment", "package wandb", PASSED, "installed (spec.tracking.wandb.enabled is true)")]
 

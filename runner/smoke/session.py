@@ -32,6 +32,7 @@ from runner.files import atomic_write_bytes
 from runner.smoke import checks as checks_mod
 from runner.smoke.report import FAILED, PASSED, SKIPPED, Check, junit_xml, passed, text_report
 from runner.smoke.shrink import SUBSTITUTE_NAME, shrink, substitute_dataset
+from runner.spec.semantics import dataset_dirs, written_dirs
 from runner.spec.errors import SpecError
 from runner.spec.load import job_from_document, load_spec
 from runner.spec.node import TrainingJob
@@ -138,13 +139,7 @@ def _run(s: Session, path: str, overrides: list[str], opts: SmokeOptions, env: M
 def _smoke_dir_problem(workdir: Path, spec: Mapping[str, Any]) -> str | None:
     """The smoke folder must be its own: not the real output or cache, not inside or around them."""
     mine = workdir.resolve()
-    theirs = [("spec.cacheDir", spec["cacheDir"]), ("spec.output.dir", spec["output"]["dir"]),
-              ("spec.textEmbeds.cacheDir", spec["textEmbeds"].get("cacheDir"))]
-    theirs += [(f"spec.datasets[{i}].{k}", ds.get(k)) for i, ds in enumerate(spec["datasets"])
-               for k in ("vaeCacheDir", "path")]
-    for where, value in theirs:
-        if not value:
-            continue
+    for where, value in written_dirs(spec) + dataset_dirs(spec):
         other = Path(value).resolve()
         if mine == other or mine.is_relative_to(other) or other.is_relative_to(mine):
             return (f"--smoke-dir {workdir} overlaps {where} ({value}); a smoke never writes next to the real "

@@ -122,12 +122,23 @@ def _ddp(spec: dict[str, Any]) -> Iterator[Finding]:
                       "pytorch/pytorch#143580); set staticGraph: false (the default) or gradientAccumulationSteps: 1")
 
 
+def written_dirs(spec: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The folders a run writes to, those that are set, as (field path, value): the caches and
+    the output. The checks of them (here, before a run, on Kubernetes, for a smoke) share it."""
+    found = [(p, fieldpath.dig(spec, p.removeprefix("spec."))) for p in _DIRS]
+    found += [(f"spec.datasets[{i}].vaeCacheDir", ds.get("vaeCacheDir")) for i, ds in enumerate(spec["datasets"])]
+    return [(where, value) for where, value in found if value]
+
+
+def dataset_dirs(spec: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The local dataset folders a run reads, those that are set, as (field path, value)."""
+    return [(f"spec.datasets[{i}].path", ds["path"]) for i, ds in enumerate(spec["datasets"]) if ds.get("path")]
+
+
 def _paths(spec: dict[str, Any], cwd: str | None = None) -> Iterator[Finding]:
     """A filesystem root as a place to write caches, outputs or read data from is always a mistake
     (`/`, or a relative path like `../../..` that climbs there from the working directory)."""
-    found = [(p, fieldpath.dig(spec, p.removeprefix("spec."))) for p in _DIRS]
-    found += [(f"spec.datasets[{i}].{key}", ds.get(key)) for i, ds in enumerate(spec["datasets"])
-              for key in ("path", "vaeCacheDir")]
+    found = written_dirs(spec) + dataset_dirs(spec)
     resume = spec["training"]["resume"]
     if resume not in ("auto", "none"):
         found.append(("spec.training.resume", resume))
