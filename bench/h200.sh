@@ -11,18 +11,22 @@ phase=${1:?usage: bash bench/h200.sh prepare|check|measure [bench.py arguments]}
 shift
 OUT=${OUT:-/tmp/bench-out}
 export OUT
-mkdir -p "$OUT" /tmp/carry /tmp/site
+# a folder named site-packages: quack (flash-attn-4's GEMMs) fingerprints epilogue code and treats
+# functions from a site-packages or dist-packages path as installed libraries; anywhere else it
+# recurses into cutlass's internals and fails ("has no fail-closed semantic key")
+SITE=/tmp/py/site-packages
+mkdir -p "$OUT" /tmp/carry "$SITE"
 cp .gpu/cutlass.tar.xz.part-* /tmp/carry/ 2>/dev/null
-if [ ! -e /tmp/site/.wheels ] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-    && touch /tmp/site/.wheels || exit 1
+if [ ! -e $SITE/.wheels ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $SITE .whl/*.whl \
+    && touch $SITE/.wheels || exit 1
 fi
 parts=$(ls /tmp/carry/cutlass.tar.xz.part-* 2>/dev/null | wc -l)
-if [ ! -e /tmp/site/.cutlass ] && [ "$parts" -ge 2 ]; then
-  cat /tmp/carry/cutlass.tar.xz.part-* | python3 -c 'import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode="r|xz").extractall("/tmp/site")' \
-    && touch /tmp/site/.cutlass || exit 1
+if [ ! -e $SITE/.cutlass ] && [ "$parts" -ge 2 ]; then
+  cat /tmp/carry/cutlass.tar.xz.part-* | python3 -c 'import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode="r|xz").extractall(sys.argv[1])' "$SITE" \
+    && touch $SITE/.cutlass || exit 1
 fi
-export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD
+export PYTHONPATH=$SITE:$SITE/nvidia_cutlass_dsl/dsl_packages:$PWD
 export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
 case $phase in

@@ -181,6 +181,28 @@ def make_batch(cfg, res, bs):
 INDUCTOR_FLAGS = {"_cdt": "coordinate_descent_tuning", "_combo": "combo_kernels", "_aggr": "aggressive_fusion"}
 
 
+def quack_linears(model) -> int:
+    """Route every Linear inside the blocks but the feed-forward's through quack.linear.linear_func
+    (bf16 under autocast, as F.linear would run)."""
+    import types
+
+    from quack.linear import linear_func
+
+    def forward(self, x):
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+        if not x.is_cuda or dtype != BF16:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        with torch.autocast("cuda", enabled=False):
+            return linear_func(x.to(dtype).contiguous(), self.weight.to(dtype),
+                               None if self.bias is None else self.bias.to(dtype))
+    count = 0
+    for name, module in model.transformer_blocks.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".ff." not in f".{name}.":
+            module.forward = types.MethodType(forward, module)
+            count += 1
+    return count
+
+
 def section_step():
     from diffusers import DDPMScheduler
 
@@ -204,6 +226,10 @@ def section_step():
                 rec["unfused_qkv"] = attn.install_processor(model, fuse_qkv=False)
             if "bf16res" in variant:  # spec.training.residualStream: bfloat16
                 rec["bf16_residual_blocks"] = FAMILY.bf16_residual(model)
+            if "_qmlp" in variant:  # spec.model.feedForward: fused (the GELU in quack's GEMM epilogues)
+                rec["feed_forward"] = " ".join(str(x) for x in FAMILY.set_feed_forward(model, "fused", DEV) if x)
+            if "_qlin" in variant:  # the blocks' other Linears through quack's GEMM instead of cuBLAS
+                rec["quack_linears"] = quack_linears(model)
             if "purebf16" in variant:  # bound only: bf16 weights, no fp32 master
                 model.to(BF16)
             if "_m128" in variant:  # FA4 SM90 backward at 128 x 128 tiles (bench/fa4_tiles.py "m128"), this variant only
@@ -308,6 +334,7 @@ def section_buckets():
     torch._dynamo.reset()
     model, cfg = build_transformer()
     used, _ = attn.set_attention(model, "auto", DEV)
+    FAMILY.set_feed_forward(model, os.environ.get("BUCKETS_FEED_FORWARD", "auto"), DEV)  # the spec's default
     FAMILY.bf16_residual(model)  # spec.training.residualStream's default, as `trainingjob run` trains
     if DEV.type == "cuda":
         FAMILY.compile(model, dynamic)

@@ -83,6 +83,10 @@ class ModelFamily(Protocol):
     def set_attention(self, transformer: torch.nn.Module, backend: str, device: Any) -> tuple[str, str | None]:
         """Attention kernels for training (spec.model.attention); returns the kernels used and why not others."""
 
+    def set_feed_forward(self, transformer: torch.nn.Module, choice: str, device: Any) -> tuple[str, str | None]:
+        """The feed-forward for training (spec.model.feedForward); returns what is used and why not
+        the requested one."""
+
     def bf16_residual(self, transformer: torch.nn.Module) -> int:
         """Carry the residual stream in the autocast dtype (spec.training.residualStream:
         bfloat16); returns how many blocks now do (0: the family keeps its own dtypes)."""

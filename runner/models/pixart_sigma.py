@@ -103,6 +103,13 @@ class PixArtSigma:
 
         return set_attention(transformer, backend, device)
 
+    def set_feed_forward(self, transformer, choice: str, device) -> tuple[str, str | None]:
+        """spec.model.feedForward: the GELU in quack's GEMM epilogues where they run and check
+        out, else diffusers' modules (runner/models/feedforward.py)."""
+        from runner.models.feedforward import set_feed_forward
+
+        return set_feed_forward(transformer, choice, device)
+
     def bf16_residual(self, transformer) -> int:
         """PixArt's blocks with the modulation and residual stream in the autocast dtype
         (runner/models/pixart_block.py); the state dict is unchanged."""

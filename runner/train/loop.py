@@ -72,15 +72,20 @@ def text_embeds(batch, device: torch.device) -> torch.Tensor:
 
 
 def apply_speed_options(family, transformer, spec: dict[str, Any], device: torch.device, log) -> None:
-    """spec.model.attention, spec.training.residualStream, spec.training.fp8 and
-    spec.training.compile, in that order (kernels, block forwards and FP8 modules must be in
-    place before the blocks are compiled, and before the optimizer takes the parameters)."""
+    """spec.model.attention, spec.model.feedForward, spec.training.residualStream,
+    spec.training.fp8 and spec.training.compile, in that order (kernels, block forwards and FP8
+    modules must be in place before the blocks are compiled, and before the optimizer takes the
+    parameters)."""
     from runner.train.precision import apply_fp8
 
     training = spec["training"]
     used, why = family.set_attention(transformer, spec["model"].get("attention", "auto"), device)
     if device.type == "cuda" or spec["model"].get("attention") == "fa4":
         log(f"attention kernels: {used}" + (f" ({why})" if why else ""))
+    choice = spec["model"].get("feedForward", "auto")
+    used, why = family.set_feed_forward(transformer, choice, device)
+    if device.type == "cuda" or choice == "fused":
+        log(f"feed-forward: {used}" + (f" ({why})" if why else ""))
     if training["mixedPrecision"] == "fp16" and device.type == "cpu":
         log("mixedPrecision fp16: no effect on the CPU, which has no fp16 autocast (accelerate trains in float32 "
             "there); bf16 is the CPU's mixed precision")
