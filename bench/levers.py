@@ -17,6 +17,7 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -227,7 +228,17 @@ def section_step():
             if "bf16res" in variant:  # spec.training.residualStream: bfloat16
                 rec["bf16_residual_blocks"] = FAMILY.bf16_residual(model)
             if "_qmlp" in variant:  # spec.model.feedForward: fused (the GELU in quack's GEMM epilogues)
-                rec["feed_forward"] = " ".join(str(x) for x in FAMILY.set_feed_forward(model, "fused", DEV) if x)
+                from runner.models import feedforward
+
+                factory = feedforward.quack_kernel
+                if "_qmlpt" in variant:  # quack's autotuner instead of its heuristic tiles
+                    def factory():
+                        from quack.mlp import mlp_func
+
+                        return dataclasses.replace(feedforward.quack_kernel(), name="quack autotuned", mlp=lambda x, w1, w2, b1, b2: mlp_func(
+                            x, w1, w2, activation="gelu_tanh_approx", bias1=b1, bias2=b2, tuned=True))
+                rec["feed_forward"] = " ".join(str(x) for x in feedforward.set_feed_forward(
+                    model, "fused", DEV, kernel_factory=factory) if x)
             if "_qlin" in variant:  # the blocks' other Linears through quack's GEMM instead of cuBLAS
                 rec["quack_linears"] = quack_linears(model)
             if "purebf16" in variant:  # bound only: bf16 weights, no fp32 master
