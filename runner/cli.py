@@ -29,6 +29,10 @@ def _print_spec_error(e: SpecError) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from runner.spec.problems import as_json, check_files
 
+    if args.files.count("-") > 1:
+        print(f"validate: standard input (-) is named {args.files.count('-')} times; it can be read once, so "
+              "name it once", file=sys.stderr)
+        return EXIT_INVALID
     results = check_files(args.files, args.overrides)
     if args.output == "json":
         import json
@@ -150,6 +154,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.pod_monitor and not job.spec.metrics.port:
         print(f"{args.file}: warning: --pod-monitor: spec.metrics.port is 0 (no /metrics), so no PodMonitor is "
               "rendered", file=sys.stderr)
+    from runner.k8s.build import kubernetes_warnings
+
+    for warning in kubernetes_warnings(job.document.to_dict()):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     opts = Options(registry=args.registry, version=args.version, pod_monitor=args.pod_monitor,
                    managed_by="trainingjob-render")
     stages = ("cache", "train") if args.stage == "all" else (args.stage,)

@@ -23,7 +23,7 @@ from runner.exitcodes import EXIT_INVALID  # bad input: retrying cannot help, so
 from runner.launch import images
 from runner.launch.torchrun import RENDEZVOUS_PORT, SHUTDOWN_TIMEOUT_S
 from runner.spec import schema as schema_mod
-from runner.spec.semantics import written_dirs
+from runner.spec.semantics import dataset_dirs, written_dirs
 
 MANAGER = "trainingjob-operator"
 PART_OF = "trainingjob-runner"
@@ -149,19 +149,38 @@ def _mount_paths(volumes: dict[str, Any]) -> list[tuple[str, str]]:
     return [(name, posixpath.normpath(claim.get("mountPath", f"/{name}"))) for name, claim in volumes.items()]
 
 
+def _off_volumes(spec: dict[str, Any], dirs) -> tuple[list[tuple[str, str]], list[str]]:
+    """(field path, path) of `dirs` (from the pods' spec) that no volume's mount covers, and the mounts."""
+    mounts = [path for _, path in _mount_paths(spec.get("kubernetes", {}).get("volumes", {}))]
+    off = []
+    for where, path in dirs:
+        path = posixpath.normpath(path) if path.startswith("/") else path
+        if not any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts):
+            off.append((where, path))
+    return off, mounts
+
+
 def _off_volume_problems(doc: dict[str, Any]) -> list[str]:
     """Caches and outputs the pods would write off every volume (an absolute path no mount
     covers): lost with the pod, and never seen by the other stage's pod."""
     spec = pod_document(doc)["spec"]
-    mounts = [path for _, path in _mount_paths(spec.get("kubernetes", {}).get("volumes", {}))]
-    problems = []
-    for where, path in written_dirs(spec):
-        path = posixpath.normpath(path)
-        if not any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts):
-            problems.append(f"{where}: {path} is on no volume in the pod (mounted: {', '.join(mounts) or 'none'}), so "
-                            "what is written there is lost with the pod and the other stage never sees it; use a "
-                            "relative path (it goes on the cache or output volume) or one under a volume's mountPath")
-    return problems
+    off, mounts = _off_volumes(spec, written_dirs(spec))
+    return [f"{where}: {path} is on no volume in the pod (mounted: {', '.join(mounts) or 'none'}), so what is "
+            "written there is lost with the pod and the other stage never sees it; use a relative path (it goes on "
+            "the cache or output volume) or one under a volume's mountPath" for where, path in off]
+
+
+def kubernetes_warnings(doc: dict[str, Any]) -> list[str]:
+    """What a runnable spec probably gets wrong on Kubernetes: a local dataset folder on no
+    volume of the pod (with no `data` volume, a relative path stays relative to the image's
+    working directory). Only an image built with the photos inside has it, so this warns
+    rather than refuses."""
+    spec = pod_document(doc)["spec"]
+    off, mounts = _off_volumes(spec, dataset_dirs(spec))
+    return [f"{where}: {path} is on no volume in the pod (mounted: {', '.join(mounts) or 'none'}), so the pods "
+            "find it only if the image holds it; add a `data` volume (spec.kubernetes.volumes.data, a "
+            "PersistentVolumeClaim with the images) and give the path relative to it, or one under a "
+            "volume's mountPath" for where, path in off]
 
 
 def _mount_problems(volumes: dict[str, Any]) -> list[str]:

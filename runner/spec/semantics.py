@@ -132,7 +132,8 @@ def written_dirs(spec: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def dataset_dirs(spec: dict[str, Any]) -> list[tuple[str, Any]]:
     """The local dataset folders a run reads, those that are set, as (field path, value)."""
-    return [(f"spec.datasets[{i}].path", ds["path"]) for i, ds in enumerate(spec["datasets"]) if ds.get("path")]
+    return [(f"spec.datasets[{i}].path", ds["path"]) for i, ds in enumerate(spec["datasets"])
+            if ds.get("path") and ds.get("type", "local") == "local"]
 
 
 def _paths(spec: dict[str, Any], cwd: str | None = None) -> Iterator[Finding]:

@@ -234,6 +234,26 @@ def test_what_kubernetes_needs_beyond_a_valid_spec(change, problem):
         render_objects(doc, Options())
 
 
+@pytest.mark.parametrize("dataset, data_volume, warned", [
+    ({"path": "photos/set-1"}, True, False),  # relative: on the data volume
+    ({"path": "/data/photos"}, True, False),
+    ({"path": "/cache/photos"}, False, False),  # under another volume's mountPath
+    ({"path": "photos/set-1"}, False, True),  # relative to the image's working directory
+    ({"path": "/srv/photos"}, True, True),
+    ({"type": "huggingface", "repo": "me/photos", "path": "/srv/photos"}, False, False),  # path unused
+])
+def test_a_local_dataset_on_no_volume_is_warned_about(dataset, data_volume, warned):
+    doc = make_doc()
+    doc["spec"]["datasets"][1] = {"name": "mine", "type": "local", **dataset}
+    if not data_volume:
+        doc["spec"]["kubernetes"]["volumes"].pop("data")
+    warnings = build.kubernetes_warnings(doc)
+    assert len(warnings) == warned
+    if warned:
+        assert warnings[0].startswith("spec.datasets[1].path: ") and "is on no volume in the pod" in warnings[0]
+    assert build.kubernetes_problems(doc) == []  # an image may hold the photos: never a refusal
+
+
 def test_render_cli_prints_objects_in_apply_order_with_sync_waves(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "runner", "render", str(EXAMPLE), "--set", "spec.hardware.nodes=2"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -289,3 +309,12 @@ def test_image_reference_problems(registry, version, ok):
     from runner.launch.images import reference_problems
 
     assert (reference_problems(registry, version) == []) == ok
+
+
+def test_render_cli_warns_about_a_dataset_on_no_volume_and_still_renders():
+    proc = subprocess.run([sys.executable, "-m", "runner", "render", str(EXAMPLE), "--set", "spec.datasets.0.type=local",
+                           "--set", "spec.datasets.0.path=/srv/photos"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{EXAMPLE}: warning: spec.datasets[0].path: /srv/photos is on no volume in the pod" in proc.stderr
+    assert [o["kind"] for o in yaml.safe_load_all(proc.stdout) if o] == ["ConfigMap", "Job", "Service", "Job"]

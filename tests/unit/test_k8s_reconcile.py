@@ -341,3 +341,16 @@ def test_a_finished_job_is_never_rerun(stage, state):
     c.children.clear()  # someone deleted the Jobs
     out = c.step()
     assert out.create == [] and c.state == state
+
+
+def test_a_dataset_on_no_volume_is_warned_about_once_as_the_cache_job_starts():
+    datasets = [{"name": "mine", "type": "local", "path": "/photos/mine"}]  # the example has no data volume
+    c = Cluster(trainingjob(datasets=datasets))
+    first = c.step()
+    assert c.created == ["ConfigMap/smoke-spec", "Job/smoke-cache"]  # a warning, not a refusal
+    warnings = [e for e in first.events if e.type == "Warning"]
+    assert [e.reason for e in warnings] == ["DatasetNotOnVolume"]
+    assert warnings[0].message.startswith("spec.datasets[0].path: /photos/mine is on no volume in the pod")
+    c.job_status("cache", ready=1, active=1)
+    assert all(e.type != "Warning" for e in c.step().events)  # not again on later reconciles
+    assert all(e.reason != "DatasetNotOnVolume" for e in Cluster(trainingjob()).step().events)

@@ -36,6 +36,12 @@ def test_validate_reads_standard_input():
     assert "<stdin>: spec.training.maxSteps: 0 is less than the minimum of 1" in bad.stderr
 
 
+def test_standard_input_named_twice_is_refused():
+    proc = run("validate", "-", "examples/smoke.yaml", "-", stdin=SMOKE)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "standard input (-) is named 2 times; it can be read once" in proc.stderr
+
+
 def test_json_output_has_a_record_per_problem_across_files(tmp_path, minimal_spec):
     bad = tmp_path / "bad.yaml"
     bad.write_text(minimal_spec.replace("maxSteps: 10", "maxSteps: 0\n    batchSize: nope")
