@@ -210,6 +210,11 @@ def _datasets(spec: dict[str, Any]) -> Iterator[Finding]:
         for key, only in (("path", "local"), ("repo", "huggingface"), ("subfolder", "huggingface")):
             if ds.get(key) is not None and ds["type"] != only:
                 yield WARNING, f"{where}.{key}: ignored because type is {ds['type']} (it applies to type {only})"
+        if not ds.get("crop"):  # only settings other than the defaults can be told from unset ones here
+            for key, default in (("cropAspect", "square"), ("cropStyle", "random")):
+                if ds.get(key, default) != default:
+                    yield WARNING, (f"{where}.{key}: {ds[key]!r} is ignored because crop is false (images are only "
+                                    "resized to their bucket); set crop: true to crop")
         if ds["captionStrategy"] == "instanceprompt" and not ds.get("instancePrompt"):
             yield ERROR, f"{where}.instancePrompt: required when captionStrategy is instanceprompt"
         if ds.get("maximumImageSize") is not None and ds.get("targetDownsampleSize") is None:

@@ -159,6 +159,21 @@ def test_a_warmup_as_long_as_the_run_is_a_warning(training, warned):
         assert found[0][0] == semantics.WARNING and found[0][1].startswith("spec.training.lrWarmupSteps: 100 is not below")
 
 
+@pytest.mark.parametrize("dataset, warned", [
+    ({"crop": False, "cropAspect": "closest"}, ["spec.datasets[0].cropAspect: 'closest' is ignored because crop is false"]),
+    ({"crop": False, "cropStyle": "center"}, ["spec.datasets[0].cropStyle: 'center' is ignored because crop is false"]),
+    ({"crop": True, "cropAspect": "closest", "cropStyle": "center"}, []),
+    ({"crop": False}, []),  # the defaults
+])
+def test_crop_settings_without_crop_are_a_warning(minimal_spec, dataset, warned):
+    doc = parse_document(minimal_spec)
+    doc["spec"]["datasets"][0].update(dataset)
+    crop_warnings = [w for w in job_from_document(doc).warnings if "crop" in w]
+    assert len(crop_warnings) == len(warned)
+    for got, want in zip(crop_warnings, warned):
+        assert want in got
+
+
 def test_warnings_still_print_when_the_spec_is_rejected(tmp_path, cli, minimal_spec):
     spec = tmp_path / "job.yaml"
     spec.write_text(minimal_spec + "    batchSize: 0\n  validation:\n    guidance: 9\n")
