@@ -226,6 +226,13 @@ def _datasets(spec: dict[str, Any]) -> Iterator[Finding]:
         yield ERROR, "spec.datasets: every dataset is disabled; enable at least one (disabled: false)"
 
 
+def _fused_feed_forward(spec: dict[str, Any]) -> Iterator[Finding]:
+    if spec["model"].get("feedForward") == "fused" and spec["training"].get("fp8"):
+        yield ERROR, ("spec.model.feedForward: fused runs the feed-forward's GEMMs in bf16, so it cannot be combined "
+                      "with spec.training.fp8 (FP8 Linears); set feedForward: auto (which leaves the feed-forward to "
+                      "FP8) or fp8: false")
+
+
 def _hub(spec: dict[str, Any]) -> Iterator[Finding]:
     hub = spec["output"].get("hub", {})
     if hub.get("push") and not hub.get("repoId"):
@@ -240,7 +247,7 @@ def _wandb(spec: dict[str, Any]) -> Iterator[Finding]:
 
 RULES: tuple[Callable[[dict[str, Any]], Iterator[Finding]], ...] = (
     _steps_or_epochs, _warmup, _resolutions, _guidance, _mps_precision, _datasets, _dataset_sizes, _seed, _ddp, _paths,
-    _secret_references, _hub, _wandb)
+    _secret_references, _fused_feed_forward, _hub, _wandb)
 
 
 def check(doc: dict[str, Any], tolerant: bool = False) -> tuple[list[str], list[str]]:

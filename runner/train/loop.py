@@ -83,7 +83,10 @@ def apply_speed_options(family, transformer, spec: dict[str, Any], device: torch
     if device.type == "cuda" or spec["model"].get("attention") == "fa4":
         log(f"attention kernels: {used}" + (f" ({why})" if why else ""))
     choice = spec["model"].get("feedForward", "auto")
-    used, why = family.set_feed_forward(transformer, choice, device)
+    if training.get("fp8") and choice == "auto":  # FP8 takes the feed-forward's Linears (validate refuses `fused`)
+        used, why = "diffusers", "training.fp8 converts its Linears"
+    else:
+        used, why = family.set_feed_forward(transformer, choice, device)
     if device.type == "cuda" or choice == "fused":
         log(f"feed-forward: {used}" + (f" ({why})" if why else ""))
     if training["mixedPrecision"] == "fp16" and device.type == "cpu":

@@ -151,3 +151,18 @@ def test_speed_options_say_why_a_requested_fused_feed_forward_is_not_used() -> N
             "training": {"compile": False, "fp8": False, "mixedPrecision": "bf16", "residualStream": "float32"}}
     apply_speed_options(FAMILY, model(), spec, CPU, logs.append)
     assert logs == ["feed-forward: diffusers (needs a CUDA GPU (device is cpu))"]
+
+
+def test_with_fp8_auto_leaves_the_feed_forward_to_fp8(monkeypatch) -> None:
+    from runner.models.pixart_sigma import FAMILY
+    from runner.train.loop import apply_speed_options
+
+    calls = []
+    monkeypatch.setattr(type(FAMILY), "set_feed_forward", lambda self, *a: calls.append(a) or ("diffusers", None))
+    spec = {"model": {"attention": "sdpa", "feedForward": "auto"},
+            "training": {"compile": False, "fp8": True, "mixedPrecision": "bf16", "residualStream": "float32"}}
+    apply_speed_options(FAMILY, model(), spec, CPU, lambda line: None)
+    assert calls == []
+    spec["training"]["fp8"] = False
+    apply_speed_options(FAMILY, model(), spec, CPU, lambda line: None)
+    assert [a[1] for a in calls] == ["auto"]

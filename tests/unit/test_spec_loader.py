@@ -174,6 +174,19 @@ def test_crop_settings_without_crop_are_a_warning(minimal_spec, dataset, warned)
         assert want in got
 
 
+@pytest.mark.parametrize("feed_forward, fp8, refused", [
+    ("fused", True, True), ("auto", True, False), ("fused", False, False), ("diffusers", True, False)])
+def test_a_fused_feed_forward_with_fp8_is_refused(minimal_spec, feed_forward, fp8, refused):
+    doc = parse_document(minimal_spec)
+    doc["spec"]["model"] = {"feedForward": feed_forward}
+    doc["spec"]["training"]["fp8"] = fp8
+    if refused:
+        with pytest.raises(SpecError, match="spec.model.feedForward: fused runs the feed-forward's GEMMs in bf16"):
+            job_from_document(doc)
+    else:
+        job_from_document(doc)
+
+
 def test_warnings_still_print_when_the_spec_is_rejected(tmp_path, cli, minimal_spec):
     spec = tmp_path / "job.yaml"
     spec.write_text(minimal_spec + "    batchSize: 0\n  validation:\n    guidance: 9\n")
