@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 MAX_NAME = 63  # a DNS label; dataset names name cache folders and follow the same limit
@@ -12,5 +13,7 @@ def slug(text: Any, fallback: str, *, underscore: bool = False) -> str:
     `underscore`, as dataset names allow), at most 63 characters, starting and ending with a
     letter or digit; `fallback` when nothing is left."""
     keep, edge = ("a-z0-9_-", "-_") if underscore else ("a-z0-9-", "-")
-    name = re.sub(f"[^{keep}]+", "-", str(text).lower()).strip(edge)[:MAX_NAME].strip(edge)
+    # accented Latin letters keep their base letter (`données` -> `donnees`, not `donn-es`)
+    plain = "".join(c for c in unicodedata.normalize("NFKD", str(text)) if not unicodedata.combining(c))
+    name = re.sub(f"[^{keep}]+", "-", plain.lower()).strip(edge)[:MAX_NAME].strip(edge)
     return name or fallback
