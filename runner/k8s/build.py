@@ -31,8 +31,14 @@ CONTAINER = "trainer"
 SPEC_DIR, SPEC_FILE = "/etc/trainingjob", "trainingjob.yaml"
 # The kubelet's SIGKILL must come after torchrun's own deadline for the workers' checkpoint.
 GRACE_PERIOD_S = SHUTDOWN_TIMEOUT_S + 60
-# Pod failures a Job retries (crashes, OOM kills); evictions and preemptions are not counted.
-BACKOFF_LIMIT = 3
+# Pod failures each node (completion index) may have before the Job fails: its own crashes and
+# OOM kills, and exits after a peer's eviction once torchrun's in-pod restarts ran out
+# (POD_MAX_RESTARTS). Per index, so a bigger job does not share one budget among more pods;
+# evictions and preemptions count nowhere (podFailurePolicy Ignore on DisruptionTarget).
+BACKOFF_LIMIT_PER_INDEX = 3
+# Set by the Job controller on every pod of an Indexed Job (the label of the same name only
+# since Kubernetes 1.28, so the annotation is what the pods and the PodMonitor read).
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 KUEUE_PREFIX = "kueue.x-k8s.io/"
 JOB_NAME_MAX = 52  # an Indexed Job's pod hostname is `<job>-<index>` and must stay within 63
 STAGES = ("cache", "train")
@@ -242,7 +248,7 @@ def _env(doc: dict, stage: str) -> list[dict[str, Any]]:
         {"name": "HOME", "value": "/tmp"},  # any non-root UID can write there
         {"name": "HF_HOME", "value": f"{cache_mount.rstrip('/')}/huggingface"},  # models downloaded once, for both stages
         {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
-            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+            "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         # One id per Job run: names the torchrun rendezvous and the cache nodes' markers.
         {"name": "TRAININGJOB_RUN_ID", "valueFrom": {"fieldRef": {
@@ -285,6 +291,20 @@ def _volumes(spec: dict, config_map: str) -> tuple[list[dict], list[dict]]:
     return volumes, mounts
 
 
+def every_pod_serves_metrics(doc: dict, stage: str) -> bool:
+    """Whether each pod of the stage's Job serves /metrics (runner/launch/run.py). Cache: yes,
+    each pod's launching process serves while its pod runs (the counts of the workers on the
+    shared volume, or with one GPU per node its own shard's). Train: only rank 0 serves, so
+    with several nodes only pod 0 does; the other pods' `metrics` port has nothing behind it,
+    and annotation-based scraping (prometheus.io/scrape) would see them down all run long."""
+    return stage == "cache" or doc["spec"]["hardware"]["nodes"] == 1
+
+
+def _prometheus_meta(kind: str, key: str) -> str:
+    """Prometheus's Kubernetes discovery label for a pod label or annotation `key`."""
+    return f"__meta_kubernetes_pod_{kind}_" + "".join(c if c.isalnum() or c == "_" else "_" for c in key)
+
+
 def build_pod_template(doc: dict, stage: str, opts: Options) -> dict[str, Any]:
     spec, job = doc["spec"], doc["metadata"]["name"]
     k8s, n = spec.get("kubernetes", {}), names(job)
@@ -314,7 +334,11 @@ def build_pod_template(doc: dict, stage: str, opts: Options) -> dict[str, Any]:
         "restartPolicy": "Never",  # the Job retries whole pods (and podFailurePolicy needs Never)
         "terminationGracePeriodSeconds": GRACE_PERIOD_S,
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": images.IMAGE_UID, "runAsGroup": images.IMAGE_UID, "fsGroup": images.IMAGE_UID,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": images.IMAGE_UID, "runAsGroup": images.IMAGE_UID,
+                            "fsGroup": images.IMAGE_UID,
+                            # Without it (Always) the kubelet chowns every file of the cache and
+                            # output claims at each pod start: minutes on a big cache, at every retry.
+                            "fsGroupChangePolicy": "OnRootMismatch",
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": volumes,
@@ -328,7 +352,7 @@ def build_pod_template(doc: dict, stage: str, opts: Options) -> dict[str, Any]:
     if k8s.get("tolerations"):
         pod["tolerations"] = [dict(t) for t in k8s["tolerations"]]
     meta: dict[str, Any] = {"labels": labels(job, stage, opts.managed_by, stage)}
-    if port:
+    if port and every_pod_serves_metrics(doc, stage):
         meta["annotations"] = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
                                "prometheus.io/path": "/metrics"}
     return {"metadata": meta, "spec": pod}
@@ -346,7 +370,13 @@ def build_job(doc: dict, stage: str, opts: Options, owner: Owner | None = None,
             "completionMode": "Indexed",
             "completions": nodes,
             "parallelism": nodes,
-            "backoffLimit": BACKOFF_LIMIT,
+            "backoffLimitPerIndex": BACKOFF_LIMIT_PER_INDEX,
+            # One node out of retries fails the Job at once: the others cannot finish without it
+            # (the train pods wait for it at the rendezvous, the cache manifest for its shards).
+            "maxFailedIndexes": 0,
+            # The same bound where per-index limits are off (before 1.29, or the feature gate off):
+            # more failures than this mean some index had more than its own limit.
+            "backoffLimit": BACKOFF_LIMIT_PER_INDEX * nodes,
             "podFailurePolicy": {"rules": [
                 # Evicted or preempted: retried without counting; training resumes from the checkpoint.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
@@ -376,15 +406,22 @@ def build_service(doc: dict, opts: Options, owner: Owner | None = None) -> dict[
 
 
 def build_pod_monitor(doc: dict, opts: Options, owner: Owner | None = None) -> dict[str, Any]:
-    """For the Prometheus Operator: scrape every pod of the job on its named metrics port."""
+    """For the Prometheus Operator: scrape the pods that serve /metrics on their named port:
+    every cache pod, and of the train pods only completion index 0 (rank 0 serves; the
+    others would be targets down all run, and kube-prometheus's TargetDown would fire)."""
     job = doc["metadata"]["name"]
+    not_served = {"action": "drop",
+                  "sourceLabels": [_prometheus_meta("label", label_stage()),
+                                   _prometheus_meta("annotation", COMPLETION_INDEX_ANNOTATION)],
+                  "separator": ";", "regex": "train;[1-9][0-9]*"}
     return {
         "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
         "metadata": _meta(doc, names(job)["monitor"], "monitoring", opts, owner),
         "spec": {"selector": {"matchLabels": {label_job(): job}},
                  "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s",
                                          # keep our own `job` label (the TrainingJob), not exported_job
-                                         "honorLabels": True}]},
+                                         "honorLabels": True,
+                                         "relabelings": [not_served]}]},
     }
 
 

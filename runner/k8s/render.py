@@ -5,8 +5,10 @@ The operator starts the train Job only once the cache Job has completed. Without
 sequencing has to come from whoever applies the objects:
 - Argo CD: the objects carry sync waves (cache = wave 0, train = wave 1), and Argo CD applies a
   wave only once the previous one is healthy, which for a Job means completed.
-- plain kubectl: apply `--stage cache`, `kubectl wait --for=condition=complete job/<name>-cache`,
-  then apply `--stage train` (the printed header says exactly this).
+- plain kubectl: apply `--stage cache`, wait until the cache Job is Complete or Failed (a loop
+  on `kubectl get`: `kubectl wait` takes one condition, and waiting for Complete alone hangs
+  until its timeout when the Job fails), then apply `--stage train` only if it completed
+  (the printed header says exactly this).
 - applied all at once anyway: the train pods find no cache manifest, exit 2, and the Job
   fails at once (podFailurePolicy FailJob on exit 2) instead of training on nothing.
 """
@@ -56,6 +58,19 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 _Dumper.add_representer(str, _str)
 
 
+def finished_loop(job: str, nsflag: str = "") -> str:
+    """A POSIX sh loop that ends once the Job has the Complete or the Failed condition (kubectl
+    wait takes one condition; waiting for Complete alone hangs until its timeout on a failure)."""
+    types = "{.status.conditions[?(@.status==\"True\")].type}"
+    return (f"until kubectl get{nsflag} job/{job} -o jsonpath='{types}' | grep -qwE 'Complete|Failed'; "
+            "do sleep 30; done")
+
+
+def complete_check(job: str, nsflag: str = "") -> str:
+    """Succeeds only if the Job completed (--timeout=0: check once, do not wait)."""
+    return f"kubectl wait{nsflag} --for=condition=complete --timeout=0 job/{job}"
+
+
 def render_text(doc: dict[str, Any], opts: Options, stages=STAGES) -> str:
     job = doc["metadata"]["name"]
     ns = doc["metadata"].get("namespace")
@@ -65,8 +80,10 @@ def render_text(doc: dict[str, Any], opts: Options, stages=STAGES) -> str:
               "# The train Job needs the cache Job to have completed first. With Argo CD the sync waves",
               "# below do that; with plain kubectl:",
               f"#   trainingjob render FILE --stage cache | kubectl apply{nsflag} -f -",
-              f"#   kubectl wait{nsflag} --for=condition=complete job/{n['cache']} --timeout=24h",
-              f"#   trainingjob render FILE --stage train | kubectl apply{nsflag} -f -"]
+              f"#   {finished_loop(n['cache'], nsflag)}",
+              f"#   {complete_check(n['cache'], nsflag)} && trainingjob render FILE --stage train | kubectl apply{nsflag} -f -",
+              "# (a bare `kubectl wait --for=condition=complete` would sit out its whole --timeout if the cache Job",
+              "# failed; the loop ends on Complete or Failed with any kubectl, and the check applies train only if Complete)"]
     body = yaml.dump_all(render_objects(doc, opts, stages), Dumper=_Dumper, sort_keys=False, width=120,
                          allow_unicode=True)
     return "\n".join(header) + "\n---\n" + body

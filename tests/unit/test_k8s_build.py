@@ -3,6 +3,9 @@ newest version kubernetes-validate ships, and carrying what each pod needs."""
 from __future__ import annotations
 
 import itertools
+import re
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +114,8 @@ def test_restricted_security_shm_grace_and_placement():
     spec = pod(make_doc("cuda12", nodeSelector={"pool": "h200"}, tolerations=tolerations))
     container = spec["containers"][0]
     assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    # the default (Always) chowns every file of the cache and output claims at each pod start
+    assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                             "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -125,12 +130,59 @@ def test_restricted_security_shm_grace_and_placement():
     assert spec["restartPolicy"] == "Never"
 
 
-def test_metrics_port_is_named_and_annotated():
-    template = build.build_job(make_doc(), "cache", Options())["spec"]["template"]
+@pytest.mark.parametrize("stage, nodes, annotated", [
+    ("cache", 1, True), ("cache", 4, True),  # every cache pod's launching process serves
+    ("train", 1, True),
+    ("train", 4, False),  # only rank 0 (pod 0) serves: pods 1-3 would be scrape targets down all run
+])
+def test_metrics_port_is_named_and_annotated_where_every_pod_serves(stage, nodes, annotated):
+    template = build.build_job(make_doc(nodes=nodes), stage, Options())["spec"]["template"]
     port = template["spec"]["containers"][0]["ports"][0]
     assert port == {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}
-    assert template["metadata"]["annotations"]["prometheus.io/port"] == "9090"
-    assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    annotations = template["metadata"].get("annotations", {})
+    if annotated:
+        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "9090",
+                               "prometheus.io/path": "/metrics"}
+    else:
+        assert not any(k.startswith("prometheus.io/") for k in annotations)
+
+
+def _prometheus_meta(pod_meta: dict) -> dict[str, str]:
+    """Prometheus's Kubernetes discovery labels of a pod (names: other characters become `_`)."""
+    sane = lambda k: re.sub(r"[^a-zA-Z0-9_]", "_", k)
+    out = {f"__meta_kubernetes_pod_label_{sane(k)}": v for k, v in pod_meta["labels"].items()}
+    out.update({f"__meta_kubernetes_pod_annotation_{sane(k)}": v for k, v in pod_meta["annotations"].items()})
+    return out
+
+
+def _kept(endpoint: dict, meta: dict[str, str]) -> bool:
+    """Prometheus's keep/drop relabeling: source values joined by the separator, regex anchored."""
+    for rule in endpoint.get("relabelings", []):
+        value = rule.get("separator", ";").join(meta.get(label, "") for label in rule["sourceLabels"])
+        matched = re.fullmatch(rule.get("regex", "(.*)"), value) is not None
+        if rule["action"].lower() == ("drop" if matched else "keep"):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 4])
+def test_pod_monitor_scrapes_only_the_pods_that_serve(nodes):
+    """Train: only completion index 0 (rank 0) serves /metrics; cache: every pod does."""
+    doc = make_doc(nodes=nodes)
+    monitor = build.build_pod_monitor(doc, Options())
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    scraped = set()
+    for stage in build.STAGES:
+        template = build.build_job(doc, stage, Options())["spec"]["template"]
+        for index in range(nodes):
+            # what the Job controller adds to each pod of an Indexed Job
+            pod_meta = {"labels": {**template["metadata"]["labels"], "batch.kubernetes.io/job-completion-index": str(index)},
+                        "annotations": {**template["metadata"].get("annotations", {}),
+                                        "batch.kubernetes.io/job-completion-index": str(index)}}
+            if monitor["spec"]["selector"]["matchLabels"].items() <= pod_meta["labels"].items() and \
+                    _kept(endpoint, _prometheus_meta(pod_meta)):
+                scraped.add((stage, index))
+    assert scraped == {("cache", i) for i in range(nodes)} | {("train", 0)}
 
 
 @pytest.mark.parametrize("nodes", [1, 4])
@@ -158,6 +210,114 @@ def test_indexed_jobs_and_the_rendezvous(nodes):
         assert "MASTER_ADDR" not in variables
     assert "MASTER_ADDR" not in env(cache["spec"]["template"]["spec"])  # cache pods never rendezvous
     assert cache["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "cache"
+
+
+def _job_fails(job_spec: dict, failed: dict[int, int]) -> bool:
+    """The Job controller's verdict on counted pod failures per completion index (pods that
+    podFailurePolicy ignores are not in `failed`): an index with more than backoffLimitPerIndex
+    fails, more failed indexes than maxFailedIndexes fail the Job (unset: once all indexes ran,
+    if any failed), and so do more than backoffLimit failures in all."""
+    if "backoffLimitPerIndex" in job_spec:
+        failed_indexes = sum(n > job_spec["backoffLimitPerIndex"] for n in failed.values())
+        if failed_indexes > job_spec.get("maxFailedIndexes", 0):
+            return True
+    return sum(failed.values()) > job_spec["backoffLimit"]
+
+
+RESTARTS = torchrun.POD_MAX_RESTARTS
+
+
+@pytest.mark.parametrize("nodes, failed, fails", [
+    # One pod evicted (ignored: DisruptionTarget) after its peers had used their torchrun restarts:
+    # each survivor exits once. A fixed backoffLimit of 3 failed 8 nodes at once (7 > 3).
+    (8, {i: 1 for i in range(8) if i != 3}, False),
+    (64, {i: 1 for i in range(1, 64)}, False),
+    (8, {i: 2 for i in range(8)}, False),  # two such rounds
+    (4, {i: 3 for i in range(4)}, False),  # every node at its limit
+    (1, {0: 4}, True),  # a crash loop on one node
+    (8, {5: 4}, True),  # one node out of retries fails the Job at once (the others need it)
+    (8, {5: 4, 6: 1}, True),
+])
+def test_retries_hold_per_node(nodes, failed, fails):
+    for stage in build.STAGES:
+        spec = build.build_job(make_doc(nodes=nodes), stage, Options())["spec"]
+        assert _job_fails(spec, failed) == fails, (stage, failed)
+        assert spec["maxFailedIndexes"] == 0
+        if not fails:  # where per-index limits are off, backoffLimit alone still lets this run on
+            legacy = {k: v for k, v in spec.items() if k not in ("backoffLimitPerIndex", "maxFailedIndexes")}
+            assert not _job_fails(legacy, failed)
+
+
+def test_the_global_limit_is_never_reached_before_a_per_index_one():
+    """More than backoffLimit failures in all means some index had more than its own limit, so
+    backoffLimit only matters where the per-index limits are off."""
+    for nodes in (1, 2, 8):
+        spec = build.build_job(make_doc(nodes=nodes), "train", Options())["spec"]
+        at_limit = {i: spec["backoffLimitPerIndex"] for i in range(nodes)}
+        assert sum(at_limit.values()) == spec["backoffLimit"] and not _job_fails(spec, at_limit)
+
+
+def test_readme_states_the_grace_period_the_checkpoint_deadline_and_the_retries():
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert f"a {build.GRACE_PERIOD_S} s termination grace period of which the workers get " \
+           f"{torchrun.SHUTDOWN_TIMEOUT_S} s after SIGTERM to write their checkpoint" in text
+    assert "600 s to checkpoint" not in text
+    assert f"may fail {build.BACKOFF_LIMIT_PER_INDEX} times (`backoffLimitPerIndex: " \
+           f"{build.BACKOFF_LIMIT_PER_INDEX}`)" in text
+    assert f"up to {RESTARTS} times per pod" in text
+
+
+FAKE_KUBECTL = r"""#!/bin/sh
+# kubectl for the wait recipes: `get` evaluates the jsonpath with the real kubectl on $JOB_FILE
+# (the Job as the API server would return it); `wait` checks $JOB_FILE's conditions; a wait
+# that would block (anything but --timeout=0 on an unmet condition) is logged as a hang.
+echo "kubectl $*" >> "$LOG"
+case "$1" in
+  get) for a in "$@"; do [ "$prev" = "-o" ] && out="$a"; prev="$a"; done
+       exec "$REAL_KUBECTL" annotate --local -f "$JOB_FILE" x=y -o "$out" ;;
+  wait) if grep -q "type: Complete" "$JOB_FILE"; then exit 0; fi
+        case "$*" in *--timeout=0\ *|*--timeout=0) ;; *) echo HANG >> "$LOG" ;; esac
+        echo "error: timed out waiting for the condition on jobs/x" >&2; exit 1 ;;
+  apply) echo "applied: $(cat)" >> "$LOG" ;;
+esac
+"""
+
+
+def _wait_recipes() -> dict[str, str]:
+    header = render_text(make_doc(), Options()).split("\n---\n")[0].splitlines()
+    start = header.index("# below do that; with plain kubectl:") + 1
+    rendered = "\n".join(line.removeprefix("#   ") for line in header[start:] if line.startswith("#   "))
+    readme = (REPO / "README.md").read_text().split("**Without the operator (GitOps).**")[1]
+    return {"render header": rendered, "README": readme.split("```sh\n")[1].split("```")[0]}
+
+
+@pytest.mark.parametrize("where", ["render header", "README"])
+@pytest.mark.parametrize("condition, trained", [("Complete", True), ("Failed", False)])
+def test_the_kubectl_wait_recipe_ends_when_the_cache_job_fails(tmp_path, where, condition, trained):
+    """`kubectl wait --for=condition=complete --timeout=24h` sat out 24 h on a failed cache Job."""
+    real = shutil.which("kubectl")
+    if real is None:
+        pytest.skip("kubectl is not installed (apt-get install kubectl)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("kubectl", FAKE_KUBECTL), ("trainingjob", '#!/bin/sh\necho "render $*"\n')):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    job_file = tmp_path / "job.yaml"
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "smoke-cache"},
+           "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "b"}], "restartPolicy": "Never"}}},
+           "status": {"conditions": [{"type": "FailureTarget" if condition == "Failed" else "SuccessCriteriaMet",
+                                      "status": "True"}, {"type": condition, "status": "True"},
+                                     {"type": "Suspended", "status": "False"}]}}
+    job_file.write_text(yaml.safe_dump(job))
+    log = tmp_path / "log"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG": str(log), "JOB_FILE": str(job_file), "REAL_KUBECTL": real}
+    proc = subprocess.run(["sh", "-c", _wait_recipes()[where]], env=env, capture_output=True, text=True, timeout=60)
+    calls = log.read_text()
+    assert "HANG" not in calls, calls
+    assert "kubectl get" in calls and "applied: render" in calls  # the cache stage was applied, then watched
+    assert ("--stage train" in calls) == trained, calls
+    assert (proc.returncode == 0) == trained, proc.stderr
 
 
 def test_owner_labels_and_deterministic_names():
@@ -258,7 +418,7 @@ def test_render_cli_prints_objects_in_apply_order_with_sync_waves(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "runner", "render", str(EXAMPLE), "--set", "spec.hardware.nodes=2"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "kubectl wait --for=condition=complete job/smoke-cache" in proc.stdout
+    assert "kubectl wait --for=condition=complete --timeout=0 job/smoke-cache &&" in proc.stdout
     objects = [o for o in yaml.safe_load_all(proc.stdout) if o]
     assert [(o["kind"], o["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"]) for o in objects] == [
         ("ConfigMap", "0"), ("Job", "0"), ("Service", "1"), ("Job", "1")]
