@@ -33,6 +33,7 @@ SPEC_DIR, SPEC_FILE = "/etc/trainingjob", "trainingjob.yaml"
 GRACE_PERIOD_S = SHUTDOWN_TIMEOUT_S + 60
 # Pod failures a Job retries (crashes, OOM kills); evictions and preemptions are not counted.
 BACKOFF_LIMIT = 3
+FAIL_JOB_EXIT_CODES = (EXIT_INVALID,)  # podFailurePolicy FailJob: bad input, a retry cannot help
 KUEUE_PREFIX = "kueue.x-k8s.io/"
 JOB_NAME_MAX = 52  # an Indexed Job's pod hostname is `<job>-<index>` and must stay within 63
 STAGES = ("cache", "train")
@@ -351,7 +352,7 @@ def build_job(doc: dict, stage: str, opts: Options, owner: Owner | None = None,
                 # Evicted or preempted: retried without counting; training resumes from the checkpoint.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                      "values": [EXIT_INVALID]}},
+                                                      "values": list(FAIL_JOB_EXIT_CODES)}},
             ]},
             "suspend": suspend,
             "template": build_pod_template(doc, stage, opts),
