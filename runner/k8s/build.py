@@ -39,6 +39,7 @@ BACKOFF_LIMIT_PER_INDEX = 3
 # Set by the Job controller on every pod of an Indexed Job (the label of the same name only
 # since Kubernetes 1.28, so the annotation is what the pods and the PodMonitor read).
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+FAIL_JOB_EXIT_CODES = (EXIT_INVALID,)  # podFailurePolicy FailJob: bad input, a retry cannot help
 KUEUE_PREFIX = "kueue.x-k8s.io/"
 JOB_NAME_MAX = 52  # an Indexed Job's pod hostname is `<job>-<index>` and must stay within 63
 STAGES = ("cache", "train")
@@ -381,7 +382,7 @@ def build_job(doc: dict, stage: str, opts: Options, owner: Owner | None = None,
                 # Evicted or preempted: retried without counting; training resumes from the checkpoint.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                      "values": [EXIT_INVALID]}},
+                                                      "values": list(FAIL_JOB_EXIT_CODES)}},
             ]},
             "suspend": suspend,
             "template": build_pod_template(doc, stage, opts),

@@ -13,7 +13,9 @@ schemas, so the JSON Schema (draft 2020-12) is translated rather than copied:
   schemas forbid it next to `properties`);
 - `type: [string, integer]` becomes `x-kubernetes-int-or-string: true` (+ anyOf, as
   controller-gen writes for resource quantities); `null` in a type list becomes `nullable`;
-- root `metadata` is reduced to `{type: object}` (the API server owns its schema).
+- root `metadata` is reduced to `{type: object}` (the API server owns its schema);
+- the root gets one CEL transition rule per spec field but `suspend` (frozen_spec_rules): once
+  the operator has started a job (status.specHash set), the API server refuses an edit of it.
 
 Anything else unknown raises, so a new schema keyword cannot slip into the CRD untranslated.
 """
@@ -119,7 +121,38 @@ def openapi_schema(schema: dict[str, Any]) -> dict[str, Any]:
     status = props.get("status")
     if status is not None:
         props["status"] = {**status, "type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    root["x-kubernetes-validations"] = frozen_spec_rules(list(props["spec"]["properties"]))
     return root
+
+
+# Once started, a job runs the spec its ConfigMap got then (runner/k8s/reconcile.py); like a Job's
+# spec.template, the rest of the spec is immutable from then on. status.specHash is set by the
+# operator's first status write, right after it created the ConfigMap.
+MUTABLE_WHEN_STARTED = ("suspend",)
+CEL_RESERVED = {"in", "as", "break", "const", "continue", "else", "for", "function", "if", "import", "let", "loop",
+                "package", "namespace", "null", "return", "var", "void", "while", "true", "false"}
+
+
+def frozen_spec_rules(spec_fields: list[str]) -> list[dict[str, Any]]:
+    """Transition rules (on the root: they read oldSelf.status) refusing a change, addition or
+    removal of a spec field once the job has started; each names its field and what to do."""
+    rules = []
+    for name in spec_fields:
+        if name in MUTABLE_WHEN_STARTED:
+            continue
+        if not name.isidentifier() or name in CEL_RESERVED:
+            raise ValueError(f"spec.{name}: not a CEL identifier; escape it in {__name__}.frozen_spec_rules")
+        new, old = f"self.spec.{name}", f"oldSelf.spec.{name}"
+        rules.append({
+            "rule": f"!has(oldSelf.status) || !has(oldSelf.status.specHash) || "
+                    f"(has({new}) == has({old}) && (!has({new}) || {new} == {old}))",
+            "message": f"spec.{name} cannot change once the TrainingJob has started (status.specHash is set): its "
+                       f"Jobs run the spec they started with; delete and re-create the TrainingJob to run a changed "
+                       f"spec (only spec.suspend may change)",
+            "fieldPath": f".spec.{name}",
+            "reason": "FieldValueForbidden",
+        })
+    return rules
 
 
 def build_crd(schema: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -5,8 +5,9 @@ found at start-up, a child Job changing, the progress timer) runs the same `sync
 TrainingJob and its children with the official kubernetes client, call reconcile(), then create
 what is missing, patch, write the status and post the Events. No torch is imported on this path.
 
-Errors: a spec error is permanent (status Failed/InvalidSpec, kopf.PermanentError: no retry
-until the spec changes); API hiccups (429, 5xx, conflicts, timeouts) are temporary
+Errors: a spec error of a job not yet started is permanent (status Failed/InvalidSpec,
+kopf.PermanentError: no retry until the spec changes; a started job runs the spec it started
+with, see reconcile.py); API hiccups (429, 5xx, conflicts, timeouts) are temporary
 (kopf.TemporaryError: retried after a delay).
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from runner.exitcodes import EXIT_INVALID
 from runner.k8s import build, progress
 from runner.k8s import status as st
 from runner.k8s.build import Options
-from runner.k8s.reconcile import TERMINAL, Observed, Outcome, reconcile
+from runner.k8s.reconcile import TERMINAL, Observed, Outcome, reconcile, started_document
 from runner.launch import images
 from runner.spec import schema as schema_mod
 
@@ -96,18 +97,17 @@ def observe(tj: dict, opts: Options, now: datetime) -> Observed:
     children = {role: objs[0] for role, objs in found.items() if objs and role != "job"}
     for job in found["job"]:
         children[job["metadata"]["labels"].get("app.kubernetes.io/component", "")] = job
-    pods: dict[str, list[dict]] = {"cache": [], "train": []}
-    for pod in _items(core.list_namespaced_pod(ns, label_selector=selector)):
-        stage = pod["metadata"].get("labels", {}).get(build.label_stage())
-        if pod["metadata"].get("labels", {}).get(build.label_job()) == name and stage in pods:
-            pods[stage].append(pod)
-    return Observed(children, pods, read_progress(tj, children.get("train"), pods["train"], now))
+    # Only the pods of the Jobs found above (by their uid): not a deleted predecessor's.
+    pods = st.pods_by_stage(_items(core.list_namespaced_pod(ns, label_selector=selector)), children)
+    return Observed(children, pods, read_progress(tj, children, pods["train"], now))
 
 
-def read_progress(tj: dict, train_job: dict | None, pods: list[dict], now: datetime) -> dict | None:
-    """Scrape rank 0's /metrics while the train Job runs (see runner/k8s/progress.py for why)."""
-    port = (tj.get("spec", {}).get("metrics") or {}).get("port", 9090)
-    if not port or st.job_phase(train_job) != "running":
+def read_progress(tj: dict, children: dict[str, dict], pods: list[dict], now: datetime) -> dict | None:
+    """Scrape rank 0's /metrics while the train Job runs (see runner/k8s/progress.py for why),
+    read against the spec the job runs (its ConfigMap's), not a later edit."""
+    doc = started_document(tj, children)
+    port = (doc["spec"].get("metrics") or {}).get("port", 9090) if doc else None
+    if not port or st.job_phase(children.get("train")) != "running":
         return None
     for pod in pods:
         index = pod["metadata"].get("annotations", {}).get("batch.kubernetes.io/job-completion-index")
@@ -115,10 +115,7 @@ def read_progress(tj: dict, train_job: dict | None, pods: list[dict], now: datet
         if index == "0" and ip and pod["status"].get("phase") == "Running":
             text = progress.scrape(ip, port)
             if text:
-                from runner.k8s.reconcile import validated
-
-                doc, problems = validated(tj)
-                return None if problems else progress.progress(progress.parse(text), doc["spec"], st.timestamp(now))
+                return progress.progress(progress.parse(text), doc["spec"], st.timestamp(now))
     return None
 
 
@@ -147,10 +144,12 @@ def apply(tj: dict, outcome: Outcome, observed: Observed) -> None:
         _create(obj)
     for role, patch in outcome.patch:
         kubernetes.client.BatchV1Api().patch_namespaced_job(observed.children[role]["metadata"]["name"], ns, patch)
-    if outcome.status != (tj.get("status") or {}):
+    # A merge patch keeps what it omits: a key the new status drops (completionTime) goes as null.
+    patch = st.merge_patch(tj.get("status") or {}, outcome.status)
+    if patch:
         group, version = group_version()
         kubernetes.client.CustomObjectsApi().patch_namespaced_custom_object_status(
-            group, version, ns, PLURAL, name, {"status": outcome.status})
+            group, version, ns, PLURAL, name, {"status": patch})
     for event in outcome.events:
         kopf.event(tj, type=event.type, reason=event.reason, message=event.message)
 

@@ -10,15 +10,23 @@ operator restarted at any moment recomputes the same answer, creates only what i
                    -> (cache Job complete) Training -> Succeeded | Failed
     any running state <-> Suspended (spec.suspend); Pending while no pod of the stage runs yet.
 
+A started job runs one spec: the one its ConfigMap (what the pods read) got when the job started.
+Every child is built from that snapshot, so a later edit never half-applies; only spec.suspend
+still acts, and any other edit is reported once (SpecChangeIgnored). The CRD refuses such edits
+too (CEL, runner/k8s/crd.py); this holds where CEL is off. Validation gates starting only: an
+invalid edit of a started job is reported, not turned into Failed.
+
 A finished job stays finished: its Jobs are never recreated, even when someone deletes them
-(rerunning means deleting the TrainingJob and applying it again). The exception is InvalidSpec:
-fixing the spec starts the job.
+(rerunning means deleting the TrainingJob and applying it again). The exception is InvalidSpec
+(a job that never started): fixing the spec starts the job.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import yaml
 
 from runner.k8s import build
 from runner.k8s import status as st
@@ -78,22 +86,41 @@ def validated(tj: dict) -> tuple[dict, list[str]]:
     return doc, problems
 
 
+def started_document(tj: dict, children: dict[str, dict]) -> dict | None:
+    """The document a started job runs: the spec in its ConfigMap (defaulted, paths placed on
+    the volumes; build.pod_document is idempotent, so building from it builds the same
+    children), with the TrainingJob's current labels (Kueue's). None before the ConfigMap exists."""
+    text = ((children.get("config") or {}).get("data") or {}).get(build.SPEC_FILE)
+    try:
+        doc = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
+        return None  # someone emptied the ConfigMap: the current spec is all there is
+    meta = {**(doc.get("metadata") or {}), "name": tj["metadata"]["name"]}
+    if tj["metadata"].get("labels"):
+        meta["labels"] = tj["metadata"]["labels"]
+    return {**doc, "metadata": meta}
+
+
 def reconcile(tj: dict, observed: Observed, now: datetime, opts: Options = Options()) -> Outcome:
     meta, old = tj["metadata"], dict(tj.get("status") or {})
     if meta.get("deletionTimestamp"):
         return Outcome(status=old)  # the garbage collector deletes the children (ownerReferences)
     generation = meta.get("generation")
-    doc, problems = validated(tj)
-    if problems:
-        return _invalid(old, problems, now, generation)
-    if old.get("state") in TERMINAL and _failed_reason(old) != "InvalidSpec":
-        return Outcome(status={**old, "observedGeneration": generation})
-
-    suspend = bool(doc["spec"].get("suspend"))
     children = observed.children
+    doc = started_document(tj, children)
+    out = Outcome(events=_ignored_edit(tj, doc, old, generation) if doc else [])
+    if old.get("state") in TERMINAL and _failed_reason(old) != "InvalidSpec":  # InvalidSpec: not run yet
+        return Outcome(status={**old, "observedGeneration": generation}, events=out.events)
+    if doc is None:  # not started: the spec must be valid to start
+        doc, problems = validated(tj)
+        if problems:
+            return _invalid(old, problems, now, generation)
+
+    suspend = bool((tj.get("spec") or {}).get("suspend"))  # the one field a started job still takes
     cache_phase, train_phase = st.job_phase(children.get("cache")), st.job_phase(children.get("train"))
     stage = "train" if cache_phase == "complete" or train_phase != "absent" else "cache"
-    out = Outcome()
     if not (cache_phase == "failed" or train_phase in ("complete", "failed")):
         wanted = build.build_children(doc, opts, Owner(meta["name"], meta["uid"]), stages=(stage,), suspend=suspend)
         out.create = [obj for obj in wanted if role_of(obj) not in children]
@@ -134,13 +161,35 @@ def _failed_reason(old: dict) -> str | None:
     return c.get("reason") if c and c.get("status") == "True" else None
 
 
+def _ignored_edit(tj: dict, started: dict, old: dict, generation: int | None) -> list[Event]:
+    """A Warning, once per generation, when an edit of a started job changed more than suspend."""
+    if old.get("observedGeneration") == generation:
+        return []
+    current, problems = validated(tj)
+    try:
+        current_spec = build.pod_document(current)["spec"]
+    except (KeyError, TypeError, AttributeError):  # too broken to place on the volumes
+        current_spec = current.get("spec") or {}
+    spec = started["spec"]
+    changed = [f"spec.{k}" for k in sorted(set(spec) | set(current_spec))
+               if k != "suspend" and spec.get(k) != current_spec.get(k)]
+    if not changed:
+        return []
+    invalid = f" (the edited spec is not valid either: {'; '.join(problems)})" if problems else ""
+    config = build.names(tj["metadata"]["name"])["config"]
+    return [Event("Warning", "SpecChangeIgnored", st.clip(
+        f"{', '.join(changed)} changed after the job started and {'is' if len(changed) == 1 else 'are'} not "
+        f"applied: the Jobs keep the spec they started with (ConfigMap {config}); delete and re-create the "
+        f"TrainingJob to run a changed spec; spec.suspend still applies{invalid}"))]
+
+
 def _failure(job: dict, pods: list[dict], stage: str) -> tuple[str, str]:
-    failed = st.failed_pods(pods)
-    reason = "OOMKilled" if any(st.is_oom_killed(p) for p in failed) else \
+    fatal = st.fatal_pod(st.failed_pods(pods), build.FAIL_JOB_EXIT_CODES)
+    reason = "OOMKilled" if fatal and st.is_oom_killed(fatal) else \
         ("CacheFailed" if stage == "cache" else "TrainingFailed")
     message = f"{stage} Job {job['metadata']['name']} failed ({st.job_failure(job)})"
-    if failed:
-        message += "; last: " + st.failed_pod_message(failed[-1])
+    if fatal:
+        message += "; last: " + st.failed_pod_message(fatal)
     if reason == "OOMKilled":
         message += "; raise spec.kubernetes.resources.limits.memory or lower the batch size"
     return reason, message
@@ -209,10 +258,12 @@ def _status(old: dict, doc: dict, observed: Observed, stage: str, phase: str, su
 
 
 def _spec_hash(doc: dict) -> str:
+    """Of the spec as the ConfigMap holds it (the same for a fresh document and its snapshot)."""
     import hashlib
     import json
 
-    return hashlib.sha256(json.dumps(doc["spec"], sort_keys=True).encode()).hexdigest()[:16]
+    spec = build.pod_document(doc)["spec"]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _invalid(old: dict, problems: list[str], now: datetime, generation: int | None) -> Outcome:
@@ -243,7 +294,7 @@ def _transition_events(old: dict, new: dict) -> list[Event]:
     if running["reason"] in ("ImagePullBackOff", "Unschedulable", *st.IMAGE_PULL_REASONS) and \
             before.get("reason") != running["reason"]:
         events.append(Event("Warning", running["reason"], running["message"]))
-    if new["restarts"] > (old.get("restarts") or 0):
+    if new["restarts"] > (old.get("restarts") or 0) and new["state"] != "Failed":  # the failure says it
         events.append(Event("Warning", "PodRestarted", f"{new['restarts']} pod(s) failed and were replaced by "
                                                        "their Job; training resumes from the last checkpoint"))
     return events

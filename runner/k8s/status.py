@@ -16,6 +16,8 @@ MESSAGE_LIMIT = 1024  # Events cap messages at 1 KiB; conditions stay readable i
 # Scheduling that takes a moment is normal (autoscalers, Kueue); past this it is news.
 UNSCHEDULABLE_AFTER_S = 300
 IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError")
+# The Job controller labels its pods with the Job's uid (the second name before Kubernetes 1.27).
+CONTROLLER_UID_LABELS = ("batch.kubernetes.io/controller-uid", "controller-uid")
 
 
 def timestamp(now: datetime) -> str:
@@ -44,6 +46,18 @@ def condition(old: Iterable[dict[str, Any]], type_: str, status: bool | None, re
     if generation is not None:
         out["observedGeneration"] = generation
     return out
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`: what changed, and null for
+    each key `new` no longer has (a merge patch leaves an omitted key as it was)."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        if key in old and old[key] == value:
+            continue
+        both_maps = isinstance(value, dict) and isinstance(old.get(key), dict)
+        patch[key] = merge_patch(old[key], value) if both_maps else value
+    return patch
 
 
 # ----------------------------------------------------------------------------- Jobs
@@ -134,3 +148,27 @@ def stuck_pod(pods: Iterable[dict], now: datetime) -> tuple[str, str] | None:
 
 def failed_pods(pods: Iterable[dict]) -> list[dict]:
     return [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
+
+
+def fatal_pod(failed: list[dict], fail_job_exit_codes: Iterable[int]) -> dict | None:
+    """The failed pod that failed its Job: one that exited with a code of the podFailurePolicy's
+    FailJob rule, else the last to finish (finishedAt; the API lists pods in no time order)."""
+    ordered = sorted(failed, key=lambda p: (terminated(p) or {}).get("finishedAt") or "")  # stable
+    codes = set(fail_job_exit_codes)
+    fatal = [p for p in ordered if (terminated(p) or {}).get("exitCode") in codes]
+    return (fatal or ordered or [None])[-1]
+
+
+def pods_by_stage(pods: Iterable[dict], children: dict[str, dict]) -> dict[str, list[dict]]:
+    """The pods of each current child Job, by its role (cache, train), matched on the Job's uid
+    in the pod's controller-uid label: a same-named Job of a deleted TrainingJob has another uid,
+    so its pods (terminating for up to the grace period) are not counted."""
+    roles = {job["metadata"].get("uid"): role for role, job in children.items()
+             if role in ("cache", "train") and job.get("metadata", {}).get("uid")}
+    out: dict[str, list[dict]] = {"cache": [], "train": []}
+    for pod in pods:
+        labels = pod.get("metadata", {}).get("labels") or {}
+        uid = next((labels[k] for k in CONTROLLER_UID_LABELS if labels.get(k)), None)
+        if uid in roles:
+            out[roles[uid]].append(pod)
+    return out

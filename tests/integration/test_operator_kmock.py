@@ -128,16 +128,23 @@ def test_operator_runs_cache_then_train_and_writes_status(cluster):
             wait_for(lambda: {c["type"]: c["status"] for c in tj_status()["conditions"]}["Cached"] == "True")
 
             # Training: rank 0's pod serves /metrics; the timer reads it into status.progress.
-            kubernetes.client.CoreV1Api().create_namespaced_pod(NS, {
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "smoke-train-0-abcde", "namespace": NS,
-                             "labels": {"diffusion.runner.dev/job": "smoke", "diffusion.runner.dev/stage": "train"},
-                             "annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
-                "spec": {"containers": [{"name": "trainer", "image": "x"}]},
-                "status": {"phase": "Running", "podIP": "127.0.0.1"}})
+            # Next to it, a failed rank 0 of a deleted same-named TrainingJob's Job (another uid),
+            # still terminating: neither a restart nor a progress source.
+            train_uid = next(j["metadata"]["uid"] for j in cluster.objects("batch/v1/jobs")
+                             if j["metadata"]["name"] == "smoke-train")
+            for pod_name, job_uid, phase in (("smoke-train-0-old00", "uid-of-a-deleted-job", "Failed"),
+                                             ("smoke-train-0-abcde", train_uid, "Running")):
+                kubernetes.client.CoreV1Api().create_namespaced_pod(NS, {
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod_name, "namespace": NS,
+                                 "labels": {"diffusion.runner.dev/job": "smoke", "diffusion.runner.dev/stage": "train",
+                                            "batch.kubernetes.io/controller-uid": job_uid},
+                                 "annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+                    "spec": {"containers": [{"name": "trainer", "image": "x"}]},
+                    "status": {"phase": phase, "podIP": "127.0.0.1"}})
             set_job_status("smoke-train", ready=1, active=1)
             progress_seen = wait_for(lambda: tj_status().get("progress"))
-            assert tj_status()["state"] == "Training"
+            assert tj_status()["state"] == "Training" and tj_status()["restarts"] == 0
             assert progress_seen["steps"] == "5/20" and progress_seen["loss"] == 0.25
             # ETA from samples/s: 15 steps x 2 samples per step / 2.0 samples/s.
             assert progress_seen["etaSeconds"] == 15 and progress_seen["eta"] == "15s"
@@ -156,6 +163,7 @@ def test_operator_runs_cache_then_train_and_writes_status(cluster):
             reasons = [e["reason"] for e in events if e.get("involvedObject", {}).get("name") == "smoke"]
             for reason in ("Created", "Pending", "Caching", "Training", "Succeeded"):
                 assert reason in reasons, reasons
+            assert "PodRestarted" not in reasons, reasons
 
         # A restarted operator (resume handlers, a fresh kopf) finds everything in place.
         before, status_before = list(cluster.emulator.created), tj_status()

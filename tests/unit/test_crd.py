@@ -264,6 +264,72 @@ def test_cel_rules_agree_with_the_semantic_checks(case):
         assert any(field in e for e in errors), errors
 
 
+# ------------------------------------------------------------------ a started job's spec is frozen
+
+def root_schema() -> dict:
+    return committed()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def failing_transition(old: dict, new: dict) -> list[str]:
+    """Messages of the root transition rules an update from `old` to `new` breaks (cel-python)."""
+    import celpy
+
+    env, root = celpy.Environment(), root_schema()
+    act = {"self": celpy.json_to_cel(as_typed(new, root)), "oldSelf": celpy.json_to_cel(as_typed(old, root))}
+    return [rule["message"] for rule in root["x-kubernetes-validations"]
+            if not env.program(env.compile(rule["rule"])).evaluate(act)]
+
+
+def test_every_spec_field_but_suspend_is_frozen_once_started():
+    rules = root_schema()["x-kubernetes-validations"]
+    assert all("oldSelf" in r["rule"] and r["reason"] == "FieldValueForbidden" for r in rules)
+    frozen = {r["fieldPath"].removeprefix(".spec.") for r in rules}
+    assert frozen == set(schema_mod.load_schema()["properties"]["spec"]["properties"]) - {"suspend"}
+
+
+def _set(doc: dict, dotted: str, value) -> dict:
+    doc = copy.deepcopy(doc)
+    node = doc["spec"]
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is None:
+        node.pop(leaf, None)
+    else:
+        node[leaf] = value
+    return doc
+
+
+STARTED = {"specHash": "0123456789abcdef", "state": "Training"}
+
+
+@pytest.mark.parametrize("field, value, status, refused", [
+    ("training.maxSteps", 40, STARTED, "spec.training"),
+    ("hardware.nodes", 2, STARTED, "spec.hardware"),
+    ("cacheDir", "elsewhere", STARTED, "spec.cacheDir"),
+    ("textEmbeds", {"cacheDir": "te"}, STARTED, "spec.textEmbeds"),  # added
+    ("validation", None, STARTED, "spec.validation"),  # removed
+    ("suspend", True, STARTED, None),  # the one field a started job still takes
+    ("training.maxSteps", 40, {"state": "Failed"}, None),  # never started (InvalidSpec): fix it freely
+    ("training.maxSteps", 40, None, None),  # before the operator's first status write
+])
+def test_cel_refuses_editing_a_started_jobs_spec(field, value, status, refused):
+    old = {"apiVersion": schema_mod.api_version(), "kind": "TrainingJob", "metadata": {"name": "smoke"},
+           **_doc()}
+    old.pop("status", None)
+    if status is not None:
+        old["status"] = status
+    new = _set(old, field, value)
+    failures = failing_transition(old, new)
+    if refused is None:
+        assert failures == []
+    else:
+        assert len(failures) == 1 and failures[0].startswith(f"{refused} cannot change once the TrainingJob has "
+                                                             "started"), failures
+        assert "delete and re-create the TrainingJob" in failures[0]
+    assert failing_transition(old, copy.deepcopy(old)) == []  # a status or metadata update
+
+
 def openapi_validator():
     """The CRD's openAPIV3Schema as the API server reads it: OpenAPI 3.0 keywords (boolean
     exclusiveMinimum, nullable) are draft-4 JSON Schema plus `nullable`."""

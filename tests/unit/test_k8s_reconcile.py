@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from runner.k8s import status as st
 from runner.k8s.reconcile import Observed, Outcome, reconcile, role_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,6 +26,19 @@ def trainingjob(generation: int = 1, **spec_changes) -> dict:
 
 # --- a tiny in-memory cluster: what the thin layer and the Job controller would do -----------
 
+def merged(target: dict, patch: dict) -> dict:
+    """RFC 7386: a JSON merge patch applied, as the API server applies the operator's status patch."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 class Cluster:
     def __init__(self, tj: dict):
         self.tj, self.children, self.pods, self.progress = tj, {}, {"cache": [], "train": []}, None
@@ -40,7 +54,9 @@ class Cluster:
             self.created.append(f"{obj['kind']}/{obj['metadata']['name']}")
         for role, patch in out.patch:
             self.children[role]["spec"].update(patch["spec"])
-        self.tj["status"] = out.status
+        old = self.tj.get("status") or {}
+        self.tj["status"] = merged(old, st.merge_patch(old, out.status))  # what operator.apply sends
+        assert self.tj["status"] == out.status
         return out
 
     def job_status(self, role: str, **status) -> None:
