@@ -3,10 +3,13 @@ prometheus_client), so the operator, the dashboard and alert tests and the READM
 import it.
 
 Conventions (https://prometheus.io/docs/practices/naming/): one prefix, base units (seconds,
-bytes), `_total` only on counters. Labels are `job` (the TrainingJob's metadata.name) plus
-`kind` (text|latent) on the cache series and `rank` on GPU memory: small fixed sets, never
-an image or a caption. Scrape with `honor_labels: true` (PodMonitor: `honorLabels: true`),
-otherwise Prometheus renames our `job` label to `exported_job`.
+bytes), `_total` only on counters. Labels are `trainingjob` (the TrainingJob's metadata.name)
+plus `kind` (text|latent) on the cache series and `rank` on GPU memory: small fixed sets, never
+an image or a caption. None of them is a label Prometheus attaches to a target (`job`,
+`instance`, and with Kubernetes service discovery usually `namespace`, `pod`), so no scrape
+config needs honor_labels. The namespace is not ours to export: pods get no POD_NAMESPACE, and
+Prometheus's own target label (`namespace` from a PodMonitor or the usual kubernetes-pods
+relabeling) already tells two TrainingJobs of one name apart.
 
 Several GPUs: one endpoint per job, served by rank 0 (the launching process in the cache
 stage). Its loss is the mean over ranks and its samples/s counts the global batch; GPU memory
@@ -17,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREFIX = "trainingjob_"
-JOB_LABEL = "job"
+JOB_LABEL = "trainingjob"
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class Series:
     name: str  # the sample name as scraped (counters end in _total; histograms add _bucket/_sum/_count)
     type: str  # gauge | counter | histogram
     help: str
-    labels: tuple[str, ...] = ()  # besides `job`
+    labels: tuple[str, ...] = ()  # besides JOB_LABEL
     buckets: tuple[float, ...] = ()
 
 

@@ -20,7 +20,7 @@ class Recording(Metrics):
 
     def cache_done(self, kind: str, n: int) -> None:
         super().cache_done(kind, n)
-        labels = {"job": self.job, "kind": kind}
+        labels = {"trainingjob": self.job, "kind": kind}
         self.seen.append((kind, self.registry.get_sample_value(N.CACHE_ITEMS_DONE, labels),
                           self.registry.get_sample_value(N.CACHE_ITEMS, labels)))
 
@@ -43,4 +43,4 @@ def test_cache_progress_moves_while_encoding(tmp_path: Path, tiny_model: Path) -
         assert done[0] < total and done[-1] == total, f"{kind}: {done}"
     on_disk = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*.safetensors")
                   if "builtin" not in p.parts and "samples" not in p.parts)
-    assert metrics.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"job": job.name}) == on_disk > 0
+    assert metrics.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"trainingjob": job.name}) == on_disk > 0

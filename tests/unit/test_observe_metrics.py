@@ -53,7 +53,7 @@ def exercise(m: Metrics) -> None:
 def test_serves_every_series_of_names_py(served: Metrics) -> None:
     exercise(served)
     text = scrape(_port(served))
-    j = {"job": "x"}
+    j = {"trainingjob": "x"}
     assert sample(text, N.TRAIN_STEPS, **j) == 3.0
     assert sample(text, N.TRAIN_PLANNED_STEPS, **j) == 20.0
     assert sample(text, N.TRAIN_EPOCH, **j) == 0.0
@@ -92,8 +92,15 @@ def test_names_follow_prometheus_conventions() -> None:
     for s in N.SERIES:
         assert s.name.startswith(N.PREFIX), s.name
         assert s.name.endswith("_total") == (s.type == "counter"), s.name
-        assert set(s.labels) <= {"stage", "rank", "kind"}, f"{s.name}: labels are job/stage/rank (+ cache kind) only"
+        assert set(s.labels) <= {"stage", "rank", "kind"}, f"{s.name}: labels are trainingjob/stage/rank/kind only"
         assert not any(w in s.name for w in ("_ms", "milli", "_mb", "_gb", "kilo")), f"{s.name}: base units"
+    # Labels Prometheus attaches to every target (and, through Kubernetes service discovery and
+    # the usual relabeling, to a pod's): a series label of that name is renamed exported_<name>
+    # without honor_labels, and dashboards would then group by the scrape job.
+    target_labels = {"job", "instance", "namespace", "pod", "container", "node", "service", "endpoint"}
+    labels = {N.JOB_LABEL} | {label for s in N.SERIES for label in s.labels}
+    assert not labels & target_labels, labels & target_labels
+    assert N.JOB_LABEL == "trainingjob"
     assert len(N.BY_NAME) == len(N.SERIES)
     assert set(N.PROGRESS.values()) <= set(N.BY_NAME)
 
@@ -121,7 +128,7 @@ def test_not_serving_counts_the_same() -> None:
     m = Metrics("x", port=0)
     assert m.server is None
     exercise(m)
-    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"job": "x"}) == 3.0
+    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"trainingjob": "x"}) == 3.0
     m.close()
     m.close()
 
@@ -129,10 +136,10 @@ def test_not_serving_counts_the_same() -> None:
 def test_steps_counter_starts_at_the_resumed_step() -> None:
     m = Metrics("x")
     m.train_started(total_steps=500, start_step=200)
-    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"job": "x"}) == 200.0
+    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"trainingjob": "x"}) == 200.0
     m.step_done(201, epoch=3, seconds=0.1)
     m.train_progress(201, 500, 0.1, 1.0)  # the same step again adds nothing
-    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"job": "x"}) == 201.0
+    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"trainingjob": "x"}) == 201.0
 
 
 def test_eta_is_remaining_steps_times_the_mean_step_time() -> None:
@@ -140,14 +147,14 @@ def test_eta_is_remaining_steps_times_the_mean_step_time() -> None:
     m.train_started(total_steps=100, start_step=50)
     time.sleep(0.2)
     m.step_done(60, epoch=0, seconds=0.02)
-    eta = m.registry.get_sample_value(N.TRAIN_ETA, {"job": "x"})
+    eta = m.registry.get_sample_value(N.TRAIN_ETA, {"trainingjob": "x"})
     assert eta == pytest.approx(40 * 0.2 / 10, rel=0.5)
 
 
 def test_cache_progress_as_it_goes_and_the_final_report() -> None:
     m = Metrics("x")
     m.cache_planned("latent", total=17, todo=12)
-    get = lambda name: m.registry.get_sample_value(name, {"job": "x", "kind": "latent"})  # noqa: E731
+    get = lambda name: m.registry.get_sample_value(name, {"trainingjob": "x", "kind": "latent"})  # noqa: E731
     assert (get(N.CACHE_ITEMS), get(N.CACHE_ITEMS_DONE)) == (17.0, 5.0)
     m.cache_done("latent", 8)
     assert get(N.CACHE_ITEMS_DONE) == 13.0 and get(N.CACHE_ITEMS_ENCODED + "") == 8.0
@@ -157,7 +164,7 @@ def test_cache_progress_as_it_goes_and_the_final_report() -> None:
     # The train stage republishes the manifest's report (a dict).
     t = Metrics("x")
     t.cache_report({"text_total": 3, "text_encoded": 1, "latents_total": 7, "latents_encoded": 7})
-    assert t.registry.get_sample_value(N.CACHE_ITEMS_DONE, {"job": "x", "kind": "text"}) == 3.0
+    assert t.registry.get_sample_value(N.CACHE_ITEMS_DONE, {"trainingjob": "x", "kind": "text"}) == 3.0
 
 
 def test_bytes_written_come_from_the_writer_futures() -> None:
@@ -167,7 +174,7 @@ def test_bytes_written_come_from_the_writer_futures() -> None:
             pool.submit(lambda n=n: n).add_done_callback(m.entry_written)
         failing = pool.submit(lambda: 1 / 0)
         failing.add_done_callback(m.entry_written)
-    assert m.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"job": "x"}) == 350.0
+    assert m.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"trainingjob": "x"}) == 350.0
 
 
 def test_launching_process_sums_its_cache_workers(tmp_path: Path) -> None:
@@ -185,13 +192,13 @@ def test_launching_process_sums_its_cache_workers(tmp_path: Path) -> None:
         workers[1].cache_planned("latent", total=4, todo=3)
         workers[0].cache_done("latent", 6)  # finished: written at once
         text = scrape(_port(parent))
-        assert sample(text, N.CACHE_ITEMS, job="x", kind="latent") == 10.0
-        assert sample(text, N.CACHE_ITEMS_DONE, job="x", kind="latent") == 7.0
-        assert sample(text, N.CACHE_ITEMS_ENCODED, job="x", kind="latent") == 6.0
+        assert sample(text, N.CACHE_ITEMS, trainingjob="x", kind="latent") == 10.0
+        assert sample(text, N.CACHE_ITEMS_DONE, trainingjob="x", kind="latent") == 7.0
+        assert sample(text, N.CACHE_ITEMS_ENCODED, trainingjob="x", kind="latent") == 6.0
         for w in workers:
             w.close()
         parent.cache_planned("latent", total=10, todo=0)  # the final pass finds everything cached
-        assert sample(scrape(_port(parent)), N.CACHE_ITEMS_DONE, job="x", kind="latent") == 10.0
+        assert sample(scrape(_port(parent)), N.CACHE_ITEMS_DONE, trainingjob="x", kind="latent") == 10.0
     finally:
         parent.close()
 
@@ -218,9 +225,9 @@ def test_instances_do_not_share_state() -> None:
         a.train_progress(step=5, total=10, loss=1.0, samples_per_second=1.0)
         b.train_progress(step=9, total=90, loss=2.0, samples_per_second=3.0)
         ta, tb = scrape(_port(a)), scrape(_port(b))
-        assert sample(ta, N.TRAIN_STEPS, job="a") == 5.0
-        assert sample(tb, N.TRAIN_STEPS, job="b") == 9.0
-        assert 'job="b"' not in ta and 'job="a"' not in tb
+        assert sample(ta, N.TRAIN_STEPS, trainingjob="a") == 5.0
+        assert sample(tb, N.TRAIN_STEPS, trainingjob="b") == 9.0
+        assert 'trainingjob="b"' not in ta and 'trainingjob="a"' not in tb
     finally:
         a.close()
         b.close()
@@ -250,7 +257,7 @@ def test_close_frees_the_port_for_the_next_stage() -> None:
     train = Metrics("x", port=port)
     try:
         train.set_stage("train")
-        assert sample(scrape(port), N.STAGE, job="x", stage="train") == 1.0
+        assert sample(scrape(port), N.STAGE, trainingjob="x", stage="train") == 1.0
     finally:
         train.close()
 
