@@ -11,8 +11,9 @@ config needs honor_labels. The namespace is not ours to export: pods get no POD_
 Prometheus's own target label (`namespace` from a PodMonitor or the usual kubernetes-pods
 relabeling) already tells two TrainingJobs of one name apart.
 
-Several GPUs: one endpoint per job, served by rank 0 (the launching process in the cache
-stage). Its loss is the mean over ranks and its samples/s counts the global batch; GPU memory
+Several GPUs: one endpoint per job in the train stage, served by rank 0; in the cache stage one
+per node, served by the process that launched that node's workers and counting their shards
+(sum over pods for the whole cache). Its loss is the mean over ranks and its samples/s counts the global batch; GPU memory
 is rank 0's, the rank that also renders validation images and so peaks highest.
 """
 from __future__ import annotations
@@ -63,8 +64,8 @@ SERIES: tuple[Series, ...] = (
     Series(CACHE_ITEMS, "gauge", "Cache entries this stage must have, by kind", ("kind",)),
     Series(CACHE_ITEMS_DONE, "gauge", "Cache entries done so far (reused, encoded or found undecodable), by kind",
            ("kind",)),
-    Series(CACHE_ITEMS_ENCODED, "counter", "Cache entries encoded by this process, by kind", ("kind",)),
-    Series(CACHE_WRITTEN_BYTES, "counter", "Bytes of cache entries written by this process"),
+    Series(CACHE_ITEMS_ENCODED, "counter", "Cache entries encoded by this process and the cache workers it launched, by kind", ("kind",)),
+    Series(CACHE_WRITTEN_BYTES, "counter", "Bytes of cache entries written by this process and the cache workers it launched"),
     Series(CACHE_ENCODE_RATE, "gauge", "Entries encoded per second since this kind's encoder started", ("kind",)),
     Series(TRAIN_STEPS, "counter", "Optimizer steps done, counting those before a resume"),
     Series(TRAIN_PLANNED_STEPS, "gauge", "Optimizer steps the run will take in all"),

@@ -203,6 +203,80 @@ def test_launching_process_sums_its_cache_workers(tmp_path: Path) -> None:
         parent.close()
 
 
+def _w(kinds: dict, nbytes: int = 0) -> dict:
+    return {"kinds": {k: dict(zip(("total", "done", "encoded", "rate"), v)) for k, v in kinds.items()}, "bytes": nbytes}
+
+
+def _own(latent=(0, 0, 0, 0.0), text=(0, 0, 0, 0.0)) -> dict:
+    return {k: dict(zip(("total", "done", "encoded", "rate"), v)) for k, v in (("latent", latent), ("text", text))}
+
+
+MERGE_CASES = {
+    # name: (own, planned, own bytes, workers, expected latent (total, done, encoded), expected bytes)
+    "workers only: each its shard, summed": (
+        _own(), set(), 0, [_w({"latent": (6, 6, 6, 1.0)}, 10), _w({"latent": (4, 1, 1, 1.0)}, 5)], (10, 7, 7), 15),
+    "no worker yet: own zeros": (_own(), set(), 0, [], (0, 0, 0), 0),
+    "final pass planned: own totals, workers' encodes kept in the counter": (
+        _own(latent=(10, 10, 0, 0.0)), {"latent"}, 3, [_w({"latent": (6, 6, 6, 1.0)}, 10), _w({"latent": (4, 4, 3, 1.0)}, 5)],
+        (10, 10, 9), 18),
+    "final pass re-encodes one": (
+        _own(latent=(10, 10, 1, 0.0)), {"latent"}, 0, [_w({"latent": (6, 6, 6, 1.0)})], (10, 10, 7), 0),
+    "a worker that has not planned the kind": (
+        _own(), set(), 0, [_w({"latent": (6, 2, 2, 1.0)}), _w({})], (6, 2, 2), 0),
+}
+
+
+@pytest.mark.parametrize("case", MERGE_CASES)
+def test_merge_counts_each_shard_once(case: str) -> None:
+    from runner.observe.cacheprogress import merge
+
+    own, planned, own_bytes, workers, (total, done, encoded), nbytes = MERGE_CASES[case]
+    kinds, got_bytes = merge(own, planned, own_bytes, workers)
+    assert (kinds["latent"]["total"], kinds["latent"]["done"], kinds["latent"]["encoded"]) == (total, done, encoded)
+    assert got_bytes == nbytes
+
+
+def test_cache_worker_shares_its_shard_not_the_whole_report(tmp_path: Path) -> None:
+    """A worker's CacheReport counts the whole dataset: two workers sharing it showed 2x."""
+    shards = tmp_path / "node-0"
+    parent = Metrics("x", cache_shard_dir=shards)
+    workers = [Metrics("x", cache_shard_file=shards / f"rank-{r}.json") for r in range(2)]
+    for w, (total, todo) in zip(workers, ((12, 12), (8, 7))):
+        w.cache_planned("latent", total=total, todo=todo)
+        w.cache_done("latent", todo)
+        w.cache_report(CacheReport(text_total=0, text_encoded=0, latents_total=20, latents_encoded=19))
+        w.close()
+    get = lambda name: parent.registry.get_sample_value(name, {"trainingjob": "x", "kind": "latent"})  # noqa: E731
+    assert (get(N.CACHE_ITEMS), get(N.CACHE_ITEMS_DONE), get(N.CACHE_ITEMS_ENCODED)) == (20.0, 20.0, 19.0)
+    parent.close()
+
+
+def test_cache_counters_never_fall(tmp_path: Path) -> None:
+    """Worker files removed (another node's close() did, before files were per node) and the
+    switch to the launching process's own final pass keep the counters where they were."""
+    shards = tmp_path / ".progress" / "x" / "node-0"
+    parent = Metrics("x", cache_shard_dir=shards)
+    worker = Metrics("x", cache_shard_file=shards / "rank-0.json")
+    worker.cache_planned("latent", total=5, todo=5)
+    worker.cache_done("latent", 5)
+    pool = ThreadPoolExecutor(max_workers=1)
+    pool.submit(lambda: 100).add_done_callback(worker.entry_written)
+    pool.shutdown()
+    worker.close()
+    labels = {"trainingjob": "x", "kind": "latent"}
+    seen = [(parent.registry.get_sample_value(N.CACHE_ITEMS_ENCODED, labels),
+             parent.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"trainingjob": "x"}))]
+    (shards / "rank-0.json").unlink()
+    seen.append((parent.registry.get_sample_value(N.CACHE_ITEMS_ENCODED, labels),
+                 parent.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"trainingjob": "x"})))
+    parent.cache_planned("latent", total=5, todo=0)  # the final pass finds all cached
+    seen.append((parent.registry.get_sample_value(N.CACHE_ITEMS_ENCODED, labels),
+                 parent.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"trainingjob": "x"})))
+    assert seen == [(5.0, 100.0)] * 3
+    parent.close()
+    assert not (tmp_path / ".progress").exists()  # the hand-over folders are gone
+
+
 def test_history_for_the_report(tmp_path: Path) -> None:
     log = tmp_path / "metrics.jsonl"
     refreshed = []
