@@ -262,7 +262,8 @@ def run_train_stage(job: TrainingJob) -> int:
             from runner.train.publish import push_to_hub
             from runner.train.validation import latest_images
 
-            url = push_to_hub(result.model_dir, job.document.to_dict(), latest_images(ctx.paths.validation))
+            with metrics.phase("push"):
+                url = push_to_hub(result.model_dir, job.document.to_dict(), latest_images(ctx.paths.validation))
             ctx.log(f"pushed to the Hub: {url}")
         if ctx.is_main:
             record_finished(ctx.paths, result.final_step)  # last: a rerun now has nothing to do

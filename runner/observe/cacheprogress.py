@@ -45,6 +45,7 @@ class CacheProgress:
         self._written_at = 0.0
         # Files older than this process belong to an earlier run and are not counted.
         self._since = time.time()
+        self._activity = ("starting", self._since)  # (phase, unix time of the last progress): see activity()
 
     # ---- fed by the cache stage ----
     def planned(self, kind: str, total: int, todo: int) -> None:
@@ -64,6 +65,13 @@ class CacheProgress:
             own["rate"] = own["encoded"] / max(time.time() - self._started.get(kind, time.time()), 1e-9)
             finished = own["done"] >= own["total"]
         self._share(force=finished)
+
+    def touch(self, phase: str) -> None:
+        """Progress now, in `phase` (names.PHASES); shared at once when the phase changes."""
+        with self._lock:
+            first_or_changed = phase != self._activity[0] or not self._written_at
+            self._activity = (phase, time.time())
+        self._share(force=first_or_changed)
 
     def written(self, nbytes: int) -> None:
         with self._lock:
@@ -103,6 +111,14 @@ class CacheProgress:
             planned, nbytes, workers = set(self._planned), self._bytes, list(self._seen.values())
         return merge(own, planned, nbytes, workers)
 
+    def activity(self) -> tuple[str, float]:
+        """(phase, last progress) for the stall alert, this process's and its workers' (see latest_activity)."""
+        self._remember(self._read_shards())
+        with self._lock:
+            own, planned = self._activity, bool(self._planned)
+            workers = [(w["phase"], w["progressed"]) for w in self._seen.values() if "progressed" in w]
+        return latest_activity(own, planned, workers)
+
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -134,7 +150,8 @@ class CacheProgress:
 
         with self._lock:
             payload = {"kinds": {k: {**v, "encoded": self._encoded_total[k]} for k, v in self._own.items()
-                                 if k in self._planned}, "bytes": self._bytes}
+                                 if k in self._planned}, "bytes": self._bytes,
+                       "phase": self._activity[0], "progressed": self._activity[1]}
         self._written_at = time.time()
         atomic_write_json(self._shard_file, payload)
 
@@ -170,6 +187,18 @@ def merge(own: dict[str, dict[str, float]], planned: set[str], own_bytes: int,
         row["encoded"] = own[kind]["encoded"] + sum(t.get("encoded", 0) for t in theirs)
         out[kind] = row
     return out, own_bytes + sum(int(w.get("bytes", 0)) for w in workers)
+
+
+def latest_activity(own: tuple[str, float], planned: bool,
+                    workers: list[tuple[str, float]]) -> tuple[str, float]:
+    """(phase, last progress) the endpoint shows (pure). A launching process waiting for its
+    workers (it has planned nothing itself yet) shows theirs: the latest progress of any, and
+    the phase of one still in a long phase (loading its encoder) before `running`, so the
+    slowest worker decides what the alert allows. Otherwise its own."""
+    if planned or not workers:
+        return own
+    slow = [phase for phase, _ in workers if phase != "running"]
+    return (slow[0] if slow else "running"), max(own[1], *(at for _, at in workers))
 
 
 def _kind(kind: str) -> str:

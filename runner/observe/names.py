@@ -34,6 +34,7 @@ class Series:
 
 
 STAGE = "trainingjob_stage"
+PHASE = "trainingjob_phase"
 LAST_PROGRESS = "trainingjob_last_progress_timestamp_seconds"
 CACHE_ITEMS = "trainingjob_cache_items"
 CACHE_ITEMS_DONE = "trainingjob_cache_items_done"
@@ -55,12 +56,22 @@ CHECKPOINT_DURATION = "trainingjob_checkpoint_duration_seconds"
 VALIDATION_DURATION = "trainingjob_validation_duration_seconds"
 VALIDATION_CLIP_SCORE = "trainingjob_validation_clip_score"
 
+# What a process is doing. `running`: encoding entries or taking optimizer steps, each of which
+# moves LAST_PROGRESS. The others are long single pieces of work (a model download, load or
+# compile before the first entry or step; a checkpoint, whose buckets below go to 1800 s; a
+# validation; the export; the Hub push): LAST_PROGRESS moves as each starts and ends, and the
+# stall alert allows them an hour instead of 10 minutes.
+PHASES = ("starting", "running", "checkpoint", "validation", "export", "push")
+
 _STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _SAVE_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 SERIES: tuple[Series, ...] = (
     Series(STAGE, "gauge", "1 for the stage this process is running, 0 for the other", ("stage",)),
-    Series(LAST_PROGRESS, "gauge", "Unix time the stage started or last finished a cache item or optimizer step (stall alerts)"),
+    Series(PHASE, "gauge", "1 for what this process is doing now (starting, running, checkpoint, validation, export, "
+                           "push), 0 for the others", ("phase",)),
+    Series(LAST_PROGRESS, "gauge", "Unix time of the last cache entry, optimizer step, or start or end of a phase "
+                                   "(stall alerts)"),
     Series(CACHE_ITEMS, "gauge", "Cache entries this stage must have, by kind", ("kind",)),
     Series(CACHE_ITEMS_DONE, "gauge", "Cache entries done so far (reused, encoded or found undecodable), by kind",
            ("kind",)),

@@ -49,6 +49,7 @@ def test_alerts_cover_stalled_nan_and_failed() -> None:
     assert {r["alert"] for r in rules} == {"TrainingJobStalled", "TrainingJobLossNaN", "TrainingJobFailed"}
     stalled = next(r for r in rules if r["alert"] == "TrainingJobStalled")
     assert N.LAST_PROGRESS in stalled["expr"] and "600" in stalled["expr"]
+    assert N.PHASE in stalled["expr"] and "3600" in stalled["expr"]  # long phases get an hour
     failed = next(r for r in rules if r["alert"] == "TrainingJobFailed")
     # Jobs a TrainingJob owns, not Jobs named like them (nightly-train); the cases are in alerts_test.yaml.
     assert 'kube_job_owner{owner_kind="TrainingJob"}' in failed["expr"] and "job_name=~" not in failed["expr"]

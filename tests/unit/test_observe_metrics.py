@@ -3,6 +3,7 @@ catch-all, cache progress as it goes (also summed from cache workers), and promt
 from __future__ import annotations
 
 import ast
+import json
 import math
 import os
 import socket
@@ -92,7 +93,7 @@ def test_names_follow_prometheus_conventions() -> None:
     for s in N.SERIES:
         assert s.name.startswith(N.PREFIX), s.name
         assert s.name.endswith("_total") == (s.type == "counter"), s.name
-        assert set(s.labels) <= {"stage", "rank", "kind"}, f"{s.name}: labels are trainingjob/stage/rank/kind only"
+        assert set(s.labels) <= {"stage", "phase", "rank", "kind"}, f"{s.name}: labels are trainingjob/stage/phase/rank/kind only"
         assert not any(w in s.name for w in ("_ms", "milli", "_mb", "_gb", "kilo")), f"{s.name}: base units"
     # Labels Prometheus attaches to every target (and, through Kubernetes service discovery and
     # the usual relabeling, to a pod's): a series label of that name is renamed exported_<name>
@@ -275,6 +276,70 @@ def test_cache_counters_never_fall(tmp_path: Path) -> None:
     assert seen == [(5.0, 100.0)] * 3
     parent.close()
     assert not (tmp_path / ".progress").exists()  # the hand-over folders are gone
+
+
+ACTIVITY_CASES = {
+    # name: (own, planned, workers, expected)
+    "alone": (("running", 50.0), False, [], ("running", 50.0)),
+    "in a checkpoint": (("checkpoint", 50.0), False, [], ("checkpoint", 50.0)),
+    "waiting for workers: their latest progress": (("starting", 10.0), False, [("running", 40.0), ("running", 90.0)],
+                                                   ("running", 90.0)),
+    "a worker still loading its encoder": (("starting", 10.0), False, [("running", 90.0), ("starting", 20.0)],
+                                           ("starting", 90.0)),
+    "own final pass: own": (("running", 95.0), True, [("running", 90.0)], ("running", 95.0)),
+}
+
+
+@pytest.mark.parametrize("case", ACTIVITY_CASES)
+def test_latest_activity(case: str) -> None:
+    from runner.observe.cacheprogress import latest_activity
+
+    own, planned, workers, expected = ACTIVITY_CASES[case]
+    assert latest_activity(own, planned, workers) == expected
+
+
+def test_long_phases_mark_progress_and_say_what_they_are(monkeypatch) -> None:
+    """Checkpoint, validation, export, push: the timestamp moves as each starts and ends, and
+    the phase gauge names it, so TrainingJobStalled gives it an hour, not 10 minutes."""
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    m = Metrics("x")
+    labels = {"trainingjob": "x"}
+    last = lambda: m.registry.get_sample_value(N.LAST_PROGRESS, labels)  # noqa: E731
+    phase = lambda: next(p for p in N.PHASES if m.registry.get_sample_value(N.PHASE, {**labels, "phase": p}) == 1)  # noqa: E731
+    m.set_stage("train")
+    assert (phase(), last()) == ("starting", 1000.0)  # model load and compile before the first step
+    clock[0] = 1100.0
+    m.step_done(1, epoch=0, seconds=100.0)
+    assert (phase(), last()) == ("running", 1100.0)
+    for name in ("checkpoint", "validation", "export", "push"):
+        clock[0] += 10
+        with m.phase(name):
+            assert (phase(), last()) == (name, clock[0])
+            clock[0] += 1500  # a long save
+        assert (phase(), last()) == ("running", clock[0])
+    with pytest.raises(ValueError, match="phase"):
+        with m.phase("sleeping"):
+            pass
+
+
+def test_launching_process_shows_its_workers_progress(tmp_path: Path) -> None:
+    """Waiting for its cache workers, the endpoint's last progress is theirs, not its own start."""
+    shards = tmp_path / "node-0"
+    parent = Metrics("x", cache_shard_dir=shards)
+    parent.set_stage("cache")
+    worker = Metrics("x", cache_shard_file=shards / "rank-0.json")
+    worker.set_stage("cache")
+    worker.cache_planned("latent", total=4, todo=4)
+    labels = {"trainingjob": "x"}
+    assert parent.registry.get_sample_value(N.PHASE, {**labels, "phase": "starting"}) == 1.0  # loading the VAE
+    time.sleep(0.05)
+    worker.cache_done("latent", 1)  # a phase change: shared at once
+    assert parent.registry.get_sample_value(N.PHASE, {**labels, "phase": "running"}) == 1.0
+    assert parent.registry.get_sample_value(N.LAST_PROGRESS, labels) == \
+        json.loads((shards / "rank-0.json").read_text())["progressed"]
+    worker.close()
+    parent.close()
 
 
 def test_history_for_the_report(tmp_path: Path) -> None:
