@@ -51,7 +51,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="trainingjob-shots-"))
     metrics_port, prom_port = free_port(), free_port()
     (tmp / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: trainingjob\n    honor_labels: true\n"
+        "global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: trainingjob\n"
         f"    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n")
     prom = subprocess.Popen([shutil.which("prometheus") or "prometheus", f"--config.file={tmp / 'prometheus.yml'}",
                              f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}",

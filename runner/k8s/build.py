@@ -419,9 +419,9 @@ def build_pod_monitor(doc: dict, opts: Options, owner: Owner | None = None) -> d
         "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
         "metadata": _meta(doc, names(job)["monitor"], "monitoring", opts, owner),
         "spec": {"selector": {"matchLabels": {label_job(): job}},
+                 # No honorLabels: the runner's labels (`trainingjob`, ...) are none of the target
+                 # labels Prometheus attaches (`job`, `namespace`, `pod`), so nothing is renamed.
                  "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s",
-                                         # keep our own `job` label (the TrainingJob), not exported_job
-                                         "honorLabels": True,
                                          "relabelings": [not_served]}]},
     }
 

@@ -178,8 +178,11 @@ def _metrics(job: TrainingJob, is_main: bool, shard=None):
     from runner.observe.report import Reporter
     from runner.spec.plan import job_paths
 
+    from runner.launch.torchrun import node_rank
+
     paths = job_paths(job.spec.to_dict())
-    shards = paths.cache_dir / ".progress" / job.name
+    # One folder per node: a pod's endpoint counts its own workers, and removes only their files.
+    shards = paths.cache_dir / ".progress" / job.name / f"node-{node_rank(os.environ)}"
     if not is_main:
         worker = shard is not None and not shard.is_whole
         return Metrics(job.name, cache_shard_file=shards / f"rank-{shard.index}.json" if worker else None)
@@ -259,7 +262,8 @@ def run_train_stage(job: TrainingJob) -> int:
             from runner.train.publish import push_to_hub
             from runner.train.validation import latest_images
 
-            url = push_to_hub(result.model_dir, job.document.to_dict(), latest_images(ctx.paths.validation))
+            with metrics.phase("push"):
+                url = push_to_hub(result.model_dir, job.document.to_dict(), latest_images(ctx.paths.validation))
             ctx.log(f"pushed to the Hub: {url}")
         if ctx.is_main:
             record_finished(ctx.paths, result.final_step)  # last: a rerun now has nothing to do

@@ -5,7 +5,7 @@ PromQL through /api/v1/query_range and lays the panels out by their gridPos, so 
 shows what the dashboard JSON asks for, on real scraped data:
 
     python -m runner.observe.dashboard k8s/monitoring/grafana-dashboard.json \\
-        --prometheus http://127.0.0.1:9090 --job smoke --minutes 10 --out docs/dashboard.png
+        --prometheus http://127.0.0.1:9090 --trainingjob smoke --minutes 10 --out docs/dashboard.png
 """
 from __future__ import annotations
 
@@ -30,9 +30,12 @@ class Line:
     values: list[float]
 
 
-def panel_queries(dashboard: dict[str, Any], job: str, rate_interval: str) -> dict[str, list[tuple[str, str]]]:
-    """Panel title -> [(PromQL, legend format)], with the dashboard's variables filled in."""
-    fill = {"$job": job, "$__rate_interval": rate_interval}
+def panel_queries(dashboard: dict[str, Any], job: str, rate_interval: str,
+                  namespace: str = ".*") -> dict[str, list[tuple[str, str]]]:
+    """Panel title -> [(PromQL, legend format)], with the dashboard's variables filled in
+    (`job`: the $trainingjob regex; `namespace`: the $namespace one, ".*" also matching a
+    local run, which has no namespace label)."""
+    fill = {"$trainingjob": job, "$namespace": namespace, "$__rate_interval": rate_interval}
     out = {}
     for panel in dashboard["panels"]:
         queries = []
@@ -55,14 +58,15 @@ def query_range(prometheus: str, expr: str, start: float, end: float, step: floa
 
 
 def fetch(prometheus: str, dashboard: dict[str, Any], job: str, start: float, end: float, step: float,
-          rate_interval: str) -> dict[str, list[Line]]:
+          rate_interval: str, namespace: str = ".*") -> dict[str, list[Line]]:
     """Panel title -> its lines; a query Prometheus refuses raises (a broken panel)."""
     out = {}
-    for title, queries in panel_queries(dashboard, job, rate_interval).items():
+    for title, queries in panel_queries(dashboard, job, rate_interval, namespace).items():
         lines = []
         for expr, legend in queries:
             for series in query_range(prometheus, expr, start, end, step):
-                label = re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: series["metric"].get(m.group(1), ""), legend)
+                # A label the series lacks (a local run's namespace) renders empty, as in Grafana.
+                label = re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: series["metric"].get(m.group(1), ""), legend).strip()
                 lines.append(Line(label or expr, [float(t) for t, _ in series["values"]],
                                   [float(v) for _, v in series["values"]]))
         out[title] = lines
@@ -127,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dashboard", type=Path)
     ap.add_argument("--prometheus", default="http://127.0.0.1:9090")
-    ap.add_argument("--job", default=".+", help="value of the $job variable (a regex)")
+    ap.add_argument("--trainingjob", default=".+", help="value of the $trainingjob variable (a regex)")
+    ap.add_argument("--namespace", default=".*", help="value of the $namespace variable (a regex)")
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--step", type=float, default=2, help="seconds between points")
     ap.add_argument("--rate-interval", default="10s", help="value of $__rate_interval")
@@ -135,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     dashboard = json.loads(args.dashboard.read_text())
     end = time.time()
-    data = fetch(args.prometheus, dashboard, args.job, end - args.minutes * 60, end, args.step, args.rate_interval)
+    data = fetch(args.prometheus, dashboard, args.trainingjob, end - args.minutes * 60, end, args.step,
+                 args.rate_interval, args.namespace)
     draw(dashboard, data, args.out, args.dashboard.name)
     print(f"{args.out}: " + ", ".join(f"{title} ({len(lines)})" for title, lines in data.items()))
     return 0

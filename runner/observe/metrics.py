@@ -8,11 +8,12 @@ misspelled call raises AttributeError, and __slots__ refuses a misspelled attrib
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from runner.observe import names as N
 from runner.observe.cacheprogress import CacheProgress
@@ -22,7 +23,7 @@ from runner.observe.runlog import RunLog
 class Metrics:
     __slots__ = ("job", "rank", "registry", "server", "not_served", "cache", "_series", "_log", "_on_validation",
                  "_on_close", "_stage", "_stage_started", "_train_started", "_start_step", "_planned", "_gpu",
-                 "_thread", "_steps")
+                 "_thread", "_steps", "_phase")
 
     def __init__(self, job: str, port: int = 0, *, rank: int = 0, run_log: Path | None = None,
                  on_validation: Callable[[], Any] | None = None, on_close: Callable[[], Any] | None = None,
@@ -50,6 +51,11 @@ class Metrics:
             # prometheus_client appends _total to counters itself.
             self._series[s.name] = types[s.type](s.name.removesuffix("_total") if s.type == "counter" else s.name,
                                                  s.help, (N.JOB_LABEL, *s.labels), registry=self.registry, **kwargs)
+        self._phase = "starting"
+        # Read at scrape time: the launching process of cache workers takes theirs into account.
+        self._get(N.LAST_PROGRESS).set_function(lambda: self.cache.activity()[1])
+        for p in N.PHASES:
+            self._get(N.PHASE, phase=p).set_function(lambda p=p: float(self.cache.activity()[0] == p))
         self._log = RunLog(run_log) if run_log else None
         self._on_validation, self._on_close = on_validation, on_close
         self._stage, self._stage_started = "", 0.0
@@ -78,22 +84,39 @@ class Metrics:
         for s in ("cache", "train"):
             self._get(N.STAGE, stage=s).set(1 if s == stage else 0)
         self._stage, self._stage_started = stage, time.time()
-        self._progressed()  # a stage that hangs before its first item or step counts as stalled too
+        # Download, load and compile come first: a stage that hangs there counts as stalled too.
+        self._progressed("starting")
         self._record("stage_started", stage=stage)
 
-    def _progressed(self) -> None:
-        self._get(N.LAST_PROGRESS).set(time.time())
+    def _progressed(self, phase: str | None = None) -> None:
+        """Something finished (or a phase began or ended) now."""
+        if phase is not None:
+            if phase not in N.PHASES:
+                raise ValueError(f"phase {phase!r} is not one of {N.PHASES}")
+            self._phase = phase
+        self.cache.touch(self._phase)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """A long single piece of work (a checkpoint, a validation, the export, the Hub push):
+        the stall alert gives it an hour. Progress is marked as it starts and as it ends."""
+        before = self._phase
+        self._progressed(name)
+        try:
+            yield
+        finally:
+            self._progressed(before)
 
     # ---- cache stage (calls from runner/cache/stage.py) ----
     def cache_planned(self, kind: str, total: int, todo: int) -> None:
         """`total` entries this process must have, `todo` of them still to encode."""
         self.cache.planned(kind, total, todo)
-        self._progressed()
+        self._progressed("starting" if todo else "running")  # with entries to encode, the encoder loads next
 
     def cache_done(self, kind: str, n: int) -> None:
         """`n` more entries encoded (or found undecodable)."""
         self.cache.done(kind, n)
-        self._progressed()
+        self._progressed("running")
 
     def entry_written(self, future) -> None:
         """Done-callback of a cache writer's future whose result is the bytes written."""
@@ -121,7 +144,7 @@ class Metrics:
         if step > self._start_step and self._train_started:
             per_step = (time.time() - self._train_started) / (step - self._start_step)
             self._get(N.TRAIN_ETA).set(max(self._planned - step, 0) * per_step)
-        self._progressed()
+        self._progressed("running")
 
     def train_progress(self, step: int, total: int, loss: float, samples_per_second: float, *,
                        lr: float | None = None, grad_norm: float | None = None) -> None:

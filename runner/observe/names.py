@@ -3,13 +3,17 @@ prometheus_client), so the operator, the dashboard and alert tests and the READM
 import it.
 
 Conventions (https://prometheus.io/docs/practices/naming/): one prefix, base units (seconds,
-bytes), `_total` only on counters. Labels are `job` (the TrainingJob's metadata.name) plus
-`kind` (text|latent) on the cache series and `rank` on GPU memory: small fixed sets, never
-an image or a caption. Scrape with `honor_labels: true` (PodMonitor: `honorLabels: true`),
-otherwise Prometheus renames our `job` label to `exported_job`.
+bytes), `_total` only on counters. Labels are `trainingjob` (the TrainingJob's metadata.name)
+plus `kind` (text|latent) on the cache series and `rank` on GPU memory: small fixed sets, never
+an image or a caption. None of them is a label Prometheus attaches to a target (`job`,
+`instance`, and with Kubernetes service discovery usually `namespace`, `pod`), so no scrape
+config needs honor_labels. The namespace is not ours to export: pods get no POD_NAMESPACE, and
+Prometheus's own target label (`namespace` from a PodMonitor or the usual kubernetes-pods
+relabeling) already tells two TrainingJobs of one name apart.
 
-Several GPUs: one endpoint per job, served by rank 0 (the launching process in the cache
-stage). Its loss is the mean over ranks and its samples/s counts the global batch; GPU memory
+Several GPUs: one endpoint per job in the train stage, served by rank 0; in the cache stage one
+per node, served by the process that launched that node's workers and counting their shards
+(sum over pods for the whole cache). Its loss is the mean over ranks and its samples/s counts the global batch; GPU memory
 is rank 0's, the rank that also renders validation images and so peaks highest.
 """
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREFIX = "trainingjob_"
-JOB_LABEL = "job"
+JOB_LABEL = "trainingjob"
 
 
 @dataclass(frozen=True)
@@ -25,11 +29,12 @@ class Series:
     name: str  # the sample name as scraped (counters end in _total; histograms add _bucket/_sum/_count)
     type: str  # gauge | counter | histogram
     help: str
-    labels: tuple[str, ...] = ()  # besides `job`
+    labels: tuple[str, ...] = ()  # besides JOB_LABEL
     buckets: tuple[float, ...] = ()
 
 
 STAGE = "trainingjob_stage"
+PHASE = "trainingjob_phase"
 LAST_PROGRESS = "trainingjob_last_progress_timestamp_seconds"
 CACHE_ITEMS = "trainingjob_cache_items"
 CACHE_ITEMS_DONE = "trainingjob_cache_items_done"
@@ -51,17 +56,27 @@ CHECKPOINT_DURATION = "trainingjob_checkpoint_duration_seconds"
 VALIDATION_DURATION = "trainingjob_validation_duration_seconds"
 VALIDATION_CLIP_SCORE = "trainingjob_validation_clip_score"
 
+# What a process is doing. `running`: encoding entries or taking optimizer steps, each of which
+# moves LAST_PROGRESS. The others are long single pieces of work (a model download, load or
+# compile before the first entry or step; a checkpoint, whose buckets below go to 1800 s; a
+# validation; the export; the Hub push): LAST_PROGRESS moves as each starts and ends, and the
+# stall alert allows them an hour instead of 10 minutes.
+PHASES = ("starting", "running", "checkpoint", "validation", "export", "push")
+
 _STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _SAVE_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 SERIES: tuple[Series, ...] = (
     Series(STAGE, "gauge", "1 for the stage this process is running, 0 for the other", ("stage",)),
-    Series(LAST_PROGRESS, "gauge", "Unix time the stage started or last finished a cache item or optimizer step (stall alerts)"),
+    Series(PHASE, "gauge", "1 for what this process is doing now (starting, running, checkpoint, validation, export, "
+                           "push), 0 for the others", ("phase",)),
+    Series(LAST_PROGRESS, "gauge", "Unix time of the last cache entry, optimizer step, or start or end of a phase "
+                                   "(stall alerts)"),
     Series(CACHE_ITEMS, "gauge", "Cache entries this stage must have, by kind", ("kind",)),
     Series(CACHE_ITEMS_DONE, "gauge", "Cache entries done so far (reused, encoded or found undecodable), by kind",
            ("kind",)),
-    Series(CACHE_ITEMS_ENCODED, "counter", "Cache entries encoded by this process, by kind", ("kind",)),
-    Series(CACHE_WRITTEN_BYTES, "counter", "Bytes of cache entries written by this process"),
+    Series(CACHE_ITEMS_ENCODED, "counter", "Cache entries encoded by this process and the cache workers it launched, by kind", ("kind",)),
+    Series(CACHE_WRITTEN_BYTES, "counter", "Bytes of cache entries written by this process and the cache workers it launched"),
     Series(CACHE_ENCODE_RATE, "gauge", "Entries encoded per second since this kind's encoder started", ("kind",)),
     Series(TRAIN_STEPS, "counter", "Optimizer steps done, counting those before a resume"),
     Series(TRAIN_PLANNED_STEPS, "gauge", "Optimizer steps the run will take in all"),

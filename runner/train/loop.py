@@ -212,7 +212,8 @@ def run_train(ctx: RunContext) -> TrainResult:
     def checkpoint() -> Path:
         guard.check_weights(params, state.step)  # never write weights that would poison a resume
         started = time.time()
-        path = ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"])
+        with ctx.metrics.phase("checkpoint"):  # may take longer than the stall alert's 10 minutes
+            path = ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"])
         ctx.metrics.checkpoint_saved(time.time() - started)
         return path
 
@@ -270,7 +271,8 @@ def run_train(ctx: RunContext) -> TrainResult:
         _validate(accelerator, validator, transformer, state.step, ctx.metrics)
     model_out = None
     if accelerator.is_main_process:
-        model_out = family.export(model_dir, accelerator.unwrap_model(transformer), ctx.paths.model)
+        with ctx.metrics.phase("export"):
+            model_out = family.export(model_dir, accelerator.unwrap_model(transformer), ctx.paths.model)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(state.step, last_loss, last_ckpt, model_out, ctx.paths.validation if validator.enabled else None)
@@ -280,7 +282,8 @@ def _validate(accelerator, validator, transformer, step: int, observer) -> None:
     """Collective: the main process renders (and logs CLIP scores), the others wait."""
     if accelerator.is_main_process:
         t0 = time.time()
-        metrics = validator.run(accelerator.unwrap_model(transformer), step)
+        with observer.phase("validation"):
+            metrics = validator.run(accelerator.unwrap_model(transformer), step)
         if metrics:
             accelerator.log(metrics, step=step)
         observer.validation_done(step, time.time() - t0, metrics)

@@ -1,14 +1,17 @@
-"""The cache stage updates its metrics as it goes (not only when it ends), and the bytes it
-reports are the bytes of the entries on disk."""
+"""The cache stage updates its metrics as it goes (not only when it ends), the bytes it
+reports are the bytes of the entries on disk, and with several workers each entry is counted
+once."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
 from runner.observe import names as N
 from runner.observe.metrics import Metrics
-from tests.e2e.conftest import SMOKE
+from tests.e2e.conftest import SMOKE, assert_clean
+from tests.observe_tools import free_port, sample, scrape
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +23,7 @@ class Recording(Metrics):
 
     def cache_done(self, kind: str, n: int) -> None:
         super().cache_done(kind, n)
-        labels = {"job": self.job, "kind": kind}
+        labels = {"trainingjob": self.job, "kind": kind}
         self.seen.append((kind, self.registry.get_sample_value(N.CACHE_ITEMS_DONE, labels),
                           self.registry.get_sample_value(N.CACHE_ITEMS, labels)))
 
@@ -43,4 +46,45 @@ def test_cache_progress_moves_while_encoding(tmp_path: Path, tiny_model: Path) -
         assert done[0] < total and done[-1] == total, f"{kind}: {done}"
     on_disk = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*.safetensors")
                   if "builtin" not in p.parts and "samples" not in p.parts)
-    assert metrics.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"job": job.name}) == on_disk > 0
+    assert metrics.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"trainingjob": job.name}) == on_disk > 0
+
+
+def test_two_cache_workers_count_each_entry_once_and_counters_never_fall(runner) -> None:
+    """gpusPerNode: 2 on the CPU: two cache workers hand their counts to the launching process,
+    whose endpoint is scraped all along. No scrape may show more entries than the cache has
+    (each worker counts its shard, not the whole dataset), and the counters never go down
+    (a fall reads as a process restart to rate())."""
+    port = free_port()
+    scrapes: list[str] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                scrapes.append(scrape(port, timeout=2))
+            except OSError:  # not serving yet, or done
+                pass
+            stop.wait(0.1)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        proc = runner.run("spec.hardware.gpusPerNode=2", f"spec.metrics.port={port}", stage="cache")
+    finally:
+        stop.set()
+        poller.join()
+    assert_clean(proc)
+    report = runner.cache_report()
+    totals = {"text": report["text_total"], "latent": report["latents_total"]}
+    job = {"trainingjob": "smoke"}
+    scrapes = [s for s in scrapes if sample(s, N.STAGE, stage="cache", **job) == 1.0]
+    assert len(scrapes) >= 5, f"only {len(scrapes)} scrapes of the cache stage"
+    for kind, total in totals.items():
+        items = [sample(s, N.CACHE_ITEMS, kind=kind, **job) for s in scrapes]
+        done = [sample(s, N.CACHE_ITEMS_DONE, kind=kind, **job) for s in scrapes]
+        encoded = [sample(s, N.CACHE_ITEMS_ENCODED, kind=kind, **job) for s in scrapes]
+        assert max(items) == total and max(done) <= total, f"{kind}: items {sorted(set(items))}, done {sorted(set(done))}"
+        assert done[-1] == items[-1] == total, kind
+        assert encoded == sorted(encoded) and encoded[-1] == total, f"{kind}: encoded {encoded}"
+    written = [sample(s, N.CACHE_WRITTEN_BYTES, **job) for s in scrapes]
+    assert written == sorted(written) and written[-1] > 0, written

@@ -54,7 +54,7 @@ class Poller(threading.Thread):
             except OSError:  # not serving yet, or between stages
                 text = ""
             for stage in ("cache", "train"):
-                if sample(text, N.STAGE, job="smoke", stage=stage) == 1.0:
+                if sample(text, N.STAGE, trainingjob="smoke", stage=stage) == 1.0:
                     self.by_stage[stage] = text
             self.stop.wait(0.1)
 
@@ -63,11 +63,11 @@ def start_prometheus(tmp: Path, target_port: int) -> tuple[subprocess.Popen, str
     binary = require_tool("prometheus", "prometheus")
     port = free_port()
     config = tmp / "prometheus.yml"
-    # honor_labels: keep the runner's `job` label (the TrainingJob name) instead of exported_job.
+    # No honor_labels, as in the common kubernetes-pods config: the runner's `trainingjob`
+    # label must come through as it is, next to Prometheus's own `job` (the scrape job).
     config.write_text(f"""global: {{scrape_interval: 1s, evaluation_interval: 1s}}
 scrape_configs:
-  - job_name: trainingjob
-    honor_labels: true
+  - job_name: scrapejob
     static_configs: [{{targets: ["127.0.0.1:{target_port}"]}}]
 """)
     proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
@@ -127,10 +127,12 @@ def observed(tmp_path_factory, tiny_model) -> ObservedRun:
 
 def test_prometheus_scraped_the_running_job(observed: ObservedRun) -> None:
     assert_clean(observed.proc)
-    p, job, window = observed.prometheus, 'job="smoke"', "[10m]"
+    p, job, window = observed.prometheus, 'trainingjob="smoke"', "[10m]"
     # The step counter rose while it was scraped, up to the last step.
     steps = query(p, f"{N.TRAIN_STEPS}{{{job}}}{window}")
     assert len(steps) == 1
+    # Our label and Prometheus's target label side by side, neither renamed.
+    assert steps[0]["metric"]["job"] == "scrapejob" and "exported_job" not in steps[0]["metric"], steps[0]["metric"]
     values = [float(v) for _, v in steps[0]["values"]]
     assert len(set(values)) >= 2 and values == sorted(values) and values[-1] == 20.0, values
     # The loss series exists and is finite.
@@ -154,8 +156,8 @@ def test_promtool_accepts_a_scrape_of_each_stage(observed: ObservedRun) -> None:
     for stage, text in observed.scrapes.items():
         result = promtool_check_metrics(text)
         assert result.returncode == 0, f"{stage}: {result.stdout}{result.stderr}"
-    assert sample(observed.scrapes["cache"], N.CACHE_ITEMS, job="smoke", kind="latent") is not None
-    assert sample(observed.scrapes["train"], N.TRAIN_PLANNED_STEPS, job="smoke") == 20.0
+    assert sample(observed.scrapes["cache"], N.CACHE_ITEMS, trainingjob="smoke", kind="latent") is not None
+    assert sample(observed.scrapes["train"], N.TRAIN_PLANNED_STEPS, trainingjob="smoke") == 20.0
 
 
 def test_dashboard_panels_query_the_run(observed: ObservedRun) -> None:

@@ -52,8 +52,9 @@ def test_rendered_manifests_pass_kubernetes_validate_strict(accelerator, nodes, 
     for obj in objects:
         if obj["kind"] == "PodMonitor":  # a CRD kind kubernetes-validate has no schema for
             assert set(obj["spec"]) == {"selector", "podMetricsEndpoints"}
-            # Prometheus would otherwise rename our `job` label (the TrainingJob) to exported_job.
-            assert [e["honorLabels"] for e in obj["spec"]["podMetricsEndpoints"]] == [True]
+            # The runner's labels clash with no target label, so the PodMonitor needs no
+            # honorLabels (which would also let a pod overwrite `namespace` or `pod`).
+            assert [e.get("honorLabels", False) for e in obj["spec"]["podMetricsEndpoints"]] == [False]
             continue
         for version in VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)

@@ -49,6 +49,10 @@ def test_alerts_cover_stalled_nan_and_failed() -> None:
     assert {r["alert"] for r in rules} == {"TrainingJobStalled", "TrainingJobLossNaN", "TrainingJobFailed"}
     stalled = next(r for r in rules if r["alert"] == "TrainingJobStalled")
     assert N.LAST_PROGRESS in stalled["expr"] and "600" in stalled["expr"]
+    assert N.PHASE in stalled["expr"] and "3600" in stalled["expr"]  # long phases get an hour
+    failed = next(r for r in rules if r["alert"] == "TrainingJobFailed")
+    # Jobs a TrainingJob owns, not Jobs named like them (nightly-train); the cases are in alerts_test.yaml.
+    assert 'kube_job_owner{owner_kind="TrainingJob"}' in failed["expr"] and "job_name=~" not in failed["expr"]
     for r in rules:
         assert series_used(r["expr"]) <= set(N.BY_NAME), r["alert"]
 
@@ -74,12 +78,18 @@ def test_dashboard_is_a_grafana_dashboard() -> None:
     ids = [p["id"] for p in DASHBOARD["panels"]]
     assert len(ids) == len(set(ids))
     variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
-    assert variables["job"]["query"]["query"] == f"label_values({N.STAGE}, job)"
+    assert variables["namespace"]["query"]["query"] == f"label_values({N.STAGE}, namespace)"
+    assert variables["trainingjob"]["query"]["query"] == \
+        f'label_values({N.STAGE}{{namespace=~"$namespace"}}, {N.JOB_LABEL})'
+    assert variables["namespace"]["allValue"] == ".*"  # a local run has no namespace label
     for p in DASHBOARD["panels"]:
         g = p["gridPos"]
         assert g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
         assert p["datasource"]["uid"] == "${datasource}" and p["targets"], p["title"]
-        assert all('job=~"$job"' in t["expr"] for t in p["targets"]), p["title"]
+        sel = f'namespace=~"$namespace", {N.JOB_LABEL}=~"$trainingjob"'
+        assert all(t["expr"].count(sel) == t["expr"].count("trainingjob_") for t in p["targets"]), p["title"]
+        # Prometheus's `job` is the scrape job, never the TrainingJob: no panel selects or groups by it.
+        assert all(not re.search(r"\bjob\b", t["expr"] + t["legendFormat"]) for t in p["targets"]), p["title"]
 
 
 @pytest.mark.parametrize("name", [s.name for s in N.SERIES])

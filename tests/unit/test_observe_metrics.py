@@ -3,6 +3,7 @@ catch-all, cache progress as it goes (also summed from cache workers), and promt
 from __future__ import annotations
 
 import ast
+import json
 import math
 import os
 import socket
@@ -53,7 +54,7 @@ def exercise(m: Metrics) -> None:
 def test_serves_every_series_of_names_py(served: Metrics) -> None:
     exercise(served)
     text = scrape(_port(served))
-    j = {"job": "x"}
+    j = {"trainingjob": "x"}
     assert sample(text, N.TRAIN_STEPS, **j) == 3.0
     assert sample(text, N.TRAIN_PLANNED_STEPS, **j) == 20.0
     assert sample(text, N.TRAIN_EPOCH, **j) == 0.0
@@ -92,8 +93,15 @@ def test_names_follow_prometheus_conventions() -> None:
     for s in N.SERIES:
         assert s.name.startswith(N.PREFIX), s.name
         assert s.name.endswith("_total") == (s.type == "counter"), s.name
-        assert set(s.labels) <= {"stage", "rank", "kind"}, f"{s.name}: labels are job/stage/rank (+ cache kind) only"
+        assert set(s.labels) <= {"stage", "phase", "rank", "kind"}, f"{s.name}: labels are trainingjob/stage/phase/rank/kind only"
         assert not any(w in s.name for w in ("_ms", "milli", "_mb", "_gb", "kilo")), f"{s.name}: base units"
+    # Labels Prometheus attaches to every target (and, through Kubernetes service discovery and
+    # the usual relabeling, to a pod's): a series label of that name is renamed exported_<name>
+    # without honor_labels, and dashboards would then group by the scrape job.
+    target_labels = {"job", "instance", "namespace", "pod", "container", "node", "service", "endpoint"}
+    labels = {N.JOB_LABEL} | {label for s in N.SERIES for label in s.labels}
+    assert not labels & target_labels, labels & target_labels
+    assert N.JOB_LABEL == "trainingjob"
     assert len(N.BY_NAME) == len(N.SERIES)
     assert set(N.PROGRESS.values()) <= set(N.BY_NAME)
 
@@ -121,7 +129,7 @@ def test_not_serving_counts_the_same() -> None:
     m = Metrics("x", port=0)
     assert m.server is None
     exercise(m)
-    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"job": "x"}) == 3.0
+    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"trainingjob": "x"}) == 3.0
     m.close()
     m.close()
 
@@ -129,10 +137,10 @@ def test_not_serving_counts_the_same() -> None:
 def test_steps_counter_starts_at_the_resumed_step() -> None:
     m = Metrics("x")
     m.train_started(total_steps=500, start_step=200)
-    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"job": "x"}) == 200.0
+    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"trainingjob": "x"}) == 200.0
     m.step_done(201, epoch=3, seconds=0.1)
     m.train_progress(201, 500, 0.1, 1.0)  # the same step again adds nothing
-    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"job": "x"}) == 201.0
+    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"trainingjob": "x"}) == 201.0
 
 
 def test_eta_is_remaining_steps_times_the_mean_step_time() -> None:
@@ -140,14 +148,14 @@ def test_eta_is_remaining_steps_times_the_mean_step_time() -> None:
     m.train_started(total_steps=100, start_step=50)
     time.sleep(0.2)
     m.step_done(60, epoch=0, seconds=0.02)
-    eta = m.registry.get_sample_value(N.TRAIN_ETA, {"job": "x"})
+    eta = m.registry.get_sample_value(N.TRAIN_ETA, {"trainingjob": "x"})
     assert eta == pytest.approx(40 * 0.2 / 10, rel=0.5)
 
 
 def test_cache_progress_as_it_goes_and_the_final_report() -> None:
     m = Metrics("x")
     m.cache_planned("latent", total=17, todo=12)
-    get = lambda name: m.registry.get_sample_value(name, {"job": "x", "kind": "latent"})  # noqa: E731
+    get = lambda name: m.registry.get_sample_value(name, {"trainingjob": "x", "kind": "latent"})  # noqa: E731
     assert (get(N.CACHE_ITEMS), get(N.CACHE_ITEMS_DONE)) == (17.0, 5.0)
     m.cache_done("latent", 8)
     assert get(N.CACHE_ITEMS_DONE) == 13.0 and get(N.CACHE_ITEMS_ENCODED + "") == 8.0
@@ -157,7 +165,7 @@ def test_cache_progress_as_it_goes_and_the_final_report() -> None:
     # The train stage republishes the manifest's report (a dict).
     t = Metrics("x")
     t.cache_report({"text_total": 3, "text_encoded": 1, "latents_total": 7, "latents_encoded": 7})
-    assert t.registry.get_sample_value(N.CACHE_ITEMS_DONE, {"job": "x", "kind": "text"}) == 3.0
+    assert t.registry.get_sample_value(N.CACHE_ITEMS_DONE, {"trainingjob": "x", "kind": "text"}) == 3.0
 
 
 def test_bytes_written_come_from_the_writer_futures() -> None:
@@ -167,7 +175,7 @@ def test_bytes_written_come_from_the_writer_futures() -> None:
             pool.submit(lambda n=n: n).add_done_callback(m.entry_written)
         failing = pool.submit(lambda: 1 / 0)
         failing.add_done_callback(m.entry_written)
-    assert m.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"job": "x"}) == 350.0
+    assert m.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"trainingjob": "x"}) == 350.0
 
 
 def test_launching_process_sums_its_cache_workers(tmp_path: Path) -> None:
@@ -185,15 +193,153 @@ def test_launching_process_sums_its_cache_workers(tmp_path: Path) -> None:
         workers[1].cache_planned("latent", total=4, todo=3)
         workers[0].cache_done("latent", 6)  # finished: written at once
         text = scrape(_port(parent))
-        assert sample(text, N.CACHE_ITEMS, job="x", kind="latent") == 10.0
-        assert sample(text, N.CACHE_ITEMS_DONE, job="x", kind="latent") == 7.0
-        assert sample(text, N.CACHE_ITEMS_ENCODED, job="x", kind="latent") == 6.0
+        assert sample(text, N.CACHE_ITEMS, trainingjob="x", kind="latent") == 10.0
+        assert sample(text, N.CACHE_ITEMS_DONE, trainingjob="x", kind="latent") == 7.0
+        assert sample(text, N.CACHE_ITEMS_ENCODED, trainingjob="x", kind="latent") == 6.0
         for w in workers:
             w.close()
         parent.cache_planned("latent", total=10, todo=0)  # the final pass finds everything cached
-        assert sample(scrape(_port(parent)), N.CACHE_ITEMS_DONE, job="x", kind="latent") == 10.0
+        assert sample(scrape(_port(parent)), N.CACHE_ITEMS_DONE, trainingjob="x", kind="latent") == 10.0
     finally:
         parent.close()
+
+
+def _w(kinds: dict, nbytes: int = 0) -> dict:
+    return {"kinds": {k: dict(zip(("total", "done", "encoded", "rate"), v)) for k, v in kinds.items()}, "bytes": nbytes}
+
+
+def _own(latent=(0, 0, 0, 0.0), text=(0, 0, 0, 0.0)) -> dict:
+    return {k: dict(zip(("total", "done", "encoded", "rate"), v)) for k, v in (("latent", latent), ("text", text))}
+
+
+MERGE_CASES = {
+    # name: (own, planned, own bytes, workers, expected latent (total, done, encoded), expected bytes)
+    "workers only: each its shard, summed": (
+        _own(), set(), 0, [_w({"latent": (6, 6, 6, 1.0)}, 10), _w({"latent": (4, 1, 1, 1.0)}, 5)], (10, 7, 7), 15),
+    "no worker yet: own zeros": (_own(), set(), 0, [], (0, 0, 0), 0),
+    "final pass planned: own totals, workers' encodes kept in the counter": (
+        _own(latent=(10, 10, 0, 0.0)), {"latent"}, 3, [_w({"latent": (6, 6, 6, 1.0)}, 10), _w({"latent": (4, 4, 3, 1.0)}, 5)],
+        (10, 10, 9), 18),
+    "final pass re-encodes one": (
+        _own(latent=(10, 10, 1, 0.0)), {"latent"}, 0, [_w({"latent": (6, 6, 6, 1.0)})], (10, 10, 7), 0),
+    "a worker that has not planned the kind": (
+        _own(), set(), 0, [_w({"latent": (6, 2, 2, 1.0)}), _w({})], (6, 2, 2), 0),
+}
+
+
+@pytest.mark.parametrize("case", MERGE_CASES)
+def test_merge_counts_each_shard_once(case: str) -> None:
+    from runner.observe.cacheprogress import merge
+
+    own, planned, own_bytes, workers, (total, done, encoded), nbytes = MERGE_CASES[case]
+    kinds, got_bytes = merge(own, planned, own_bytes, workers)
+    assert (kinds["latent"]["total"], kinds["latent"]["done"], kinds["latent"]["encoded"]) == (total, done, encoded)
+    assert got_bytes == nbytes
+
+
+def test_cache_worker_shares_its_shard_not_the_whole_report(tmp_path: Path) -> None:
+    """A worker's CacheReport counts the whole dataset: two workers sharing it showed 2x."""
+    shards = tmp_path / "node-0"
+    parent = Metrics("x", cache_shard_dir=shards)
+    workers = [Metrics("x", cache_shard_file=shards / f"rank-{r}.json") for r in range(2)]
+    for w, (total, todo) in zip(workers, ((12, 12), (8, 7))):
+        w.cache_planned("latent", total=total, todo=todo)
+        w.cache_done("latent", todo)
+        w.cache_report(CacheReport(text_total=0, text_encoded=0, latents_total=20, latents_encoded=19))
+        w.close()
+    get = lambda name: parent.registry.get_sample_value(name, {"trainingjob": "x", "kind": "latent"})  # noqa: E731
+    assert (get(N.CACHE_ITEMS), get(N.CACHE_ITEMS_DONE), get(N.CACHE_ITEMS_ENCODED)) == (20.0, 20.0, 19.0)
+    parent.close()
+
+
+def test_cache_counters_never_fall(tmp_path: Path) -> None:
+    """Worker files removed (another node's close() did, before files were per node) and the
+    switch to the launching process's own final pass keep the counters where they were."""
+    shards = tmp_path / ".progress" / "x" / "node-0"
+    parent = Metrics("x", cache_shard_dir=shards)
+    worker = Metrics("x", cache_shard_file=shards / "rank-0.json")
+    worker.cache_planned("latent", total=5, todo=5)
+    worker.cache_done("latent", 5)
+    pool = ThreadPoolExecutor(max_workers=1)
+    pool.submit(lambda: 100).add_done_callback(worker.entry_written)
+    pool.shutdown()
+    worker.close()
+    labels = {"trainingjob": "x", "kind": "latent"}
+    seen = [(parent.registry.get_sample_value(N.CACHE_ITEMS_ENCODED, labels),
+             parent.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"trainingjob": "x"}))]
+    (shards / "rank-0.json").unlink()
+    seen.append((parent.registry.get_sample_value(N.CACHE_ITEMS_ENCODED, labels),
+                 parent.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"trainingjob": "x"})))
+    parent.cache_planned("latent", total=5, todo=0)  # the final pass finds all cached
+    seen.append((parent.registry.get_sample_value(N.CACHE_ITEMS_ENCODED, labels),
+                 parent.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"trainingjob": "x"})))
+    assert seen == [(5.0, 100.0)] * 3
+    parent.close()
+    assert not (tmp_path / ".progress").exists()  # the hand-over folders are gone
+
+
+ACTIVITY_CASES = {
+    # name: (own, planned, workers, expected)
+    "alone": (("running", 50.0), False, [], ("running", 50.0)),
+    "in a checkpoint": (("checkpoint", 50.0), False, [], ("checkpoint", 50.0)),
+    "waiting for workers: their latest progress": (("starting", 10.0), False, [("running", 40.0), ("running", 90.0)],
+                                                   ("running", 90.0)),
+    "a worker still loading its encoder": (("starting", 10.0), False, [("running", 90.0), ("starting", 20.0)],
+                                           ("starting", 90.0)),
+    "own final pass: own": (("running", 95.0), True, [("running", 90.0)], ("running", 95.0)),
+}
+
+
+@pytest.mark.parametrize("case", ACTIVITY_CASES)
+def test_latest_activity(case: str) -> None:
+    from runner.observe.cacheprogress import latest_activity
+
+    own, planned, workers, expected = ACTIVITY_CASES[case]
+    assert latest_activity(own, planned, workers) == expected
+
+
+def test_long_phases_mark_progress_and_say_what_they_are(monkeypatch) -> None:
+    """Checkpoint, validation, export, push: the timestamp moves as each starts and ends, and
+    the phase gauge names it, so TrainingJobStalled gives it an hour, not 10 minutes."""
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    m = Metrics("x")
+    labels = {"trainingjob": "x"}
+    last = lambda: m.registry.get_sample_value(N.LAST_PROGRESS, labels)  # noqa: E731
+    phase = lambda: next(p for p in N.PHASES if m.registry.get_sample_value(N.PHASE, {**labels, "phase": p}) == 1)  # noqa: E731
+    m.set_stage("train")
+    assert (phase(), last()) == ("starting", 1000.0)  # model load and compile before the first step
+    clock[0] = 1100.0
+    m.step_done(1, epoch=0, seconds=100.0)
+    assert (phase(), last()) == ("running", 1100.0)
+    for name in ("checkpoint", "validation", "export", "push"):
+        clock[0] += 10
+        with m.phase(name):
+            assert (phase(), last()) == (name, clock[0])
+            clock[0] += 1500  # a long save
+        assert (phase(), last()) == ("running", clock[0])
+    with pytest.raises(ValueError, match="phase"):
+        with m.phase("sleeping"):
+            pass
+
+
+def test_launching_process_shows_its_workers_progress(tmp_path: Path) -> None:
+    """Waiting for its cache workers, the endpoint's last progress is theirs, not its own start."""
+    shards = tmp_path / "node-0"
+    parent = Metrics("x", cache_shard_dir=shards)
+    parent.set_stage("cache")
+    worker = Metrics("x", cache_shard_file=shards / "rank-0.json")
+    worker.set_stage("cache")
+    worker.cache_planned("latent", total=4, todo=4)
+    labels = {"trainingjob": "x"}
+    assert parent.registry.get_sample_value(N.PHASE, {**labels, "phase": "starting"}) == 1.0  # loading the VAE
+    time.sleep(0.05)
+    worker.cache_done("latent", 1)  # a phase change: shared at once
+    assert parent.registry.get_sample_value(N.PHASE, {**labels, "phase": "running"}) == 1.0
+    assert parent.registry.get_sample_value(N.LAST_PROGRESS, labels) == \
+        json.loads((shards / "rank-0.json").read_text())["progressed"]
+    worker.close()
+    parent.close()
 
 
 def test_history_for_the_report(tmp_path: Path) -> None:
@@ -218,9 +364,9 @@ def test_instances_do_not_share_state() -> None:
         a.train_progress(step=5, total=10, loss=1.0, samples_per_second=1.0)
         b.train_progress(step=9, total=90, loss=2.0, samples_per_second=3.0)
         ta, tb = scrape(_port(a)), scrape(_port(b))
-        assert sample(ta, N.TRAIN_STEPS, job="a") == 5.0
-        assert sample(tb, N.TRAIN_STEPS, job="b") == 9.0
-        assert 'job="b"' not in ta and 'job="a"' not in tb
+        assert sample(ta, N.TRAIN_STEPS, trainingjob="a") == 5.0
+        assert sample(tb, N.TRAIN_STEPS, trainingjob="b") == 9.0
+        assert 'trainingjob="b"' not in ta and 'trainingjob="a"' not in tb
     finally:
         a.close()
         b.close()
@@ -250,7 +396,7 @@ def test_close_frees_the_port_for_the_next_stage() -> None:
     train = Metrics("x", port=port)
     try:
         train.set_stage("train")
-        assert sample(scrape(port), N.STAGE, job="x", stage="train") == 1.0
+        assert sample(scrape(port), N.STAGE, trainingjob="x", stage="train") == 1.0
     finally:
         train.close()
 
