@@ -154,7 +154,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.pod_monitor and not job.spec.metrics.port:
         print(f"{args.file}: warning: --pod-monitor: spec.metrics.port is 0 (no /metrics), so no PodMonitor is "
               "rendered", file=sys.stderr)
-    from runner.k8s.build import kubernetes_warnings
+    from runner.k8s.checks import kubernetes_warnings
 
     for warning in kubernetes_warnings(job.document.to_dict()):
         print(f"{args.file}: warning: {warning}", file=sys.stderr)

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from runner.k8s import build
+from runner.k8s import build, checks
 from runner.k8s import status as st
 from runner.k8s.build import KUEUE_PREFIX, Options, Owner
 
@@ -82,7 +82,7 @@ def validated(tj: dict) -> tuple[dict, list[str]]:
 
     doc, problems, _ = validate_document(spec_document(tj), source=f"trainingjob/{tj['metadata']['name']}")
     if not problems:
-        problems = build.kubernetes_problems(doc)
+        problems = checks.kubernetes_problems(doc)
     return doc, problems
 
 
@@ -127,7 +127,7 @@ def reconcile(tj: dict, observed: Observed, now: datetime, opts: Options = Optio
         out.events += [Event("Normal", "Created", f"Created {o['kind']} {o['metadata']['name']}")
                        for o in out.create if o["kind"] == "Job"]
         if any(o["kind"] == "Job" and role_of(o) == "cache" for o in out.create):  # once, as the pods start
-            out.events += [Event("Warning", "DatasetNotOnVolume", st.clip(w)) for w in build.kubernetes_warnings(doc)]
+            out.events += [Event("Warning", "DatasetNotOnVolume", st.clip(w)) for w in checks.kubernetes_warnings(doc)]
         out.patch = _suspend_patches(children, suspend)
         for role, patch in out.patch:  # the status describes the Jobs as they are about to be
             children = {**children, role: {**children[role], "spec": {**children[role]["spec"], **patch["spec"]}}}

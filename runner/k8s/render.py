@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from runner.k8s.build import STAGES, Options, build_children, kubernetes_problems, names
+from runner.k8s.build import STAGES, Options, build_children, names
+from runner.k8s.checks import kubernetes_problems
 
 SYNC_WAVE = "argocd.argoproj.io/sync-wave"
 WAVES = {"ConfigMap": "0", "PodMonitor": "0", "Service": "1"}

@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from runner.k8s import build
+from runner.k8s import build, checks
 from runner.k8s.build import Options, Owner
 from runner.k8s.render import RenderError, render_objects, render_text
 from runner.launch import images, torchrun
@@ -389,7 +389,7 @@ def test_the_pods_spec_puts_relative_paths_on_the_volumes():
 def test_what_kubernetes_needs_beyond_a_valid_spec(change, problem):
     doc = make_doc()
     change(doc)
-    problems = build.kubernetes_problems(doc)
+    problems = checks.kubernetes_problems(doc)
     assert len(problems) == 1 and problem in problems[0]
     with pytest.raises(RenderError):
         render_objects(doc, Options())
@@ -408,11 +408,11 @@ def test_a_local_dataset_on_no_volume_is_warned_about(dataset, data_volume, warn
     doc["spec"]["datasets"][1] = {"name": "mine", "type": "local", **dataset}
     if not data_volume:
         doc["spec"]["kubernetes"]["volumes"].pop("data")
-    warnings = build.kubernetes_warnings(doc)
+    warnings = checks.kubernetes_warnings(doc)
     assert len(warnings) == warned
     if warned:
         assert warnings[0].startswith("spec.datasets[1].path: ") and "is on no volume in the pod" in warnings[0]
-    assert build.kubernetes_problems(doc) == []  # an image may hold the photos: never a refusal
+    assert checks.kubernetes_problems(doc) == []  # an image may hold the photos: never a refusal
 
 
 def test_render_cli_prints_objects_in_apply_order_with_sync_waves(tmp_path):
