@@ -11,11 +11,13 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import asdict, dataclass
-from typing import BinaryIO, Sequence
+from typing import Any, BinaryIO, Sequence
 
+from runner.spec import schema as schema_mod
 from runner.spec.errors import SpecError
-from runner.spec.load import job_from_document, load_spec
-from runner.spec.parse import MAX_SPEC_BYTES, parse_document
+from runner.spec.load import job_from_document
+from runner.spec.overrides import apply_what_applies
+from runner.spec.parse import MAX_SPEC_BYTES, parse_document, read_spec_file
 
 STDIN = "-"
 STDIN_SOURCE = "<stdin>"
@@ -43,7 +45,7 @@ class Problem:
 @dataclass(frozen=True)
 class FileResult:
     file: str
-    name: str | None  # metadata.name when the spec is valid
+    name: str | None  # metadata.name whenever it is a valid name, even in an invalid spec
     problems: tuple[Problem, ...]
 
     @property
@@ -62,20 +64,33 @@ def record(line: str, source: str, severity: str = ERROR) -> Problem:
     return Problem(source, None, rest, severity, line)
 
 
+def valid_name(doc: Any) -> str | None:
+    """metadata.name of a parsed document when it is a valid name (the schema's pattern and
+    length), whatever else is wrong with the document; else None."""
+    metadata = doc.get("metadata") if isinstance(doc, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if not isinstance(name, str):
+        return None
+    rule = schema_mod.load_schema()["properties"]["metadata"]["properties"]["name"]
+    return name if len(name) <= rule["maxLength"] and re.fullmatch(rule["pattern"], name) else None
+
+
 def check_file(path: str, overrides: Sequence[str] = (), stdin: BinaryIO | None = None) -> FileResult:
     """Validate one spec (`-` reads standard input) and, when the spec is sound, its local datasets."""
     from runner.data.preflight import dataset_problems  # reads image headers; never torch
 
     source = STDIN_SOURCE if path == STDIN else path
+    doc = None
     try:
-        if path == STDIN:
-            data = (stdin or sys.stdin.buffer).read(MAX_SPEC_BYTES + 1)
-            job = job_from_document(parse_document(data, source), source, overrides)
-        else:
-            job = load_spec(path, overrides)
+        data = (stdin or sys.stdin.buffer).read(MAX_SPEC_BYTES + 1) if path == STDIN else read_spec_file(path)
+        doc = parse_document(data, source)
+        job = job_from_document(doc, source, overrides)
     except SpecError as e:
         found = [record(w, source, WARNING) for w in e.warnings]
-        return FileResult(source, None, tuple(found + [record(p, source) for p in e.problems]))
+        if overrides and isinstance(doc, dict):  # `--set metadata.name=...` names it too
+            doc = apply_what_applies(doc, overrides, "--set")[0]
+        name = valid_name(doc)
+        return FileResult(source, name, tuple(found + [record(p, source) for p in e.problems]))
     found = [record(w, source, WARNING) for w in job.warnings]
     # Data checks only make sense once the spec itself is sound.
     found += [record(f"{source}: {line}", source) for line in dataset_problems(job.document.to_dict())]

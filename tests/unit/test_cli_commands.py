@@ -103,8 +103,9 @@ def test_unexpected_exceptions_are_internal_errors_with_exit_1(cli, monkeypatch,
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(runner.spec.problems, "load_spec", boom)  # what `validate` calls per file
+    monkeypatch.setattr(runner.spec.problems, "job_from_document", boom)  # what `validate` calls per file
     monkeypatch.delenv("TRAININGJOB_DEBUG", raising=False)
+    (tmp_path / "x.yaml").write_text((REPO / "examples" / "smoke.yaml").read_text())
     result = cli("validate", tmp_path / "x.yaml")
     assert result.code == 1
     assert "internal error: RuntimeError: kaboom" in result.err

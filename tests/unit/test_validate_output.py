@@ -55,7 +55,7 @@ def test_json_output_has_a_record_per_problem_across_files(tmp_path, minimal_spe
     assert out["valid"] is False
     assert out["files"] == [
         {"file": "examples/smoke.yaml", "name": "smoke", "valid": True},
-        {"file": str(bad), "name": None, "valid": False},
+        {"file": str(bad), "name": "corpus", "valid": False},  # invalid, but its name is valid
         {"file": str(broken), "name": None, "valid": False},
         {"file": "<stdin>", "name": "smoke", "valid": True},
     ]
@@ -90,3 +90,31 @@ def test_json_output_of_valid_files_exits_0():
 def test_problem_lines_become_records(line, field, message, severity):
     p = record(line, "a.yaml")
     assert (p.file, p.field, p.message, p.severity, p.text) == ("a.yaml", field, message, severity, line)
+
+
+@pytest.mark.parametrize("doc, expected", [
+    ({"metadata": {"name": "smoke"}, "spec": {"training": {"batchSize": -1}}}, "smoke"),
+    ({"metadata": {"name": "a" * 63}}, "a" * 63),
+    ({"metadata": {"name": "a" * 64}}, None),     # longer than a DNS label
+    ({"metadata": {"name": "Smoke_1"}}, None),    # not a DNS label
+    ({"metadata": {"name": 7}}, None),
+    ({"metadata": {}}, None),
+    ({"metadata": ["name"]}, None),
+    (["metadata"], None),
+    (None, None),
+])
+def test_valid_name_table(doc, expected):
+    from runner.spec.problems import valid_name
+
+    assert valid_name(doc) == expected
+
+
+def test_json_output_names_an_invalid_spec_whose_name_is_valid(tmp_path):
+    proc = run("validate", "examples/smoke.yaml", "--set", "spec.training.batchSize=-1", "--output", "json")
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["files"] == [{"file": "examples/smoke.yaml", "name": "smoke", "valid": False}]
+    renamed = run("validate", "examples/smoke.yaml", "--set", "spec.training.batchSize=-1",
+                  "--set", "metadata.name=other", "-o", "json")
+    assert json.loads(renamed.stdout)["files"][0]["name"] == "other"
+    bad_name = run("validate", "examples/smoke.yaml", "--set", "metadata.name=Not_A_Label", "-o", "json")
+    assert json.loads(bad_name.stdout)["files"][0]["name"] is None
