@@ -188,7 +188,8 @@ def _sample_datasets(s: Session, doc: dict[str, Any], workdir: Path, n: int) -> 
         if sample:
             samples.append(sample)
     if not samples and not s.failed:
-        sample = _sample_one(s, substitute_dataset(doc), SUBSTITUTE_NAME, spec, workdir, n)
+        sample = _sample_one(s, substitute_dataset(doc), SUBSTITUTE_NAME, spec, workdir, n,
+                             stand_in_for=spec["datasets"][0]["name"])
         if sample:
             samples.append(sample)
     return samples, left_out
@@ -208,8 +209,30 @@ def _left_out_reason(ds: Mapping[str, Any], spec: Mapping[str, Any]) -> str | No
     return None
 
 
+def skipped_note(summary: str | None, stand_in_for: str | None = None) -> str:
+    """The skipped images' part of a dataset check: the real run skips the same ones, unless the
+    images are the stand-in photos, which the real run never reads."""
+    if not summary:
+        return ""
+    return f"; {summary} ({'by its settings' if stand_in_for else 'the real run skips them too'})"
+
+
+def dataset_detail(usable: int, buckets: int, sampled: str, skipped: str | None = None,
+                   stand_in_for: str | None = None) -> str:
+    """What a passed dataset check says. For the bundled photos standing in for a dataset a
+    smoke cannot read, it says so: their counts show the settings work, not that the real
+    dataset fills a batch."""
+    counts = f"{usable} usable image(s) in {buckets} bucket(s)"
+    if stand_in_for:
+        head = (f"stand-in sample photos, not dataset {stand_in_for} (a smoke run does not read it), checked with "
+                f"its settings: {counts} fill a batch of the real size")
+    else:
+        head = f"{counts} fill the real batch"
+    return f"{head}; sampled {sampled}{skipped_note(skipped, stand_in_for)}"
+
+
 def _sample_one(s: Session, ds: dict[str, Any], where: str, spec: Mapping[str, Any], workdir: Path,
-                n: int) -> Sample | None:
+                n: int, stand_in_for: str | None = None) -> Sample | None:
     from runner.data import DatasetError
     from runner.data.buckets import stratified_sample
     from runner.data.preflight import plan_dataset, size_problem
@@ -223,7 +246,9 @@ def _sample_one(s: Session, ds: dict[str, Any], where: str, spec: Mapping[str, A
     except DatasetError as e:
         s.add(Check("datasets", label, FAILED, str(e)))
         return None
-    skipped = f"; {plan.skipped_summary()} (the real run skips them too)" if plan.skipped else ""
+    skipped = skipped_note(plan.skipped_summary() if plan.skipped else None, stand_in_for)
+    if stand_in_for:
+        where = f"{where} (stand-in sample photos for dataset {stand_in_for})"
     if not plan.items:
         what = "no images (.jpg, .jpeg, .png, .webp)" if not plan.skipped else "no usable images"
         s.add(Check("datasets", label, FAILED, f"{where}: {what} under {root}{skipped}"))
@@ -235,8 +260,8 @@ def _sample_one(s: Session, ds: dict[str, Any], where: str, spec: Mapping[str, A
     chosen = stratified_sample(plan.items, n, seed=training["seed"])
     counts = ", ".join(f"{b}: {k}" for b, k in Counter(item.bucket for item in chosen).items())
     s.add(Check("datasets", label, PASSED,
-                f"{len(plan.items)} usable image(s) in {len(plan.bucket_counts())} bucket(s) fill the real batch; "
-                f"sampled {len(chosen)} ({counts}){skipped}"))
+                dataset_detail(len(plan.items), len(plan.bucket_counts()), f"{len(chosen)} ({counts})",
+                               plan.skipped_summary() if plan.skipped else None, stand_in_for)))
     return Sample(ds["name"], root, tuple(chosen), ds["captionStrategy"])
 
 

@@ -129,3 +129,15 @@ def test_an_unset_token_variable(user, tmp_path):
         "spec.output.hub.tokenEnv: spec.output.hub.push is true but the environment variable TJ_SMOKE_FAULT_TOKEN "
         "is not set or empty; set it (a CI secret, or export TJ_SMOKE_FAULT_TOKEN=...), or on Kubernetes set "
         "spec.kubernetes.secrets.hubToken")}
+
+
+def test_the_stand_in_photos_are_not_reported_as_the_real_dataset(tmp_path):
+    """The example's Hub dataset is not read in a smoke: the bundled photos stand in for it. Their
+    check must say so, not claim the real batch is filled or that the real run skips them."""
+    proc, root = smoke(REPO / "examples" / "pixart-sigma-1024.yaml", tmp_path)
+    cases = {case.attrib["name"]: case for case in root.iter("testcase")}
+    assert cases["dataset pseudo-camera-10k"].find("skipped") is not None, proc.stdout
+    line = next(ln for ln in proc.stdout.splitlines() if "dataset smoke-samples" in ln)
+    assert line.split()[0] == "PASSED" and "stand-in sample photos, not dataset pseudo-camera-10k" in line, line
+    assert "checked with its settings" in line and "smaller than minimumImageSize (by its settings)" in line, line
+    assert "the real batch" not in line and "the real run skips them too" not in line, line

@@ -51,3 +51,22 @@ def test_verdict_and_statuses():
     assert passed(CHECKS[:1] + CHECKS[2:]) and not passed(CHECKS)
     with pytest.raises(ValueError, match="status must be"):
         Check("spec", "spec", "ok")
+
+
+@pytest.mark.parametrize("args, expected", [
+    ((12, 1, "8 (64x64: 8)"), "12 usable image(s) in 1 bucket(s) fill the real batch; sampled 8 (64x64: 8)"),
+    ((12, 1, "8 (64x64: 8)", "5 skipped: 5 smaller than minimumImageSize"),
+     "12 usable image(s) in 1 bucket(s) fill the real batch; sampled 8 (64x64: 8); "
+     "5 skipped: 5 smaller than minimumImageSize (the real run skips them too)"),
+    ((12, 1, "8 (64x64: 8)", None, "pseudo-camera-10k"),
+     "stand-in sample photos, not dataset pseudo-camera-10k (a smoke run does not read it), checked with its "
+     "settings: 12 usable image(s) in 1 bucket(s) fill a batch of the real size; sampled 8 (64x64: 8)"),
+    ((12, 1, "8 (64x64: 8)", "5 skipped: 5 smaller than minimumImageSize", "pseudo-camera-10k"),
+     "stand-in sample photos, not dataset pseudo-camera-10k (a smoke run does not read it), checked with its "
+     "settings: 12 usable image(s) in 1 bucket(s) fill a batch of the real size; sampled 8 (64x64: 8); "
+     "5 skipped: 5 smaller than minimumImageSize (by its settings)"),
+])
+def test_dataset_detail_says_when_photos_stand_in(args, expected):
+    from runner.smoke.session import dataset_detail
+
+    assert dataset_detail(*args) == expected
