@@ -44,6 +44,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(problem.text, file=sys.stderr)
             if result.valid:
                 print(f"{result.file}: valid TrainingJob {result.name!r}")
+                for line in result.datasets:
+                    print(f"  {line}")
     return EXIT_OK if all(r.valid for r in results) else EXIT_INVALID
 
 

@@ -6,7 +6,7 @@ Pure functions plus thin I/O (PIL, numpy, huggingface_hub); nothing here imports
     captions    caption_for                                    (filename / textfile / instanceprompt)
     transforms  plan_crop / apply_crop / meets_minimum         (resize + crop math, 64-px buckets)
     buckets     bucket_key / group_by_bucket / check_dataset_size / bucket_batches
-    preflight   plan_dataset / dataset_problems                (used by `validate` and the cache stage)
+    preflight   plan_dataset / check_local_datasets            (used by `validate` and the cache stage)
     samples     materialize_samples                            (scikit-image photos for smoke runs)
     hub         download_dataset                               (Hub dataset repos)
 """

@@ -167,8 +167,23 @@ def _missing(where: str, path: Path) -> str:
             f"{Path.cwd()}); run from the folder the path is relative to, or make it absolute")
 
 
+def bucket_summary(where: str, name: str, counts: dict[str, int], skipped: str | None = None) -> str:
+    """One line on a local dataset that passed: its usable images per aspect bucket, the
+    fullest first, e.g. `spec.datasets[0] (photos): 17 usable images: 128x128 10, 192x128 7`."""
+    total = sum(counts.values())
+    buckets = ", ".join(f"{b} {n}" for b, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    line = f"{where} ({name}): {total} usable image{'' if total == 1 else 's'}: {buckets}"
+    return f"{line}; {skipped}" if skipped else line
+
+
 def dataset_problems(spec: dict[str, Any]) -> list[str]:
-    """Problems with the local datasets that can be checked from here (defaulted spec dict).
+    """Problems with the local datasets that can be checked from here (see check_local_datasets)."""
+    return check_local_datasets(spec)[0]
+
+
+def check_local_datasets(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Problems with the local datasets that can be checked from here (defaulted spec dict), and
+    for each local dataset without a problem its bucket_summary line: (problems, summaries).
 
     For each enabled `type: local` dataset whose path is a directory: scan, caption, filter
     and bucket it, then check one optimizer step can be filled
@@ -179,6 +194,7 @@ def dataset_problems(spec: dict[str, Any]) -> list[str]:
     if "datasets" not in spec and isinstance(spec.get("spec"), dict):
         spec = spec["spec"]
     problems: list[str] = []
+    summaries: list[str] = []
     training = spec.get("training", {}) or {}
     hardware = spec.get("hardware", {}) or {}
     batch = int(training.get("batchSize", 1))
@@ -216,4 +232,7 @@ def dataset_problems(spec: dict[str, Any]) -> list[str]:
             if plan.skipped:
                 message += f" ({plan.skipped_summary()} under {path})"
             problems.append(f"{where}: {message}")
-    return problems
+            continue
+        summaries.append(bucket_summary(where, name, plan.bucket_counts(),
+                                        plan.skipped_summary() if plan.skipped else None))
+    return problems, summaries

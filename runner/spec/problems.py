@@ -47,6 +47,7 @@ class FileResult:
     file: str
     name: str | None  # metadata.name whenever it is a valid name, even in an invalid spec
     problems: tuple[Problem, ...]
+    datasets: tuple[str, ...] = ()  # a line per local dataset that passed: usable images per bucket
 
     @property
     def valid(self) -> bool:
@@ -77,7 +78,7 @@ def valid_name(doc: Any) -> str | None:
 
 def check_file(path: str, overrides: Sequence[str] = (), stdin: BinaryIO | None = None) -> FileResult:
     """Validate one spec (`-` reads standard input) and, when the spec is sound, its local datasets."""
-    from runner.data.preflight import dataset_problems  # reads image headers; never torch
+    from runner.data.preflight import check_local_datasets  # reads image headers; never torch
 
     source = STDIN_SOURCE if path == STDIN else path
     doc = None
@@ -93,8 +94,9 @@ def check_file(path: str, overrides: Sequence[str] = (), stdin: BinaryIO | None 
         return FileResult(source, name, tuple(found + [record(p, source) for p in e.problems]))
     found = [record(w, source, WARNING) for w in job.warnings]
     # Data checks only make sense once the spec itself is sound.
-    found += [record(f"{source}: {line}", source) for line in dataset_problems(job.document.to_dict())]
-    return FileResult(source, job.name, tuple(found))
+    problems, datasets = check_local_datasets(job.document.to_dict())
+    found += [record(f"{source}: {line}", source) for line in problems]
+    return FileResult(source, job.name, tuple(found), tuple(datasets))
 
 
 def check_files(paths: Sequence[str], overrides: Sequence[str] = (), stdin: BinaryIO | None = None) -> list[FileResult]:

@@ -12,6 +12,8 @@ from runner.data.discovery import DigestMemo
 from runner.files import file_digest
 from runner.data.preflight import DatasetPlan, dataset_problems, plan_dataset, seed_key_for
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def img(path: Path, size=(256, 256), caption: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,3 +247,37 @@ def test_digest_memo_reuses_unchanged_files_and_rehashes_rewritten_ones(tmp_path
     third = plan_dataset(ds(mixed), mixed, seed=5, digest=again)
     assert {it.info.rel: it.digest for it in third.items}["square_1.png"] == "remembered"
     assert {k: v for k, v in after.items() if k != "square_0.png"} == {k: v for k, v in before.items() if k != "square_0.png"}
+
+
+@pytest.mark.parametrize("counts, skipped, expected", [
+    ({"128x128": 10, "192x128": 6, "256x128": 1}, None,
+     "spec.datasets[0] (photos): 17 usable images: 128x128 10, 192x128 6, 256x128 1"),
+    ({"256x128": 6, "128x128": 10, "192x128": 6}, None,   # fullest first, ties by name
+     "spec.datasets[0] (photos): 22 usable images: 128x128 10, 192x128 6, 256x128 6"),
+    ({"128x128": 1}, "2 skipped: 2 unreadable",
+     "spec.datasets[0] (photos): 1 usable image: 128x128 1; 2 skipped: 2 unreadable"),
+])
+def test_bucket_summary_table(counts, skipped, expected):
+    from runner.data.preflight import bucket_summary
+
+    assert bucket_summary("spec.datasets[0]", "photos", counts, skipped) == expected
+
+
+def test_local_datasets_that_pass_get_a_summary_and_the_others_a_problem(mixed):
+    from runner.data.preflight import check_local_datasets
+
+    problems, summaries = check_local_datasets(spec([ds(mixed), ds(mixed, name="second", minimumImageSize=10000)]))
+    assert [p.split(":")[0] for p in problems] == ["spec.datasets[1]"]
+    assert summaries == ["spec.datasets[0] (photos): 8 usable images: 128x128 5, 192x128 3; 1 skipped: 1 unreadable"]
+
+
+def test_validate_prints_the_bucket_counts_of_a_local_dataset(cli, tmp_path):
+    from runner.data.samples import materialize_samples
+
+    photos = materialize_samples(tmp_path / "samples")  # the scikit-image sample photos
+    result = cli("validate", REPO / "examples" / "smoke.yaml", "--set", "spec.datasets.0.type=local",
+                 "--set", f"spec.datasets.0.path={photos}")
+    assert result.code == 0, result.err
+    head, line = result.out.splitlines()
+    assert head.endswith(": valid TrainingJob 'smoke'")
+    assert line.startswith("  spec.datasets[0] (") and " usable images: " in line, line
