@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STOPPED
+from runner.launch.lock import OutputBusy, hold_output_dir, takes_lock
 from runner.spec.node import TrainingJob
 from runner.spec.plan import job_paths
 
@@ -47,18 +48,25 @@ def in_worker() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+def write_effective_spec(job: TrainingJob) -> Path:
+    """`<output.dir>/trainingjob.effective.yaml`: the spec this run runs, overrides applied and
+    every default filled in. Launched workers read it; a single-process run keeps it as a record."""
+    from runner.files import atomic_write_bytes
+
+    effective = Path(job.spec.output.dir) / "trainingjob.effective.yaml"
+    # Atomic: on a shared output volume every node writes it while the others' workers read it.
+    atomic_write_bytes(effective, yaml.safe_dump(job.document.to_dict(), sort_keys=False).encode())
+    return effective
+
+
 def launch_workers(job: TrainingJob, stage: str = "train") -> int:
     """This node's workers for `stage` (one per GPU) through torchrun (runner/launch/torchrun.py).
     They read the effective spec (overrides applied) from the output dir, where it is kept."""
-    from runner.files import atomic_write_bytes
     from runner.launch import torchrun
 
     spec = job.spec.to_dict()
     output_dir = Path(spec["output"]["dir"])
-    effective = output_dir / "trainingjob.effective.yaml"
-    effective.parent.mkdir(parents=True, exist_ok=True)
-    # Atomic: on a shared output volume every node writes it while the others' workers read it.
-    atomic_write_bytes(effective, yaml.safe_dump(job.document.to_dict(), sort_keys=False).encode())
+    effective = write_effective_spec(job)
     # torchrun would default every worker to one thread; share this node's cores instead.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec["hardware"]["gpusPerNode"])))
     return torchrun.launch(effective, job_name=job.name, hardware=spec["hardware"], stage=stage,
@@ -120,10 +128,13 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     from runner.train.guard import Diverged
 
     spec = job.spec.to_dict()
+    lock = None
     try:
         if problems := directory_problems(spec, stage):
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
             return EXIT_INVALID
+        if takes_lock(os.environ, in_worker()):  # one run per output folder (runner/launch/lock.py)
+            lock = hold_output_dir(Path(spec["output"]["dir"]), job.name, stage)
         if stage in ("train", "all") and (done := finished_step(spec)) is not None:
             print(f"[{job.name}] {finished_message(job_paths(spec), done)}", flush=True)
             return EXIT_OK
@@ -138,6 +149,8 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
             from runner.launch.torchrun import topology
 
             topology(spec["hardware"], "train", os.environ)  # a node without its peers' address fails now
+        if not in_worker():
+            write_effective_spec(job)
         if stage in ("cache", "all"):
             if in_worker():
                 run_cache_stage(job, shard_of_worker(job))
@@ -150,6 +163,9 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
         return EXIT_OK
     except WorkerFailed as e:
         return e.code
+    except OutputBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
     except (DatasetError, ModelError, CacheMismatch, PublishError, ResumeError, HardwareError, LaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
@@ -168,6 +184,9 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
                   file=sys.stderr)
             return EXIT_INTERNAL
         raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _metrics(job: TrainingJob, is_main: bool, shard=None):
