@@ -133,11 +133,11 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
         if problems := directory_problems(spec, stage):
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
             return EXIT_INVALID
-        if takes_lock(os.environ, in_worker()):  # one run per output folder (runner/launch/lock.py)
-            lock = hold_output_dir(Path(spec["output"]["dir"]), job.name, stage)
         if stage in ("train", "all") and (done := finished_step(spec)) is not None:
             print(f"[{job.name}] {finished_message(job_paths(spec), done)}", flush=True)
-            return EXIT_OK
+            return EXIT_OK  # writes nothing, so needs no lock
+        if takes_lock(os.environ, in_worker()):  # one run per output folder (runner/launch/lock.py)
+            lock = hold_output_dir(Path(spec["output"]["dir"]), job.name, stage)
         if spec["output"]["hub"].get("push"):
             hub_token(spec["output"]["hub"])  # fail before hours of work, not after
         problems = tracker_problems(spec) if stage != "cache" else []

@@ -155,3 +155,14 @@ def test_a_worker_neither_locks_nor_writes_the_effective_spec(tmp_path, stages, 
     finally:
         first.release()
     assert not (tmp_path / "out" / "trainingjob.effective.yaml").exists()
+
+
+def test_the_rerun_of_a_finished_job_touches_nothing(tmp_path, stages, monkeypatch):
+    """No lock file and no effective spec either: e2e/test_resume.py snapshots such a folder."""
+    import runner.train.completion
+    from runner.launch.run import run_job
+
+    monkeypatch.setattr(runner.train.completion, "finished_step", lambda spec: 20)
+    (tmp_path / "out").mkdir()
+    assert run_job(smoke_job(tmp_path / "out")) == 0 and stages == []
+    assert list((tmp_path / "out").iterdir()) == []
