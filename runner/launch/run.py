@@ -13,7 +13,7 @@ import yaml
 from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STOPPED
 from runner.launch.lock import OutputBusy, hold_output_dir, takes_lock
 from runner.spec.node import TrainingJob
-from runner.spec.plan import job_paths
+from runner.spec.plan import cache_fingerprint, job_paths
 
 
 
@@ -124,7 +124,7 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     from runner.train.publish import PublishError, hub_token
     from runner.train.loop import ResumeError
     from runner.train.completion import finished_message, finished_step
-    from runner.train.data import CacheMismatch
+    from runner.train.data import CacheMismatch, load_manifest
     from runner.train.guard import Diverged
 
     spec = job.spec.to_dict()
@@ -133,6 +133,8 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
         if problems := directory_problems(spec, stage):
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
             return EXIT_INVALID
+        if stage == "train":  # refused before any report or history is written (--stage all caches first)
+            load_manifest(job_paths(spec).manifest, cache_fingerprint(spec))
         if stage in ("train", "all") and (done := finished_step(spec)) is not None:
             print(f"[{job.name}] {finished_message(job_paths(spec), done)}", flush=True)
             return EXIT_OK  # writes nothing, so needs no lock
@@ -195,7 +197,7 @@ def _metrics(job: TrainingJob, is_main: bool, shard=None):
     counts to the launching process through files (runner/observe/cacheprogress.py)."""
     from runner.observe.metrics import Metrics
     from runner.observe.report import Reporter
-    from runner.spec.plan import job_paths
+    from runner.spec.plan import cache_fingerprint, job_paths
 
     from runner.launch.torchrun import node_rank
 
@@ -234,6 +236,7 @@ def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
 
     shard = shard or Shard()
     metrics = _metrics(job, shard.is_whole, shard)  # the launching process serves /metrics, not its workers
+    ended = "failed"
     try:
         metrics.set_stage("cache")
         device = pick_device(job.spec.hardware.accelerator)
@@ -254,13 +257,18 @@ def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
         if nodes > 1 and shard.is_whole and not node_shards_done(ctx.paths.cache_dir, job.name, nodes):
             print(f"[{job.name}] cache: node {node_rank(os.environ)}'s shards are done; the last node to "
                   "finish writes the manifest", flush=True)
+            ended = "completed"
             return None
         report = run_cache(ctx, shard, plans)
         metrics.cache_report(report)
         ctx.log(f"cache stage done in {time.time() - t0:.1f}s")
+        ended = "completed"
         return report
+    except KeyboardInterrupt:
+        ended = "interrupted"
+        raise
     finally:
-        metrics.close()
+        metrics.close(ended)
 
 
 def run_train_stage(job: TrainingJob) -> int:
@@ -270,12 +278,14 @@ def run_train_stage(job: TrainingJob) -> int:
 
     is_main = os.environ.get("RANK", "0") == "0"
     metrics = _metrics(job, is_main)
+    ended = "failed"
     try:
         metrics.set_stage("train")
         ctx = make_context(job, pick_device(job.spec.hardware.accelerator), metrics=metrics)
         t0 = time.time()
         result = run_train(ctx)
         if result.interrupted:
+            ended = "stopped"
             return EXIT_STOPPED
         if ctx.is_main and job.spec.output.hub.push and result.model_dir:
             from runner.train.publish import push_to_hub
@@ -294,6 +304,10 @@ def run_train_stage(job: TrainingJob) -> int:
             ctx.log(f"  validation:  {result.validation_dir}")
         if job.spec.tracking.tensorboard:
             ctx.log(f"  tensorboard: {ctx.paths.logs}")
+        ended = "completed"
         return EXIT_OK
+    except KeyboardInterrupt:
+        ended = "interrupted"
+        raise
     finally:
-        metrics.close()
+        metrics.close(ended)

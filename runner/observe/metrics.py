@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from runner.observe import names as N
 from runner.observe.cacheprogress import CacheProgress
-from runner.observe.runlog import RunLog
+from runner.observe.runlog import ENDINGS, RunLog
 
 
 class Metrics:
@@ -187,11 +187,15 @@ class Metrics:
             self._on_validation()
 
     # ---- end ----
-    def close(self) -> None:
-        """Stop serving (idempotent); the first call records the stage's duration and refreshes the report."""
+    def close(self, ended: str = "failed") -> None:
+        """Stop serving (idempotent); the first call records the stage's duration and how it
+        `ended` (one of ENDINGS: a stage closed without saying it completed did not), and
+        refreshes the report."""
+        if ended not in ENDINGS:
+            raise ValueError(f"ended {ended!r} is not one of {tuple(ENDINGS)}")
         self.cache.close()
         if self._stage:
-            self._record("stage_finished", stage=self._stage, seconds=time.time() - self._stage_started)
+            self._record("stage_finished", stage=self._stage, seconds=time.time() - self._stage_started, ended=ended)
             self._stage = ""
             if self._on_close:
                 self._on_close()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.observe import runlog
+from runner.observe.runlog import ENDINGS
 
 REPORT_NAME = "report.html"
 HISTORY_NAME = "metrics.jsonl"
@@ -113,7 +114,10 @@ def timings(history: list[dict[str, Any]]) -> list[tuple[str, str]]:
     for r in history:
         if r.get("event") == "stage_finished":
             when = dt.datetime.fromtimestamp(r["t"] - r["seconds"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-            rows.append((f"{r['stage']} stage (started {when})", _secs(r["seconds"])))
+            # Histories written before stages recorded how they ended hold completed stages only.
+            ended = r.get("ended", "completed")
+            how = "" if ended == "completed" else f", {ENDINGS.get(ended, ended)}"
+            rows.append((f"{r['stage']} stage (started {when}{how})", _secs(r["seconds"])))
     for event, label in (("checkpoint", "checkpoints"), ("validation", "validation runs")):
         secs = [float(r["seconds"]) for r in history if r.get("event") == event]
         if secs:

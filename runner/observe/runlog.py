@@ -1,7 +1,8 @@
 """The run's history as JSON lines in `<output.dir>/metrics.jsonl`: what report.html is drawn from.
 
-Appended, never rewritten, so a resumed run continues the same history; readers keep the last
-record of each step (a resume repeats the steps after its checkpoint)."""
+Appended, so a resumed run continues the same history; readers keep the last record of each
+step (a resume repeats the steps after its checkpoint). Rewritten only by `resume: none`, which
+moves the earlier run's records aside with the rest of that run (runner/train/restart.py)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,15 @@ import math
 import time
 from pathlib import Path
 from typing import Any
+
+
+# How a stage ended (the `ended` field of its stage_finished record), in the report's words.
+ENDINGS = {
+    "completed": "completed",
+    "interrupted": "interrupted (Ctrl-C): no checkpoint written",
+    "stopped": "stopped by SIGTERM after writing a checkpoint",
+    "failed": "failed",
+}
 
 
 class RunLog:
@@ -33,6 +43,31 @@ def read(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return out
+
+
+def encode(records: list[dict[str, Any]]) -> bytes:
+    """Records as the lines append() writes (for rewriting a history whole)."""
+    return "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
+
+
+def _is_cache_stage(record: dict[str, Any]) -> bool:
+    return record.get("event") in ("stage_started", "stage_finished") and record.get("stage") == "cache"
+
+
+def split_earlier_run(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the earlier runs' records, the records of this run), for `resume: none`.
+
+    This run's train stage has already recorded its start (the last `stage_started` of stage
+    train), and this invocation's cache stage may have run just before it. The earlier run's
+    records are everything up to the last train-stage record before that start (a train step,
+    checkpoint, validation, or a train stage's start or end; an earlier run killed mid-stage
+    has no end); the cache stage records after it, and everything from this train stage's
+    start on, stay. Pure."""
+    starts = [i for i, r in enumerate(records) if r.get("event") == "stage_started" and r.get("stage") == "train"]
+    current = starts[-1] if starts else len(records)
+    ends = [i for i in range(current) if not _is_cache_stage(records[i])]
+    cut = ends[-1] + 1 if ends else 0
+    return records[:cut], records[cut:]
 
 
 def _json_number(v: Any) -> Any:

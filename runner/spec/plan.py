@@ -40,6 +40,20 @@ class JobPaths:
         """Written last by a train stage that finished (export and push included)."""
         return self.output_dir / "trainingjob.complete.json"
 
+    @property
+    def report(self) -> Path:
+        return self.output_dir / "report.html"
+
+    @property
+    def history(self) -> Path:
+        """The run's history (runner/observe/runlog.py), what report.html is drawn from."""
+        return self.output_dir / "metrics.jsonl"
+
+    def train_run_outputs(self) -> tuple[Path, ...]:
+        """What a train run leaves in spec.output.dir besides its history: `resume: none` moves
+        these (and the history's records of that run) aside together."""
+        return (self.checkpoints, self.validation, self.logs, self.model, self.report, self.finished)
+
     def vae_dir(self, dataset: Mapping[str, Any]) -> Path:
         return Path(dataset["vaeCacheDir"]) if dataset.get("vaeCacheDir") else self.cache_dir / "vae" / dataset["name"]
 

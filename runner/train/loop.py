@@ -104,16 +104,13 @@ def apply_speed_options(family, transformer, spec: dict[str, Any], device: torch
             + ("later buckets share one dynamic graph)" if dynamic else "one graph per bucket)"))
 
 
-def set_aside_earlier_run(ctx: RunContext, accelerator) -> None:
-    """`resume: none` starts over. An earlier run's checkpoints in spec.output.dir are moved
-    aside, never deleted and never mixed with this run's: pruning keeps the highest step
-    numbers, so they would outlive, and delete, the new run's own. Collective."""
-    root = ctx.paths.checkpoints
-    if accelerator.is_main_process and ckpt.list_checkpoints(root):
-        aside = root.with_name(f"{root.name}.before-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-        root.rename(aside)
-        ctx.paths.finished.unlink(missing_ok=True)  # the earlier run's "complete" no longer holds
-        ctx.log(f"resume: none: moved the earlier run's checkpoints to {aside}")
+def start_over(ctx: RunContext, accelerator) -> None:
+    """`resume: none`: the main process moves the earlier run aside (runner/train/restart.py),
+    the others wait for it. Collective."""
+    from runner.train.restart import set_aside_earlier_run
+
+    if accelerator.is_main_process:
+        set_aside_earlier_run(ctx.paths, ctx.log)
     accelerator.wait_for_everyone()
 
 
@@ -124,7 +121,7 @@ def resume_state(ctx: RunContext, accelerator, optimizer, lr_scheduler) -> tuple
 
     mode = ctx.spec.training.resume
     if mode == "none":
-        set_aside_earlier_run(ctx, accelerator)
+        start_over(ctx, accelerator)
         return TrainerState(spec_hash=ctx.job.hash), None
     if mode == "auto":
         path = ckpt.latest_complete(ctx.paths.checkpoints, ctx.log)

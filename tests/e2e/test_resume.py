@@ -9,6 +9,8 @@ import shutil
 
 import pytest
 
+from runner.observe import runlog
+
 from tests.e2e.conftest import assert_clean
 from tests.e2e.train_state import RESUME_SETS, quiet_env, run, runner_with_cache, shared_cache, shared_reference
 
@@ -47,10 +49,13 @@ def test_rerun_of_a_finished_job_does_nothing_and_says_how_to_continue(tmp_path,
 
 def test_resume_none_starts_over_and_sets_the_earlier_run_aside(tmp_path, tiny_model, cache, reference):
     """Pruning keeps the highest step numbers: a fresh run into a folder holding step-10 of an
-    earlier run used to have its own checkpoints deleted as soon as they were written."""
+    earlier run used to have its own checkpoints deleted as soon as they were written. Then only
+    the checkpoints moved: the new run overwrote the earlier validation images of the same
+    steps, and its report showed the earlier run's last step as the newest."""
     runner = runner_with_cache(tmp_path, tiny_model, cache)
     shutil.copytree(reference, runner.out)
-    earlier = {p.name for p in (runner.out / "checkpoints").iterdir()}
+    earlier = {name: {p.name for p in (runner.out / name).iterdir()} for name in ("checkpoints", "validation", "model")}
+    earlier_history = runlog.read(runner.out / "metrics.jsonl")
 
     again = run(runner, *RESUME_SETS, "spec.training.resume=none", "spec.training.maxSteps=4",
                 "spec.training.checkpointEvery=2", "spec.training.checkpointsTotalLimit=1",
@@ -60,9 +65,18 @@ def test_resume_none_starts_over_and_sets_the_earlier_run_aside(tmp_path, tiny_m
     assert sorted(p.name for p in (runner.out / "checkpoints").iterdir()) == ["step-4"]
     state = json.loads((runner.out / "checkpoints" / "step-4" / "trainer_state.json").read_text())["state"]
     assert state["step"] == 4
-    [aside] = [p for p in runner.out.iterdir() if p.name.startswith("checkpoints.before-")]
-    assert {p.name for p in aside.iterdir()} == earlier  # nothing of the earlier run is lost
-    assert f"moved the earlier run's checkpoints to {aside}" in again.stdout
+    [aside] = [p for p in runner.out.iterdir() if p.name.startswith("before-")]
+    for name, entries in earlier.items():  # nothing of the earlier run is lost, nor overwritten
+        assert {p.name for p in (aside / name).iterdir()} == entries
+    assert sorted(p.name for p in (runner.out / "validation").iterdir()) == ["step-3", "step-4"]
+    # The earlier run's report (redrawn by this invocation's cache stage, from the earlier history).
+    assert "Step 10, loss" in (aside / "report.html").read_text()
+    assert json.loads((aside / "trainingjob.complete.json").read_text())["step"] == 10
+    assert runlog.read(aside / "metrics.jsonl") == earlier_history
+    assert {r["step"] for r in runlog.read(runner.out / "metrics.jsonl") if r["event"] == "train"} == {1, 4}
+    assert "Step 4, loss" in (runner.out / "report.html").read_text()
+    assert f"moved the earlier run (checkpoints, validation, model, report.html, trainingjob.complete.json, " \
+           f"its {len(earlier_history)} records in metrics.jsonl) to {aside}" in again.stdout
     assert json.loads((runner.out / "trainingjob.complete.json").read_text())["step"] == 4
 
 

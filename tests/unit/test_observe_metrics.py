@@ -350,12 +350,29 @@ def test_history_for_the_report(tmp_path: Path) -> None:
     m.train_progress(1, 2, float("nan"), 3.0, lr=0.1)
     m.checkpoint_saved(0.5)
     m.validation_done(1, 2.0, {})
-    m.close()
-    m.close()  # the stage ends once
+    m.close("interrupted")
+    m.close("completed")  # the stage ends once
     events = read_log(log)
     assert [e["event"] for e in events] == ["stage_started", "train", "checkpoint", "validation", "stage_finished"]
+    assert events[-1]["ended"] == "interrupted"  # Ctrl-C used to be recorded like a finished stage
     assert math.isnan(float(events[1]["loss"])) and events[1]["lr"] == 0.1
     assert refreshed == ["v", "c"]
+
+
+@pytest.mark.parametrize("close_with, ended", [((), "failed"), (("completed",), "completed"),
+                                                (("stopped",), "stopped"), (("interrupted",), "interrupted")])
+def test_a_stage_records_how_it_ended(tmp_path: Path, close_with: tuple, ended: str) -> None:
+    """A stage closed without saying it completed (an exception on the way out) did not."""
+    m = Metrics("x", run_log=tmp_path / "metrics.jsonl")
+    m.set_stage("cache")
+    m.close(*close_with)
+    last = read_log(tmp_path / "metrics.jsonl")[-1]
+    assert (last["event"], last["stage"], last["ended"]) == ("stage_finished", "cache", ended)
+
+
+def test_an_unknown_ending_is_refused() -> None:
+    with pytest.raises(ValueError, match="not one of"):
+        Metrics("x").close("done")
 
 
 def test_instances_do_not_share_state() -> None:

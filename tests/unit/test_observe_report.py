@@ -111,6 +111,18 @@ def test_reporter_never_fails_the_run(tmp_path: Path, capsys) -> None:
     assert "warning: could not write" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("fields, label", [
+    ({}, "train stage (started 1970-01-01 00:00:08 UTC)"),  # a history from before stages said how they ended
+    ({"ended": "completed"}, "train stage (started 1970-01-01 00:00:08 UTC)"),
+    ({"ended": "interrupted"}, "train stage (started 1970-01-01 00:00:08 UTC, interrupted (Ctrl-C): no checkpoint written)"),
+    ({"ended": "stopped"}, "train stage (started 1970-01-01 00:00:08 UTC, stopped by SIGTERM after writing a checkpoint)"),
+    ({"ended": "failed"}, "train stage (started 1970-01-01 00:00:08 UTC, failed)"),
+])
+def test_timings_say_how_a_stage_ended(fields: dict, label: str) -> None:
+    history = [{"t": 20.0, "event": "stage_finished", "stage": "train", "seconds": 12.0, **fields}]
+    assert R.timings(history) == [(label, "12.0 s")]
+
+
 @pytest.mark.parametrize("values, expected", [
     ([2.0, 2.0, 2.0], [2.0, 2.0, 2.0]),  # debiased: a constant stays constant
     ([0.0, 1.0], [0.0, 0.4 / 0.64]),  # weight 0.6: (0.6*0.4*0 + 0.4*1) / (1 - 0.6**2)
