@@ -197,8 +197,6 @@ def _metrics(job: TrainingJob, is_main: bool, shard=None):
     counts to the launching process through files (runner/observe/cacheprogress.py)."""
     from runner.observe.metrics import Metrics
     from runner.observe.report import Reporter
-    from runner.spec.plan import cache_fingerprint, job_paths
-
     from runner.launch.torchrun import node_rank
 
     paths = job_paths(job.spec.to_dict())
