@@ -11,6 +11,11 @@ is refused at once with who holds it (pid, host, start time: written into the lo
   node 0's. The lock is per stage on Kubernetes, where each stage is its own Job.
 - File systems without flock (some NFS mounts: ENOLCK, EOPNOTSUPP) run without the lock, as
   before it existed, rather than not at all.
+- In a Kubernetes pod the holder can only be a predecessor pod of the same Job, on its way out
+  (the Job replaces a pod once it has failed, as its podFailurePolicy requires), or a crashed
+  node whose NFS lock the server frees when its lease runs out (90 s for NFSv4). So a pod waits
+  for the lock (`lock_wait_s`) instead of failing its Job at once; elsewhere a second run is
+  refused at once.
 """
 from __future__ import annotations
 
@@ -29,6 +34,10 @@ LOCK_FILE = ".trainingjob.lock"
 UNSUPPORTED = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL})
 
 
+# In a pod: two NFSv4 leases, for a lock left by a node that died.
+POD_LOCK_WAIT_S = 180
+
+
 class OutputBusy(Exception):
     """Another run holds the output folder."""
 
@@ -39,21 +48,29 @@ def takes_lock(env: Mapping[str, str], in_worker: bool) -> bool:
     return not in_worker and node_rank(env) == 0
 
 
+def lock_wait_s(env: Mapping[str, str]) -> float:
+    """How long this process waits for a held output folder before it is refused (pure)."""
+    return POD_LOCK_WAIT_S if env.get("KUBERNETES_SERVICE_HOST") else 0
+
+
 def holder_record(job: str, stage: str, pid: int, host: str, started: float) -> dict[str, Any]:
     """What the holder writes into the lock file, for the message a refused run prints (pure)."""
     return {"job": job, "stage": stage, "pid": pid, "host": host,
             "started": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started))}
 
 
+def holder_text(record: Mapping[str, Any] | None) -> str:
+    """Who holds the folder, from the lock file's record (pure)."""
+    if record:
+        return (f"run of {record.get('job')!r} (stage {record.get('stage')}, pid {record.get('pid')} on host "
+                f"{record.get('host')}, started {record.get('started')})")
+    return "run (it has not yet written who it is)"
+
+
 def busy_message(folder: str, record: Mapping[str, Any] | None) -> str:
     """Why a run is refused: the folder and who holds it (pure)."""
-    if record:
-        who = (f"run of {record.get('job')!r} (stage {record.get('stage')}, pid {record.get('pid')} on host "
-               f"{record.get('host')}, started {record.get('started')})")
-    else:
-        who = "run (it has not yet written who it is)"
-    return (f"spec.output.dir: {folder} is in use by another {who}; wait for it to finish or stop it, "
-            f"or give this run another spec.output.dir")
+    return (f"spec.output.dir: {folder} is in use by another {holder_text(record)}; wait for it to finish or "
+            "stop it, or give this run another spec.output.dir")
 
 
 def _read_record(fd: int) -> dict[str, Any] | None:
@@ -90,16 +107,29 @@ class OutputLock:
             os.close(fd)
 
 
-def hold_output_dir(folder: Path, job: str, stage: str) -> OutputLock:
-    """Take `folder`'s lock for this process, or raise OutputBusy naming the holder. On a file
-    system without flock the lock is not held (OutputLock.held is False) and the run goes on."""
+def hold_output_dir(folder: Path, job: str, stage: str, wait_s: float = 0, poll_s: float = 5) -> OutputLock:
+    """Take `folder`'s lock for this process, waiting up to `wait_s` for a holder to let go, or
+    raise OutputBusy naming the holder. On a file system without flock the lock is not held
+    (OutputLock.held is False) and the run goes on."""
     import fcntl
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    deadline, told = time.monotonic() + wait_s, False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                if not told:
+                    print(f"[{job}] {folder} is held by another {holder_text(_read_record(fd))}; waiting up to "
+                          f"{wait_s:.0f} s for it to let go", flush=True)
+                    told = True
+                time.sleep(poll_s)
     except BlockingIOError:
         record = _read_record(fd)
         os.close(fd)

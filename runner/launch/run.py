@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STOPPED
-from runner.launch.lock import OutputBusy, hold_output_dir, takes_lock
+from runner.launch.lock import OutputBusy, hold_output_dir, lock_wait_s, takes_lock
 from runner.spec.node import TrainingJob
 from runner.spec.plan import cache_fingerprint, job_paths
 
@@ -139,7 +139,7 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
             print(f"[{job.name}] {finished_message(job_paths(spec), done)}", flush=True)
             return EXIT_OK  # writes nothing, so needs no lock
         if takes_lock(os.environ, in_worker()):  # one run per output folder (runner/launch/lock.py)
-            lock = hold_output_dir(Path(spec["output"]["dir"]), job.name, stage)
+            lock = hold_output_dir(Path(spec["output"]["dir"]), job.name, stage, wait_s=lock_wait_s(os.environ))
         if spec["output"]["hub"].get("push"):
             hub_token(spec["output"]["hub"])  # fail before hours of work, not after
         problems = tracker_problems(spec) if stage != "cache" else []

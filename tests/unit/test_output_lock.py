@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.launch.lock import LOCK_FILE, OutputBusy, busy_message, hold_output_dir, holder_record, takes_lock
+from runner.launch.lock import (LOCK_FILE, POD_LOCK_WAIT_S, OutputBusy, busy_message, hold_output_dir, holder_record,
+                                lock_wait_s, takes_lock)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -167,3 +168,28 @@ def test_the_rerun_of_a_finished_job_touches_nothing(tmp_path, stages, monkeypat
     (tmp_path / "out").mkdir()
     assert run_job(smoke_job(tmp_path / "out")) == 0 and stages == []
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("env, wait", [({}, 0), ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, POD_LOCK_WAIT_S)])
+def test_only_a_pod_waits_for_the_lock(env, wait):
+    assert lock_wait_s(env) == wait
+
+
+def test_a_waiting_hold_gets_the_lock_when_the_holder_lets_go(tmp_path, capsys):
+    import threading
+
+    first = hold_output_dir(tmp_path, "predecessor", "train")
+    threading.Timer(0.3, first.release).start()
+    second = hold_output_dir(tmp_path, "successor", "train", wait_s=10, poll_s=0.05)
+    try:
+        assert second.held
+        out = capsys.readouterr().out
+        assert out.count("is held by another run of 'predecessor'") == 1 and "waiting up to 10 s" in out
+    finally:
+        second.release()
+    first = hold_output_dir(tmp_path, "predecessor", "train")
+    try:
+        with pytest.raises(OutputBusy, match="in use by another run of 'predecessor'"):
+            hold_output_dir(tmp_path, "successor", "train", wait_s=0.2, poll_s=0.05)  # the holder stays: refused
+    finally:
+        first.release()
