@@ -218,14 +218,17 @@ def skipped_note(summary: str | None, stand_in_for: str | None = None) -> str:
 
 
 def dataset_detail(usable: int, buckets: int, sampled: str, skipped: str | None = None,
-                   stand_in_for: str | None = None) -> str:
+                   stand_in_for: str | None = None, too_few: str | None = None) -> str:
     """What a passed dataset check says. For the bundled photos standing in for a dataset a
     smoke cannot read, it says so: their counts show the settings work, not that the real
-    dataset fills a batch."""
+    dataset fills a batch; and a batch they are too few to fill (`too_few`, why) fails nothing,
+    as it says nothing about the real dataset."""
     counts = f"{usable} usable image(s) in {buckets} bucket(s)"
     if stand_in_for:
+        fill = (f"(too few to fill a batch of the real size, {too_few}, which says nothing about {stand_in_for})"
+                if too_few else "fill a batch of the real size")
         head = (f"stand-in sample photos, not dataset {stand_in_for} (a smoke run does not read it), checked with "
-                f"its settings: {counts} fill a batch of the real size")
+                f"its settings: {counts} {fill}")
     else:
         head = f"{counts} fill the real batch"
     return f"{head}; sampled {sampled}{skipped_note(skipped, stand_in_for)}"
@@ -253,15 +256,17 @@ def _sample_one(s: Session, ds: dict[str, Any], where: str, spec: Mapping[str, A
         what = "no images (.jpg, .jpeg, .png, .webp)" if not plan.skipped else "no usable images"
         s.add(Check("datasets", label, FAILED, f"{where}: {what} under {root}{skipped}"))
         return None
+    batch = training["batchSize"] * training["gradientAccumulationSteps"] * world_size(spec)
     problem = size_problem(ds, plan, training["batchSize"], training["gradientAccumulationSteps"], world_size(spec))
-    if problem:
+    if problem and not stand_in_for:
         s.add(Check("datasets", label, FAILED, f"{where}: {problem}{skipped}"))
         return None
     chosen = stratified_sample(plan.items, n, seed=training["seed"])
     counts = ", ".join(f"{b}: {k}" for b, k in Counter(item.bucket for item in chosen).items())
     s.add(Check("datasets", label, PASSED,
                 dataset_detail(len(plan.items), len(plan.bucket_counts()), f"{len(chosen)} ({counts})",
-                               plan.skipped_summary() if plan.skipped else None, stand_in_for)))
+                               plan.skipped_summary() if plan.skipped else None, stand_in_for,
+                               too_few=f"{batch} images an optimizer step" if problem else None)))
     return Sample(ds["name"], root, tuple(chosen), ds["captionStrategy"])
 
 

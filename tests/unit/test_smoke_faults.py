@@ -141,3 +141,14 @@ def test_the_stand_in_photos_are_not_reported_as_the_real_dataset(tmp_path):
     assert line.split()[0] == "PASSED" and "stand-in sample photos, not dataset pseudo-camera-10k" in line, line
     assert "checked with its settings" in line and "smaller than minimumImageSize (by its settings)" in line, line
     assert "the real batch" not in line and "the real run skips them too" not in line, line
+
+
+def test_too_few_stand_in_photos_for_the_real_batch_fail_nothing(tmp_path):
+    """12 stand-in photos cannot fill a batch of 16 x 2 steps: that says nothing about the real
+    dataset, so the check passes and says so (it failed the whole smoke before)."""
+    proc, root = smoke(REPO / "examples" / "pixart-sigma-1024.yaml", tmp_path, "--set", "spec.training.batchSize=16")
+    line = next(ln for ln in proc.stdout.splitlines() if "dataset smoke-samples" in ln)
+    assert line.split()[0] == "PASSED", line
+    assert "too few to fill a batch of the real size, 32 images an optimizer step, which says nothing about " \
+           "pseudo-camera-10k" in line, line
+    assert "dataset smoke-samples" not in failures(root)

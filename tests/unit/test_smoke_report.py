@@ -65,6 +65,10 @@ def test_verdict_and_statuses():
      "stand-in sample photos, not dataset pseudo-camera-10k (a smoke run does not read it), checked with its "
      "settings: 12 usable image(s) in 1 bucket(s) fill a batch of the real size; sampled 8 (64x64: 8); "
      "5 skipped: 5 smaller than minimumImageSize (by its settings)"),
+    ((12, 1, "8 (64x64: 8)", None, "pseudo-camera-10k", "32 images an optimizer step"),
+     "stand-in sample photos, not dataset pseudo-camera-10k (a smoke run does not read it), checked with its "
+     "settings: 12 usable image(s) in 1 bucket(s) (too few to fill a batch of the real size, 32 images an "
+     "optimizer step, which says nothing about pseudo-camera-10k); sampled 8 (64x64: 8)"),
 ])
 def test_dataset_detail_says_when_photos_stand_in(args, expected):
     from runner.smoke.session import dataset_detail
