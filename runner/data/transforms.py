@@ -199,11 +199,12 @@ def _check_plan(plan: CropPlan) -> None:
 # ----------------------------------------------------------------------------- pixels
 
 def to_rgb(image):
-    """Any PIL image -> 8-bit RGB. Transparent pixels are composited onto white; 16-bit and
+    """Any PIL image -> 8-bit RGB. Transparent pixels (an alpha channel, or a PNG's transparent
+    colour in palette, greyscale and RGB images alike) are composited onto white; 16-bit and
     float greyscale are scaled to 0-255 instead of clipped."""
     from PIL import Image
 
-    if image.mode == "RGB":
+    if image.mode == "RGB" and "transparency" not in image.info:
         return image
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         import numpy as np
@@ -215,7 +216,7 @@ def to_rgb(image):
             top = float(arr.max()) if arr.size and arr.max() > 255 else 255.0
         arr = np.clip(arr / (top or 1.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr).convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:  # a tRNS chunk: one colour is transparent
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")

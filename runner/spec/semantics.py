@@ -150,6 +150,23 @@ def _paths(spec: dict[str, Any], cwd: str | None = None) -> Iterator[Finding]:
                           "directory of its own, e.g. output/my-job or /data/my-images")
 
 
+def _output_in_dataset(spec: dict[str, Any], cwd: str | None = None) -> Iterator[Finding]:
+    """An output.dir in a local dataset folder: discovery would find the run's own validation
+    images there, and the next run would train on them."""
+    output = spec["output"].get("dir")
+    if not isinstance(output, str) or not output:
+        return
+    out = os.path.realpath(os.path.join(cwd or os.getcwd(), output))
+    for where, path in dataset_dirs(spec):
+        if not isinstance(path, str):
+            continue
+        data = os.path.realpath(os.path.join(cwd or os.getcwd(), path))
+        if out == data or out.startswith(data.rstrip(os.sep) + os.sep):
+            yield ERROR, (f"spec.output.dir: {output!r} is inside {where} {path!r}, so the run's validation images "
+                          "would be found there and trained on by the next run; put the output in a folder of "
+                          "its own, e.g. output/my-job")
+
+
 def is_filesystem_root(path: str, cwd: str | None = None) -> bool:
     """True if `path` (relative ones from `cwd`, default the working directory) is a filesystem root."""
     full = os.path.realpath(os.path.join(cwd or os.getcwd(), path))
@@ -247,6 +264,7 @@ def _wandb(spec: dict[str, Any]) -> Iterator[Finding]:
 
 RULES: tuple[Callable[[dict[str, Any]], Iterator[Finding]], ...] = (
     _steps_or_epochs, _warmup, _resolutions, _guidance, _mps_precision, _datasets, _dataset_sizes, _seed, _ddp, _paths,
+    _output_in_dataset,
     _secret_references, _fused_feed_forward, _hub, _wandb)
 
 

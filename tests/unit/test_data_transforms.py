@@ -233,6 +233,21 @@ def test_to_rgb(mode, fill, expected):
     assert out.mode == "RGB" and out.getpixel((3, 3)) == expected
 
 
+@pytest.mark.parametrize("mode, transparent, other", [
+    ("L", 0, 90), ("RGB", (0, 0, 0), (90, 90, 90)), ("P", 0, 1)])
+def test_a_png_transparent_colour_becomes_white_in_every_mode(tmp_path, mode, transparent, other):
+    """A PNG tRNS chunk names one transparent colour: read back, its pixels become white, as RGBA
+    and palette images' transparent pixels do, and the other pixels keep their colour."""
+    im = Image.new(mode, (8, 8), transparent)
+    im.putpixel((0, 0), other)
+    if mode == "P":
+        im.putpalette([0, 0, 0, 90, 90, 90] + [0] * 762)
+    im.save(tmp_path / "t.png", transparency=transparent if mode != "P" else 0)
+    out = to_rgb(Image.open(tmp_path / "t.png"))
+    assert out.mode == "RGB" and out.getpixel((3, 3)) == (255, 255, 255)
+    assert out.getpixel((0, 0)) == (90, 90, 90)
+
+
 def test_apply_crop_returns_exact_target_for_odd_sizes():
     rng = random.Random(1)
     for _ in range(15):

@@ -187,6 +187,24 @@ def test_a_fused_feed_forward_with_fp8_is_refused(minimal_spec, feed_forward, fp
         job_from_document(doc)
 
 
+@pytest.mark.parametrize("dataset, output, refused", [
+    ("data/photos", "data/photos/out", True),
+    ("data/photos", "data/photos", True),
+    ("data/photos/", "./data/photos/runs/x", True),
+    ("data/photos", "data/photos-out", False),  # a sibling with a common prefix
+    ("data/photos", "output/x", False),
+])
+def test_an_output_dir_inside_a_dataset_folder_is_refused(tmp_path, minimal_spec, dataset, output, refused):
+    doc = parse_document(minimal_spec)
+    doc["spec"]["datasets"][0]["path"] = dataset
+    doc["spec"]["output"] = {"dir": output}
+    found = list(semantics._output_in_dataset(doc["spec"], cwd=str(tmp_path)))
+    assert bool(found) == refused
+    if refused:
+        assert found[0][0] == semantics.ERROR
+        assert found[0][1].startswith(f"spec.output.dir: {output!r} is inside spec.datasets[0].path {dataset!r}")
+
+
 def test_warnings_still_print_when_the_spec_is_rejected(tmp_path, cli, minimal_spec):
     spec = tmp_path / "job.yaml"
     spec.write_text(minimal_spec + "    batchSize: 0\n  validation:\n    guidance: 9\n")
