@@ -8,7 +8,8 @@ Probing reads only the header: a JPEG whose *body* is truncated still probes fin
 later when it is decoded (see `transforms.load_image`). A file whose header is cut short,
 or that is not an image at all, is skipped here, and so is anything that could hang or
 exhaust the process later: a FIFO or device named like an image, a symlink loop, an
-unreadable file, a name that is not UTF-8, an image over MAX_IMAGE_PIXELS.
+unreadable file, a name that is not UTF-8, an image over MAX_IMAGE_PIXELS. Linked folders are
+followed, each real folder once, so a link loop is not walked.
 """
 from __future__ import annotations
 
@@ -52,8 +53,20 @@ class ImageInfo:
 
 
 def _walk(root: Path) -> Iterator[Path]:
-    """Every non-hidden regular file under root (hidden = a path part below root starting with '.')."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    """Every non-hidden file under root (hidden = a path part below root starting with '.').
+    Linked folders are followed (datasets are often put together from links), each real folder
+    once: a link back up the tree, or a second link to a folder already walked, is not entered."""
+    walked: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in walked:
+            dirnames[:] = []
+            continue
+        walked.add((st.st_dev, st.st_ino))
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if not name.startswith("."):

@@ -228,3 +228,16 @@ def test_unreadable_file_is_skipped_with_a_fix(tmp_path):
     usable, skipped = json.loads(proc.stdout)
     assert usable == ["ok.png"]
     assert skipped == [["locked.png", "cannot read (Permission denied); make it readable (chmod a+r) or remove it"]]
+
+
+def test_linked_folders_are_followed_each_real_folder_once(tmp_path):
+    root, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    write_image(root / "own.png", size=(64, 64))
+    write_image(elsewhere / "linked.png", size=(64, 64))
+    (root / "more").symlink_to(elsewhere, target_is_directory=True)  # images kept in another folder
+    (root / "again").symlink_to(elsewhere, target_is_directory=True)  # the same folder a second time
+    (elsewhere / "back").symlink_to(root, target_is_directory=True)  # a loop through the link
+    usable, skipped = scan(root)
+    rels = [i.rel for i in usable]
+    assert rels.count("own.png") == 1 and len(rels) == 2 and skipped == []
+    assert {r for r in rels if r.endswith("linked.png")} <= {"again/linked.png", "more/linked.png"}
