@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -109,17 +110,23 @@ def find_images(root: Path) -> list[Path]:
 
 
 def _orientation(image) -> int:
-    """EXIF orientation from the bytes PIL already read with the header (never decodes pixels)."""
+    """The orientation from the metadata PIL already read with the header (never decodes pixels):
+    EXIF's tag, else XMP's tiff:Orientation, as ImageOps.exif_transpose reads them when the image
+    is decoded, so the planned size and the decoded one agree."""
     from PIL import Image
 
-    raw = image.info.get("exif")
-    if not raw:
-        return 1
+    value = 1
     try:
-        exif = Image.Exif()
-        exif.load(raw)
-        value = int(exif.get(EXIF_ORIENTATION_TAG, 1))
-    except Exception:  # malformed EXIF: treat as upright rather than dropping the image
+        if raw := image.info.get("exif"):
+            exif = Image.Exif()
+            exif.load(raw)
+            value = int(exif.get(EXIF_ORIENTATION_TAG, 1))
+        elif xmp := image.info.get("xmp") or image.info.get("XML:com.adobe.xmp"):
+            text = xmp.decode("utf-8", "replace") if isinstance(xmp, bytes) else str(xmp)
+            # Pillow's own pattern (Image.getexif), as an attribute or an element
+            if match := re.search(r'tiff:Orientation(="|>)([0-9])', text):
+                value = int(match[2])
+    except Exception:  # malformed metadata: treat as upright rather than dropping the image
         return 1
     return value if 1 <= value <= 8 else 1
 

@@ -241,3 +241,16 @@ def test_linked_folders_are_followed_each_real_folder_once(tmp_path):
     rels = [i.rel for i in usable]
     assert rels.count("own.png") == 1 and len(rels) == 2 and skipped == []
     assert {r for r in rels if r.endswith("linked.png")} <= {"again/linked.png", "more/linked.png"}
+
+
+def test_an_xmp_only_orientation_is_read_as_the_decoder_applies_it(tmp_path):
+    """A JPEG whose orientation is only in XMP: planned as the decoder (exif_transpose) turns it,
+    not as stored (it was skipped in the cache stage as "changed since it was scanned")."""
+    from PIL import Image, ImageOps
+
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    Image.new("RGB", (256, 192), (1, 2, 3)).save(tmp_path / "turned.jpg", "JPEG", xmp=xmp)
+    [info], skipped = scan(tmp_path)
+    decoded = ImageOps.exif_transpose(Image.open(tmp_path / "turned.jpg"))
+    assert (info.width, info.height) == decoded.size == (192, 256) and skipped == []
