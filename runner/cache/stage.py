@@ -388,6 +388,8 @@ def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheRepor
         items = [{
             "rel": item.info.rel,
             "path": str(Path(item.info.path).resolve()),
+            "size": item.info.size_bytes,  # with mtime_ns: the train stage tells whether the file changed since
+            "mtime_ns": item.info.mtime_ns,
             "caption": item.caption,
             "text_key": text_keys[item.caption],
             "latent_key": latent_keys.get((ds["name"], item.info.rel)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,25 @@ def load_manifest(manifest_path: Path, expected_fingerprint: str) -> dict[str, A
         raise CacheMismatch(f"{manifest_path}: the cache was built for different model/dataset/validation settings; "
                             "run the cache stage again (only what changed is re-encoded)")
     return manifest
+
+
+def source_changes(manifest: dict[str, Any]) -> list[str]:
+    """The cached images whose files are gone or were rewritten (size or mtime) since the cache
+    stage, as `dataset/rel (how)`. The train stage trains on the cache, so these train as they
+    were cached: worth a warning, not a stop. Items of older manifests carry no size: unchecked."""
+    changed = []
+    for ds in manifest["datasets"]:
+        for it in json.loads(Path(ds["manifest"]).read_text())["items"]:
+            if "size" not in it:
+                continue
+            try:
+                st = os.stat(it["path"])
+            except OSError:
+                changed.append(f"{ds['name']}/{it['rel']} (gone)")
+                continue
+            if st.st_size != it["size"] or st.st_mtime_ns != it["mtime_ns"]:
+                changed.append(f"{ds['name']}/{it['rel']} (rewritten)")
+    return changed
 
 
 @dataclass(frozen=True)

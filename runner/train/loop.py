@@ -18,7 +18,7 @@ from runner.spec.plan import cache_fingerprint, step_plan
 from runner.train import checkpoint as ckpt
 from runner.train import distributed
 from runner.train.checkpoint import TrainerState
-from runner.train.data import TrainingData, load_manifest, training_data
+from runner.train.data import TrainingData, load_manifest, source_changes, training_data
 from runner.train.guard import Guard, Stop
 
 
@@ -174,6 +174,10 @@ def run_train(ctx: RunContext) -> TrainResult:
     set_seed(training["seed"] + ctx.rank)
 
     data = training_data(spec, manifest, rank=ctx.rank, world_size=ctx.world_size, pin_memory=device.type == "cuda")
+    if ctx.is_main and (changed := source_changes(manifest)):
+        ctx.log(f"warning: {len(changed)} image(s) changed since the cache stage ({', '.join(changed[:3])}"
+                f"{', ...' if len(changed) > 3 else ''}); training uses them as cached, and images added since are "
+                "not trained on. Run the cache stage again (--stage cache or all) to train on the folder as it is")
     plan = step_plan(spec, data.batches_per_epoch)
     transformer = family.load_transformer(model_dir, bit_fit=spec["model"]["bitFit"],
                                           gradient_checkpointing=training["gradientCheckpointing"])

@@ -86,3 +86,25 @@ def test_repeats_change_training_without_recaching(runner):
     assert_clean(twice)
     per_epoch = [int(re.search(r"\((\d+) per epoch\)", p.stdout).group(1)) for p in (once, twice)]
     assert per_epoch[1] >= 2 * per_epoch[0]
+
+
+def test_train_stage_warns_about_images_changed_since_the_cache(runner, sample_photos):
+    """The train stage trains on the cache: images deleted or rewritten since then train as they
+    were cached. It says so, naming them, and trains; an unchanged folder gets no warning."""
+    photos = runner.tmp / "photos"
+    shutil.copytree(sample_photos, photos)
+    local = ("spec.datasets.0.type=local", f"spec.datasets.0.path={photos}", "spec.training.maxSteps=1",
+             "spec.validation.prompts=[]")
+    assert_clean(runner.run(*local, stage="cache"))
+    quiet = runner.run(*local, stage="train")
+    assert_clean(quiet)
+    assert "changed since the cache stage" not in quiet.stdout + quiet.stderr
+    images = sorted(p for p in photos.rglob("*") if p.suffix in (".png", ".jpg"))
+    images[0].unlink()
+    images[1].write_bytes(images[1].read_bytes() + b"\0")  # same pixels, another file
+    proc = runner.run(*local, f"spec.output.dir={runner.tmp / 'out2'}", stage="train")
+    assert_clean(proc)
+    out = proc.stdout + proc.stderr
+    assert "warning: 2 image(s) changed since the cache stage (" in out, out[-3000:]
+    assert f"photos/{images[0].relative_to(photos).as_posix()} (gone)" in out
+    assert f"photos/{images[1].relative_to(photos).as_posix()} (rewritten)" in out
