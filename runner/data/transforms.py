@@ -274,3 +274,31 @@ def apply_crop(image, plan: CropPlan):
     if out.size != plan.target_size:  # cannot happen for a checked plan
         raise AssertionError(f"cropped to {out.size}, expected {plan.target_size}")
     return out
+
+
+RERUN_CACHE = "re-run the cache stage (trainingjob run FILE --stage cache) so it plans the dataset as it is now"
+
+
+def crop_planned_file(path: Path | str, plan: CropPlan):
+    """Decode the image at `path` and apply `plan` to it: images planned by the cache stage and
+    decoded later, while training (vaeCacheDisable). Raises DatasetError naming the file and
+    saying to re-run the cache stage when the file is gone, unreadable, corrupt, or no longer
+    the size it was planned for."""
+    from PIL import Image
+
+    def changed(what: str) -> DatasetError:
+        return DatasetError(f"{path}: {what}; the file changed after the cache stage planned it, {RERUN_CACHE}")
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return apply_crop(im, plan)
+    except ImageMismatchError as e:
+        raise changed(str(e).replace("; the file changed since it was scanned", "")) from None
+    except FileNotFoundError:
+        raise changed("the image no longer exists") from None
+    except Image.DecompressionBombError:
+        raise changed("the image is too large to decode safely") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
+        raise changed(f"cannot read or decode the image ({reason})") from None
