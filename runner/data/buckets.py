@@ -111,7 +111,8 @@ class BucketReport:
                      f"batch and are dropped ({sum(self.dropped.values())} of {total} image(s))")
         if not total:  # no image got as far as a bucket: batch sizes are not the problem
             return text + (". Fix: add images; where images were skipped, the list above gives each one's reason "
-                           "(a missing caption file, an image that cannot be read, or one under minimumImageSize)")
+                           "(a missing caption file, an image that cannot be read, one under minimumImageSize, "
+                           "or one more elongated than 4:1)")
         text += (". Fix: add images, lower spec.training.batchSize or spec.training.gradientAccumulationSteps, "
                  "use cropAspect: square (with crop: true) so all images share one bucket, "
                  "or lower minimumImageSize")

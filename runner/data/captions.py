@@ -55,11 +55,37 @@ def caption_path(image_path: Path) -> Path:
     return image_path.with_name(image_path.stem + ".txt")
 
 
+_UTF16_BOMS = (("\ufeff".encode("utf-16-le"), "utf-16-le"), ("\ufeff".encode("utf-16-be"), "utf-16-be"))
+_RESAVE = "re-save it as UTF-8"
+
+
+def decode_caption_bytes(data: bytes) -> str:
+    """A caption file's bytes -> text: UTF-8 (with or without a BOM) or UTF-16 with a BOM.
+
+    Raises ValueError with the reason (without the file name) for anything else, and for text
+    holding NUL characters (a BOM-less UTF-16 file reads as 'a\\x00 \\x00c\\x00...' in UTF-8)."""
+    for bom, encoding in _UTF16_BOMS:
+        if data.startswith(bom):
+            try:
+                text = data[len(bom):].decode(encoding)
+            except UnicodeDecodeError:
+                raise ValueError(f"is not valid UTF-16 text after its byte-order mark; {_RESAVE}") from None
+            break
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ValueError(f"is not UTF-8 text; {_RESAVE}") from None
+    if "\x00" in text:
+        raise ValueError("contains NUL bytes (UTF-16 saved without a byte-order mark?); " + _RESAVE)
+    return text
+
+
 def read_caption_file(image_path: Path, root: Path | None = None) -> str:
     """First non-empty line of the image's sibling .txt file, stripped.
 
     Raises CaptionError naming the image and the expected .txt path when the file is
-    missing, unreadable, not UTF-8 or blank."""
+    missing, unreadable, not text (see decode_caption_bytes) or blank."""
     txt = caption_path(image_path)
     name = _display(image_path, root)
     want = _display(txt, root)
@@ -75,9 +101,9 @@ def read_caption_file(image_path: Path, root: Path | None = None) -> str:
     except OSError as e:
         raise _fail(name, f"cannot read caption file {want} ({e.strerror or e})") from None
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise _fail(name, f"caption file {want} is not UTF-8 text") from None
+        text = decode_caption_bytes(data)
+    except ValueError as e:
+        raise _fail(name, f"caption file {want} {e}") from None
     for line in text.splitlines():
         line = _WHITESPACE.sub(" ", line).strip()
         if line:

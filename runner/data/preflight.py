@@ -16,7 +16,7 @@ from typing import Any, Callable
 from runner.data.buckets import bucket_key, check_dataset_size, group_by_bucket
 from runner.data.captions import CaptionError, caption_for
 from runner.data.discovery import ImageInfo, scan
-from runner.data.transforms import CropPlan, meets_minimum, plan_crop
+from runner.data.transforms import CropPlan, aspect_problem, meets_minimum, plan_crop
 
 # Schema defaults of a dataset entry, so a non-defaulted dict works too.
 DATASET_DEFAULTS: dict[str, Any] = {
@@ -76,6 +76,8 @@ def _reason_kind(reason: str) -> str:
         return "with an unusable caption file"
     if "minimumImageSize" in reason:
         return "smaller than minimumImageSize"
+    if "aspect ratio" in reason:
+        return "with an aspect ratio beyond 4:1"
     if "unsupported format" in reason:
         return "in an unsupported format"
     return "unreadable"
@@ -99,7 +101,8 @@ def plan_dataset(ds: dict[str, Any], root: Path, seed: int, digest: Callable[[Im
     """Scan `root` and plan every image of dataset entry `ds` (a spec.datasets item).
 
     Images are skipped (with a reason) when unreadable, when their caption cannot be found
-    (textfile), or when smaller than minimumImageSize. With `digest` (the cache stage passes a
+    (textfile), when smaller than minimumImageSize, or when more elongated than
+    transforms.MAX_ASPECT_RATIO (4:1) either way. With `digest` (the cache stage passes a
     DigestMemo) each item gets its content digest, which also seeds the random crop; without
     it (preflight) the seed comes from rel path + size + mtime_ns and only headers are read.
     Raises DatasetError if `root` is not a directory."""
@@ -120,6 +123,10 @@ def plan_dataset(ds: dict[str, Any], root: Path, seed: int, digest: Callable[[Im
         if not meets_minimum(info.width, info.height, minimum, res_type):
             unit = "MP (1.0 = 1024x1024)" if res_type == "area" else "px on the shorter side"
             skipped.append((info.rel, f"{info.width}x{info.height} is smaller than minimumImageSize {minimum} {unit}"))
+            continue
+        too_elongated = aspect_problem(info.width, info.height)
+        if too_elongated:
+            skipped.append((info.rel, too_elongated))
             continue
         kept.append((info, caption))
 

@@ -42,6 +42,11 @@ PIXART_ASPECT_BINS_1024: tuple[tuple[int, int], ...] = (
     (704, 1472), (640, 1536), (640, 1600), (576, 1728), (512, 2048),
 )
 
+# The widest of those bins is 4:1 either way (2048x512, 512x2048): an image beyond it has no
+# bin, and its preserve/crop-false target grows with its aspect (20000x100 at 1024 px would be
+# a 204800x1024 sample), so plan_dataset skips it.
+MAX_ASPECT_RATIO: int = max(max(w, h) // min(w, h) for w, h in PIXART_ASPECT_BINS_1024)
+
 
 class ImageMismatchError(DatasetError, ValueError):
     """The image handed to apply_crop is not the size its plan was made for."""
@@ -90,6 +95,16 @@ def scale_to_size(width: int, height: int, size: float, resolution_type: str) ->
     else:
         raise ValueError(f"unknown resolutionType {resolution_type!r}; expected area or pixel")
     return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def aspect_problem(width: int, height: int, limit: int = MAX_ASPECT_RATIO) -> str | None:
+    """Why a width x height image is too elongated to train on (longer side more than `limit`
+    times the shorter), or None when it is within limit:1 either way."""
+    longer, shorter = max(width, height), min(width, height)
+    if shorter <= 0 or longer <= limit * shorter:
+        return None
+    return (f"{width}x{height} has aspect ratio {longer / shorter:.4g}:1, beyond the {limit}:1 limit "
+            f"(PixArt's widest aspect bin); crop it to at most {limit}:1 or remove it")
 
 
 # ----------------------------------------------------------------------------- buckets
@@ -260,3 +275,31 @@ def apply_crop(image, plan: CropPlan):
     if out.size != plan.target_size:  # cannot happen for a checked plan
         raise AssertionError(f"cropped to {out.size}, expected {plan.target_size}")
     return out
+
+
+RERUN_CACHE = "re-run the cache stage (trainingjob run FILE --stage cache) so it plans the dataset as it is now"
+
+
+def crop_planned_file(path: Path | str, plan: CropPlan):
+    """Decode the image at `path` and apply `plan` to it: images planned by the cache stage and
+    decoded later, while training (vaeCacheDisable). Raises DatasetError naming the file and
+    saying to re-run the cache stage when the file is gone, unreadable, corrupt, or no longer
+    the size it was planned for."""
+    from PIL import Image
+
+    def changed(what: str) -> DatasetError:
+        return DatasetError(f"{path}: {what}; the file changed after the cache stage planned it, {RERUN_CACHE}")
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return apply_crop(im, plan)
+    except ImageMismatchError as e:
+        raise changed(str(e).replace("; the file changed since it was scanned", "")) from None
+    except FileNotFoundError:
+        raise changed("the image no longer exists") from None
+    except Image.DecompressionBombError:
+        raise changed("the image is too large to decode safely") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
+        raise changed(f"cannot read or decode the image ({reason})") from None

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from runner.cache.keys import entry_path
+from runner.data import DatasetError
 from runner.spec.plan import enabled_datasets
 
 if TYPE_CHECKING:
@@ -113,13 +114,22 @@ class CachedDataset(torch.utils.data.Dataset):
         embed = load_file(str(entry_path(self.text_dir, self.empty_key if drop else s.text_key)))["prompt_embeds"]
         if s.latent_path is not None:
             return {"latent": load_file(s.latent_path)["latent"], "embed": embed}
-        from PIL import Image
-
-        from runner.data.transforms import CropPlan, apply_crop
+        from runner.data.transforms import CropPlan, crop_planned_file
 
         plan = CropPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.plan.items()})
-        with Image.open(s.image_path) as im:
-            return {"pixels": self.to_tensor(apply_crop(im, plan)), "embed": embed}
+        # A file deleted, corrupted or replaced since the cache stage: DatasetError naming it.
+        return {"pixels": self.to_tensor(crop_planned_file(s.image_path, plan)), "embed": embed}
+
+
+def _from_worker(e: DatasetError) -> DatasetError:
+    """A DatasetError raised in a DataLoader worker comes back rebuilt around the worker's
+    whole traceback ("Caught DatasetError in DataLoader worker process 0 ... Original
+    Traceback ..."): keep only the user's message, its last line."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return e
+    last = text.rstrip().splitlines()[-1]
+    return DatasetError(last.split(": ", 1)[1] if last.startswith(("runner.", "DatasetError")) and ": " in last else last)
 
 
 # Text lengths rounded up to a multiple of 64: a handful of shapes instead of one per batch, so
@@ -184,8 +194,11 @@ class TrainingData:
             loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate,
                                                  num_workers=self.workers, pin_memory=self.pin_memory,
                                                  generator=torch.Generator().manual_seed(own))
-            for i, batch in enumerate(loader, start=start + 1):
-                yield epoch, i, batch
+            try:
+                for i, batch in enumerate(loader, start=start + 1):
+                    yield epoch, i, batch
+            except DatasetError as e:
+                raise _from_worker(e) from None
             epoch, start = epoch + 1, 0
 
 

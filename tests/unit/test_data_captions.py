@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from runner.data import DatasetError
-from runner.data.captions import CaptionError, caption_for, caption_from_filename
+from runner.data.captions import CaptionError, caption_for, caption_from_filename, decode_caption_bytes
 from runner.data.discovery import ImageInfo
 
 
@@ -65,7 +65,8 @@ def test_textfile_strategy(tmp_path, content, expected):
     ("missing", r"sub/pic\.jpg: no caption file; captionStrategy textfile expects sub/pic\.txt"),
     ("empty", r"sub/pic\.jpg: caption file sub/pic\.txt is empty"),
     ("blank", r"sub/pic\.jpg: caption file sub/pic\.txt is empty"),
-    ("binary", r"sub/pic\.jpg: caption file sub/pic\.txt is not UTF-8"),
+    ("binary", r"sub/pic\.jpg: caption file sub/pic\.txt is not UTF-8 text; re-save it as UTF-8"),
+    ("utf16-no-bom", r"sub/pic\.jpg: caption file sub/pic\.txt contains NUL bytes .*; re-save it as UTF-8"),
     ("dir", r"sub/pic\.txt is a directory"),
     ("fifo", r"sub/pic\.txt is not a regular file"),  # reading a FIFO would block forever
     ("loop", r"cannot read caption file sub/pic\.txt \(Too many levels of symbolic links\)"),
@@ -80,7 +81,9 @@ def test_textfile_errors_name_image_and_expected_path(tmp_path, setup, match):
     elif setup == "blank":
         txt.write_text("  \n\t\n")
     elif setup == "binary":
-        txt.write_bytes(b"\xff\xfe\xfa\x00")
+        txt.write_bytes(b"\xc3\x28 not utf-8")
+    elif setup == "utf16-no-bom":
+        txt.write_bytes("a cat".encode("utf-16-le"))
     elif setup == "dir":
         txt.mkdir()
     elif setup == "fifo":
@@ -93,6 +96,42 @@ def test_textfile_errors_name_image_and_expected_path(tmp_path, setup, match):
         caption_for(img, tmp_path, "textfile", None)
     assert isinstance(exc.value, DatasetError)
     assert "sub/pic.jpg" not in exc.value.reason
+
+
+@pytest.mark.parametrize("data,expected", [
+    (b"a cat", "a cat"),
+    (b"\xef\xbb\xbfa cat", "a cat"),                                 # UTF-8 with BOM
+    ("caf\u00e9 \u2615".encode("utf-8"), "caf\u00e9 \u2615"),
+    ("\ufeffa caf\u00e9".encode("utf-16-le"), "a caf\u00e9"),          # UTF-16LE with BOM
+    ("\ufeffa caf\u00e9".encode("utf-16-be"), "a caf\u00e9"),          # UTF-16BE with BOM
+    ("a cat".encode("utf-16"), "a cat"),                               # native order, BOM
+    (b"", ""),
+])
+def test_decode_caption_bytes(data, expected):
+    assert decode_caption_bytes(data) == expected
+
+
+@pytest.mark.parametrize("data,match", [
+    ("a cat".encode("utf-16-le"), "contains NUL bytes.*re-save it as UTF-8"),   # no BOM
+    ("a cat".encode("utf-16-be"), "contains NUL bytes.*re-save it as UTF-8"),
+    (b"a\x00cat", "contains NUL bytes.*re-save it as UTF-8"),
+    ("\ufeffa\x00cat".encode("utf-16-le"), "contains NUL bytes"),
+    (b"\xc3\x28", "is not UTF-8 text; re-save it as UTF-8"),
+    (b"\xff\xfe\x00\xd8", "is not valid UTF-16 text.*re-save it as UTF-8"),  # lone surrogate
+])
+def test_decode_caption_bytes_refuses(data, match):
+    with pytest.raises(ValueError, match=match):
+        decode_caption_bytes(data)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le-bom", "utf-8-sig"])
+def test_textfile_strategy_reads_bom_encodings(tmp_path, encoding):
+    img = tmp_path / "pic.jpg"
+    img.write_bytes(b"")
+    data = ("\ufeff" + "a caf\u00e9\nsecond").encode("utf-16-le") if encoding == "utf-16-le-bom" \
+        else "a caf\u00e9\nsecond".encode(encoding)
+    (tmp_path / "pic.txt").write_bytes(data)
+    assert caption_for(img, tmp_path, "textfile", None) == "a caf\u00e9"
 
 
 def test_textfile_other_extension_sibling_not_used(tmp_path):

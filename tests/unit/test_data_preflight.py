@@ -133,6 +133,31 @@ PROBLEM_CASES = [
 ]
 
 
+@pytest.mark.parametrize("over", [
+    {},                                                         # crop false: preserve target
+    {"crop": False},
+    {"cropAspect": "square"},
+    {"cropAspect": "closest", "resolution": 1.0, "resolutionType": "area"},
+    {"resolution": 1024, "minimumImageSize": 0},                # the sweep's case
+])
+def test_plan_dataset_skips_images_beyond_4_to_1(tmp_path, over):
+    root = tmp_path / "data"
+    img(root / "ok.png", (256, 256))
+    img(root / "edge.png", (400, 100))                          # exactly 4:1: kept
+    img(root / "long.png", (2000, 10))
+    img(root / "tall.png", (3, 900))
+    plan = plan_dataset(ds(root, **over), root, seed=1)
+    assert {it.info.rel for it in plan.items} == {"ok.png", "edge.png"}
+    reasons = dict(plan.skipped)
+    assert set(reasons) == {"long.png", "tall.png"}
+    assert reasons["long.png"].startswith("2000x10 has aspect ratio 200:1, beyond the 4:1 limit")
+    assert reasons["tall.png"].startswith("3x900 has aspect ratio 300:1, beyond the 4:1 limit")
+    assert plan.skipped_summary() == "2 skipped: 2 with an aspect ratio beyond 4:1"
+    for it in plan.items:
+        w, h = it.plan.target_size
+        assert max(w, h) <= 4 * min(w, h)
+
+
 @pytest.mark.parametrize("case,over,kw,expected", PROBLEM_CASES, ids=[c[0] for c in PROBLEM_CASES])
 def test_dataset_problems_table(mixed, case, over, kw, expected):
     if case == "textfile-uncaptioned-unusable":

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from runner.data import DatasetError
-from runner.data.transforms import (PIXART_ASPECT_BINS_1024, CropPlan, align, apply_crop, load_image,
-                                    meets_minimum, plan_crop, to_rgb)
+from runner.data.transforms import (MAX_ASPECT_RATIO, PIXART_ASPECT_BINS_1024, CropPlan, align, apply_crop,
+                                    aspect_problem, load_image, meets_minimum, plan_crop, to_rgb)
 
 
 def plan(w, h, *, res=1.0, rtype="area", crop=True, aspect="square", style="center", maximum=None, tds=None,
@@ -263,3 +263,31 @@ def test_cropplan_is_frozen():
     with pytest.raises(Exception):
         p.target_size = (1, 1)  # type: ignore[misc]
     assert math.isclose(p.resize_size[0] / p.resize_size[1], 1.0)
+
+
+# ----------------------------------------------------------------------------- aspect limit
+
+def test_max_aspect_ratio_is_pixarts_widest_bin():
+    assert MAX_ASPECT_RATIO == 4
+    assert max(max(w, h) / min(w, h) for w, h in PIXART_ASPECT_BINS_1024) == 4.0
+
+
+@pytest.mark.parametrize("width,height,fragment", [
+    (1024, 1024, None),
+    (2048, 512, None),            # exactly 4:1: PixArt's widest bin
+    (512, 2048, None),
+    (4000, 1000, None),
+    (4001, 1000, "4001x1000 has aspect ratio 4.001:1, beyond the 4:1 limit"),
+    (1000, 4001, "1000x4001 has aspect ratio 4.001:1, beyond the 4:1 limit"),
+    (20000, 100, "20000x100 has aspect ratio 200:1, beyond the 4:1 limit"),
+    (3, 900, "3x900 has aspect ratio 300:1, beyond the 4:1 limit"),
+    (5, 1, "5x1 has aspect ratio 5:1"),
+    (1, 1, None),
+])
+def test_aspect_problem_table(width, height, fragment):
+    problem = aspect_problem(width, height)
+    if fragment is None:
+        assert problem is None
+    else:
+        assert fragment in problem
+        assert "crop it to at most 4:1 or remove it" in problem

@@ -262,3 +262,42 @@ def test_stream_leaves_the_global_rng_alone(tmp_path: Path, workers: int) -> Non
     next(resumed)
     next(resumed)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def _break(path: Path, how: str) -> None:
+    from PIL import Image
+
+    if how == "deleted":
+        path.unlink()
+    elif how == "truncated":
+        Image.new("RGB", (128, 128), (1, 2, 3)).save(path, format="JPEG")  # same name, cut short
+        path.write_bytes(path.read_bytes()[:200])
+    elif how == "resized":
+        Image.new("RGB", (300, 300), (1, 2, 3)).save(path, format="PNG")
+    elif how == "not-an-image":
+        path.write_text("hello")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("how,fragment", [
+    ("deleted", "the image no longer exists"),
+    ("truncated", "cannot read or decode the image"),
+    ("resized", "image is 300x300 but was planned as"),
+    ("not-an-image", "cannot read or decode the image"),
+])
+def test_on_the_fly_image_changed_after_caching_names_the_file(tmp_path: Path, how: str, fragment: str,
+                                                                 workers: int) -> None:
+    from runner.data import DatasetError
+
+    manifest = _write_cache(tmp_path, with_latents=False)
+    data = TrainingData(manifest, FAMILY, repeats={}, batch_size=2, world_size=1, rank=0, seed=3, dropout=0.0,
+                        workers=workers, pin_memory=False)
+    for name in ("0.png", "1.png", "2.png", "3.png", "4.png", "5.png"):
+        _break(tmp_path / "images" / name, how)
+    with pytest.raises(DatasetError) as exc:
+        next(data.stream(epoch=0, start=0))
+    message = str(exc.value)
+    assert message.startswith(str(tmp_path / "images")) and ".png: " in message, message
+    assert fragment in message, message
+    assert "re-run the cache stage (trainingjob run FILE --stage cache)" in message
+    assert "Traceback" not in message and "\n" not in message, message
