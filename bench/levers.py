@@ -230,15 +230,14 @@ def section_step():
             if "_qmlp" in variant:  # spec.model.feedForward: fused (the GELU in quack's GEMM epilogues)
                 from runner.models import feedforward
 
-                factory = feedforward.quack_kernel
+                kernel = None  # quack's, as the runner takes it
                 if "_qmlpt" in variant:  # quack's autotuner instead of its heuristic tiles
-                    def factory():
-                        from quack.mlp import mlp_func
+                    from quack.mlp import mlp_func
 
-                        return dataclasses.replace(feedforward.quack_kernel(), name="quack autotuned", mlp=lambda x, w1, w2, b1, b2: mlp_func(
-                            x, w1, w2, activation="gelu_tanh_approx", bias1=b1, bias2=b2, tuned=True))
+                    kernel = dataclasses.replace(feedforward.quack_kernel(), name="quack autotuned", mlp=lambda x, w1, w2, b1, b2: mlp_func(
+                        x, w1, w2, activation="gelu_tanh_approx", bias1=b1, bias2=b2, tuned=True))
                 rec["feed_forward"] = " ".join(str(x) for x in feedforward.set_feed_forward(
-                    model, "fused", DEV, kernel_factory=factory) if x)
+                    model, "fused", DEV, kernel=kernel) if x)
             if "_qlin" in variant:  # the blocks' other Linears through quack's GEMM instead of cuBLAS
                 rec["quack_linears"] = quack_linears(model)
             if "purebf16" in variant:  # bound only: bf16 weights, no fp32 master

@@ -242,18 +242,24 @@ def _plain(attn) -> bool:
             and getattr(attn, "rescale_output_factor", 1.0) == 1.0)
 
 
-def fa4_problem(device: torch.device) -> str | None:
-    """Why FA4 cannot run here, or None."""
+def kernel_problem(device: torch.device, load: Callable[[], object], package: str) -> str | None:
+    """Why kernels for compute capability 9.x/10.x (flash-attn-4's, and quack's that come with
+    it) cannot run on `device`, or None; `load` imports them, `package` names them."""
     if device.type != "cuda":
         return f"needs a CUDA GPU (device is {device.type})"
     major, _ = torch.cuda.get_device_capability(device)
     if major not in (9, 10):
         return f"needs compute capability 9.x or 10.x (this GPU is {major}.x)"
     try:
-        fa4_kernels()
-    except Exception as e:  # noqa: BLE001 - an install problem of any kind means: use SDPA
-        return f"flash-attn-4 is not importable ({type(e).__name__}: {e})"
+        load()
+    except Exception as e:  # noqa: BLE001 - an install problem of any kind means: the fallback
+        return f"{package} is not importable ({type(e).__name__}: {e})"
     return None
+
+
+def fa4_problem(device: torch.device) -> str | None:
+    """Why FA4 cannot run here, or None."""
+    return kernel_problem(device, fa4_kernels, "flash-attn-4")
 
 
 def set_attention(transformer, backend: str, device: torch.device) -> tuple[str, str | None]:

@@ -111,22 +111,17 @@ def install(transformer) -> int:
 
 def problem(device: torch.device) -> str | None:
     """Why the quack kernels cannot run here, or None."""
-    if device.type != "cuda":
-        return f"needs a CUDA GPU (device is {device.type})"
-    major, _ = torch.cuda.get_device_capability(device)
-    if major not in (9, 10):
-        return f"needs compute capability 9.x or 10.x (this GPU is {major}.x)"
-    try:
-        quack_kernel()
-    except Exception as e:  # noqa: BLE001 - an install problem of any kind means: diffusers' forward
-        return f"quack-kernels (a flash-attn-4 dependency) is not importable ({type(e).__name__}: {e})"
-    return None
+    from runner.models.attention import kernel_problem
+
+    return kernel_problem(device, quack_kernel, "quack-kernels (a flash-attn-4 dependency)")
 
 
-def disagreement(kernel: MLPKernel, ff: FeedForward, device: torch.device, dtype=torch.bfloat16,
-                 tokens: int = 256) -> str | None:
-    """Run a copy of `ff` both ways on random input under autocast; what differs beyond the
-    dtype's rounding (output, input or parameter gradients), or None."""
+CHECK_TOLERANCE = 2e-2  # bf16 rounding, relative to each tensor's largest value
+
+
+def disagreement(kernel: MLPKernel, ff: FeedForward, device: torch.device, tokens: int = 256) -> str | None:
+    """Run a copy of `ff` both ways on random input under bf16 autocast; what differs beyond
+    bf16's rounding (output, input or parameter gradients), or None."""
     import copy
 
     ref = copy.deepcopy(ff).to(device).float()
@@ -141,7 +136,7 @@ def disagreement(kernel: MLPKernel, ff: FeedForward, device: torch.device, dtype
     try:
         for module in (ref, fused):
             xi = x.clone().requires_grad_(True)
-            with torch.autocast(device.type, dtype=dtype):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 y = module(xi)
             y.backward(dy)
             results.append([y.detach().float(), xi.grad] + [p.grad for p in module.parameters()])
@@ -150,38 +145,34 @@ def disagreement(kernel: MLPKernel, ff: FeedForward, device: torch.device, dtype
     finally:
         use_kernel(previous)
     names = ["output", "input gradient"] + [f"{n} gradient" for n, _ in ref.named_parameters()]
-    tolerance = 2e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-4
     for name, a, b in zip(names, *results):
         if b is None or a.shape != b.shape or not torch.isfinite(b).all():
             return f"{name}: missing or not finite"
         error = float((a - b).abs().max() / a.abs().max().clamp_min(1e-6))
-        if error > tolerance:
-            return f"{name} differs by {error:.3g} (relative to its largest value; allowed {tolerance})"
+        if error > CHECK_TOLERANCE:
+            return f"{name} differs by {error:.3g} (relative to its largest value; allowed {CHECK_TOLERANCE})"
     return None
 
 
 def set_feed_forward(transformer, choice: str, device: torch.device,
-                     kernel_factory: Callable[[], MLPKernel] = quack_kernel) -> tuple[str, str | None]:
+                     kernel: MLPKernel | None = None) -> tuple[str, str | None]:
     """Install the feed-forward for spec.model.feedForward; returns (what is used, why not the
-    requested one). `auto` and `fused` take the fused kernels where they run and agree with
-    diffusers' forward on a small problem, and diffusers' forward otherwise, with the reason."""
+    requested one). `auto` and `fused` take the fused kernels (quack's, or `kernel`) where they
+    run and agree with diffusers' forward on a small problem, and diffusers' forward otherwise,
+    with the reason."""
     if choice not in CHOICES:
         raise ValueError(f"spec.model.feedForward: unknown choice {choice!r}")
-    first = next((m for m in transformer.modules() if fusable(m)), None)
+    use_kernel(None)
     if choice == "diffusers":
-        use_kernel(None)
         return "diffusers", None
+    first = next((m for m in transformer.modules() if fusable(m)), None)
     if first is None:
-        use_kernel(None)
         return "diffusers", "no feed-forward of the tanh-GELU shape the kernels compute"
-    why = problem(device) if kernel_factory is quack_kernel else None
-    kernel = None if why else kernel_factory()
-    if kernel is not None:
-        why = disagreement(kernel, first, device)
-        if why:
-            why = f"{kernel.name} kernels disagree with diffusers' feed-forward: {why}"
-    if why:
-        use_kernel(None)
-        return "diffusers", why
+    if kernel is None:
+        if why := problem(device):
+            return "diffusers", why
+        kernel = quack_kernel()
+    if why := disagreement(kernel, first, device):
+        return "diffusers", f"{kernel.name} kernels disagree with diffusers' feed-forward: {why}"
     use_kernel(kernel)
     return f"fused GELU GEMMs ({kernel.name}) in {install(transformer)} blocks", None

@@ -106,7 +106,7 @@ def test_compiled_block_with_fused_forward_matches_eager() -> None:
 
 def test_set_feed_forward_installs_kernels_that_agree() -> None:
     transformer = model()
-    used, why = ffn.set_feed_forward(transformer, "fused", CPU, kernel_factory=ffn.reference_kernel)
+    used, why = ffn.set_feed_forward(transformer, "fused", CPU, kernel=ffn.reference_kernel())
     assert (used, why) == ("fused GELU GEMMs (reference) in 2 blocks", None)
     assert all(vars(b.ff).get("forward") is not None for b in transformer.transformer_blocks)
 
@@ -121,8 +121,8 @@ def test_set_feed_forward_refuses_kernels_that_disagree(broken, names) -> None:
     """A kernel that drops the second bias, returns NaN or fails is not installed: diffusers'
     forward stays, and the reason says what went wrong."""
     transformer = model()
-    factory = lambda: ffn.MLPKernel("broken", broken, lambda x, dtype: True)  # noqa: E731
-    used, why = ffn.set_feed_forward(transformer, "auto", CPU, kernel_factory=factory)
+    kernel = ffn.MLPKernel("broken", broken, lambda x, dtype: True)
+    used, why = ffn.set_feed_forward(transformer, "auto", CPU, kernel=kernel)
     assert used == "diffusers" and why.startswith("broken kernels disagree with diffusers' feed-forward")
     assert names in why
     assert all("forward" not in vars(b.ff) for b in transformer.transformer_blocks)
