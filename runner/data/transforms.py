@@ -49,7 +49,14 @@ MAX_ASPECT_RATIO: int = max(max(w, h) // min(w, h) for w, h in PIXART_ASPECT_BIN
 
 
 class ImageMismatchError(DatasetError, ValueError):
-    """The image handed to apply_crop is not the size its plan was made for."""
+    """The image handed to apply_crop is not the size its plan was made for; `sizes` says how."""
+
+    def __init__(self, sizes: str):
+        super().__init__(f"{sizes}; the file changed since it was scanned")
+        self.sizes = sizes
+
+    def __reduce__(self):  # decode workers send it back pickled
+        return type(self), (self.sizes,)
 
 
 @dataclass(frozen=True)
@@ -266,7 +273,7 @@ def apply_crop(image, plan: CropPlan):
     image = to_rgb(ImageOps.exif_transpose(image))
     if image.size != plan.source_size:
         raise ImageMismatchError(f"image is {image.size[0]}x{image.size[1]} but was planned as "
-                           f"{plan.source_size[0]}x{plan.source_size[1]}; the file changed since it was scanned")
+                                 f"{plan.source_size[0]}x{plan.source_size[1]}")
     if plan.downsample_size is not None and image.size != plan.downsample_size:
         image = image.resize(plan.downsample_size, Image.Resampling.LANCZOS)
     if image.size != plan.resize_size:
@@ -295,7 +302,7 @@ def crop_planned_file(path: Path | str, plan: CropPlan):
             im.load()
             return apply_crop(im, plan)
     except ImageMismatchError as e:
-        raise changed(str(e).replace("; the file changed since it was scanned", "")) from None
+        raise changed(e.sizes) from None
     except FileNotFoundError:
         raise changed("the image no longer exists") from None
     except Image.DecompressionBombError:

@@ -38,13 +38,18 @@ def load_manifest(manifest_path: Path, expected_fingerprint: str) -> dict[str, A
     return manifest
 
 
-def source_changes(manifest: dict[str, Any]) -> list[str]:
+def read_items(manifest: dict[str, Any]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each dataset entry of the manifest with its cached items (each dataset manifest read once)."""
+    return [(ds, json.loads(Path(ds["manifest"]).read_text())["items"]) for ds in manifest["datasets"]]
+
+
+def source_changes(datasets: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[str]:
     """The cached images whose files are gone or were rewritten (size or mtime) since the cache
     stage, as `dataset/rel (how)`. The train stage trains on the cache, so these train as they
     were cached: worth a warning, not a stop. Items of older manifests carry no size: unchecked."""
     changed = []
-    for ds in manifest["datasets"]:
-        for it in json.loads(Path(ds["manifest"]).read_text())["items"]:
+    for ds, items in datasets:
+        for it in items:
             if "size" not in it:
                 continue
             try:
@@ -85,12 +90,11 @@ def missing_entries(samples: list[Sample], text_dir: Path, empty_key: str) -> li
     return sorted(p for p in wanted if not Path(p).is_file())
 
 
-def load_samples(manifest: dict[str, Any], repeats: dict[str, int]) -> list[Sample]:
+def load_samples(datasets: list[tuple[dict[str, Any], list[dict[str, Any]]]], repeats: dict[str, int]) -> list[Sample]:
     """Every sample of an epoch. `repeats` (dataset name -> extra passes) comes from the live
     spec, not the manifest: it changes no cached bytes, so it can change without re-caching."""
     samples = []
-    for ds in manifest["datasets"]:
-        items = json.loads(Path(ds["manifest"]).read_text())["items"]
+    for ds, items in datasets:
         vae_dir = Path(ds["vae_dir"])
         one_pass = [Sample(str(entry_path(vae_dir, it["latent_key"])) if it["latent_key"] else None,
                            it["path"], it["plan"], it["text_key"], it["bucket"]) for it in items]
@@ -169,7 +173,8 @@ class EpochBatches:
 class TrainingData:
     def __init__(self, manifest: dict[str, Any], family: ModelFamily, *, repeats: dict[str, int], batch_size: int,
                  world_size: int, rank: int, seed: int, dropout: float, workers: int, pin_memory: bool):
-        self.samples = load_samples(manifest, repeats)
+        self.datasets = read_items(manifest)
+        self.samples = load_samples(self.datasets, repeats)
         missing = missing_entries(self.samples, Path(manifest["text_dir"]), manifest["empty_caption"])
         if missing:
             raise CacheMismatch(f"the cache is incomplete: {len(missing)} entr{'y is' if len(missing) == 1 else 'ies are'} "

@@ -20,6 +20,7 @@ from runner.train.data import (
     collate,
     load_manifest,
     load_samples,
+    read_items,
 )
 
 BUCKETS = {"128x128": 23, "192x128": 17, "128x192": 9, "256x64": 1}
@@ -209,7 +210,7 @@ def _write_cache(tmp_path: Path, with_latents: bool = True) -> dict:
 
 @pytest.mark.parametrize("repeats", [0, 2])
 def test_load_samples_repeats(tmp_path: Path, repeats: int) -> None:
-    samples = load_samples(_write_cache(tmp_path), {"photos": repeats})
+    samples = load_samples(read_items(_write_cache(tmp_path)), {"photos": repeats})
     assert len(samples) == 6 * (1 + repeats)
     assert all(Path(s.latent_path).is_file() for s in samples)
     assert {s.bucket for s in samples} == {"64x64", "128x64"}  # 3:2 aligned to multiples of 64
