@@ -21,9 +21,8 @@ from typing import Any
 
 from runner.observe import runlog
 from runner.observe.runlog import ENDINGS
+from runner.spec.plan import HISTORY_FILE, REPORT_FILE
 
-REPORT_NAME = "report.html"
-HISTORY_NAME = "metrics.jsonl"
 THUMB_PX = 256  # longest side of an embedded validation image: a 1024 px PNG is ~1.5 MB
 MAX_VALIDATION_STEPS = 12  # the newest ones; every image stays in <output.dir>/validation/
 SMOOTHING = 0.6  # TensorBoard's default exponential smoothing weight
@@ -41,7 +40,7 @@ class ReportData:
 
 
 def history_path(output_dir: Path) -> Path:
-    return output_dir / HISTORY_NAME
+    return output_dir / HISTORY_FILE
 
 
 def gather(job: str, spec: dict[str, Any], output_dir: Path, cache_manifest: Path) -> ReportData:
@@ -57,7 +56,7 @@ def gather(job: str, spec: dict[str, Any], output_dir: Path, cache_manifest: Pat
 def write_report(data: ReportData, output_dir: Path) -> Path:
     from runner.files import atomic_write_bytes
 
-    path = output_dir / REPORT_NAME
+    path = output_dir / REPORT_FILE
     atomic_write_bytes(path, render(data).encode("utf-8"))
     return path
 
@@ -80,7 +79,7 @@ class Reporter:
         try:
             path = write_report(gather(self.job, self.spec, self.output_dir, self.cache_manifest), self.output_dir)
         except Exception as e:  # noqa: BLE001 - see the docstring
-            print(f"[{self.job}] warning: could not write {self.output_dir / REPORT_NAME}: {type(e).__name__}: {e}",
+            print(f"[{self.job}] warning: could not write {self.output_dir / REPORT_FILE}: {type(e).__name__}: {e}",
                   file=sys.stderr, flush=True)
             return None
         print(f"[{self.job}] report: {path}", flush=True)

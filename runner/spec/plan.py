@@ -9,6 +9,9 @@ from typing import Any, Mapping
 
 
 
+REPORT_FILE, HISTORY_FILE = "report.html", "metrics.jsonl"  # in spec.output.dir (runner/observe/report.py)
+
+
 @dataclass(frozen=True)
 class JobPaths:
     cache_dir: Path
@@ -42,12 +45,12 @@ class JobPaths:
 
     @property
     def report(self) -> Path:
-        return self.output_dir / "report.html"
+        return self.output_dir / REPORT_FILE
 
     @property
     def history(self) -> Path:
         """The run's history (runner/observe/runlog.py), what report.html is drawn from."""
-        return self.output_dir / "metrics.jsonl"
+        return self.output_dir / HISTORY_FILE
 
     def train_run_outputs(self) -> tuple[Path, ...]:
         """What a train run leaves in spec.output.dir besides its history: `resume: none` moves
