@@ -156,20 +156,25 @@ def _output_in_dataset(spec: dict[str, Any], cwd: str | None = None) -> Iterator
     output = spec["output"].get("dir")
     if not isinstance(output, str) or not output:
         return
-    out = os.path.realpath(os.path.join(cwd or os.getcwd(), output))
+    out = _resolved(output, cwd)
     for where, path in dataset_dirs(spec):
         if not isinstance(path, str):
             continue
-        data = os.path.realpath(os.path.join(cwd or os.getcwd(), path))
+        data = _resolved(path, cwd)
         if out == data or out.startswith(data.rstrip(os.sep) + os.sep):
             yield ERROR, (f"spec.output.dir: {output!r} is inside {where} {path!r}, so the run's validation images "
                           "would be found there and trained on by the next run; put the output in a folder of "
                           "its own, e.g. output/my-job")
 
 
+def _resolved(path: str, cwd: str | None = None) -> str:
+    """`path` as an absolute real path, relative ones from `cwd` (default the working directory)."""
+    return os.path.realpath(os.path.join(cwd or os.getcwd(), path))
+
+
 def is_filesystem_root(path: str, cwd: str | None = None) -> bool:
     """True if `path` (relative ones from `cwd`, default the working directory) is a filesystem root."""
-    full = os.path.realpath(os.path.join(cwd or os.getcwd(), path))
+    full = _resolved(path, cwd)
     return os.path.dirname(full) == full
 
 

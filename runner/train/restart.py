@@ -44,13 +44,11 @@ def set_aside_earlier_run(paths: JobPaths, log: Callable[[str], None], now: floa
         return None
     aside = aside_folder(paths.output_dir, time.time() if now is None else now)
     aside.mkdir(parents=True)
-    moved = []
     if earlier:
         atomic_write_bytes(aside / paths.history.name, runlog.encode(earlier))
         atomic_write_bytes(paths.history, runlog.encode(kept))  # this invocation's cache stage and train start stay
-        moved.append(f"its {len(earlier)} records in {paths.history.name}")
     for path in outputs:
         os.rename(path, aside / path.name)
-    moved[:0] = [p.name for p in outputs]
+    moved = [p.name for p in outputs] + ([f"its {len(earlier)} records in {paths.history.name}"] if earlier else [])
     log(f"resume: none: moved the earlier run ({', '.join(moved)}) to {aside}")
     return aside
