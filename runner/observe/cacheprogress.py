@@ -8,7 +8,9 @@ folder, and the launching process adds them up at scrape time. It remembers the 
 of every file it has read, so a file removed, or a switch to its own final pass, never makes
 a counter fall (rate() would read that as a restart). Once the launching process plans a kind
 itself (the final pass), its own counts are that kind's totals; the counters keep what the
-workers encoded.
+workers encoded. The same files carry each worker's phase and last progress, so this collector
+also serves the stall alert's two series (PHASE, LAST_PROGRESS) for every stage; one scrape
+reads the files once.
 """
 from __future__ import annotations
 
@@ -104,16 +106,16 @@ class CacheProgress:
 
     # ---- read at scrape time ----
     def merged(self) -> tuple[dict[str, dict[str, float]], int]:
-        """Per kind: this process's counts once it planned that kind, else the workers' (see merge)."""
-        self._remember(self._read_shards())
+        """Per kind: this process's counts once it planned that kind, else the workers' (see
+        merge), as of the workers' files last read (collect)."""
         with self._lock:
             own = {k: {**v, "encoded": self._encoded_total[k]} for k, v in self._own.items()}
             planned, nbytes, workers = set(self._planned), self._bytes, list(self._seen.values())
         return merge(own, planned, nbytes, workers)
 
     def activity(self) -> tuple[str, float]:
-        """(phase, last progress) for the stall alert, this process's and its workers' (see latest_activity)."""
-        self._remember(self._read_shards())
+        """(phase, last progress) for the stall alert, this process's and its workers' (see
+        latest_activity), as of the workers' files last read (collect)."""
         with self._lock:
             own, planned = self._activity, bool(self._planned)
             workers = [(w["phase"], w["progressed"]) for w in self._seen.values() if "progressed" in w]
@@ -122,6 +124,7 @@ class CacheProgress:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        self._remember(self._read_shards())  # once per scrape, for every series below
         kinds, nbytes = self.merged()
         families = {
             N.CACHE_ITEMS: (GaugeMetricFamily, "total"),
@@ -138,6 +141,14 @@ class CacheProgress:
                                       labels=[N.JOB_LABEL])
         written.add_metric([self.job], nbytes)
         yield written
+        phase, progressed = self.activity()
+        phases = GaugeMetricFamily(N.PHASE, N.BY_NAME[N.PHASE].help, labels=[N.JOB_LABEL, "phase"])
+        for p in N.PHASES:
+            phases.add_metric([self.job, p], float(p == phase))
+        yield phases
+        last = GaugeMetricFamily(N.LAST_PROGRESS, N.BY_NAME[N.LAST_PROGRESS].help, labels=[N.JOB_LABEL])
+        last.add_metric([self.job], progressed)
+        yield last
 
     def describe(self) -> Iterator[Any]:
         return self.collect()

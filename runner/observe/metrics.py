@@ -42,20 +42,17 @@ class Metrics:
         self._series: dict[str, Any] = {}
         self.cache = CacheProgress(job, shard_file=cache_shard_file, shard_dir=cache_shard_dir)
         self.registry.register(self.cache)
-        cache_names = {N.CACHE_ITEMS, N.CACHE_ITEMS_DONE, N.CACHE_ITEMS_ENCODED, N.CACHE_WRITTEN_BYTES,
-                       N.CACHE_ENCODE_RATE}
+        # Collected by CacheProgress at scrape time, with what cache workers share through files.
+        collected = {N.CACHE_ITEMS, N.CACHE_ITEMS_DONE, N.CACHE_ITEMS_ENCODED, N.CACHE_WRITTEN_BYTES,
+                     N.CACHE_ENCODE_RATE, N.PHASE, N.LAST_PROGRESS}
         for s in N.SERIES:
-            if s.name in cache_names:
+            if s.name in collected:
                 continue
             kwargs = {"buckets": s.buckets} if s.type == "histogram" else {}
             # prometheus_client appends _total to counters itself.
             self._series[s.name] = types[s.type](s.name.removesuffix("_total") if s.type == "counter" else s.name,
                                                  s.help, (N.JOB_LABEL, *s.labels), registry=self.registry, **kwargs)
         self._phase = "starting"
-        # Read at scrape time: the launching process of cache workers takes theirs into account.
-        self._get(N.LAST_PROGRESS).set_function(lambda: self.cache.activity()[1])
-        for p in N.PHASES:
-            self._get(N.PHASE, phase=p).set_function(lambda p=p: float(self.cache.activity()[0] == p))
         self._log = RunLog(run_log) if run_log else None
         self._on_validation, self._on_close = on_validation, on_close
         self._stage, self._stage_started = "", 0.0
