@@ -107,33 +107,36 @@ class OutputLock:
             os.close(fd)
 
 
+def _take(fd: int) -> bool:
+    """Take the lock on `fd` if it is free (OSError where flock is not supported)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def hold_output_dir(folder: Path, job: str, stage: str, wait_s: float = 0, poll_s: float = 5) -> OutputLock:
     """Take `folder`'s lock for this process, waiting up to `wait_s` for a holder to let go, or
     raise OutputBusy naming the holder. On a file system without flock the lock is not held
     (OutputLock.held is False) and the run goes on."""
-    import fcntl
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     deadline, told = time.monotonic() + wait_s, False
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise
-                if not told:
-                    print(f"[{job}] {folder} is held by another {holder_text(_read_record(fd))}; waiting up to "
-                          f"{wait_s:.0f} s for it to let go", flush=True)
-                    told = True
-                time.sleep(poll_s)
-    except BlockingIOError:
-        record = _read_record(fd)
-        os.close(fd)
-        raise OutputBusy(busy_message(str(folder), record)) from None
+        while not _take(fd):
+            holder = _read_record(fd)
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise OutputBusy(busy_message(str(folder), holder))
+            if not told:
+                print(f"[{job}] {folder} is held by another {holder_text(holder)}; waiting up to {wait_s:.0f} s "
+                      "for it to let go", flush=True)
+                told = True
+            time.sleep(poll_s)
     except OSError as e:
         os.close(fd)
         if e.errno in UNSUPPORTED:
