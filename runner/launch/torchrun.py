@@ -19,6 +19,7 @@ The builders here are pure (argv, topology, exit codes); only `launch` touches t
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -82,12 +83,14 @@ class LaunchError(Exception):
 
 
 def torchrun_argv(topo: Topology, worker_args: list[str], *, run_id: str, log_dir: str, role: str,
-                  max_restarts: int) -> list[str]:
+                  max_restarts: int, shutdown_timeout: bool = True) -> list[str]:
     """The torchrun command line (without the leading `torchrun`) for this node (pure).
-    `worker_args` follow `python -m`: the module and its arguments."""
+    `worker_args` follow `python -m`: the module and its arguments. `shutdown_timeout`: whether
+    this torch's torchrun has `--shutdown-timeout` (older ones refuse the flag)."""
     argv = [f"--nproc-per-node={topo.nproc}", f"--max-restarts={max_restarts}", f"--role={role}",
-            f"--log-dir={log_dir}", f"--tee={TEE_ALL}", f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}",
-            "--monitor-interval=0.5"]
+            f"--log-dir={log_dir}", f"--tee={TEE_ALL}", "--monitor-interval=0.5"]
+    if shutdown_timeout:
+        argv.append(f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}")
     if not topo.endpoint:
         # What `torchrun --standalone` does (the launcher API only sees the parsed config):
         # a c10d store on a free local port, so parallel runs never collide on 29500.
@@ -125,6 +128,14 @@ def run_id(env: Mapping[str, str], job_name: str) -> str:
     return env.get("TRAININGJOB_RUN_ID") or job_name
 
 
+def has_shutdown_timeout() -> bool:
+    """Whether the installed torchrun takes `--shutdown-timeout` (torch 2.13 does; torch 2.11's
+    agent has no such option and gives workers a fixed 30 s after SIGTERM)."""
+    from torch.distributed.launcher.api import LaunchConfig
+
+    return "shutdown_timeout" in {f.name for f in dataclasses.fields(LaunchConfig)}
+
+
 def launch(spec_file: Path, *, job_name: str, hardware: Mapping[str, Any], stage: str, output_dir: Path) -> int:
     """Run this node's workers for `stage` through torchrun; returns the CLI exit code."""
     from torch.distributed.elastic.multiprocessing import SignalException
@@ -139,10 +150,17 @@ def launch(spec_file: Path, *, job_name: str, hardware: Mapping[str, Any], stage
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
     in_pod = "JOB_COMPLETION_INDEX" in env
+    timeout = has_shutdown_timeout()
+    if not timeout:
+        import torch
+
+        print(f"[{job_name}] warning: torch {torch.__version__}'s torchrun has no --shutdown-timeout, so after a "
+              f"SIGTERM the workers get its fixed 30 s to write their checkpoint, not {SHUTDOWN_TIMEOUT_S} s; "
+              "the torch in constraints.txt has it", file=sys.stderr, flush=True)
     argv = torchrun_argv(topo, ["runner", "run", str(spec_file), "--stage", stage], run_id=run_id(env, job_name),
                          log_dir=str(output_dir / "logs" / "torchrun" / stage),
                          role="cache" if stage == "cache" else "trainer",
-                         max_restarts=POD_MAX_RESTARTS if in_pod else LOCAL_MAX_RESTARTS)
+                         max_restarts=POD_MAX_RESTARTS if in_pod else LOCAL_MAX_RESTARTS, shutdown_timeout=timeout)
     what = "training processes" if stage == "train" else "cache workers"
     print(f"[{job_name}] launching {topo.nproc} {what} on node {topo.node_rank} of {topo.nnodes}: "
           f"torchrun {' '.join(argv)}", flush=True)

@@ -75,6 +75,24 @@ def test_argv_is_what_torchrun_itself_parses():
     assert args.shutdown_timeout == torchrun.SHUTDOWN_TIMEOUT_S and args.local_addr == "127.0.0.1"
 
 
+def test_argv_for_a_torchrun_without_shutdown_timeout_leaves_the_flag_out():
+    """torch 2.11's torchrun refuses --shutdown-timeout (seen on the device: exit 2, "unrecognized
+    arguments"); its argv is otherwise the same."""
+    topo = Topology(nproc=2)
+    old = torchrun_argv(topo, ["runner"], run_id="r", log_dir="/l", role="cache", max_restarts=0, shutdown_timeout=False)
+    new = torchrun_argv(topo, ["runner"], run_id="r", log_dir="/l", role="cache", max_restarts=0)
+    assert not any(a.startswith("--shutdown-timeout") for a in old)
+    assert [a for a in new if not a.startswith("--shutdown-timeout")] == old
+
+
+def test_the_installed_torchrun_is_asked_whether_it_has_shutdown_timeout():
+    """The check reads torch's own launcher config, and agrees with torchrun's parser."""
+    from torch.distributed.run import parse_args
+
+    has = torchrun.has_shutdown_timeout()
+    assert has == hasattr(parse_args(["x"]), "shutdown_timeout")
+
+
 @pytest.mark.parametrize("codes, expected", [
     ([0, 0], 0),
     ([1], 1),
