@@ -22,7 +22,11 @@ measure, --gpus 2 (each item measures 1 GPU and 2 GPUs in this call, so a ratio 
   512        training at 512 px, batch 32 per GPU, on 1 GPU (its cache stage first), then on 2;
   comm       all-reduce time per step on 2 GPUs at 1024 and 512 px (bench/ddp_comm.py);
   two-node   512 px on two "nodes" of one GPU each: two `trainingjob run` agents with nodes: 2,
-             a c10d rendezvous on 127.0.0.1 and CUDA_VISIBLE_DEVICES=0 / 1, standing in for two pods.
+             a c10d rendezvous on 127.0.0.1 and CUDA_VISIBLE_DEVICES=0 / 1, standing in for two pods;
+  cache      the cache stage alone at 1024 px on a fresh cache, on 1 GPU, then on 2 (shorter than
+             `1024`: no training).
+  With --gpus 2 every `trainingjob run` compiles into an inductor cache of its own, so no run finds
+  graphs another one compiled (a 2-GPU run's rank 0 would, on cuda:0, and its rank 1 would not).
   Rows carry `gpus` (and `nodes`); a 2-GPU row carries `gpus_1`, the 1-GPU figure of the same
   stage from this call, and `scaling` (2.0 is perfect).
 Rows go to bench/results/<date>-<card>[-x2][-ITEMS].json (and $OUT, with the end of the log, when
@@ -49,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from rows import cache_rows, flops_per_sample, parse_run, with_scaling  # noqa: E402
 
-ITEMS = {1: ("reference", "1024", "buckets", "512"), 2: ("1024", "512", "comm", "two-node")}
+ITEMS = {1: ("reference", "1024", "buckets", "512"), 2: ("1024", "512", "comm", "two-node", "cache")}
 p = argparse.ArgumentParser()
 p.add_argument("--phase", default="all", choices=["all", "prepare", "measure"])
 p.add_argument("--gpus", type=int, default=1, choices=sorted(ITEMS))
@@ -185,10 +189,13 @@ def trainingjob(res: int, batch: int, tag: str, *, gpus: int = 1, nodes: int = 1
     for k, v in sets.items():
         cmd += ["--set", f"{k}={v}"]
     name, limit = f"trainingjob run {res} px batch {batch} on {gpus * nodes} GPU(s), stage {stage}", 420
+    own = {"TORCHINDUCTOR_CACHE_DIR": str(WORK / f"inductor-{tag}")} if args.gpus > 1 else {}
+    if own:
+        shutil.rmtree(own["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)  # cold, also in a second call
     if nodes == 1:
-        return parse_run(run(name, cmd, limit, MULTI_ENV if gpus > 1 else ENV), WARM_STEPS)
+        return parse_run(run(name, cmd, limit, dict(MULTI_ENV if gpus > 1 else ENV, **own)), WARM_STEPS)
     port, run_id = str(free_port()), uuid.uuid4().hex
-    pods = [(cmd, dict(MULTI_ENV, JOB_COMPLETION_INDEX=str(i), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+    pods = [(cmd, dict(MULTI_ENV, **own, JOB_COMPLETION_INDEX=str(i), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
                        POD_IP="127.0.0.1", TRAININGJOB_RUN_ID=run_id,
                        **({} if args.tiny else {"CUDA_VISIBLE_DEVICES": str(i)})))
             for i in range(nodes)]
@@ -275,6 +282,11 @@ def measure() -> None:
             rows.append(stage_row(512, b512, got))
             if args.gpus > 1:  # the same cache: gpus do not enter its key
                 rows.append(stage_row(512, b512, trainingjob(512, b512, "512-g2", gpus=2, stage="train"), gpus=2))
+        elif item == "cache":
+            for gpus in (1, 2):
+                got = trainingjob(1024, b1024, f"cache-g{gpus}", gpus=gpus, cache=f"cache-only-g{gpus}",
+                                  fresh_cache=True, stage="cache")
+                rows += cache_rows(got, dict(base, resolution=1024, gpus=gpus, errors=got.get("errors", [])[:3]))
         elif item == "comm":
             rows += [comm(1024, b1024, base), comm(512, b512, base)]
         elif item == "two-node":

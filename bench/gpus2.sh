@@ -2,10 +2,10 @@
 # One device call of `make bench GPUS=2` on a machine with two GPUs and no network (bench/README.md,
 # "Two GPUs"): install the carried wheels (and flash-attn-4's CuTe DSL tree once both of its parts
 # have come: bench/device_env.sh), record the machine, build what is missing, measure ITEMS.
-#   bash bench/gpus2.sh prepare|ITEMS [BENCH ARGS]   ITEMS: a comma list of 1024, 512, comm, two-node
+#   bash bench/gpus2.sh prepare|ITEMS [BENCH ARGS]   ITEMS: a comma list of 1024, 512, comm, two-node, cache
 # Writes to $OUT (default /tmp/bench-out): machine.txt, <date>-<card>-x2-<items>.json and .log.
 set -o pipefail
-items=${1:?usage: bash bench/gpus2.sh prepare|1024|512|comm|two-node[,...] [bench/bench.py arguments]}
+items=${1:?usage: bash bench/gpus2.sh prepare|1024|512|comm|two-node|cache[,...] [bench/bench.py arguments]}
 shift
 OUT=${OUT:-/tmp/bench-out}
 export OUT

@@ -86,33 +86,32 @@ def _by_rank(rows: list[tuple]) -> dict:
 
 
 def cache_rows(got: dict, common: dict) -> list[dict]:
-    """The cache stage's rows. With several workers each encodes its own shard at the same
-    time, so the stage's rate is the sum of theirs."""
+    """The cache stage's rows. With several workers, each encoding its own shard, a rate is all
+    the entries they encoded over the time from the first one's start to the last one's end:
+    the sum of their rates only where they really ran at the same time, less where one waited
+    (a cold compile on its GPU) while the other worked."""
     rows = []
-    lat = _by_rank(got["latent_lines"])
-    vae_rate, images, first = 0.0, 0, None
-    for lines in lat.values():
-        if len(lines) < 2:  # a steady rate needs two lines: the first (compile behind it) and the last
-            continue
-        (t1, c1, total, _, _), (t2, c2, _, _, _) = lines[0], lines[-1]
-        vae_rate += (c2 - c1) / max(t2 - t1, 1e-9)
-        images += total
-        first = t1 if first is None else min(first, t1)
-    if vae_rate:
-        rows.append(dict(common, stage=VAE_STAGE, images=images, images_per_s=round(vae_rate, 1),
-                         first_line_s=round(first - got.get("vae_start", first), 1)))
-    else:
-        vae_rate = None
-    txt = _by_rank(got["text_lines"])
-    # each bar starts after its T5 loads, so its last line is that worker's encode + write rate
-    text_rate = sum(lines[-1][3] for lines in txt.values()) or None
-    if text_rate:
-        rows.append(dict(common, stage=TEXT_STAGE, images=sum(lines[-1][2] for lines in txt.values()),
-                         images_per_s=round(text_rate, 1)))
+    lat = [lines for lines in _by_rank(got["latent_lines"]).values() if len(lines) >= 2]
+    # a steady rate needs two lines per worker: the first (compile behind it) and the last
+    vae_rate = None
+    if lat:
+        start, end = min(lines[0][0] for lines in lat), max(lines[-1][0] for lines in lat)
+        vae_rate = sum(lines[-1][1] - lines[0][1] for lines in lat) / max(end - start, 1e-9)
+        rows.append(dict(common, stage=VAE_STAGE, images=sum(lines[-1][2] for lines in lat),
+                         images_per_s=round(vae_rate, 1), first_line_s=round(start - got.get("vae_start", start), 1)))
+    txt = list(_by_rank(got["text_lines"]).values())
+    # each bar starts after its T5 loads, so its last line is that worker's encode + write rate;
+    # its start is its end less its captions over that rate
+    text_rate = None
+    if txt:
+        ends = [(lines[-1][0], lines[-1][2], lines[-1][3]) for lines in txt]
+        start, end = min(t - n / max(r, 1e-9) for t, n, r in ends), max(t for t, _, _ in ends)
+        text_rate = sum(n for _, n, _ in ends) / max(end - start, 1e-9)
+        rows.append(dict(common, stage=TEXT_STAGE, images=sum(n for _, n, _ in ends), images_per_s=round(text_rate, 1)))
     if vae_rate and text_rate:
         rows.append(dict(common, stage=STEADY_STAGE, images_per_s=round(1 / (1 / vae_rate + 1 / text_rate), 1)))
-    if got.get("cache_stage_s") and lat:
-        total = sum(lines[-1][2] for lines in lat.values())
+    if got.get("cache_stage_s") and got["latent_lines"]:
+        total = sum(lines[-1][2] for lines in _by_rank(got["latent_lines"]).values())
         rows.append(dict(common, stage=WHOLE_STAGE, images=total, images_per_s=round(total / got["cache_stage_s"], 1),
                          stage_s=got["cache_stage_s"]))
     return rows

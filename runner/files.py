@@ -121,13 +121,22 @@ def not_a_directory(path: Path | str) -> str | None:
     return None
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` in one step (temp file, fsync, rename)."""
-    _via_temp(path, data, lambda tmp: os.replace(tmp, path))
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace `path` with `data` in one step (temp file, fsync, rename). `durable=False` skips
+    the fsync: a killed process still leaves the old or the new file, never a part of one, but
+    a power loss may leave an empty one. For many small files that verify themselves when read
+    (cache entries), where one `flush_to_disk` after the last of them replaces an fsync each."""
+    _via_temp(path, data, lambda tmp: os.replace(tmp, path), durable=durable)
 
 
-def atomic_write_json(path: Path, payload: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
+def atomic_write_json(path: Path, payload: Any, *, durable: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode(), durable=durable)
+
+
+def flush_to_disk() -> None:
+    """Every file written so far reaches the disk (one sync, where an fsync per file would wait
+    for the disk's journal once per file: on a network volume that is most of the time)."""
+    os.sync()
 
 
 def atomic_create_bytes(path: Path, data: bytes) -> None:
@@ -147,15 +156,16 @@ def atomic_create_bytes(path: Path, data: bytes) -> None:
     _via_temp(path, data, link)
 
 
-def _via_temp(path: Path, data: bytes, publish: Callable[[Path], None]) -> None:
-    """Write `data` to `path`'s temp sibling, flush it to disk, then `publish(tmp)` it."""
+def _via_temp(path: Path, data: bytes, publish: Callable[[Path], None], durable: bool = True) -> None:
+    """Write `data` to `path`'s temp sibling, flush it to disk (when `durable`), then `publish(tmp)` it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         publish(tmp)
     except BaseException as e:
         # A full disk must not leave half-written temp files behind (a SIGKILL skips this:

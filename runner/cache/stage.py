@@ -18,7 +18,7 @@ from runner.cache import keys as cachekeys
 from runner.cache.keys import EncoderIdentity, entry_path
 from runner.data import DatasetError
 from runner.data.workers import decode_workers
-from runner.files import atomic_write_bytes, atomic_write_json, sweep_stale_temps
+from runner.files import atomic_write_bytes, atomic_write_json, flush_to_disk, sweep_stale_temps
 from runner.launch.context import RunContext
 from runner.spec.plan import cache_fingerprint, enabled_datasets
 
@@ -40,6 +40,10 @@ class Shard:
     @property
     def is_whole(self) -> bool:
         return self.count == 1
+
+    def others(self, n: int) -> str:
+        """The log's note on the entries that other shards encode ("" for the whole range)."""
+        return "" if self.is_whole else f", {n} for the other {self.count - 1} shard(s)"
 
 
 @dataclass
@@ -116,11 +120,12 @@ def entry_metadata(path: Path) -> dict[str, str] | None:
 
 
 def write_entry(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> int:
-    """Returns the bytes written (for the metrics)."""
+    """Returns the bytes written (for the metrics). Not synced one by one: an entry verifies
+    itself when read (entry_metadata), and run_cache flushes them all before any manifest."""
     from safetensors.torch import save
 
     data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data, durable=False)
     return len(data)
 
 
@@ -172,10 +177,12 @@ def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identi
         elif str(meta.get("tokens", "")).isdigit():
             tokens[caption] = int(meta["tokens"])
     missing.sort(key=len)  # similar lengths share a batch: T5 pads each batch to its longest caption
-    report.text_total, report.text_encoded = len(keys), len(missing)
-    ctx.metrics.cache_planned("text", sum(map(shard.owns, keys.values())), len(missing))
+    owned = sum(map(shard.owns, keys.values()))  # a shard's report counts its own entries only
+    report.text_total, report.text_encoded = owned, len(missing)
+    ctx.metrics.cache_planned("text", owned, len(missing))
     if missing:
-        ctx.log(f"encoding {len(missing)} caption(s) with the text encoder ({len(keys) - len(missing)} cached)")
+        ctx.log(f"encoding {len(missing)} caption(s) with the text encoder ({owned - len(missing)} cached"
+                f"{shard.others(len(keys) - owned)})")
         text_encoder = family.load_text_encoder(model_dir, ctx.spec.model.textEncoderDtype, ctx.device)
         bar = Progress(len(missing), "text embeds", "caption")
         futures = []
@@ -214,11 +221,12 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
             keys[(ds["name"], item.info.rel)] = key
             if shard.owns(key) and entry_metadata(entry_path(vae_dir, key)) is None:
                 todo.append((vae_dir, item, key))
-    report.latents_total, report.latents_encoded = len(keys), len(todo)
-    ctx.metrics.cache_planned("latent", sum(map(shard.owns, keys.values())), len(todo))
+    owned = sum(map(shard.owns, keys.values()))
+    report.latents_total, report.latents_encoded = owned, len(todo)
+    ctx.metrics.cache_planned("latent", owned, len(todo))
     if not todo:
         return keys, []
-    ctx.log(f"encoding {len(todo)} image(s) with the VAE ({len(keys) - len(todo)} cached)")
+    ctx.log(f"encoding {len(todo)} image(s) with the VAE ({owned - len(todo)} cached{shard.others(len(keys) - owned)})")
     vae = family.load_vae(model_dir, ctx.spec.model.vaeDtype, ctx.device, compile=ctx.spec_dict["model"]["vaeCompile"])
     bar = Progress(len(todo), "latents", "image")
     futures = []
@@ -366,6 +374,7 @@ def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheRepor
             if not spec["vaeCacheDisable"]:
                 cache_latents(ctx, model_dir, plans, vae_id, report, writer, shard)
             cache_text(ctx, model_dir, captions, text_id, report, writer, shard)
+            flush_to_disk()  # before the launching process's final pass writes the manifests
             # Every shard reports (ctx.log speaks for rank 0 only).
             print(f"[{ctx.job.name}] cache shard {shard.index + 1}/{shard.count} done: {report.summary()}", flush=True)
             return report
@@ -380,6 +389,7 @@ def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheRepor
             latent_keys, broken = cache_latents(ctx, model_dir, plans, vae_id, report, writer)
         plans = drop_broken(ctx, plans, broken, report)
         text_keys, tokens = cache_text(ctx, model_dir, captions, text_id, report, writer)
+    flush_to_disk()  # the entries reach the disk before a manifest names them
     truncated = report_truncated(ctx, plans, tokens, report)
 
     datasets = []

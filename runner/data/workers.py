@@ -33,7 +33,8 @@ def usable_cpus(affinity: int, cpu_max: str | None) -> int:
 
 
 def decode_workers() -> int:
-    """Image decoding processes for the cache stage: the usable CPUs, at most 16."""
+    """Image decoding processes for the cache stage: this process's part of the usable CPUs
+    (torchrun's LOCAL_WORLD_SIZE cache workers on the node share them), at most 16."""
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -42,4 +43,5 @@ def decode_workers() -> int:
         cpu_max = CGROUP_CPU_MAX.read_text()
     except OSError:
         cpu_max = None
-    return min(MAX_DECODE_WORKERS, usable_cpus(affinity, cpu_max))
+    sharing = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    return max(1, min(MAX_DECODE_WORKERS, usable_cpus(affinity, cpu_max) // sharing))

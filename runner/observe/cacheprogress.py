@@ -164,7 +164,9 @@ class CacheProgress:
                                  if k in self._planned}, "bytes": self._bytes,
                        "phase": self._activity[0], "progressed": self._activity[1]}
         self._written_at = time.time()
-        atomic_write_json(self._shard_file, payload)
+        # not fsynced: a progress note read by the launching process, rewritten twice a second;
+        # an fsync each time would wait for the disk behind the cache entries being written
+        atomic_write_json(self._shard_file, payload, durable=False)
 
     def _read_shards(self) -> dict[str, dict[str, Any]]:
         if self._shard_dir is None or not self._shard_dir.is_dir():

@@ -69,10 +69,26 @@ def test_two_process_run_sums_the_shards_and_reads_the_group():
     assert got["ddp"].startswith("DistributedDataParallel over 2 processes")
     assert got["vae_start"] == 3.0  # found behind the glued progress bar; the final pass's is not the start
     cache = {r["stage"]: r for r in rows.cache_rows(got, {"gpus": 2})}
-    vae = round(924 / 30 + 904 / 30, 1)  # both shards at once: their rates add up
+    vae = round((924 + 904) / (61 - 30), 1)  # both shards at once: from the first start to the last end
     assert cache[rows.VAE_STAGE]["images_per_s"] == vae and cache[rows.VAE_STAGE]["images"] == 2048
-    assert cache[rows.TEXT_STAGE]["images_per_s"] == 170.0 and cache[rows.TEXT_STAGE]["images"] == 2049
+    text_start = min(70 - 1025 / 90, 71 - 1024 / 80)  # each bar's end less its captions over its rate
+    assert cache[rows.TEXT_STAGE]["images_per_s"] == round(2049 / (71 - text_start), 1)
+    assert cache[rows.TEXT_STAGE]["images"] == 2049
     assert cache[rows.WHOLE_STAGE]["images_per_s"] == round(2048 / 73.5, 1)
+
+
+def test_shards_that_ran_one_after_the_other_do_not_add_up():
+    """Seen on 2 x H200: rank 1 compiled its VAE cold while rank 0 encoded, so the two shards'
+    bars barely overlapped; adding their rates read 128 images/s, twice what the GPUs did."""
+    got = rows.parse_run([
+        (22.3, "[rank0]: [bench] encoding 999 image(s) with the VAE (0 cached, 1049 for the other 1 shard(s))"),
+        (46.1, "[rank0]: latents: 80/999 image (7.98 image/s, ETA 115s)"),
+        (60.8, "[rank0]: latents: 999/999 image (40.39 image/s, ETA 0s)"),
+        (61.2, "[rank1]: latents: 32/1049 image (1.31 image/s, ETA 778s)"),
+        (76.6, "[rank1]: latents: 1049/1049 image (26.27 image/s, ETA 0s)"),
+    ])
+    vae = {r["stage"]: r for r in rows.cache_rows(got, {"gpus": 2})}[rows.VAE_STAGE]
+    assert vae["images_per_s"] == round((919 + 1017) / (76.6 - 46.1), 1)  # 63.5, not 62.5 + 66.0
 
 
 def test_segments():

@@ -111,13 +111,16 @@ def test_usable_cpus(affinity: int, cpu_max: str | None, expected: int) -> None:
     assert usable_cpus(affinity, cpu_max) == expected
 
 
-@pytest.mark.parametrize("cores, cpu_max, expected", [
-    (64, "400000 100000\n", 4),   # a Kubernetes CPU limit of 4 on a 64-core node
-    (64, "max 100000\n", 16),     # no limit: at most 16 decoders
-    (8, None, 8),                  # no cgroup v2 file
+@pytest.mark.parametrize("cores, cpu_max, local_workers, expected", [
+    (64, "400000 100000\n", None, 4),   # a Kubernetes CPU limit of 4 on a 64-core node
+    (64, "max 100000\n", None, 16),     # no limit: at most 16 decoders
+    (8, None, None, 8),                  # no cgroup v2 file
+    (32, "max 100000\n", "4", 8),       # four cache workers on the node (torchrun) share the 32 cores
+    (16, "400000 100000\n", "2", 2),    # two workers under a limit of 4
+    (2, None, "8", 1),                   # more workers than cores: still one decoder each
 ])
 def test_decode_workers_reads_affinity_and_the_cgroup_quota(monkeypatch, tmp_path: Path, cores, cpu_max,
-                                                            expected) -> None:
+                                                            local_workers, expected) -> None:
     from runner.data import workers
 
     cpu_max_file = tmp_path / "cpu.max"
@@ -125,6 +128,10 @@ def test_decode_workers_reads_affinity_and_the_cgroup_quota(monkeypatch, tmp_pat
         cpu_max_file.write_text(cpu_max)
     monkeypatch.setattr(workers, "CGROUP_CPU_MAX", cpu_max_file)
     monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    if local_workers is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_workers)
     assert decode_workers() == expected
 
 
