@@ -104,10 +104,13 @@ class HostCopy:
         tensor = tensor.to(dtype)
         self.event = None
         if tensor.is_cuda:
-            self.host = torch.empty(tensor.shape, dtype=dtype, pin_memory=True)
-            self.host.copy_(tensor, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
+            # on the tensor's own GPU: the event must follow the copy on that GPU's stream, and a
+            # cache worker's current device need not be the one it encodes on
+            with torch.cuda.device(tensor.device):
+                self.host = torch.empty(tensor.shape, dtype=dtype, pin_memory=True)
+                self.host.copy_(tensor, non_blocking=True)
+                self.event = torch.cuda.Event()
+                self.event.record()
         else:
             self.host = tensor
 

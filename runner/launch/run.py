@@ -239,7 +239,12 @@ def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
         metrics.set_stage("cache")
         device = pick_device(job.spec.hardware.accelerator)
         if device == "cuda" and not shard.is_whole:
+            import torch
+
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+            # streams, events, pinned buffers and the decode loader's pin-memory thread follow the
+            # current device: left at cuda:0, worker 1 would put them beside worker 0's work
+            torch.cuda.set_device(device)
         ctx = make_context(job, device, rank=shard.index, world_size=shard.count, metrics=metrics)
         t0 = time.time()
         ctx.log(f"cache stage: {job.source}" + ("" if shard.is_whole else f" ({shard.count} shards)"))
