@@ -7,7 +7,7 @@ file so cache keys and random-crop offsets follow the file *content*.
 from __future__ import annotations
 
 import os
-from collections import Counter
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,12 +61,37 @@ class DatasetPlan:
         return group_by_bucket(list(range(len(self.items))), key=lambda i: self.items[i].bucket)
 
     def skipped_summary(self) -> str:
-        """e.g. "3 skipped: 2 without a caption .txt, 1 smaller than minimumImageSize"."""
+        """e.g. "3 skipped: 2 without a caption .txt (a.jpg, b.jpg), 1 smaller than minimumImageSize
+        (c.jpg)": each kind names its first NAMED files, so the user knows which to look at."""
         if not self.skipped:
             return "none skipped"
-        kinds = Counter(_reason_kind(reason) for _, reason in self.skipped)
-        parts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+        by_kind: dict[str, list[str]] = defaultdict(list)
+        for rel, reason in self.skipped:
+            by_kind[_reason_kind(reason)].append(rel)
+        parts = ", ".join(f"{len(rels)} {kind} ({_named(rels)})"
+                          for kind, rels in sorted(by_kind.items(), key=lambda kv: (-len(kv[1]), kv[0])))
         return f"{len(self.skipped)} skipped: {parts}"
+
+    def enlarged_summary(self) -> str | None:
+        """The images resized to more than ENLARGED_NOTE times their width to fill their bucket
+        (soft, blurry samples), e.g. "1 enlarged more than 2x to fill its bucket (tiny.jpg 40x40 to
+        512x512); set minimumImageSize to skip such images"; None when there are none."""
+        enlarged = [item for item in self.items if item.plan.enlargement > ENLARGED_NOTE]
+        if not enlarged:
+            return None
+        enlarged.sort(key=lambda item: -item.plan.enlargement)
+        named = [f"{item.info.rel} {item.info.width}x{item.info.height} to {item.bucket}" for item in enlarged]
+        its = "its" if len(enlarged) == 1 else "their"
+        return (f"{len(enlarged)} enlarged more than {ENLARGED_NOTE:g}x to fill {its} bucket ({_named(named)}); "
+                "set minimumImageSize to skip such images")
+
+
+NAMED = 3  # files named per kind of skip (the counts cover them all)
+ENLARGED_NOTE = 2.0  # resized to more than this many times its width: said by validate
+
+
+def _named(names: list[str]) -> str:
+    return ", ".join(names[:NAMED]) + (f" and {len(names) - NAMED} more" if len(names) > NAMED else "")
 
 
 def _reason_kind(reason: str) -> str:
@@ -240,6 +265,6 @@ def check_local_datasets(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
                 message += f" ({plan.skipped_summary()} under {path})"
             problems.append(f"{where}: {message}")
             continue
-        summaries.append(bucket_summary(where, name, plan.bucket_counts(),
-                                        plan.skipped_summary() if plan.skipped else None))
+        notes = "; ".join(n for n in (plan.skipped_summary() if plan.skipped else None, plan.enlarged_summary()) if n)
+        summaries.append(bucket_summary(where, name, plan.bucket_counts(), notes or None))
     return problems, summaries

@@ -69,6 +69,11 @@ class CropPlan:
     crop_box: tuple[int, int, int, int]  # (left, top, right, bottom) in resize_size coordinates
     target_size: tuple[int, int]  # both multiples of 64
 
+    @property
+    def enlargement(self) -> float:
+        """How many times wider the image is resized to fill its bucket (1.0 or less: not enlarged)."""
+        return self.resize_size[0] / (self.downsample_size or self.source_size)[0]
+
 
 # ----------------------------------------------------------------------------- units
 

@@ -118,12 +118,12 @@ PROBLEM_CASES = [
     ("needs-more", {}, dict(batch=2, accum=2, gpus=2),
      ["spec.datasets[0]: dataset 'photos' has 5 usable image(s) but one optimizer step needs 8",
       "(batchSize 2 x gradientAccumulationSteps 2 x 2 GPUs)", "128x128: 5, 192x128: 3", "dropped (3 of 8",
-      "1 skipped: 1 unreadable under"]),
+      "1 skipped: 1 unreadable (broken.png) under"]),
     ("world-size-is-gpus-times-nodes", {}, dict(batch=1, accum=2, gpus=2, nodes=2),
      ["needs 8", "x 4 GPUs"]),
     ("textfile-uncaptioned-unusable", {"captionStrategy": "textfile", "minimumImageSize": 64}, dict(batch=4),
      ["has 0 usable", "needs 4", "128x128: 3;", "dropped (3 of 3",
-      "6 skipped: 4 without a caption .txt, 1 smaller than minimumImageSize, 1 unreadable"]),
+      "6 skipped: 4 without a caption .txt (", "1 smaller than minimumImageSize (tiny.png), 1 unreadable (broken.png)"]),
     # repeats: 1 doubles every bucket (5 -> 10 square, 3 -> 6 wide), as the sampler sees it.
     ("repeats-count", {"repeats": 1}, dict(batch=2, accum=2, gpus=2), None),
     ("repeats-not-enough", {"repeats": 1}, dict(batch=4, accum=5), ["has 16 usable image(s)", "needs 20"]),
@@ -152,7 +152,7 @@ def test_plan_dataset_skips_images_beyond_4_to_1(tmp_path, over):
     assert set(reasons) == {"long.png", "tall.png"}
     assert reasons["long.png"].startswith("2000x10 has aspect ratio 200:1, beyond the 4:1 limit")
     assert reasons["tall.png"].startswith("3x900 has aspect ratio 300:1, beyond the 4:1 limit")
-    assert plan.skipped_summary() == "2 skipped: 2 with an aspect ratio beyond 4:1"
+    assert plan.skipped_summary() == "2 skipped: 2 with an aspect ratio beyond 4:1 (long.png, tall.png)"
     for it in plan.items:
         w, h = it.plan.target_size
         assert max(w, h) <= 4 * min(w, h)
@@ -230,7 +230,7 @@ def test_with_a_loaded_spec(tmp_path, mixed):
         "(batchSize 3 x gradientAccumulationSteps 3 x 1 GPU); images per bucket: 128x128: 8. "
         "Fix: add images, lower spec.training.batchSize or spec.training.gradientAccumulationSteps, "
         "use cropAspect: square (with crop: true) so all images share one bucket, or lower minimumImageSize "
-        f"(1 skipped: 1 unreadable under {mixed})"]
+        f"(1 skipped: 1 unreadable (broken.png) under {mixed})"]
     # the whole document (what `trainingjob validate` passes) works the same
     assert dataset_problems(job_from_document(doc).document.to_dict()) == dataset_problems(full)
     doc["spec"]["training"]["gradientAccumulationSteps"] = 2
@@ -293,7 +293,9 @@ def test_local_datasets_that_pass_get_a_summary_and_the_others_a_problem(mixed):
 
     problems, summaries = check_local_datasets(spec([ds(mixed), ds(mixed, name="second", minimumImageSize=10000)]))
     assert [p.split(":")[0] for p in problems] == ["spec.datasets[1]"]
-    assert summaries == ["spec.datasets[0] (photos): 8 usable images: 128x128 5, 192x128 3; 1 skipped: 1 unreadable"]
+    assert summaries == ["spec.datasets[0] (photos): 8 usable images: 128x128 5, 192x128 3; 1 skipped: 1 unreadable "
+                         "(broken.png); 1 enlarged more than 2x to fill its bucket (tiny.png 40x40 to 128x128); "
+                         "set minimumImageSize to skip such images"]
 
 
 def test_validate_prints_the_bucket_counts_of_a_local_dataset(cli, tmp_path):
@@ -306,3 +308,39 @@ def test_validate_prints_the_bucket_counts_of_a_local_dataset(cli, tmp_path):
     head, line = result.out.splitlines()
     assert head.endswith(": valid TrainingJob 'smoke'")
     assert line.startswith("  spec.datasets[0] (") and " usable images: " in line, line
+
+
+# ----------------------------------------------------------------------------- naming what it says
+
+def test_skips_name_their_files_a_few_per_kind(tmp_path):
+    root = tmp_path / "data"
+    for i in range(5):
+        (root / f"broken-{i}.png").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"broken-{i}.png").write_bytes(b"not an image")
+    img(root / "long.png", (2000, 100))
+    img(root / "ok.png", (256, 256))
+    plan = plan_dataset(ds(root), root, seed=1)
+    assert plan.skipped_summary() == ("6 skipped: 5 unreadable (broken-0.png, broken-1.png, broken-2.png and 2 more), "
+                                      "1 with an aspect ratio beyond 4:1 (long.png)")
+
+
+def test_images_enlarged_more_than_twice_are_named_the_most_enlarged_first(tmp_path):
+    root = tmp_path / "data"
+    for name, side in (("tiny", 20), ("small", 60), ("twice", 64), ("big", 200), ("huge", 900)):
+        img(root / f"{name}.png", (side, side))
+    plan = plan_dataset(ds(root, cropAspect="square"), root, seed=1)  # 128 px on the shorter side
+    assert {it.info.rel: round(it.plan.enlargement, 2) for it in plan.items} == {
+        "tiny.png": 6.4, "small.png": 2.13, "twice.png": 2.0, "big.png": 0.64, "huge.png": 0.14}
+    assert plan.enlarged_summary() == ("2 enlarged more than 2x to fill their bucket (tiny.png 20x20 to 128x128, "
+                                       "small.png 60x60 to 128x128); set minimumImageSize to skip such images")
+    skipping = plan_dataset(ds(root, cropAspect="square", minimumImageSize=64), root, seed=1)
+    assert skipping.enlarged_summary() is None  # what the note tells the user to do works
+
+
+def test_a_downsampled_image_is_measured_from_its_downsampled_size(tmp_path):
+    root = tmp_path / "data"
+    img(root / "big.png", (1000, 1000))
+    plan = plan_dataset(ds(root, cropAspect="square", maximumImageSize=500, targetDownsampleSize=50), root, seed=1)
+    (item,) = plan.items
+    assert item.plan.downsample_size == (50, 50) and item.plan.enlargement == 128 / 50
+    assert "big.png 1000x1000 to 128x128" in plan.enlarged_summary()

@@ -109,7 +109,7 @@ def test_missing_captions(user, tmp_path):
     assert_failed_before_the_model(proc, root, tmp_path)
     message = failures(root)["dataset pseudo-camera-10k"]
     assert "has 5 usable image(s) but one optimizer step needs 8" in message
-    assert "3 skipped: 3 without a caption .txt" in message
+    assert "3 skipped: 3 without a caption .txt (photo-0.png, photo-1.png, photo-2.png)" in message
 
 
 def test_a_validation_size_off_the_token_grid(user, tmp_path):
@@ -139,7 +139,8 @@ def test_the_stand_in_photos_are_not_reported_as_the_real_dataset(tmp_path):
     assert cases["dataset pseudo-camera-10k"].find("skipped") is not None, proc.stdout
     line = next(ln for ln in proc.stdout.splitlines() if "dataset smoke-samples" in ln)
     assert line.split()[0] == "PASSED" and "stand-in sample photos, not dataset pseudo-camera-10k" in line, line
-    assert "checked with its settings" in line and "smaller than minimumImageSize (by its settings)" in line, line
+    assert "checked with its settings" in line and "5 smaller than minimumImageSize (" in line, line
+    assert line.endswith("and 2 more) (by its settings)"), line
     assert "the real batch" not in line and "the real run skips them too" not in line, line
 
 
