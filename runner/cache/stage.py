@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from runner.cache import keys as cachekeys
+from runner.cache.entries import bucket_batches, chunks, entry_metadata, write_entry
 from runner.cache.keys import EncoderIdentity, entry_path
 from runner.data import DatasetError
 from runner.data.workers import decode_workers
 from runner.files import atomic_write_bytes, atomic_write_json, flush_to_disk, sweep_stale_temps
 from runner.launch.context import RunContext
+from runner.observe.progress import Laps
 from runner.spec.plan import cache_fingerprint, enabled_datasets
 
 MANIFEST_FORMAT = 1
@@ -40,6 +42,13 @@ class Shard:
     @property
     def is_whole(self) -> bool:
         return self.count == 1
+
+    def log(self, ctx: RunContext, message: str) -> None:
+        """A line from every shard's worker (ctx.log speaks for rank 0 only), naming the shard."""
+        if self.is_whole:
+            ctx.log(message)
+        else:
+            print(f"[{ctx.job.name}] cache shard {self.index + 1}/{self.count} {message}", flush=True)
 
     def others(self, n: int) -> str:
         """The log's note on the entries that other shards encode ("" for the whole range)."""
@@ -103,46 +112,6 @@ def plan_datasets(ctx: RunContext, quiet: bool = False) -> list[tuple[dict[str, 
     return plans
 
 
-# ----------------------------------------------------------------------------- entries
-
-def entry_metadata(path: Path) -> dict[str, str] | None:
-    """An entry's metadata, or None when it is missing or unreadable (its header does not parse,
-    or its data is shorter than the header says: a torn file). Such an entry is re-encoded."""
-    if not path.is_file():
-        return None
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {}) if list(f.keys()) else None
-    except Exception:  # noqa: BLE001 - any unreadable entry is simply re-encoded
-        return None
-
-
-def write_entry(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> int:
-    """Returns the bytes written (for the metrics). Not synced one by one: an entry verifies
-    itself when read (entry_metadata), and run_cache flushes them all before any manifest."""
-    from safetensors.torch import save
-
-    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, data, durable=False)
-    return len(data)
-
-
-def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i: i + size]
-
-
-def bucket_batches(entries: Sequence[Any], bucket: Callable[[Any], str], size: int) -> list[Sequence[Any]]:
-    """`entries` grouped by bucket, in bucket order, cut into batches of at most `size`: a VAE
-    batch stacks images, so each holds one shape."""
-    by_bucket: dict[str, list] = {}
-    for entry in entries:
-        by_bucket.setdefault(bucket(entry), []).append(entry)
-    return [batch for name in sorted(by_bucket) for batch in chunks(by_bucket[name], size)]
-
-
 # ----------------------------------------------------------------------------- encoders
 
 def encoder_identities(ctx: RunContext, model_dir: Path) -> tuple[EncoderIdentity, EncoderIdentity]:
@@ -183,7 +152,9 @@ def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identi
     if missing:
         ctx.log(f"encoding {len(missing)} caption(s) with the text encoder ({owned - len(missing)} cached"
                 f"{shard.others(len(keys) - owned)})")
+        laps = Laps()
         text_encoder = family.load_text_encoder(model_dir, ctx.spec.model.textEncoderDtype, ctx.device)
+        laps.lap("loaded")
         bar = Progress(len(missing), "text embeds", "caption")
         futures = []
         for batch in chunks(missing, ctx.spec.textEmbeds.writeBatchSize):
@@ -196,11 +167,15 @@ def cache_text(ctx: RunContext, model_dir: Path, captions: Sequence[str], identi
                 futures[-1].add_done_callback(ctx.metrics.entry_written)
             bar.update(len(batch))
             ctx.metrics.cache_done("text", len(batch))
+        laps.lap("encoded")
         for f in futures:
             f.result()
+        laps.lap("written")
         bar.close()
         del text_encoder
         _free(ctx.device)
+        laps.lap("freed")
+        shard.log(ctx, f"text encoder: {len(missing)} caption(s): {laps}")
     return keys, tokens
 
 
@@ -227,7 +202,9 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
     if not todo:
         return keys, []
     ctx.log(f"encoding {len(todo)} image(s) with the VAE ({owned - len(todo)} cached{shard.others(len(keys) - owned)})")
+    laps = Laps()
     vae = family.load_vae(model_dir, ctx.spec.model.vaeDtype, ctx.device, compile=ctx.spec_dict["model"]["vaeCompile"])
+    laps.lap("loaded")
     bar = Progress(len(todo), "latents", "image")
     futures = []
 
@@ -264,11 +241,15 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
         in_flight = (good, copy)
     if in_flight is not None:
         write(in_flight)
+    laps.lap("encoded (compile included)")
     for f in futures:
         f.result()
+    laps.lap("written")
     bar.close()
     del vae
     _free(ctx.device)
+    laps.lap("freed")
+    shard.log(ctx, f"VAE: {len(todo)} image(s): {laps}")
     report.latents_encoded -= len(failed)
     report.latents_total -= len(failed)
     return keys, failed
@@ -375,8 +356,7 @@ def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheRepor
                 cache_latents(ctx, model_dir, plans, vae_id, report, writer, shard)
             cache_text(ctx, model_dir, captions, text_id, report, writer, shard)
             flush_to_disk()  # before the launching process's final pass writes the manifests
-            # Every shard reports (ctx.log speaks for rank 0 only).
-            print(f"[{ctx.job.name}] cache shard {shard.index + 1}/{shard.count} done: {report.summary()}", flush=True)
+            shard.log(ctx, f"done: {report.summary()}")
             return report
         sweep_cache_dirs(ctx, plans)
         if spec["vaeCacheDisable"]:

@@ -49,5 +49,21 @@ class Progress:
             self._bar.close()
 
 
+class Laps:
+    """Wall-clock laps of one piece of work, said in one line: "loaded 3.1s, encoded 24.7s, ..."."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self._parts: list[str] = []
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self._parts.append(f"{name} {now - self._last:.1f}s")
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(self._parts)
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -60,7 +60,7 @@ def test_two_nodes_of_one_process_each_as_two_pods(runner):
     cache = pods("cache")
     for proc in cache:
         assert_clean(proc)
-    shard_lines = [line for proc in cache for line in proc.stdout.splitlines() if "cache shard" in line]
+    shard_lines = [line for proc in cache for line in proc.stdout.splitlines() if "cache shard" in line and " done: " in line]
     assert sorted(line.split("cache shard ")[1][:3] for line in shard_lines) == ["1/2", "2/2"]
     report = runner.cache_report()
     assert report["text_encoded"] == 0 and report["latents_encoded"] == 0  # the shards did it all

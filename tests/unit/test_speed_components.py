@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from runner.cache.pixels import HostCopy, pixel_batches, verify_images
-from runner.cache.stage import bucket_batches
+from runner.cache.entries import bucket_batches
 from runner.data.transforms import plan_crop
 from runner.data.workers import decode_workers, quota_cpus, usable_cpus
 from runner.models.pixart_sigma import FAMILY

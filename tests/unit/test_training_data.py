@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from runner.cache.keys import entry_path
-from runner.cache.stage import crop_plan_dict, write_entry
+from runner.cache.entries import write_entry
+from runner.cache.stage import crop_plan_dict
 from runner.files import atomic_write_json
 from runner.models.pixart_sigma import FAMILY
 from runner.train.data import (
