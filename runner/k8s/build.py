@@ -269,7 +269,9 @@ def build_pod_template(doc: dict, stage: str, opts: Options) -> dict[str, Any]:
     if k8s.get("tolerations"):
         pod["tolerations"] = [dict(t) for t in k8s["tolerations"]]
     meta: dict[str, Any] = {"labels": labels(job, stage, opts.managed_by, stage)}
-    if port and every_pod_serves_metrics(doc, stage):
+    # With a PodMonitor the Prometheus Operator scrapes; the annotations too would have a
+    # cluster's annotation-based scrape job take every series a second time, under another `job`.
+    if port and every_pod_serves_metrics(doc, stage) and not opts.pod_monitor:
         meta["annotations"] = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
                                "prometheus.io/path": "/metrics"}
     return {"metadata": meta, "spec": pod}

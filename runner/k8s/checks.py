@@ -30,6 +30,7 @@ def kubernetes_problems(doc: dict[str, Any]) -> list[str]:
             images.flavour(spec["hardware"]["accelerator"])
         except images.NoImageError as e:
             problems.append(f"{e}; or set spec.kubernetes.image")
+    problems += _gpu_count_problems(spec)
     secrets = k8s.get("secrets", {})
     if spec["output"]["hub"].get("push") and "hubToken" not in secrets:
         problems.append("spec.kubernetes.secrets.hubToken: required when output.hub.push is true on Kubernetes "
@@ -38,6 +39,20 @@ def kubernetes_problems(doc: dict[str, Any]) -> list[str]:
         problems.append("spec.kubernetes.secrets.wandbApiKey: required when tracking.wandb.enabled is true on "
                         "Kubernetes (the Secret key holding the W&B API key)")
     return problems
+
+
+def _gpu_count_problems(spec: dict[str, Any]) -> list[str]:
+    """A GPU count set in spec.kubernetes.resources that is not hardware.gpusPerNode: the pods get
+    gpusPerNode (one process per GPU), so the other number would be silently dropped."""
+    flavour = images.FLAVOURS.get(spec["hardware"]["accelerator"])
+    if flavour is None or not flavour.gpu_resource:
+        return []
+    wanted, gpus = spec.get("kubernetes", {}).get("resources", {}), spec["hardware"]["gpusPerNode"]
+    return [f"spec.kubernetes.resources.{side}.{flavour.gpu_resource}: {wanted[side][flavour.gpu_resource]} is not "
+            f"spec.hardware.gpusPerNode ({gpus}); each pod gets gpusPerNode GPUs (one process each): set "
+            f"gpusPerNode, and leave {flavour.gpu_resource} out of resources"
+            for side in ("requests", "limits")
+            if flavour.gpu_resource in wanted.get(side, {}) and str(wanted[side][flavour.gpu_resource]) != str(gpus)]
 
 
 # Paths every pod mounts itself (_volumes), and what is there.

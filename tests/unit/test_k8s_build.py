@@ -148,6 +148,15 @@ def test_metrics_port_is_named_and_annotated_where_every_pod_serves(stage, nodes
         assert not any(k.startswith("prometheus.io/") for k in annotations)
 
 
+def test_with_a_pod_monitor_the_pods_carry_no_scrape_annotations():
+    """Both would have a cluster's annotation-based scrape job and the Prometheus Operator take
+    every series, under two `job` labels: sums over the cache counters would count twice."""
+    for stage in ("cache", "train"):
+        template = build.build_job(make_doc(nodes=1), stage, Options(pod_monitor=True))["spec"]["template"]
+        assert not any(k.startswith("prometheus.io/") for k in template["metadata"].get("annotations", {}))
+        assert template["spec"]["containers"][0]["ports"][0]["name"] == "metrics"  # what the PodMonitor scrapes
+
+
 def _prometheus_meta(pod_meta: dict) -> dict[str, str]:
     """Prometheus's Kubernetes discovery labels of a pod (names: other characters become `_`)."""
     sane = lambda k: re.sub(r"[^a-zA-Z0-9_]", "_", k)
@@ -479,3 +488,22 @@ def test_render_cli_warns_about_a_dataset_on_no_volume_and_still_renders():
     assert proc.returncode == 0, proc.stderr
     assert f"{EXAMPLE}: warning: spec.datasets[0].path: /srv/photos is on no volume in the pod" in proc.stderr
     assert [o["kind"] for o in yaml.safe_load_all(proc.stdout) if o] == ["ConfigMap", "Job", "Service", "Job"]
+
+
+@pytest.mark.parametrize("accelerator, resources, refused", [
+    ("cuda12", {"limits": {"nvidia.com/gpu": 8, "memory": "1Ti"}}, ["limits.nvidia.com/gpu: 8 is not spec.hardware.gpusPerNode (2)"]),
+    ("cuda12", {"requests": {"nvidia.com/gpu": "4"}, "limits": {"nvidia.com/gpu": 2}},
+     ["requests.nvidia.com/gpu: 4 is not spec.hardware.gpusPerNode (2)"]),
+    ("cuda12", {"limits": {"nvidia.com/gpu": 2, "memory": "1Ti"}}, []),    # the same number: as rendered anyway
+    ("rocm", {"limits": {"amd.com/gpu": 1}}, ["limits.amd.com/gpu: 1 is not"]),
+    ("rocm", {"limits": {"nvidia.com/gpu": 8}}, []),    # not the resource this hardware's pods ask for
+    ("cpu", {"limits": {"nvidia.com/gpu": 8}}, []),
+])
+def test_a_gpu_count_in_resources_that_is_not_gpus_per_node_is_refused(accelerator, resources, refused):
+    """The pods get exactly gpusPerNode GPUs (one process each); another count in resources was
+    dropped without a word."""
+    doc = make_doc(accelerator=accelerator, gpus=2, resources=resources)
+    problems = checks.kubernetes_problems(doc)
+    assert len(problems) == len(refused) and all(want in got for want, got in zip(refused, problems)), problems
+    if not refused:
+        render_objects(doc, Options())
