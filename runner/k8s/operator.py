@@ -88,18 +88,23 @@ def observe(tj: dict, opts: Options, now: datetime) -> Observed:
     ns, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
     selector = f"{build.label_job()}={name}"
     core, batch = kubernetes.client.CoreV1Api(), kubernetes.client.BatchV1Api()
-    found = {"config": _owned(_items(core.list_namespaced_config_map(ns, label_selector=selector)), tj),
-             "service": _owned(_items(core.list_namespaced_service(ns, label_selector=selector)), tj),
-             "job": _owned(_items(batch.list_namespaced_job(ns, label_selector=selector)), tj)}
+    listed = {"config": _items(core.list_namespaced_config_map(ns, label_selector=selector)),
+              "service": _items(core.list_namespaced_service(ns, label_selector=selector)),
+              "job": _items(batch.list_namespaced_job(ns, label_selector=selector))}
     if opts.pod_monitor:
-        found["monitor"] = _owned(_items(kubernetes.client.CustomObjectsApi().list_namespaced_custom_object(
-            *PODMONITOR[:2], ns, PODMONITOR[2], label_selector=selector)), tj)
+        listed["monitor"] = _items(kubernetes.client.CustomObjectsApi().list_namespaced_custom_object(
+            *PODMONITOR[:2], ns, PODMONITOR[2], label_selector=selector))
+    found = {role: _owned(objs, tj) for role, objs in listed.items()}
+    # Labelled as this job's but not controlled by it: e.g. applied from `trainingjob render`.
+    # Creating one of those names would only meet a 409, every sync.
+    foreign = tuple(sorted(f"{o['kind']}/{o['metadata']['name']}" for role, objs in listed.items()
+                           for o in objs if o not in found[role]))
     children = {role: objs[0] for role, objs in found.items() if objs and role != "job"}
     for job in found["job"]:
         children[job["metadata"]["labels"].get("app.kubernetes.io/component", "")] = job
     # Only the pods of the Jobs found above (by their uid): not a deleted predecessor's.
     pods = st.pods_by_stage(_items(core.list_namespaced_pod(ns, label_selector=selector)), children)
-    return Observed(children, pods, read_progress(tj, children, pods["train"], now))
+    return Observed(children, pods, read_progress(tj, children, pods["train"], now), foreign)
 
 
 def read_progress(tj: dict, children: dict[str, dict], pods: list[dict], now: datetime) -> dict | None:

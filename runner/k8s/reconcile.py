@@ -45,6 +45,7 @@ class Observed:
     children: dict[str, dict] = field(default_factory=dict)
     pods: dict[str, list[dict]] = field(default_factory=dict)
     progress: dict[str, Any] | None = None
+    foreign: tuple[str, ...] = ()  # "Kind/name" labelled as this job's children but not controlled by it
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,12 @@ def reconcile(tj: dict, observed: Observed, now: datetime, opts: Options = Optio
     if not (cache_phase == "failed" or train_phase in ("complete", "failed")):
         wanted = build.build_children(doc, opts, Owner(meta["name"], meta["uid"]), stages=(stage,), suspend=suspend)
         out.create = [obj for obj in wanted if role_of(obj) not in children]
+        taken = [o for o in out.create if f"{o['kind']}/{o['metadata']['name']}" in observed.foreign]
+        out.create = [o for o in out.create if o not in taken]
+        out.events += [Event("Warning", "ErrResourceExists",
+                             f"{o['kind']} {o['metadata']['name']} exists and is not controlled by this TrainingJob "
+                             "(applied from `trainingjob render`?); delete it and the operator creates its own")
+                       for o in taken]
         out.events += [Event("Normal", "Created", f"Created {o['kind']} {o['metadata']['name']}")
                        for o in out.create if o["kind"] == "Job"]
         if any(o["kind"] == "Job" and role_of(o) == "cache" for o in out.create):  # once, as the pods start
@@ -132,7 +139,7 @@ def reconcile(tj: dict, observed: Observed, now: datetime, opts: Options = Optio
         for role, patch in out.patch:  # the status describes the Jobs as they are about to be
             children = {**children, role: {**children[role], "spec": {**children[role]["spec"], **patch["spec"]}}}
         cache_phase, train_phase = st.job_phase(children.get("cache")), st.job_phase(children.get("train"))
-        observed = Observed(children, observed.pods, observed.progress)
+        observed = Observed(children, observed.pods, observed.progress, observed.foreign)
     phase = train_phase if stage == "train" else cache_phase
     if phase == "absent":  # created just now
         phase = "suspended" if suspend else "pending"

@@ -370,3 +370,21 @@ def test_a_dataset_on_no_volume_is_warned_about_once_as_the_cache_job_starts():
     c.job_status("cache", ready=1, active=1)
     assert all(e.type != "Warning" for e in c.step().events)  # not again on later reconciles
     assert all(e.reason != "DatasetNotOnVolume" for e in Cluster(trainingjob()).step().events)
+
+
+def test_children_applied_from_render_are_not_created_again_nor_reported_created():
+    """`trainingjob render | kubectl apply` made the ConfigMap and the cache Job (our labels, no
+    ownerReference): creating them would meet a 409 at every sync while the status said
+    Pending and an Event said Created. The operator names them instead and creates the rest."""
+    tj = trainingjob()
+    observed = Observed(foreign=("ConfigMap/smoke-spec", "Job/smoke-cache"))
+    out = reconcile(copy.deepcopy(tj), observed, T0)
+    assert [f"{o['kind']}/{o['metadata']['name']}" for o in out.create] == []
+    warned = [e for e in out.events if e.reason == "ErrResourceExists"]
+    assert [e.message.split(" exists")[0] for e in warned] == ["ConfigMap smoke-spec", "Job smoke-cache"]
+    assert all(e.type == "Warning" and "delete it" in e.message for e in warned)
+    assert not [e for e in out.events if e.reason == "Created"]
+    # another object of the same job still gets made
+    out = reconcile(copy.deepcopy(tj), Observed(foreign=("ConfigMap/smoke-spec",)), T0)
+    assert [f"{o['kind']}/{o['metadata']['name']}" for o in out.create] == ["Job/smoke-cache"]
+    assert [e.reason for e in out.events if e.reason in ("Created", "ErrResourceExists")] == ["ErrResourceExists", "Created"]
