@@ -130,6 +130,7 @@ class Metrics:
     # ---- train stage (calls from runner/train/loop.py) ----
     def train_started(self, total_steps: int, start_step: int, device: Any = None) -> None:
         self._get(N.TRAIN_PLANNED_STEPS).set(total_steps)
+        self._steps = max(self._steps, start_step)  # steps before a resume are not this process's
         self._advance(start_step)
         self._train_started, self._start_step, self._planned = time.time(), start_step, total_steps
         self._gpu = device if getattr(device, "type", None) == "cuda" else None
@@ -163,7 +164,10 @@ class Metrics:
                      grad_norm=None if grad_norm is None else float(grad_norm))
 
     def _advance(self, step: int) -> None:
-        """The steps counter follows the step number (a resumed run starts where it left off)."""
+        """The step gauge is the step number; the counter counts this process's steps, from 0 at
+        its start also after a resume, as Prometheus counters must: a counter that came back at
+        the checkpoint's step would read as a reset, and increase() would count those steps twice."""
+        self._get(N.TRAIN_STEP).set(step)
         counter = self._series[N.TRAIN_STEPS].labels(self.job)  # present from step 0 on
         if step > self._steps:
             counter.inc(step - self._steps)

@@ -42,6 +42,7 @@ CACHE_ITEMS_ENCODED = "trainingjob_cache_items_encoded_total"
 CACHE_WRITTEN_BYTES = "trainingjob_cache_written_bytes_total"
 CACHE_ENCODE_RATE = "trainingjob_cache_encode_items_per_second"
 TRAIN_STEPS = "trainingjob_train_steps_total"
+TRAIN_STEP = "trainingjob_train_step"
 TRAIN_PLANNED_STEPS = "trainingjob_train_planned_steps"
 TRAIN_EPOCH = "trainingjob_train_epoch"
 TRAIN_LOSS = "trainingjob_train_loss"
@@ -78,7 +79,9 @@ SERIES: tuple[Series, ...] = (
     Series(CACHE_ITEMS_ENCODED, "counter", "Cache entries encoded by this process and the cache workers it launched, by kind", ("kind",)),
     Series(CACHE_WRITTEN_BYTES, "counter", "Bytes of cache entries written by this process and the cache workers it launched"),
     Series(CACHE_ENCODE_RATE, "gauge", "Entries encoded per second since this kind's encoder started", ("kind",)),
-    Series(TRAIN_STEPS, "counter", "Optimizer steps done, counting those before a resume"),
+    Series(TRAIN_STEPS, "counter", "Optimizer steps done by this process (from 0, also after a resume; the step "
+           "number is trainingjob_train_step)"),
+    Series(TRAIN_STEP, "gauge", "Optimizer step the run is at (a resumed run starts at its checkpoint's step)"),
     Series(TRAIN_PLANNED_STEPS, "gauge", "Optimizer steps the run will take in all"),
     Series(TRAIN_EPOCH, "gauge", "Epoch of the latest batch (0-based)"),
     Series(TRAIN_LOSS, "gauge", "Training loss at the latest logged step, mean over ranks"),
@@ -105,7 +108,7 @@ BY_NAME = {s.name: s for s in SERIES}
 # Each is one sample per job; match on sample names (a parser may report a counter's family
 # without its _total).
 PROGRESS = {
-    "step": TRAIN_STEPS,
+    "step": TRAIN_STEP,
     "totalSteps": TRAIN_PLANNED_STEPS,
     "loss": TRAIN_LOSS,
     "samplesPerSecond": TRAIN_SAMPLES_PER_SECOND,

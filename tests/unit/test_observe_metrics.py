@@ -134,13 +134,18 @@ def test_not_serving_counts_the_same() -> None:
     m.close()
 
 
-def test_steps_counter_starts_at_the_resumed_step() -> None:
+def test_after_a_resume_the_step_gauge_starts_at_the_checkpoint_and_the_counter_at_zero() -> None:
+    """A pod that died at step 600 and resumed from checkpoint 500: a counter that came back at
+    500 would read as a reset to rate()/increase(), which would count 500 steps that never ran."""
     m = Metrics("x")
+    j = {"trainingjob": "x"}
     m.train_started(total_steps=500, start_step=200)
-    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"trainingjob": "x"}) == 200.0
+    assert m.registry.get_sample_value(N.TRAIN_STEP, j) == 200.0
+    assert m.registry.get_sample_value(N.TRAIN_STEPS, j) == 0.0
     m.step_done(201, epoch=3, seconds=0.1)
     m.train_progress(201, 500, 0.1, 1.0)  # the same step again adds nothing
-    assert m.registry.get_sample_value(N.TRAIN_STEPS, {"trainingjob": "x"}) == 201.0
+    assert m.registry.get_sample_value(N.TRAIN_STEP, j) == 201.0
+    assert m.registry.get_sample_value(N.TRAIN_STEPS, j) == 1.0
 
 
 def test_eta_is_remaining_steps_times_the_mean_step_time() -> None:
