@@ -3,8 +3,8 @@ operator (run here, out of cluster, with your kubeconfig), PVCs and the CPU smok
 until it succeeds. Skips with the reason where no cluster answers.
 
 The trainer pods need the CPU image in the cluster: set TRAININGJOB_E2E_REGISTRY/VERSION to
-where `make image HW=cpu` pushed it; on kind the test loads a local image into the nodes
-(`kind load docker-image`) when it exists.
+where `make image HW=cpu` pushed it; on kind the test loads a local image (podman's or
+docker's) into the nodes as an archive (`kind load image-archive`) when it exists.
 """
 from __future__ import annotations
 
@@ -47,12 +47,31 @@ def cluster():
     return kubectl("config", "current-context").stdout.strip()
 
 
+def load_into_kind(image: str, cluster: str, tmp_path: Path) -> str:
+    """Put a locally built image into the kind nodes, as an archive: `make image` builds with
+    podman (or buildah, into podman's store) before docker, and `kind load docker-image` sees
+    only docker's. Without a local image the nodes pull it from the registry."""
+    for engine in ("podman", "docker"):
+        if not shutil.which(engine) or subprocess.run([engine, "image", "inspect", image],
+                                                      capture_output=True).returncode != 0:
+            continue
+        archive = tmp_path / "image.tar"
+        subprocess.run([engine, "save", *(["--format", "docker-archive"] if engine == "podman" else []),
+                        "-o", str(archive), image], check=True, capture_output=True)
+        proc = subprocess.run(["kind", "load", "image-archive", str(archive), "--name", cluster],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise AssertionError(f"kind load image-archive {image} (from {engine}): {proc.stderr[-1000:]}")
+        return f"loaded {image} from {engine} into kind cluster {cluster}"
+    return f"{image} is not built here (make image HW=cpu): the kind nodes pull it from its registry"
+
+
 def test_smoke_job_runs_cache_then_train_on_a_real_cluster(cluster, tmp_path):
     registry = os.environ.get("TRAININGJOB_E2E_REGISTRY", DEFAULT_REGISTRY)
     version = os.environ.get("TRAININGJOB_E2E_VERSION")
     image = image_ref("cpu", registry=registry, **({"version": version} if version else {}))
     if cluster.startswith("kind-") and shutil.which("kind"):
-        subprocess.run(["kind", "load", "docker-image", image, "--name", cluster[len("kind-"):]], check=False)
+        print(load_into_kind(image, cluster[len("kind-"):], tmp_path))
     ns = f"tj-e2e-{uuid.uuid4().hex[:6]}"
     kubectl("apply", "--server-side", "-f", str(REPO / "k8s" / "crd.yaml"))
     kubectl("wait", "--for=condition=Established", "crd/trainingjobs.diffusion.runner.dev", "--timeout=60s")
