@@ -108,6 +108,21 @@ def sweep_stale_temps(folder: Path) -> list[Path]:
     return removed
 
 
+def not_writable(path: Path | str) -> str | None:
+    """Why nothing can be written at `path` (created when missing): the nearest folder that
+    exists is on a read-only file system, or this user may not write in it; None when it can."""
+    full = Path(path).absolute()
+    existing = next((step for step in (full, *full.parents) if step.is_dir()), None)
+    if existing is None or os.access(existing, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    why = "is on a read-only file system" if read_only else "is not writable by this user"
+    return f"{path} cannot be written: {existing} {why}"
+
+
 def not_a_directory(path: Path | str) -> str | None:
     """Why `path` cannot be used as a directory (created when missing): it is a file, or a
     folder on the way to it is; None when it can."""

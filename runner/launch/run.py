@@ -76,11 +76,13 @@ def launch_workers(job: TrainingJob, stage: str = "train") -> int:
 def directory_problems(spec: dict, stage: str = "all") -> list[str]:
     """Folders the run writes to that cannot be folders (a file is in the way), and a checkpoint
     folder to resume from that is not there, checked before any work."""
-    from runner.files import not_a_directory
+    from runner.files import not_a_directory, not_writable
     from runner.spec.semantics import written_dirs
 
     problems = [f"{where}: {why}; point it at a directory (it is created when missing)"
                 for where, value in written_dirs(spec) if (why := not_a_directory(value))]
+    problems += [f"{where}: {why}; point it at a folder this run may write to"
+                 for where, value in written_dirs(spec) if not not_a_directory(value) and (why := not_writable(value))]
     resume = spec["training"]["resume"]
     if stage != "cache" and resume not in ("auto", "none") and not Path(resume).is_dir():
         what = "a file" if Path(resume).exists() else "not there"
@@ -135,7 +137,7 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
             return EXIT_INVALID
         if stage == "train":  # refused before any report or history is written (--stage all caches first)
             load_manifest(job_paths(spec).manifest, cache_fingerprint(spec))
-        if stage in ("train", "all") and (done := finished_step(spec)) is not None:
+        if stage in ("train", "all") and (done := finished_step(spec, job.name)) is not None:
             print(f"[{job.name}] {finished_message(job_paths(spec), done)}", flush=True)
             return EXIT_OK  # writes nothing, so needs no lock
         if takes_lock(os.environ, in_worker()):  # one run per output folder (runner/launch/lock.py)
@@ -298,7 +300,7 @@ def run_train_stage(job: TrainingJob) -> int:
                 url = push_to_hub(result.model_dir, job.document.to_dict(), latest_images(ctx.paths.validation))
             ctx.log(f"pushed to the Hub: {url}")
         if ctx.is_main:
-            record_finished(ctx.paths, result.final_step)  # last: a rerun now has nothing to do
+            record_finished(ctx.paths, result.final_step, job.name)  # last: a rerun now has nothing to do
         loss = f", final loss {result.last_loss:.4f}" if math.isfinite(result.last_loss) else ""
         ctx.log(f"done in {time.time() - t0:.1f}s: {result.final_step} steps{loss}")
         ctx.log(f"  model:       {result.model_dir}")

@@ -39,9 +39,9 @@ class Progress:
             self._printed_final = finished
             self._last = now
             rate = (self.count - self._initial) / max(now - self._start, 1e-9)
-            eta = (self.total - self.count) / rate if rate > 0 else float("inf")
+            eta = f"{(self.total - self.count) / rate:.0f}s" if rate > 0 else "?"
             extra = " ".join(f"{k}={_fmt(v)}" for k, v in self.postfix.items())
-            print(f"{self.desc}: {self.count}/{self.total} {self.unit} ({rate:.2f} {self.unit}/s, ETA {eta:.0f}s) {extra}".rstrip(),
+            print(f"{self.desc}: {self.count}/{self.total} {self.unit} ({rate:.2f} {self.unit}/s, ETA {eta}) {extra}".rstrip(),
                   flush=True)
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ class TrainerState:
     batch_in_epoch: int = 0
     samples_seen: int = 0
     spec_hash: str = ""
+    job: str = ""  # metadata.name of the job that wrote it ("" in checkpoints from before it was kept)
 
 
 def seal(folder: Path, state: TrainerState) -> None:
@@ -40,6 +41,11 @@ def verify(folder: Path) -> str | None:
     """None when the checkpoint is complete and intact, else why not."""
     state_path = folder / STATE_FILE
     if not state_path.is_file():
+        steps = sorted((p.name for p in folder.glob("step-*") if p.is_dir()), key=lambda n: int(n[5:]) if n[5:].isdigit() else -1)
+        if steps:  # the parent of the checkpoints, not one of them
+            return f"it is a folder of checkpoints, not one; name one of them (e.g. {folder / steps[-1]}), or use auto"
+        if (folder / "checkpoints").is_dir():
+            return f"it is an output folder; name a checkpoint under {folder / 'checkpoints'}, or use auto"
         return f"no {STATE_FILE} (incomplete write)"
     try:
         record = json.loads(state_path.read_text())

@@ -21,9 +21,10 @@ def is_finished(recorded_step: int | None, newest_checkpoint: int | None, total_
             and recorded_step == newest_checkpoint == total_steps)
 
 
-def record_finished(paths: JobPaths, step: int) -> None:
+def record_finished(paths: JobPaths, step: int, job: str) -> None:
     """Written by the main process as the very last step of a successful train stage."""
-    atomic_write_json(paths.finished, {"step": step, "checkpoint": f"checkpoints/step-{step}", "model": "model"})
+    atomic_write_json(paths.finished, {"step": step, "checkpoint": f"checkpoints/step-{step}", "model": "model",
+                                       "job": job})
 
 
 def planned_total_steps(spec: Mapping[str, Any]) -> int | None:
@@ -40,17 +41,22 @@ def planned_total_steps(spec: Mapping[str, Any]) -> int | None:
         return None
 
 
-def finished_step(spec: Mapping[str, Any]) -> int | None:
-    """The step at which this job finished under the current spec, or None when there is work left.
-    Only `resume: auto` can be finished: `none` asks to start over, a path to resume from it."""
+def finished_step(spec: Mapping[str, Any], job: str) -> int | None:
+    """The step at which job `job` finished under the current spec, or None when there is work left.
+    Only `resume: auto` can be finished: `none` asks to start over, a path to resume from it. A
+    record of another job (two specs sharing an output folder) is not this job's: the train stage
+    then says so."""
     from runner.train.checkpoint import latest_complete
 
     if spec["training"]["resume"] != "auto":
         return None
     paths = job_paths(spec)
     try:
-        recorded = int(json.loads(paths.finished.read_text())["step"])
+        record = json.loads(paths.finished.read_text())
+        recorded = int(record["step"])
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if record.get("job", job) != job:  # records from before the job was kept count as this job's
         return None
     newest = latest_complete(paths.checkpoints, log=lambda _line: None)
     newest_step = int(newest.name.split("-")[1]) if newest is not None else None

@@ -114,25 +114,29 @@ def start_over(ctx: RunContext, accelerator) -> None:
     accelerator.wait_for_everyone()
 
 
-def resume_state(ctx: RunContext, accelerator, optimizer, lr_scheduler) -> tuple[TrainerState, Path | None]:
+def resume_state(ctx: RunContext, accelerator, optimizer, lr_scheduler,
+                 total_steps: int) -> tuple[TrainerState, Path | None]:
     """The state to start from, and the checkpoint it was loaded from (None: from the base model).
     The spec's optimizer settings (learning rate, betas, weight decay) apply over the checkpoint's."""
     from runner.train.optim import keep_spec_settings, settings_of
 
     mode = ctx.spec.training.resume
+    fresh = TrainerState(spec_hash=ctx.job.hash, job=ctx.job.name)
     if mode == "none":
         start_over(ctx, accelerator)
-        return TrainerState(spec_hash=ctx.job.hash), None
+        return fresh, None
     if mode == "auto":
         path = ckpt.latest_complete(ctx.paths.checkpoints, ctx.log)
         if path is None:
-            return TrainerState(spec_hash=ctx.job.hash), None
+            return fresh, None
     else:
         path = Path(mode)
         problem = ckpt.usable(path) if path.is_dir() else "no such folder"
         if problem:
             raise ResumeError(f"spec.training.resume: cannot resume from {path}: {problem}")
     state = ckpt.read_state(path)
+    if problem := resume_problem(state, path, ctx.job.name, total_steps, auto=mode == "auto"):
+        raise ResumeError(problem)
     built = settings_of(optimizer)
     try:
         accelerator.load_state(str(path))
@@ -146,8 +150,26 @@ def resume_state(ctx: RunContext, accelerator, optimizer, lr_scheduler) -> tuple
         ctx.log(f"resume: spec.training.{field} is {new} now ({old} in the checkpoint); the spec's value applies")
     if state.spec_hash != ctx.job.hash:
         ctx.log("note: the spec changed since that checkpoint was written; continuing with the current spec")
-    state.spec_hash = ctx.job.hash
+    state.spec_hash, state.job = ctx.job.hash, ctx.job.name
     return state, path
+
+
+def resume_problem(state: TrainerState, path: Path, job: str, total_steps: int, auto: bool) -> str | None:
+    """Why the checkpoint at `path` must not be resumed by this run (pure), or None:
+    - under `resume: auto`, one written by another job (two specs sharing an output folder, e.g.
+      both without spec.output.dir): its run and this one would mix in one model, report and log;
+    - one past the steps this run plans: it would train nothing and export that longer model."""
+    if auto and state.job and state.job != job:
+        return (f"spec.output.dir: {path.parent.parent} holds the checkpoints of job {state.job!r}, not {job!r} "
+                f"({path}); give this job its own spec.output.dir, or set spec.training.resume: none to move "
+                "that run aside and start over")
+    if state.step > total_steps:
+        return (f"spec.training.maxSteps: this run plans {total_steps} step(s), but the checkpoint it would resume "
+                f"({path}) is at step {state.step}, so it would train nothing and export that longer model. Set "
+                f"maxSteps (or epochs) to {state.step} or more to keep it; resume from an earlier checkpoint "
+                f"(spec.training.resume: {path.parent}/step-N); or start over with spec.training.resume: none "
+                "(the earlier run is moved aside)")
+    return None
 
 
 def run_train(ctx: RunContext) -> TrainResult:
@@ -189,13 +211,15 @@ def run_train(ctx: RunContext) -> TrainResult:
     if wrapper := distributed.summary(transformer):
         ctx.log(wrapper)
     vae, to_latents = latent_source(data, family, model_dir, device, spec["model"]["vaeDtype"])
-    state, last_ckpt = resume_state(ctx, accelerator, optimizer, lr_scheduler)
+    state, last_ckpt = resume_state(ctx, accelerator, optimizer, lr_scheduler, plan.total_steps)
     validator = Validator(spec, manifest, family, ctx.paths.validation, device, torch.float32, vae=vae)
     if accelerator.is_main_process:
         accelerator.init_trackers(ctx.job.name, config=_flat(spec))
+    steps = (f"{plan.total_steps} step{'s' * (plan.total_steps != 1)}" if not state.step else
+             f"steps {state.step + 1}-{plan.total_steps} of {plan.total_steps}" if state.step < plan.total_steps else
+             f"no more steps ({plan.total_steps} are done)")
     ctx.log(f"training {sum(p.numel() for p in transformer.parameters() if p.requires_grad) / 1e6:.2f}M parameters "
-            f"for {plan.total_steps} step{'s' * (plan.total_steps != 1)} ({plan.steps_per_epoch} per epoch) on "
-            f"{ctx.world_size} x {device.type}")
+            f"for {steps} ({plan.steps_per_epoch} per epoch) on {ctx.world_size} x {device.type}")
     ctx.metrics.train_started(plan.total_steps, state.step, device)
 
     guard = Guard(training, ctx.world_size, device)

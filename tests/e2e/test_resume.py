@@ -98,3 +98,24 @@ def test_a_changed_optimizer_is_refused_and_a_changed_learning_rate_applies(tmp_
     assert_clean(faster)
     assert "resuming from step 10" in faster.stdout
     assert "spec.training.learningRate is 0.01 now (0.001 in the checkpoint)" in faster.stdout
+
+
+@pytest.mark.parametrize("sets, words", [
+    # fewer steps than the newest checkpoint: it trained nothing and exported the longer model, "train: 10/6"
+    (("spec.training.maxSteps=6",), ["spec.training.maxSteps: this run plans 6 step(s)", "is at step 10",
+                                     "resume: none"]),
+    # another job in the same output folder (two specs without spec.output.dir): one model, report and log of both
+    (("metadata.name=another-job",), ["holds the checkpoints of job 'smoke', not 'another-job'",
+                                      "its own spec.output.dir"]),
+])
+def test_a_checkpoint_this_run_must_not_resume_is_refused_and_kept(tmp_path, tiny_model, cache, reference, sets, words):
+    runner = runner_with_cache(tmp_path, tiny_model, cache)
+    shutil.copytree(reference, runner.out)
+    kept = {name: _snapshot(runner.out / name) for name in ("checkpoints", "model")}
+
+    proc = run(runner, *RESUME_SETS, *sets, env=quiet_env(runner), stage="train")
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    said = proc.stdout + proc.stderr
+    assert all(w in said for w in words), said[-2000:]
+    assert "Traceback" not in said
+    assert {name: _snapshot(runner.out / name) for name in kept} == kept  # the earlier run's model and checkpoints

@@ -303,3 +303,29 @@ def test_unreadable_weights_file_is_not_usable(tmp_path: Path) -> None:
     seal(folder, TrainerState(step=5))  # sealed as written: the bytes were wrong before the hash
     assert verify(folder) is None
     assert "model.safetensors is unreadable" in usable(folder)
+
+
+def test_resuming_from_a_folder_that_holds_checkpoints_says_which_to_name(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for step in (3, 12, 6):
+        (out / "checkpoints" / f"step-{step}").mkdir(parents=True)
+    assert verify(out / "checkpoints") == (f"it is a folder of checkpoints, not one; name one of them "
+                                           f"(e.g. {out / 'checkpoints' / 'step-12'}), or use auto")
+    assert verify(out) == f"it is an output folder; name a checkpoint under {out / 'checkpoints'}, or use auto"
+    assert verify(out / "checkpoints" / "step-3") == f"no {STATE_FILE} (incomplete write)"
+
+
+@pytest.mark.parametrize("state, job, total, auto, words", [
+    (TrainerState(step=4, job="smoke"), "smoke", 10, True, None),
+    (TrainerState(step=10, job="smoke"), "smoke", 10, True, None),      # complete: the export is what is left
+    (TrainerState(step=12, job="smoke"), "smoke", 10, True, "spec.training.maxSteps: this run plans 10 step(s)"),
+    (TrainerState(step=12, job="smoke"), "smoke", 10, False, "is at step 12"),   # a named checkpoint too
+    (TrainerState(step=4, job="other"), "smoke", 10, True, "holds the checkpoints of job 'other', not 'smoke'"),
+    (TrainerState(step=4, job="other"), "smoke", 10, False, None),      # named on purpose: fine-tune from it
+    (TrainerState(step=4, job=""), "smoke", 10, True, None),            # written before the job was kept
+])
+def test_which_checkpoints_a_run_must_not_resume(state, job, total, auto, words) -> None:
+    from runner.train.loop import resume_problem
+
+    problem = resume_problem(state, Path("/o/checkpoints/step-4"), job, total, auto)
+    assert (problem is None) if words is None else (words in problem), problem

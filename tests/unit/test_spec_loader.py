@@ -368,3 +368,31 @@ def test_a_resume_folder_that_is_not_there_is_refused_before_the_cache_stage(tmp
     assert result.code == 2, result.err
     assert f"error: spec.training.resume: {ckpt} is {what}; give a checkpoint folder" in result.err
     assert not (tmp_path / "c").exists()  # no cache work was done
+
+
+@pytest.mark.parametrize("field", ["spec.output.dir", "spec.cacheDir"])
+def test_run_refuses_an_output_or_cache_dir_it_may_not_write(tmp_path, minimal_spec, field):
+    """It ended in "internal error: OSError: [Errno 30] Read-only file system ... This is a bug in
+    trainingjob". chmod does not stop root, so as root the run goes without the capability that
+    lets root write anywhere (setpriv), as the unreadable-file test does."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    spec, locked = tmp_path / "job.yaml", tmp_path / "locked"
+    spec.write_text(minimal_spec.replace("      path: /nonexistent-trainingjob-corpus/photos", "      type: samples"))
+    locked.mkdir()
+    locked.chmod(0o555)
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: cannot make a folder unwritable")
+        prefix = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+    proc = subprocess.run(prefix + [sys.executable, "-m", "runner", "run", str(spec), "--set", f"{field}={locked}/job"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert (f"error: {field}: {locked}/job cannot be written: {locked} is not writable by this user; point it at a "
+            "folder this run may write to") in proc.stderr
+    assert "internal error" not in proc.stderr and list(locked.iterdir()) == []
