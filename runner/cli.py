@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Sequence
 
-from runner.exitcodes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
+from runner.exitcodes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_STOPPED, StageStopped
 from runner.spec.errors import SpecError
 from runner.spec.load import load_spec
 
@@ -270,9 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        stopped = isinstance(e, StageStopped)
+        print(f"{'stopped (SIGTERM)' if stopped else 'interrupted'}: what was written is kept (cache entries, the "
+              "newest checkpoint); run the same command again to go on from there", file=sys.stderr)
+        return EXIT_STOPPED if stopped else EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
     except Exception as e:  # anything else is our bug, not the user's input

@@ -3,7 +3,9 @@ and the smoke run (README: Commands). Kubernetes reads them too: a pod that exit
 EXIT_INVALID fails its Job at once, since retrying cannot fix its input."""
 from __future__ import annotations
 
+import contextlib
 import signal
+from typing import Iterator
 
 EXIT_OK = 0
 # Our bug, or a machine limit (disk full, GPU out of memory); the message says what to change.
@@ -19,3 +21,27 @@ def killed_by(signum: int) -> int:
 
 EXIT_INTERRUPTED = killed_by(signal.SIGINT)  # 130: Ctrl-C
 EXIT_STOPPED = killed_by(signal.SIGTERM)  # 143: stopped by SIGTERM after writing a checkpoint
+
+
+class StageStopped(KeyboardInterrupt):
+    """SIGTERM in a stage with nothing to checkpoint (the cache stage: each entry is written whole,
+    so what is written is kept and a rerun goes on from there). An interrupt, so `finally`
+    blocks record how the stage ended; the CLI exits EXIT_STOPPED."""
+
+
+@contextlib.contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """Within: SIGTERM raises StageStopped, where Python's default would end the process at once
+    (no record of the stage, no message)."""
+    def stop(signum, _frame):
+        raise StageStopped(signal.Signals(signum).name)
+
+    try:
+        before = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STOPPED
+from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STOPPED, StageStopped, sigterm_stops
 from runner.launch.lock import OutputBusy, hold_output_dir, lock_wait_s, takes_lock
 from runner.spec.node import TrainingJob
 from runner.spec.plan import cache_fingerprint, job_paths
@@ -258,19 +258,21 @@ def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
             if code != EXIT_OK:
                 raise WorkerFailed(code)
         elif nodes > 1 and shard.is_whole:  # one pod of an Indexed cache Job, one process: its shard
-            run_cache(ctx, Shard(*cache_shard(os.environ, nodes)))
+            with sigterm_stops():
+                run_cache(ctx, Shard(*cache_shard(os.environ, nodes)))
         if nodes > 1 and shard.is_whole and not node_shards_done(ctx.paths.cache_dir, job.name, nodes):
             print(f"[{job.name}] cache: node {node_rank(os.environ)}'s shards are done; the last node to "
                   "finish writes the manifest", flush=True)
             ended = "completed"
             return None
-        report = run_cache(ctx, shard, plans)
+        with sigterm_stops():  # (the workers launched above: torchrun passes SIGTERM on to them)
+            report = run_cache(ctx, shard, plans)
         metrics.cache_report(report)
         ctx.log(f"cache stage done in {time.time() - t0:.1f}s")
         ended = "completed"
         return report
-    except KeyboardInterrupt:
-        ended = "interrupted"
+    except KeyboardInterrupt as e:
+        ended = "terminated" if isinstance(e, StageStopped) else "interrupted"
         raise
     finally:
         metrics.close(ended)

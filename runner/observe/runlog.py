@@ -17,6 +17,7 @@ ENDINGS = {
     "completed": "completed",
     "interrupted": "interrupted (Ctrl-C): no checkpoint written",
     "stopped": "stopped by SIGTERM after writing a checkpoint",
+    "terminated": "stopped by SIGTERM; what it wrote is kept",
     "failed": "failed",
 }
 

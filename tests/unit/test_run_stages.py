@@ -59,3 +59,30 @@ def test_train_without_a_cache_is_refused_before_any_report_or_history(tmp_path:
     assert "no cache manifest; run the cache stage first" in err
     assert "report:" not in out
     assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_in_the_cache_stage_is_recorded_and_kept_apart_from_a_checkpoint_stop(tmp_path: Path, monkeypatch,
+                                                                                       capsys) -> None:
+    """SIGTERM used to end the cache stage at once (exit -15): no record of the stage, no message.
+    The signal is real: the stage sends it to itself while it "encodes"."""
+    import os
+    import signal
+
+    from runner.cache import stage as cache_stage
+    from runner.cli import main
+
+    def encode(_ctx, *_args, **_kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the stage")
+
+    monkeypatch.setattr(cache_stage, "run_cache", encode)
+    before = signal.getsignal(signal.SIGTERM)
+    code = main(["run", str(SMOKE), "--stage", "cache", "--set", f"spec.output.dir={tmp_path / 'out'}",
+                 "--set", f"spec.cacheDir={tmp_path / 'cache'}", "--set", "spec.metrics.port=0"])
+    assert code == EXIT_STOPPED
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler was the stage's alone
+    assert "stopped (SIGTERM): what was written is kept" in capsys.readouterr().err
+    records = runlog.read(tmp_path / "out" / "metrics.jsonl")
+    assert records[-1]["event"] == "stage_finished" and records[-1]["ended"] == "terminated"
+    assert f", {ENDINGS['terminated']})" in (tmp_path / "out" / "report.html").read_text()
+    assert "after writing a checkpoint" not in ENDINGS["terminated"]
