@@ -53,9 +53,12 @@ def write_effective_spec(job: TrainingJob) -> Path:
     every default filled in. Launched workers read it; a single-process run keeps it as a record."""
     from runner.files import atomic_write_bytes
 
-    effective = Path(job.spec.output.dir) / "trainingjob.effective.yaml"
+    paths = job_paths(job.spec.to_dict())
+    effective, data = paths.effective_spec, yaml.safe_dump(job.document.to_dict(), sort_keys=False).encode()
+    if effective.is_file() and effective.read_bytes() != data:  # an earlier run's: kept for `resume: none`
+        os.replace(effective, paths.earlier_effective_spec)
     # Atomic: on a shared output volume every node writes it while the others' workers read it.
-    atomic_write_bytes(effective, yaml.safe_dump(job.document.to_dict(), sort_keys=False).encode())
+    atomic_write_bytes(effective, data)
     return effective
 
 

@@ -52,6 +52,16 @@ class JobPaths:
         """The run's history (runner/observe/runlog.py), what report.html is drawn from."""
         return self.output_dir / HISTORY_FILE
 
+    @property
+    def effective_spec(self) -> Path:
+        """The spec the newest run ran (overrides applied, defaults filled in)."""
+        return self.output_dir / "trainingjob.effective.yaml"
+
+    @property
+    def earlier_effective_spec(self) -> Path:
+        """The one before, when the newest run's differs: `resume: none` moves it aside with that run."""
+        return self.output_dir / "trainingjob.effective.earlier.yaml"
+
     def train_run_outputs(self) -> tuple[Path, ...]:
         """What a train run leaves in spec.output.dir besides its history: `resume: none` moves
         these (and the history's records of that run) aside together."""

@@ -49,6 +49,9 @@ def set_aside_earlier_run(paths: JobPaths, log: Callable[[str], None], now: floa
         atomic_write_bytes(paths.history, runlog.encode(kept))  # this invocation's cache stage and train start stay
     for path in outputs:
         os.rename(path, aside / path.name)
+    if paths.earlier_effective_spec.is_file():  # the spec that run ran (this run's replaced it on starting)
+        os.rename(paths.earlier_effective_spec, aside / paths.effective_spec.name)
+        outputs.append(paths.effective_spec)
     moved = [p.name for p in outputs] + ([f"its {len(earlier)} records in {paths.history.name}"] if earlier else [])
     log(f"resume: none: moved the earlier run ({', '.join(moved)}) to {aside}")
     return aside

@@ -56,6 +56,7 @@ def test_resume_none_starts_over_and_sets_the_earlier_run_aside(tmp_path, tiny_m
     shutil.copytree(reference, runner.out)
     earlier = {name: {p.name for p in (runner.out / name).iterdir()} for name in ("checkpoints", "validation", "model")}
     earlier_history = runlog.read(runner.out / "metrics.jsonl")
+    earlier_spec = (runner.out / "trainingjob.effective.yaml").read_text()
 
     again = run(runner, *RESUME_SETS, "spec.training.resume=none", "spec.training.maxSteps=4",
                 "spec.training.checkpointEvery=2", "spec.training.checkpointsTotalLimit=1",
@@ -76,7 +77,11 @@ def test_resume_none_starts_over_and_sets_the_earlier_run_aside(tmp_path, tiny_m
     assert {r["step"] for r in runlog.read(runner.out / "metrics.jsonl") if r["event"] == "train"} == {1, 4}
     assert "Step 4, loss" in (runner.out / "report.html").read_text()
     assert f"moved the earlier run (checkpoints, validation, model, report.html, trainingjob.complete.json, " \
-           f"its {len(earlier_history)} records in metrics.jsonl) to {aside}" in again.stdout
+           f"trainingjob.effective.yaml, its {len(earlier_history)} records in metrics.jsonl) to {aside}" in again.stdout
+    # the spec it ran, which this run's own replaced as it started
+    assert (aside / "trainingjob.effective.yaml").read_text() == earlier_spec
+    assert "resume: none" in (runner.out / "trainingjob.effective.yaml").read_text()
+    assert not (runner.out / "trainingjob.effective.earlier.yaml").exists()
     assert json.loads((runner.out / "trainingjob.complete.json").read_text())["step"] == 4
 
 
