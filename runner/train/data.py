@@ -43,10 +43,14 @@ def read_items(manifest: dict[str, Any]) -> list[tuple[dict[str, Any], list[dict
     return [(ds, json.loads(Path(ds["manifest"]).read_text())["items"]) for ds in manifest["datasets"]]
 
 
-def source_changes(datasets: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[str]:
+def source_changes(datasets: list[tuple[dict[str, Any], list[dict[str, Any]]]],
+                   caption_strategies: Mapping[str, str] | None = None) -> list[str]:
     """The cached images whose files are gone or were rewritten (size or mtime) since the cache
-    stage, as `dataset/rel (how)`. The train stage trains on the cache, so these train as they
-    were cached: worth a warning, not a stop. Items of older manifests carry no size: unchecked."""
+    stage, and in datasets whose `caption_strategies` (by name) is `textfile` those whose caption
+    file now says something else, as `dataset/rel (how)`. The train stage trains on the cache, so these train as they were
+    cached: worth a warning, not a stop. Items of older manifests carry no size: unchecked."""
+    from runner.data.captions import CaptionError, caption_for
+
     changed = []
     for ds, items in datasets:
         for it in items:
@@ -59,6 +63,13 @@ def source_changes(datasets: list[tuple[dict[str, Any], list[dict[str, Any]]]]) 
                 continue
             if st.st_size != it["size"] or st.st_mtime_ns != it["mtime_ns"]:
                 changed.append(f"{ds['name']}/{it['rel']} (rewritten)")
+            elif (caption_strategies or {}).get(ds["name"]) == "textfile":
+                try:
+                    caption = caption_for(it["path"], None, "textfile")
+                except CaptionError:
+                    caption = None
+                if caption != it["caption"]:
+                    changed.append(f"{ds['name']}/{it['rel']} (caption {'changed' if caption else 'unusable'})")
     return changed
 
 

@@ -196,8 +196,9 @@ def run_train(ctx: RunContext) -> TrainResult:
     set_seed(training["seed"] + ctx.rank)
 
     data = training_data(spec, manifest, rank=ctx.rank, world_size=ctx.world_size, pin_memory=device.type == "cuda")
-    if ctx.is_main and (changed := source_changes(data.datasets)):
-        ctx.log(f"warning: {len(changed)} image(s) changed since the cache stage ({', '.join(changed[:3])}"
+    strategies = {ds["name"]: ds["captionStrategy"] for ds in spec["datasets"]}
+    if ctx.is_main and (changed := source_changes(data.datasets, strategies)):
+        ctx.log(f"warning: {len(changed)} image(s) or caption(s) changed since the cache stage ({', '.join(changed[:3])}"
                 f"{', ...' if len(changed) > 3 else ''}); training uses them as cached, and images added since are "
                 "not trained on. Run the cache stage again (--stage cache or all) to train on the folder as it is")
     plan = step_plan(spec, data.batches_per_epoch)

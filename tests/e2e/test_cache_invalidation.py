@@ -93,8 +93,10 @@ def test_train_stage_warns_about_images_changed_since_the_cache(runner, sample_p
     were cached. It says so, naming them, and trains; an unchanged folder gets no warning."""
     photos = runner.tmp / "photos"
     shutil.copytree(sample_photos, photos)
+    for image in photos.glob("*.png"):
+        image.with_suffix(".txt").write_text(image.stem + "\n")
     local = ("spec.datasets.0.type=local", f"spec.datasets.0.path={photos}", "spec.training.maxSteps=1",
-             "spec.validation.prompts=[]")
+             "spec.validation.prompts=[]", "spec.datasets.0.captionStrategy=textfile")
     assert_clean(runner.run(*local, stage="cache"))
     quiet = runner.run(*local, stage="train")
     assert_clean(quiet)
@@ -102,9 +104,12 @@ def test_train_stage_warns_about_images_changed_since_the_cache(runner, sample_p
     images = sorted(p for p in photos.rglob("*") if p.suffix in (".png", ".jpg"))
     images[0].unlink()
     images[1].write_bytes(images[1].read_bytes() + b"\0")  # same pixels, another file
+    caption = images[2].with_suffix(".txt")  # the image as cached, its caption not: the embedding is stale
+    caption.write_text("a caption written after the cache stage\n")
     proc = runner.run(*local, f"spec.output.dir={runner.tmp / 'out2'}", stage="train")
     assert_clean(proc)
     out = proc.stdout + proc.stderr
-    assert "warning: 2 image(s) changed since the cache stage (" in out, out[-3000:]
+    assert "warning: 3 image(s) or caption(s) changed since the cache stage (" in out, out[-3000:]
     assert f"photos/{images[0].relative_to(photos).as_posix()} (gone)" in out
     assert f"photos/{images[1].relative_to(photos).as_posix()} (rewritten)" in out
+    assert f"photos/{images[2].relative_to(photos).as_posix()} (caption changed)" in out
