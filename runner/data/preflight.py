@@ -17,6 +17,7 @@ from runner.data.buckets import BucketReport, bucket_key, bucket_report, group_b
 from runner.data.captions import CaptionError, caption_for
 from runner.data.discovery import ImageInfo, scan
 from runner.data.transforms import CropPlan, aspect_problem, meets_minimum, plan_crop
+from runner.spec.localpaths import on_pod_volume
 
 # Schema defaults of a dataset entry, so a non-defaulted dict works too.
 DATASET_DEFAULTS: dict[str, Any] = {
@@ -200,10 +201,7 @@ def trained_buckets(plan: DatasetPlan, report: BucketReport) -> tuple[dict[str, 
 
 def _on_data_volume(spec: dict[str, Any], path: Path) -> bool:
     """`path` lies under the data volume's mount path, so it exists only inside the pod."""
-    volume = ((spec.get("kubernetes") or {}).get("volumes") or {}).get("data")
-    if not volume or not path.is_absolute():
-        return False
-    return path.is_relative_to(Path(volume.get("mountPath") or "/data"))
+    return on_pod_volume(spec, path, ("data",))
 
 
 def _missing(where: str, path: Path) -> str:
