@@ -108,7 +108,9 @@ def check_files(paths: Sequence[str], overrides: Sequence[str] = (), stdin: Bina
 
 
 def as_json(results: Sequence[FileResult]) -> dict:
-    """{"valid": bool, "files": [{file, name, valid}], "problems": [{file, field, message, severity}]}"""
+    """{"valid": bool, "files": [{file, name, valid, datasets}], "problems": [{file, field, message, severity}]};
+    `datasets`: the line on each local dataset that passed, as the text output prints under the file."""
     return {"valid": all(r.valid for r in results),
-            "files": [{"file": r.file, "name": r.name, "valid": r.valid} for r in results],
+            "files": [{"file": r.file, "name": r.name, "valid": r.valid, "datasets": list(r.datasets)}
+                      for r in results],
             "problems": [p.record() for r in results for p in r.problems]}
