@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate TrainingJob files; exit 2 and list every problem if invalid")
     p.add_argument("files", nargs="+", metavar="FILE", help="spec files; '-' reads one from standard input")
     p.add_argument("--output", "-o", choices=["text", "json"], default="text",
-                   help="json: one JSON document with every problem as {file, field, message, severity}")
+                   help="json: one JSON document with every problem as {file, field, message, severity} "
+                        "and each file as {file, name, valid, datasets}")
     _add_set(p)
     p.set_defaults(func=cmd_validate)
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from runner.data.buckets import bucket_key, check_dataset_size, group_by_bucket
+from runner.data.buckets import BucketReport, bucket_key, bucket_report, group_by_bucket
 from runner.data.captions import CaptionError, caption_for
 from runner.data.discovery import ImageInfo, scan
 from runner.data.transforms import CropPlan, aspect_problem, meets_minimum, plan_crop
+from runner.spec.localpaths import on_pod_volume
 
 # Schema defaults of a dataset entry, so a non-defaulted dict works too.
 DATASET_DEFAULTS: dict[str, Any] = {
@@ -176,20 +177,31 @@ def plan_dataset(ds: dict[str, Any], root: Path, seed: int, digest: Callable[[Im
                        skipped=tuple(sorted(skipped)))
 
 
-def size_problem(ds: dict[str, Any], plan: DatasetPlan, batch: int, accum: int, world: int) -> str | None:
-    """The dataset-size check on a plan, counting `repeats` (each extra pass adds every image
-    to its bucket again, exactly as the trainer's sampler sees them)."""
+def size_report(ds: dict[str, Any], plan: DatasetPlan, batch: int, accum: int, world: int) -> BucketReport:
+    """What of a plan can be trained, counting `repeats` (each extra pass adds every image to
+    its bucket again, exactly as the trainer's sampler sees them)."""
     passes = 1 + int(_opt(ds, "repeats") or 0)
     counts = {bucket: n * passes for bucket, n in plan.bucket_counts().items()}
-    return check_dataset_size(str(ds.get("name", plan.name)), counts, batch, accum, world)
+    return bucket_report(str(ds.get("name", plan.name)), counts, batch, accum, world)
+
+
+def size_problem(ds: dict[str, Any], plan: DatasetPlan, batch: int, accum: int, world: int) -> str | None:
+    """The dataset-size check on a plan (see size_report); None when one optimizer step fills."""
+    return size_report(ds, plan, batch, accum, world).message()
+
+
+def trained_buckets(plan: DatasetPlan, report: BucketReport) -> tuple[dict[str, int], dict[str, int]]:
+    """(images per bucket that will be trained, images per bucket that are dropped): a bucket
+    that cannot fill one batch (report.dropped, repeats counted) is never trained. The counts
+    are the plan's images, each once."""
+    counts = plan.bucket_counts()
+    dropped = {b: n for b, n in counts.items() if b in report.dropped}
+    return {b: n for b, n in counts.items() if b not in dropped}, dropped
 
 
 def _on_data_volume(spec: dict[str, Any], path: Path) -> bool:
     """`path` lies under the data volume's mount path, so it exists only inside the pod."""
-    volume = ((spec.get("kubernetes") or {}).get("volumes") or {}).get("data")
-    if not volume or not path.is_absolute():
-        return False
-    return path.is_relative_to(Path(volume.get("mountPath") or "/data"))
+    return on_pod_volume(spec, path, ("data",))
 
 
 def _missing(where: str, path: Path) -> str:
@@ -199,12 +211,27 @@ def _missing(where: str, path: Path) -> str:
             f"{Path.cwd()}); run from the folder the path is relative to, or make it absolute")
 
 
+def _by_fullness(counts: dict[str, int]) -> str:
+    return ", ".join(f"{b} {n}" for b, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def dropped_summary(dropped: dict[str, int], per_batch: int) -> str | None:
+    """The images in buckets too small for one batch, e.g. "2 in buckets too small for one batch
+    of 2 are dropped (128x192 1, 320x128 1)"; None when none are."""
+    if not dropped:
+        return None
+    total, buckets = sum(dropped.values()), "a bucket" if len(dropped) == 1 else "buckets"
+    verb = "is" if total == 1 else "are"
+    return f"{total} in {buckets} too small for one batch of {per_batch} {verb} dropped ({_by_fullness(dropped)})"
+
+
 def bucket_summary(where: str, name: str, counts: dict[str, int], skipped: str | None = None) -> str:
-    """One line on a local dataset that passed: its usable images per aspect bucket, the
-    fullest first, e.g. `spec.datasets[0] (photos): 17 usable images: 128x128 10, 192x128 7`."""
+    """One line on a local dataset that passed: the images that will be trained per aspect
+    bucket, the fullest first, then `skipped` (what is not trained, and why), e.g.
+    `spec.datasets[0] (photos): 17 usable images: 128x128 10, 192x128 7; 1 in a bucket too small
+    for one batch of 2 is dropped (320x128 1)`."""
     total = sum(counts.values())
-    buckets = ", ".join(f"{b} {n}" for b, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-    line = f"{where} ({name}): {total} usable image{'' if total == 1 else 's'}: {buckets}"
+    line = f"{where} ({name}): {total} usable image{'' if total == 1 else 's'}: {_by_fullness(counts)}"
     return f"{line}; {skipped}" if skipped else line
 
 
@@ -259,12 +286,16 @@ def check_local_datasets(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
             problems.append(f"{where}: dataset {name!r} has no usable images under {path} "
                             f"({plan.skipped_summary()}; e.g. {examples})")
             continue
-        message = size_problem(ds, plan, batch, accum, world)
+        report = size_report(ds, plan, batch, accum, world)
+        message = report.message()
         if message:
             if plan.skipped:
                 message += f" ({plan.skipped_summary()} under {path})"
             problems.append(f"{where}: {message}")
             continue
-        notes = "; ".join(n for n in (plan.skipped_summary() if plan.skipped else None, plan.enlarged_summary()) if n)
-        summaries.append(bucket_summary(where, name, plan.bucket_counts(), notes or None))
+        usable, dropped = trained_buckets(plan, report)
+        notes = "; ".join(n for n in (dropped_summary(dropped, report.per_batch),
+                                      plan.skipped_summary() if plan.skipped else None,
+                                      plan.enlarged_summary()) if n)
+        summaries.append(bucket_summary(where, name, usable, notes or None))
     return problems, summaries

@@ -23,6 +23,7 @@ from runner.exitcodes import EXIT_INVALID  # bad input: retrying cannot help, so
 from runner.launch import images
 from runner.launch.torchrun import RENDEZVOUS_PORT, SHUTDOWN_TIMEOUT_S
 from runner.spec import schema as schema_mod
+from runner.spec.localpaths import mount_paths
 
 MANAGER = "trainingjob-operator"
 PART_OF = "trainingjob-runner"
@@ -187,11 +188,6 @@ def _resources(spec: dict) -> dict[str, Any]:
     if gpu:  # one process per GPU: the pod gets exactly gpusPerNode of them
         limits[gpu] = requests[gpu] = spec["hardware"]["gpusPerNode"]
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
-
-
-def mount_paths(volumes: dict[str, Any]) -> list[tuple[str, str]]:
-    """(volume name, normalized mount path) of each volume, as _volumes mounts them."""
-    return [(name, posixpath.normpath(claim.get("mountPath", f"/{name}"))) for name, claim in volumes.items()]
 
 
 def _volumes(spec: dict, config_map: str) -> tuple[list[dict], list[dict]]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from runner.k8s.build import SPEC_DIR, mount_paths, pod_document
+from runner.k8s.build import SPEC_DIR, pod_document
+from runner.spec.localpaths import mount_paths
 from runner.launch import images
 from runner.spec.semantics import dataset_dirs, written_dirs
 

@@ -12,6 +12,7 @@ import yaml
 
 from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STOPPED, StageStopped, sigterm_stops
 from runner.launch.lock import OutputBusy, hold_output_dir, lock_wait_s, takes_lock
+from runner.spec.localpaths import directory_problems  # validate reports the same
 from runner.spec.node import TrainingJob
 from runner.spec.plan import cache_fingerprint, job_paths
 
@@ -74,24 +75,6 @@ def launch_workers(job: TrainingJob, stage: str = "train") -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec["hardware"]["gpusPerNode"])))
     return torchrun.launch(effective, job_name=job.name, hardware=spec["hardware"], stage=stage,
                            output_dir=output_dir)
-
-
-def directory_problems(spec: dict, stage: str = "all") -> list[str]:
-    """Folders the run writes to that cannot be folders (a file is in the way), and a checkpoint
-    folder to resume from that is not there, checked before any work."""
-    from runner.files import not_a_directory, not_writable
-    from runner.spec.semantics import written_dirs
-
-    problems = [f"{where}: {why}; point it at a directory (it is created when missing)"
-                for where, value in written_dirs(spec) if (why := not_a_directory(value))]
-    problems += [f"{where}: {why}; point it at a folder this run may write to"
-                 for where, value in written_dirs(spec) if not not_a_directory(value) and (why := not_writable(value))]
-    resume = spec["training"]["resume"]
-    if stage != "cache" and resume not in ("auto", "none") and not Path(resume).is_dir():
-        what = "a file" if Path(resume).exists() else "not there"
-        problems.append(f"spec.training.resume: {resume} is {what}; give a checkpoint folder (e.g. "
-                        f"<output.dir>/checkpoints/step-N), or auto (the newest one) or none")
-    return problems
 
 
 def missing_tracker_packages(spec: dict) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from runner.files import replace_dir
 from runner.spec.errors import clip
+from runner.spec.localpaths import pretrained_problem
 
 DTYPES = ("float32", "bfloat16", "float16")  # spec dtype names, which are also torch's
 
@@ -38,14 +39,11 @@ def resolve_model_dir(ref: str, revision: str, cache_dir: Path, components: Sequ
             return tiny.resolve_builtin(ref, cache_dir)
         except ValueError as e:
             raise ModelError(f"spec.model.pretrained: {e}") from None
+    if problem := pretrained_problem(ref):  # validate reports the same
+        raise ModelError(problem)
     local = Path(ref).expanduser()
     if local.is_dir():
-        if not (local / "model_index.json").is_file():
-            raise ModelError(f"spec.model.pretrained: {local} is a folder but holds no model_index.json; "
-                             "point it at a diffusers pipeline folder")
         return local
-    if ref.startswith((".", "/", "~")):
-        raise ModelError(f"spec.model.pretrained: local folder {ref} does not exist")
     patterns = ["model_index.json"] + [f"{c}/*" for c in components]
     return Path(_download_pipeline(ref, revision, patterns, **retry))
 

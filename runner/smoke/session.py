@@ -218,8 +218,10 @@ def skipped_note(summary: str | None, stand_in_for: str | None = None) -> str:
 
 
 def dataset_detail(usable: int, buckets: int, sampled: str, skipped: str | None = None,
-                   stand_in_for: str | None = None, too_few: str | None = None) -> str:
-    """What a passed dataset check says. For the bundled photos standing in for a dataset a
+                   stand_in_for: str | None = None, too_few: str | None = None, dropped: str | None = None) -> str:
+    """What a passed dataset check says: `usable` images the real run trains, in `buckets`
+    buckets, and (`dropped`, preflight.dropped_summary) those in buckets too small for one of its
+    batches. For the bundled photos standing in for a dataset a
     smoke cannot read, it says so: their counts show the settings work, not that the real
     dataset fills a batch; and a batch they are too few to fill (`too_few`, why) fails nothing,
     as it says nothing about the real dataset."""
@@ -231,6 +233,8 @@ def dataset_detail(usable: int, buckets: int, sampled: str, skipped: str | None 
                 f"its settings: {counts} {fill}")
     else:
         head = f"{counts} fill the real batch"
+    if dropped:
+        head += f"; {dropped}"
     return f"{head}; sampled {sampled}{skipped_note(skipped, stand_in_for)}"
 
 
@@ -238,7 +242,7 @@ def _sample_one(s: Session, ds: dict[str, Any], where: str, spec: Mapping[str, A
                 n: int, stand_in_for: str | None = None) -> Sample | None:
     from runner.data import DatasetError
     from runner.data.buckets import stratified_sample
-    from runner.data.preflight import plan_dataset, size_problem
+    from runner.data.preflight import dropped_summary, plan_dataset, size_report, trained_buckets
     from runner.spec.semantics import world_size
 
     label = f"dataset {ds['name']}"
@@ -257,16 +261,19 @@ def _sample_one(s: Session, ds: dict[str, Any], where: str, spec: Mapping[str, A
         s.add(Check("datasets", label, FAILED, f"{where}: {what} under {root}{skipped}"))
         return None
     batch = training["batchSize"] * training["gradientAccumulationSteps"] * world_size(spec)
-    problem = size_problem(ds, plan, training["batchSize"], training["gradientAccumulationSteps"], world_size(spec))
+    report = size_report(ds, plan, training["batchSize"], training["gradientAccumulationSteps"], world_size(spec))
+    problem = report.message()
     if problem and not stand_in_for:
         s.add(Check("datasets", label, FAILED, f"{where}: {problem}{skipped}"))
         return None
     chosen = stratified_sample(plan.items, n, seed=training["seed"])
     counts = ", ".join(f"{b}: {k}" for b, k in Counter(item.bucket for item in chosen).items())
+    usable, dropped = trained_buckets(plan, report)  # as validate counts them
     s.add(Check("datasets", label, PASSED,
-                dataset_detail(len(plan.items), len(plan.bucket_counts()), f"{len(chosen)} ({counts})",
+                dataset_detail(sum(usable.values()), len(usable), f"{len(chosen)} ({counts})",
                                plan.skipped_summary() if plan.skipped else None, stand_in_for,
-                               too_few=f"{batch} images an optimizer step" if problem else None)))
+                               too_few=f"{batch} images an optimizer step" if problem else None,
+                               dropped=dropped_summary(dropped, report.per_batch))))
     return Sample(ds["name"], root, tuple(chosen), ds["captionStrategy"])
 
 

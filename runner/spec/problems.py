@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Sequence
 from runner.spec import schema as schema_mod
 from runner.spec.errors import SpecError
 from runner.spec.load import job_from_document
+from runner.spec.localpaths import local_path_problems
 from runner.spec.overrides import apply_what_applies
 from runner.spec.parse import MAX_SPEC_BYTES, parse_document, read_spec_file
 
@@ -77,7 +78,8 @@ def valid_name(doc: Any) -> str | None:
 
 
 def check_file(path: str, overrides: Sequence[str] = (), stdin: BinaryIO | None = None) -> FileResult:
-    """Validate one spec (`-` reads standard input) and, when the spec is sound, its local datasets."""
+    """Validate one spec (`-` reads standard input) and, when the spec is sound, the paths `run`
+    would refuse at once on this machine and its local datasets."""
     from runner.data.preflight import check_local_datasets  # reads image headers; never torch
 
     source = STDIN_SOURCE if path == STDIN else path
@@ -93,9 +95,11 @@ def check_file(path: str, overrides: Sequence[str] = (), stdin: BinaryIO | None 
         name = valid_name(doc)
         return FileResult(source, name, tuple(found + [record(p, source) for p in e.problems]))
     found = [record(w, source, WARNING) for w in job.warnings]
-    # Data checks only make sense once the spec itself is sound.
-    problems, datasets = check_local_datasets(job.document.to_dict())
-    found += [record(f"{source}: {line}", source) for line in problems]
+    # Checks against this machine's files only make sense once the spec itself is sound: the
+    # paths `run` refuses at once, then the local datasets.
+    document = job.document.to_dict()
+    problems, datasets = check_local_datasets(document)
+    found += [record(f"{source}: {line}", source) for line in local_path_problems(document["spec"]) + problems]
     return FileResult(source, job.name, tuple(found), tuple(datasets))
 
 
@@ -104,7 +108,9 @@ def check_files(paths: Sequence[str], overrides: Sequence[str] = (), stdin: Bina
 
 
 def as_json(results: Sequence[FileResult]) -> dict:
-    """{"valid": bool, "files": [{file, name, valid}], "problems": [{file, field, message, severity}]}"""
+    """{"valid": bool, "files": [{file, name, valid, datasets}], "problems": [{file, field, message, severity}]};
+    `datasets`: the line on each local dataset that passed, as the text output prints under the file."""
     return {"valid": all(r.valid for r in results),
-            "files": [{"file": r.file, "name": r.name, "valid": r.valid} for r in results],
+            "files": [{"file": r.file, "name": r.name, "valid": r.valid, "datasets": list(r.datasets)}
+                      for r in results],
             "problems": [p.record() for r in results for p in r.problems]}

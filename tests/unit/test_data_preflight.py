@@ -288,6 +288,54 @@ def test_bucket_summary_table(counts, skipped, expected):
     assert bucket_summary("spec.datasets[0]", "photos", counts, skipped) == expected
 
 
+@pytest.mark.parametrize("dropped, per_batch, expected", [
+    ({}, 2, None),
+    ({"320x128": 1}, 2, "1 in a bucket too small for one batch of 2 is dropped (320x128 1)"),
+    ({"320x128": 1, "128x192": 3}, 4, "4 in buckets too small for one batch of 4 are dropped (128x192 3, 320x128 1)"),
+])
+def test_dropped_summary_table(dropped, per_batch, expected):
+    from runner.data.preflight import dropped_summary
+
+    assert dropped_summary(dropped, per_batch) == expected
+
+
+@pytest.fixture
+def lopsided(tmp_path):
+    """Buckets 128x128 5, 128x192 1, 320x128 1 (at resolution 128 px, crop preserve)."""
+    root = tmp_path / "lopsided"
+    for i in range(5):
+        img(root / f"square_{i}.png", (256, 256))
+    img(root / "tall.png", (256, 384))
+    img(root / "wide.png", (640, 256))
+    return root
+
+
+# id, dataset overrides, spec kwargs, the summary line (the user's report: batchSize 2 counted 7 usable)
+DROPPED_CASES = [
+    ("batch-1-trains-all", {}, dict(batch=1),
+     "spec.datasets[0] (photos): 7 usable images: 128x128 5, 128x192 1, 320x128 1"),
+    ("batch-2-drops-singletons", {}, dict(batch=2),
+     "spec.datasets[0] (photos): 5 usable images: 128x128 5; 2 in buckets too small for one batch of 2 are "
+     "dropped (128x192 1, 320x128 1)"),
+    # A micro-batch is batchSize x GPUs; accumulation takes more batches, not bigger ones.
+    ("gpus-widen-the-batch", {}, dict(batch=1, gpus=2),
+     "spec.datasets[0] (photos): 5 usable images: 128x128 5; 2 in buckets too small for one batch of 2 are "
+     "dropped (128x192 1, 320x128 1)"),
+    ("accumulation-does-not", {}, dict(batch=1, accum=2),
+     "spec.datasets[0] (photos): 7 usable images: 128x128 5, 128x192 1, 320x128 1"),
+    # repeats: 1 puts each image in its bucket twice, so a single image fills a batch of 2.
+    ("repeats-fill-a-batch", {"repeats": 1}, dict(batch=2),
+     "spec.datasets[0] (photos): 7 usable images: 128x128 5, 128x192 1, 320x128 1"),
+]
+
+
+@pytest.mark.parametrize("case,over,kw,expected", DROPPED_CASES, ids=[c[0] for c in DROPPED_CASES])
+def test_the_summary_counts_only_buckets_that_fill_a_batch(lopsided, case, over, kw, expected):
+    from runner.data.preflight import check_local_datasets
+
+    assert check_local_datasets(spec([ds(lopsided, **over)], **kw)) == ([], [expected])
+
+
 def test_local_datasets_that_pass_get_a_summary_and_the_others_a_problem(mixed):
     from runner.data.preflight import check_local_datasets
 

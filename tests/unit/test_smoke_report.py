@@ -65,6 +65,10 @@ def test_verdict_and_statuses():
      "stand-in sample photos, not dataset pseudo-camera-10k (a smoke run does not read it), checked with its "
      "settings: 12 usable image(s) in 1 bucket(s) fill a batch of the real size; sampled 8 (64x64: 8); "
      "5 skipped: 5 smaller than minimumImageSize (by its settings)"),
+    ((10, 1, "8 (64x64: 7, 64x128: 1)", None, None, None, "2 in a bucket too small for one batch of 4 are dropped "
+      "(64x128 2)"),
+     "10 usable image(s) in 1 bucket(s) fill the real batch; 2 in a bucket too small for one batch of 4 are dropped "
+     "(64x128 2); sampled 8 (64x64: 7, 64x128: 1)"),
     ((12, 1, "8 (64x64: 8)", None, "pseudo-camera-10k", "32 images an optimizer step"),
      "stand-in sample photos, not dataset pseudo-camera-10k (a smoke run does not read it), checked with its "
      "settings: 12 usable image(s) in 1 bucket(s) (too few to fill a batch of the real size, 32 images an "
@@ -74,3 +78,28 @@ def test_dataset_detail_says_when_photos_stand_in(args, expected):
     from runner.smoke.session import dataset_detail
 
     assert dataset_detail(*args) == expected
+
+
+def test_the_dataset_check_counts_what_the_real_batch_trains(tmp_path, minimal_spec):
+    """The smoke's dataset check counts as validate does: a bucket that cannot fill one real
+    batch is dropped by the real run, so it is named, not counted as usable."""
+    import yaml
+    from PIL import Image
+
+    from runner.smoke.session import Session, _sample_datasets
+    from runner.spec.load import job_from_document
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, size in enumerate([(256, 256)] * 5 + [(256, 384), (640, 256)]):
+        Image.new("RGB", size, (30 * i, 90, 200)).save(photos / f"photo-{i}.png")
+    doc = yaml.safe_load(minimal_spec)
+    doc["spec"]["datasets"][0].update({"path": str(photos), "crop": True, "cropAspect": "preserve",
+                                       "resolution": 128, "resolutionType": "pixel"})
+    doc["spec"]["training"]["batchSize"] = 2
+    session = Session(source="spec.yaml")
+    _sample_datasets(session, job_from_document(doc).document.to_dict(), tmp_path / "smoke", 8)
+    [check] = session.checks
+    assert check.status == "passed", check.message
+    assert check.message.startswith("5 usable image(s) in 1 bucket(s) fill the real batch; 2 in buckets too small for "
+                                   "one batch of 2 are dropped (128x192 1, 320x128 1); sampled 7 ("), check.message

@@ -54,10 +54,10 @@ def test_json_output_has_a_record_per_problem_across_files(tmp_path, minimal_spe
     out = json.loads(proc.stdout)
     assert out["valid"] is False
     assert out["files"] == [
-        {"file": "examples/smoke.yaml", "name": "smoke", "valid": True},
-        {"file": str(bad), "name": "corpus", "valid": False},  # invalid, but its name is valid
-        {"file": str(broken), "name": None, "valid": False},
-        {"file": "<stdin>", "name": "smoke", "valid": True},
+        {"file": "examples/smoke.yaml", "name": "smoke", "valid": True, "datasets": []},
+        {"file": str(bad), "name": "corpus", "valid": False, "datasets": []},  # invalid, but its name is valid
+        {"file": str(broken), "name": None, "valid": False, "datasets": []},
+        {"file": "<stdin>", "name": "smoke", "valid": True, "datasets": []},
     ]
     by_field = {(p["file"], p["field"]): p for p in out["problems"]}
     assert by_field[(str(bad), "spec.training.maxSteps")] == {
@@ -73,8 +73,8 @@ def test_json_output_of_valid_files_exits_0():
     proc = run("validate", "-o", "json", "examples/smoke.yaml", "examples/pixart-sigma-1024.yaml")
     assert proc.returncode == 0
     assert json.loads(proc.stdout) == {"valid": True, "problems": [], "files": [
-        {"file": "examples/smoke.yaml", "name": "smoke", "valid": True},
-        {"file": "examples/pixart-sigma-1024.yaml", "name": "pixart-sigma-1024", "valid": True}]}
+        {"file": "examples/smoke.yaml", "name": "smoke", "valid": True, "datasets": []},
+        {"file": "examples/pixart-sigma-1024.yaml", "name": "pixart-sigma-1024", "valid": True, "datasets": []}]}
 
 
 @pytest.mark.parametrize("line, field, message, severity", [
@@ -112,9 +112,42 @@ def test_valid_name_table(doc, expected):
 def test_json_output_names_an_invalid_spec_whose_name_is_valid(tmp_path):
     proc = run("validate", "examples/smoke.yaml", "--set", "spec.training.batchSize=-1", "--output", "json")
     assert proc.returncode == 2
-    assert json.loads(proc.stdout)["files"] == [{"file": "examples/smoke.yaml", "name": "smoke", "valid": False}]
+    assert json.loads(proc.stdout)["files"] == [{"file": "examples/smoke.yaml", "name": "smoke", "valid": False,
+                                                 "datasets": []}]
     renamed = run("validate", "examples/smoke.yaml", "--set", "spec.training.batchSize=-1",
                   "--set", "metadata.name=other", "-o", "json")
     assert json.loads(renamed.stdout)["files"][0]["name"] == "other"
     bad_name = run("validate", "examples/smoke.yaml", "--set", "metadata.name=Not_A_Label", "-o", "json")
     assert json.loads(bad_name.stdout)["files"][0]["name"] is None
+
+
+def test_json_output_carries_the_dataset_lines_and_the_warnings(tmp_path, minimal_spec):
+    """What the text output prints under a valid file (a line per local dataset) is in the JSON
+    too, per file; warnings are problem records with severity warning and leave the file valid."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, size in enumerate([(256, 256)] * 5 + [(256, 384), (640, 256)]):
+        Image.new("RGB", size, (30 * i, 90, 200)).save(photos / f"photo-{i}.png")
+    spec = tmp_path / "job.yaml"
+    spec.write_text(minimal_spec.replace("/nonexistent-trainingjob-corpus/photos", str(photos)).replace(
+        "      path:", "      crop: true\n      cropAspect: preserve\n      resolution: 128\n"
+        "      resolutionType: pixel\n      path:")
+        + "    batchSize: 2\n  validation:\n    guidance: 9\n")
+    line = (f"spec.datasets[0] (photos): 5 usable images: 128x128 5; 2 in buckets too small for one batch of 2 are "
+            "dropped (128x192 1, 320x128 1)")
+    text = run("validate", str(spec))
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines() == [f"{spec}: valid TrainingJob 'corpus'", f"  {line}"]
+    out = json.loads(run("validate", str(spec), "--output", "json").stdout)
+    assert out["valid"] is True
+    assert out["files"] == [{"file": str(spec), "name": "corpus", "valid": True, "datasets": [line]}]
+    assert [(p["field"], p["severity"]) for p in out["problems"]] == [("spec.validation.guidance", "warning")]
+    # An invalid file keeps the lines of its datasets that passed; its problems say why it is invalid.
+    broken = run("validate", str(spec), "--set", f"spec.training.resume={tmp_path / 'gone'}", "-o", "json")
+    assert broken.returncode == 2
+    out = json.loads(broken.stdout)
+    assert out["files"] == [{"file": str(spec), "name": "corpus", "valid": False, "datasets": [line]}]
+    assert [(p["field"], p["severity"]) for p in out["problems"]] == [
+        ("spec.validation.guidance", "warning"), ("spec.training.resume", "error")]
