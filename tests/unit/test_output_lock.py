@@ -164,7 +164,7 @@ def test_the_rerun_of_a_finished_job_touches_nothing(tmp_path, stages, monkeypat
     import runner.train.completion
     from runner.launch.run import run_job
 
-    monkeypatch.setattr(runner.train.completion, "finished_step", lambda spec: 20)
+    monkeypatch.setattr(runner.train.completion, "finished_step", lambda spec, job: 20)
     (tmp_path / "out").mkdir()
     assert run_job(smoke_job(tmp_path / "out")) == 0 and stages == []
     assert list((tmp_path / "out").iterdir()) == []
