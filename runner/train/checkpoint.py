@@ -41,9 +41,10 @@ def verify(folder: Path) -> str | None:
     """None when the checkpoint is complete and intact, else why not."""
     state_path = folder / STATE_FILE
     if not state_path.is_file():
-        steps = sorted((p.name for p in folder.glob("step-*") if p.is_dir()), key=lambda n: int(n[5:]) if n[5:].isdigit() else -1)
+        steps = [p for p in folder.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
         if steps:  # the parent of the checkpoints, not one of them
-            return f"it is a folder of checkpoints, not one; name one of them (e.g. {folder / steps[-1]}), or use auto"
+            newest = max(steps, key=lambda p: int(p.name[5:]))
+            return f"it is a folder of checkpoints, not one; name one of them (e.g. {newest}), or use auto"
         if (folder / "checkpoints").is_dir():
             return f"it is an output folder; name a checkpoint under {folder / 'checkpoints'}, or use auto"
         return f"no {STATE_FILE} (incomplete write)"
