@@ -56,8 +56,9 @@ def write_effective_spec(job: TrainingJob) -> Path:
 
     paths = job_paths(job.spec.to_dict())
     effective, data = paths.effective_spec, yaml.safe_dump(job.document.to_dict(), sort_keys=False).encode()
-    if effective.is_file() and effective.read_bytes() != data:  # an earlier run's: kept for `resume: none`
-        os.replace(effective, paths.earlier_effective_spec)
+    earlier = effective.read_bytes() if effective.is_file() else data
+    if earlier != data:  # an earlier run's: kept for `resume: none`; copied, so no reader finds none
+        atomic_write_bytes(paths.earlier_effective_spec, earlier)
     # Atomic: on a shared output volume every node writes it while the others' workers read it.
     atomic_write_bytes(effective, data)
     return effective
