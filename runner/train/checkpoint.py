@@ -12,7 +12,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from runner.files import atomic_write_json, file_digest, replace_dir
 
@@ -131,8 +131,12 @@ def prune(root: Path, keep: int) -> list[Path]:
     return removed
 
 
-def save(accelerator, root: Path, state: TrainerState, keep: int) -> Path:
-    """Collective: every process calls it (accelerate saves per-process RNG states)."""
+SPEC_FILE = "trainingjob.spec.json"  # the spec the checkpoint was written under (its `spec`)
+
+
+def save(accelerator, root: Path, state: TrainerState, keep: int, spec: dict | None = None) -> Path:
+    """Collective: every process calls it (accelerate saves per-process RNG states). `spec` is
+    kept beside the state, so a resume under another spec can say what changed."""
     tmp = root / f".tmp-step-{state.step}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -142,8 +146,33 @@ def save(accelerator, root: Path, state: TrainerState, keep: int) -> Path:
     accelerator.wait_for_everyone()
     final = root / f"step-{state.step}"
     if accelerator.is_main_process:
+        if spec is not None:
+            (tmp / SPEC_FILE).write_text(json.dumps(spec, sort_keys=True, default=str))
         seal(tmp, state)
         final = publish(tmp, root, state.step)
         prune(root, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def spec_changes(path: Path, spec: dict, limit: int = 6) -> list[str]:
+    """The fields of `spec` that differ from the spec checkpoint `path` was written under, as
+    `spec.training.batchSize 2 -> 1` (at most `limit`, then a count); [] when it kept none."""
+    try:
+        before = json.loads((path / SPEC_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    old, new = _leaves(before, "spec."), _leaves(json.loads(json.dumps(spec, default=str)), "spec.")
+    changed = [f"{key} {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
+               for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+    return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
+
+
+def _leaves(value: Any, prefix: str) -> dict[str, Any]:
+    """Dotted paths to the values of nested dicts (lists kept whole, as one value)."""
+    if not isinstance(value, dict):
+        return {prefix.rstrip("."): value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(_leaves(item, f"{prefix}{key}."))
+    return out

@@ -149,7 +149,9 @@ def resume_state(ctx: RunContext, accelerator, optimizer, lr_scheduler,
     for field, old, new in changed:
         ctx.log(f"resume: spec.training.{field} is {new} now ({old} in the checkpoint); the spec's value applies")
     if state.spec_hash != ctx.job.hash:
-        ctx.log("note: the spec changed since that checkpoint was written; continuing with the current spec")
+        changes = ckpt.spec_changes(path, ctx.spec_dict)
+        ctx.log("note: the spec changed since that checkpoint was written" + (f" ({', '.join(changes)})" if changes else "")
+                + "; continuing with the current spec")
     state.spec_hash, state.job = ctx.job.hash, ctx.job.name
     return state, path
 
@@ -239,7 +241,7 @@ def run_train(ctx: RunContext) -> TrainResult:
         guard.check_weights(params, state.step)  # never write weights that would poison a resume
         started = time.time()
         with ctx.metrics.phase("checkpoint"):  # may take longer than the stall alert's 10 minutes
-            path = ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"])
+            path = ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"], spec)
         ctx.metrics.checkpoint_saved(time.time() - started)
         return path
 

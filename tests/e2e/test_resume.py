@@ -103,6 +103,10 @@ def test_a_changed_optimizer_is_refused_and_a_changed_learning_rate_applies(tmp_
     assert_clean(faster)
     assert "resuming from step 10" in faster.stdout
     assert "spec.training.learningRate is 0.01 now (0.001 in the checkpoint)" in faster.stdout
+    # the note names what changed since the checkpoint (it said only "the spec changed")
+    note = next(line for line in faster.stdout.splitlines() if "note: the spec changed" in line)
+    assert "spec.training.learningRate 0.001 -> 0.01, spec.training.maxSteps 10 -> 12" in note, note
+    assert "spec.training.optimizer" not in note  # only what changed
 
 
 @pytest.mark.parametrize("sets, words", [

@@ -329,3 +329,22 @@ def test_which_checkpoints_a_run_must_not_resume(state, job, total, auto, words)
 
     problem = resume_problem(state, Path("/o/checkpoints/step-4"), job, total, auto)
     assert (problem is None) if words is None else (words in problem), problem
+
+
+def test_a_resume_under_another_spec_names_the_fields_that_changed(tmp_path: Path) -> None:
+    """It said only "the spec changed"; a batch size changed under a resume moves the data
+    position (the epoch and batch come from the checkpoint)."""
+    folder = tmp_path / "step-4"
+    folder.mkdir()
+    before = {"training": {"batchSize": 2, "learningRate": 1e-4, "resume": "auto"},
+              "validation": {"prompts": ["a cat"]}}
+    (folder / ckpt.SPEC_FILE).write_text(json.dumps(before))
+    now = {"training": {"batchSize": 1, "learningRate": 1e-4, "resume": "auto", "seed": 7},
+           "validation": {"prompts": ["a cat", "a dog"]}}
+    assert ckpt.spec_changes(folder, now) == [
+        "spec.training.batchSize 2 -> 1", "spec.training.seed (unset) -> 7",
+        "spec.validation.prompts ['a cat'] -> ['a cat', 'a dog']"]
+    assert ckpt.spec_changes(folder, before) == []
+    assert ckpt.spec_changes(tmp_path, now) == []  # a checkpoint from before the spec was kept
+    many = {"training": {f"k{i}": i for i in range(9)}}
+    assert ckpt.spec_changes(folder, many, limit=3)[-1] == "and 10 more"  # 13 leaves differ, 3 shown
