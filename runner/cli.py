@@ -11,7 +11,7 @@ from typing import Sequence
 
 from runner.exitcodes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_STOPPED, StageStopped
 from runner.spec.errors import SpecError
-from runner.spec.load import load_spec
+from runner.spec.load import STDIN, load_spec
 
 DEBUG_ENV = "TRAININGJOB_DEBUG"
 
@@ -52,6 +52,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from runner.smoke import command as smoke
 
+    if args.file == STDIN and (args.smoke or args.container):
+        print(f"run: a spec from standard input (-) does not go with --{'smoke' if args.smoke else 'container'}, "
+              "which reads the file again; save the spec to a file and name it", file=sys.stderr)
+        return EXIT_INVALID
     if args.smoke:
         return smoke.cmd_smoke(args)
     if smoke.stray_options(args):
@@ -195,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("run", help="run the cache and/or train stage of a TrainingJob")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="the spec; '-' reads it from standard input")
     p.add_argument("--stage", choices=["cache", "train", "all"], default="all")
     p.add_argument("--container", action="store_true",
                    help="run inside the image for spec.hardware.accelerator, with podman or docker "
@@ -217,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     from runner.k8s.build import Options
 
     p = sub.add_parser("render", help="print the Kubernetes objects of a TrainingJob in apply order (no operator needed)")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="the spec; '-' reads it from standard input")
     p.add_argument("--stage", choices=["cache", "train", "all"], default="all",
                    help="only the objects of one stage (to apply cache, wait for it, then train)")
     p.add_argument("--registry", default=Options.registry, help="image registry (default %(default)s)")

@@ -6,6 +6,7 @@ schema and the semantic rules (validate.py), freeze (node.py).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,12 +14,20 @@ from runner.spec import schema as schema_mod
 from runner.spec.errors import SpecError
 from runner.spec.node import TrainingJob, freeze
 from runner.spec.overrides import apply_what_applies
-from runner.spec.parse import parse_document, read_spec_file
+from runner.spec.parse import MAX_SPEC_BYTES, parse_document, read_spec_file
 from runner.spec.validate import validate_document
 
 
+STDIN = "-"  # a spec read from standard input, as `kubectl apply -f -`
+STDIN_SOURCE = "<stdin>"
+
+
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> TrainingJob:
-    """Read, parse, override, validate and freeze a TrainingJob file. Raises SpecError."""
+    """Read, parse, override, validate and freeze a TrainingJob file (`-`: standard input).
+    Raises SpecError."""
+    if str(path) == STDIN:
+        return job_from_document(parse_document(sys.stdin.buffer.read(MAX_SPEC_BYTES + 1), STDIN_SOURCE),
+                                 STDIN_SOURCE, overrides)
     source = str(path)
     return job_from_document(parse_document(read_spec_file(path), source), source, overrides)
 

@@ -15,13 +15,11 @@ from typing import Any, BinaryIO, Sequence
 
 from runner.spec import schema as schema_mod
 from runner.spec.errors import SpecError
-from runner.spec.load import job_from_document
+from runner.spec.load import STDIN, STDIN_SOURCE, job_from_document
 from runner.spec.localpaths import local_path_problems
 from runner.spec.overrides import apply_what_applies
 from runner.spec.parse import MAX_SPEC_BYTES, parse_document, read_spec_file
 
-STDIN = "-"
-STDIN_SOURCE = "<stdin>"
 ERROR, WARNING = "error", "warning"
 
 # A field path as the spec module writes it: spec.datasets[0].crop, metadata.name, (document),

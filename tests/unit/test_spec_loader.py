@@ -396,3 +396,26 @@ def test_run_refuses_an_output_or_cache_dir_it_may_not_write(tmp_path, minimal_s
     assert (f"error: {field}: {locked}/job cannot be written: {locked} is not writable by this user; point it at a "
             "folder this run may write to") in proc.stderr
     assert "internal error" not in proc.stderr and list(locked.iterdir()) == []
+
+
+def test_run_and_render_read_a_spec_from_standard_input(tmp_path, minimal_spec):
+    """`validate -` did, `run -` and `render -` said "-: no such file" (kubectl apply -f - reads stdin)."""
+    import subprocess
+    import sys
+
+    example = (REPO / "k8s" / "example-trainingjob.yaml").read_text()
+
+    def trainingjob(*args, stdin=""):
+        return subprocess.run([sys.executable, "-m", "runner", *args], input=stdin, capture_output=True, text=True,
+                              cwd=tmp_path, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+
+    from_file = trainingjob("render", str(REPO / "k8s" / "example-trainingjob.yaml"))
+    piped = trainingjob("render", "-", stdin=example)
+    assert from_file.returncode == piped.returncode == 0, piped.stderr
+    assert piped.stdout == from_file.stdout and "kind: Job" in piped.stdout
+    bad = trainingjob("render", "-", stdin=example.replace("maxSteps:", "maxStepz:"))
+    assert bad.returncode == 2 and "<stdin>: spec.training" in bad.stderr and "maxStepz" in bad.stderr, bad.stderr
+    for flag in ("--smoke", "--container"):
+        refused = trainingjob("run", "-", flag, stdin=minimal_spec)
+        assert refused.returncode == 2
+        assert f"a spec from standard input (-) does not go with {flag}" in refused.stderr, refused.stderr
