@@ -12,14 +12,14 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 from runner.cache import keys as cachekeys
 from runner.cache.entries import bucket_batches, chunks, entry_metadata, write_entry
 from runner.cache.keys import EncoderIdentity, entry_path
 from runner.data import DatasetError
 from runner.data.workers import decode_workers
-from runner.files import atomic_write_bytes, atomic_write_json, flush_to_disk, sweep_stale_temps
+from runner.files import atomic_write_json, flush_to_disk, sweep_stale_temps
 from runner.launch.context import RunContext
 from runner.observe.progress import Laps
 from runner.spec.plan import cache_fingerprint, enabled_datasets

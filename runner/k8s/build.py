@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import posixpath
 from dataclasses import dataclass
 from typing import Any
 

@@ -135,7 +135,7 @@ def test_json_output_carries_the_dataset_lines_and_the_warnings(tmp_path, minima
         "      path:", "      crop: true\n      cropAspect: preserve\n      resolution: 128\n"
         "      resolutionType: pixel\n      path:")
         + "    batchSize: 2\n  validation:\n    guidance: 9\n")
-    line = (f"spec.datasets[0] (photos): 5 usable images: 128x128 5; 2 in buckets too small for one batch of 2 are "
+    line = ("spec.datasets[0] (photos): 5 usable images: 128x128 5; 2 in buckets too small for one batch of 2 are "
             "dropped (128x192 1, 320x128 1)")
     text = run("validate", str(spec))
     assert text.returncode == 0, text.stderr
