@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 from runner.spec import schema as schema_mod
 from runner.spec.errors import SpecError
@@ -22,14 +22,18 @@ STDIN = "-"  # a spec read from standard input, as `kubectl apply -f -`
 STDIN_SOURCE = "<stdin>"
 
 
+def read_spec(path: str | Path, stdin: BinaryIO | None = None) -> tuple[bytes, str]:
+    """(the bytes of a spec, the name its messages use): a file, or `-` standard input."""
+    if str(path) == STDIN:
+        return (stdin or sys.stdin.buffer).read(MAX_SPEC_BYTES + 1), STDIN_SOURCE
+    return read_spec_file(path), str(path)
+
+
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> TrainingJob:
     """Read, parse, override, validate and freeze a TrainingJob file (`-`: standard input).
     Raises SpecError."""
-    if str(path) == STDIN:
-        return job_from_document(parse_document(sys.stdin.buffer.read(MAX_SPEC_BYTES + 1), STDIN_SOURCE),
-                                 STDIN_SOURCE, overrides)
-    source = str(path)
-    return job_from_document(parse_document(read_spec_file(path), source), source, overrides)
+    data, source = read_spec(path)
+    return job_from_document(parse_document(data, source), source, overrides)
 
 
 def job_from_document(doc: dict[str, Any], source: str = "<spec>", overrides: Sequence[str] = ()) -> TrainingJob:

@@ -9,16 +9,15 @@ has to be recognised, and a line without one (a YAML syntax error, "the file is 
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Sequence
 
 from runner.spec import schema as schema_mod
 from runner.spec.errors import SpecError
-from runner.spec.load import STDIN, STDIN_SOURCE, job_from_document
+from runner.spec.load import STDIN, STDIN_SOURCE, job_from_document, read_spec
 from runner.spec.localpaths import local_path_problems
 from runner.spec.overrides import apply_what_applies
-from runner.spec.parse import MAX_SPEC_BYTES, parse_document, read_spec_file
+from runner.spec.parse import parse_document
 
 ERROR, WARNING = "error", "warning"
 
@@ -83,7 +82,7 @@ def check_file(path: str, overrides: Sequence[str] = (), stdin: BinaryIO | None 
     source = STDIN_SOURCE if path == STDIN else path
     doc = None
     try:
-        data = (stdin or sys.stdin.buffer).read(MAX_SPEC_BYTES + 1) if path == STDIN else read_spec_file(path)
+        data, source = read_spec(path, stdin)
         doc = parse_document(data, source)
         job = job_from_document(doc, source, overrides)
     except SpecError as e:
