@@ -76,10 +76,12 @@ def directory_problems(spec: dict[str, Any], stage: str = "all") -> list[str]:
 
 def _directory_findings(spec: dict[str, Any], stage: str) -> list[tuple[str, Any, str]]:
     """(field path, path, problem) of directory_problems."""
-    found = [(where, value, f"{where}: {why}; point it at a directory (it is created when missing)")
-             for where, value in written_dirs(spec) if (why := not_a_directory(value))]
-    found += [(where, value, f"{where}: {why}; point it at a folder this run may write to")
-              for where, value in written_dirs(spec) if not not_a_directory(value) and (why := not_writable(value))]
+    found = []
+    for where, value in written_dirs(spec):
+        if why := not_a_directory(value):
+            found.append((where, value, f"{where}: {why}; point it at a directory (it is created when missing)"))
+        elif why := not_writable(value):
+            found.append((where, value, f"{where}: {why}; point it at a folder this run may write to"))
     resume = spec["training"]["resume"]
     if stage != "cache" and (problem := resume_problem(resume)):
         found.append(("spec.training.resume", resume, problem))

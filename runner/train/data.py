@@ -47,30 +47,31 @@ def source_changes(datasets: list[tuple[dict[str, Any], list[dict[str, Any]]]],
                    caption_strategies: Mapping[str, str] | None = None) -> list[str]:
     """The cached images whose files are gone or were rewritten (size or mtime) since the cache
     stage, and in datasets whose `caption_strategies` (by name) is `textfile` those whose caption
-    file now says something else, as `dataset/rel (how)`. The train stage trains on the cache, so these train as they were
-    cached: worth a warning, not a stop. Items of older manifests carry no size: unchecked."""
+    file now says something else, as `dataset/rel (how)`. The train stage trains on the cache, so
+    these train as they were cached: worth a warning, not a stop. Items of older manifests carry
+    no size: unchecked."""
+    strategies = caption_strategies or {}
+    return [f"{ds['name']}/{it['rel']} ({how})" for ds, items in datasets for it in items
+            if "size" in it and (how := _item_change(it, strategies.get(ds["name"]) == "textfile"))]
+
+
+def _item_change(item: dict[str, Any], textfile: bool) -> str | None:
+    """How one cached item's source differs from what was cached, or None."""
     from runner.data.captions import CaptionError, caption_for
 
-    changed = []
-    for ds, items in datasets:
-        for it in items:
-            if "size" not in it:
-                continue
-            try:
-                st = os.stat(it["path"])
-            except OSError:
-                changed.append(f"{ds['name']}/{it['rel']} (gone)")
-                continue
-            if st.st_size != it["size"] or st.st_mtime_ns != it["mtime_ns"]:
-                changed.append(f"{ds['name']}/{it['rel']} (rewritten)")
-            elif (caption_strategies or {}).get(ds["name"]) == "textfile":
-                try:
-                    caption = caption_for(it["path"], None, "textfile")
-                except CaptionError:
-                    caption = None
-                if caption != it["caption"]:
-                    changed.append(f"{ds['name']}/{it['rel']} (caption {'changed' if caption else 'unusable'})")
-    return changed
+    try:
+        st = os.stat(item["path"])
+    except OSError:
+        return "gone"
+    if st.st_size != item["size"] or st.st_mtime_ns != item["mtime_ns"]:
+        return "rewritten"
+    if not textfile:
+        return None
+    try:
+        caption = caption_for(item["path"], None, "textfile")
+    except CaptionError:
+        return "caption unusable"
+    return "caption changed" if caption != item["caption"] else None
 
 
 @dataclass(frozen=True)
