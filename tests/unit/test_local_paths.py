@@ -15,17 +15,11 @@ PIPELINE_INDEX = '{"_class_name": "PixArtSigmaPipeline"}'
 
 
 def spec_with(minimal_spec: str, sets: dict[str, str], volumes: dict | None = None) -> dict:
-    """The defaulted spec of the minimal spec with `sets` (field path -> value) applied."""
+    """The defaulted spec of the minimal spec with `sets` (field path -> value) applied as `--set`s."""
     doc = yaml.safe_load(minimal_spec)
-    for path, value in sets.items():
-        node = doc["spec"]
-        *parents, leaf = path.removeprefix("spec.").split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
     if volumes is not None:
         doc["spec"]["kubernetes"] = {"volumes": volumes}
-    return job_from_document(doc).spec.to_dict()
+    return job_from_document(doc, "<test>", [f"{path}={value}" for path, value in sets.items()]).spec.to_dict()
 
 
 @pytest.fixture
