@@ -277,8 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
         stopped = isinstance(e, StageStopped)
-        print(f"{'stopped (SIGTERM)' if stopped else 'interrupted'}: what was written is kept (cache entries, the "
-              "newest checkpoint); run the same command again to go on from there", file=sys.stderr)
+        said = "stopped (SIGTERM)" if stopped else "interrupted"
+        if args.func is cmd_run:  # the one command that leaves work behind to go on from
+            said += (": what was written is kept (cache entries, the newest checkpoint); run the same command "
+                     "again to go on from there")
+        print(said, file=sys.stderr)
         return EXIT_STOPPED if stopped else EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
