@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -178,8 +179,12 @@ def make_batch(cfg, res, bs):
 
 
 # variant suffix -> inductor option it turns on: Triton block-size tuning (compile time for
-# speed), horizontal fusion of independent kernels, fusing more aggressively
-INDUCTOR_FLAGS = {"_cdt": "coordinate_descent_tuning", "_combo": "combo_kernels", "_aggr": "aggressive_fusion"}
+# speed), horizontal fusion of independent kernels, fusing more aggressively, both a persistent
+# and a looped variant of each reduction with the faster one picked at run time (a block's
+# LayerNorms reduce over 1152 > inductor's 1024 persistent limit, so they loop), more Triton
+# configs tried for pointwise and reduction kernels
+INDUCTOR_FLAGS = {"_cdt": "coordinate_descent_tuning", "_combo": "combo_kernels", "_aggr": "aggressive_fusion",
+                  "_mk": "triton.multi_kernel", "_pw": "max_autotune_pointwise"}
 
 
 def quack_linears(model) -> int:
@@ -277,8 +282,10 @@ def section_step():
                 if flag in variant:
                     import torch._inductor.config as inductor_config
 
-                    restore.append((inductor_config, option, getattr(inductor_config, option)))
-                    setattr(inductor_config, option, True)
+                    *outer, name = option.split(".")
+                    owner = functools.reduce(getattr, outer, inductor_config)
+                    restore.append((owner, name, getattr(owner, name)))
+                    setattr(owner, name, True)
             if "compile" in variant and DEV.type == "cuda":
                 FAMILY.compile(model)
                 if "_cg" in variant:  # CUDA graphs per block (reduce-overhead), to see what the gaps cost
