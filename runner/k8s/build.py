@@ -189,10 +189,28 @@ def _resources(spec: dict) -> dict[str, Any]:
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
+def _shm(spec: dict) -> dict[str, Any]:
+    """Data loaders and NCCL share memory through /dev/shm (the runtime's own is 64 MiB): a
+    tmpfs, bounded by spec.kubernetes.shmSize; unbounded it could take all of the pod's memory
+    limit, or of the node's memory without one. A spec started before shmSize existed (a
+    ConfigMap written by an older operator) keeps the unbounded one its first pods had."""
+    size = spec.get("kubernetes", {}).get("shmSize")
+    return {"medium": "Memory", **({"sizeLimit": size} if size is not None else {})}
+
+
+def _supplemental_groups(spec: dict) -> list[int]:
+    """The node's groups that own the GPU device nodes, for hardware whose devices only their
+    members may open (AMD: /dev/kfd and /dev/dri/renderD* are 0660; the pods run as non-root)."""
+    flavour = images.FLAVOURS.get(spec["hardware"]["accelerator"])
+    if flavour is None or not flavour.device_groups:
+        return []
+    groups = spec.get("kubernetes", {}).get("deviceGroups", {})
+    return sorted({gid for gid in (groups.get("video"), groups.get("render")) if gid is not None})
+
+
 def _volumes(spec: dict, config_map: str) -> tuple[list[dict], list[dict]]:
     volumes = [{"name": "spec", "configMap": {"name": config_map}},
-               # Data loaders and NCCL share memory through /dev/shm; the runtime's default is 64 MiB.
-               {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+               {"name": "dshm", "emptyDir": _shm(spec)},
                {"name": "tmp", "emptyDir": {}}]
     mounts = [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
               {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}]
@@ -255,6 +273,8 @@ def build_pod_template(doc: dict, stage: str, opts: Options) -> dict[str, Any]:
         "containers": [container],
         "volumes": volumes,
     }
+    if groups := _supplemental_groups(spec):
+        pod["securityContext"]["supplementalGroups"] = groups
     if stage == "train":
         pod["subdomain"] = n["service"]  # stable `<job>-<index>.<service>` hostnames for the rendezvous
     if k8s.get("serviceAccountName"):
