@@ -4,10 +4,9 @@ spec as the pods will see it (`build.pod_document`)."""
 from __future__ import annotations
 
 import posixpath
-import re
 from typing import Any
 
-from runner.k8s.build import SPEC_DIR, pod_document
+from runner.k8s.build import SPEC_DIR, pod_document, pod_memory, quantity, shm_size
 from runner.spec.localpaths import mount_paths
 from runner.launch import images
 from runner.spec.semantics import dataset_dirs, written_dirs
@@ -58,24 +57,6 @@ def _gpu_count_problems(spec: dict[str, Any]) -> list[str]:
             if flavour.gpu_resource in wanted.get(side, {}) and str(wanted[side][flavour.gpu_resource]) != str(gpus)]
 
 
-# Kubernetes quantities as the schema allows them (bytes: no exponent forms).
-_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
-_SCALE = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-
-
-def quantity(value: Any) -> float | None:
-    """A Kubernetes quantity (`16Gi`, `64G`, `1024`) as a number; None when it is not one."""
-    m = _QUANTITY.fullmatch(str(value))
-    return float(m.group(1)) * _SCALE.get(m.group(2) or "", 1) if m else None
-
-
-def _memory(spec: dict[str, Any], side: str) -> tuple[Any, float | None]:
-    """(as written, in bytes) of spec.kubernetes.resources.<side>.memory; (None, None) when unset."""
-    value = spec.get("kubernetes", {}).get("resources", {}).get(side, {}).get("memory")
-    return value, None if value is None else quantity(value)
-
-
 def _shm_problems(spec: dict[str, Any]) -> list[str]:
     """A /dev/shm that cannot be what the spec says: empty (the kubelet reads a sizeLimit of 0 as
     no bound at all), or not below the memory limit, which it counts against (the kubelet caps the
@@ -83,11 +64,11 @@ def _shm_problems(spec: dict[str, Any]) -> list[str]:
     shm = spec.get("kubernetes", {}).get("shmSize")
     size = None if shm is None else quantity(shm)
     if size is None:
-        return []  # unset (a spec from an older operator) or malformed (the schema's pattern says so)
+        return []  # unset (shm_size then fits it to the pod) or malformed (the schema's pattern says so)
     if size < 1:
         return [f"spec.kubernetes.shmSize: {shm} is no size (a sizeLimit of 0 would leave /dev/shm unbounded); give "
                 "the room the data loaders and NCCL need, e.g. 1Gi (`trainingjob explain spec.kubernetes.shmSize`)"]
-    limit, limit_bytes = _memory(spec, "limits")
+    limit, limit_bytes = pod_memory(spec, "limits")
     if limit_bytes is not None and size >= limit_bytes:
         return [f"spec.kubernetes.shmSize: {shm} does not fit in spec.kubernetes.resources.limits.memory ({limit}): "
                 "/dev/shm is memory and counts against that limit, which would leave the processes nothing; lower "
@@ -101,19 +82,18 @@ def _memory_warnings(spec: dict[str, Any]) -> list[str]:
     pressure (a LimitRange may still give them a default, which the spec cannot see). And a
     request smaller than /dev/shm, which a pod that fills it exceeds. Only warned: what a pod
     needs is the user's to say, and a cluster may default it."""
-    k8s = spec.get("kubernetes", {})
-    shm = k8s.get("shmSize")
-    request, request_bytes = _memory(spec, "requests")
+    shm = shm_size(spec)
+    request, request_bytes = pod_memory(spec, "requests")
     if request is None:  # the API server takes a container's limit as its request
-        request, request_bytes = _memory(spec, "limits")
+        request, request_bytes = pod_memory(spec, "limits")
     flavour = images.FLAVOURS.get(spec["hardware"]["accelerator"])
     if request is None and flavour is not None and flavour.gpu_resource:
-        least = f" (at least spec.kubernetes.shmSize, {shm}, for /dev/shm, plus the processes' own)" if shm else ""
+        least = f" (at least the /dev/shm size, {shm} (spec.kubernetes.shmSize), plus the processes' own)"
         return ["spec.kubernetes.resources.requests.memory: not set on a GPU job, so its pods request no memory "
                 "(QoS BestEffort, unless the namespace's LimitRange sets a default) and are the first evicted when "
                 "their node runs short of memory, losing the work since the last checkpoint; set it to what a pod "
                 f"uses{least}"]
-    shm_bytes = None if shm is None else quantity(shm)
+    shm_bytes = quantity(shm)
     if request_bytes is not None and shm_bytes is not None and request_bytes < shm_bytes:
         return [f"spec.kubernetes.shmSize: {shm} is more than the pods' memory request ({request}, "
                 "spec.kubernetes.resources.requests.memory): /dev/shm is memory, so a pod that fills it uses more "

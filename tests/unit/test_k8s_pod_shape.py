@@ -32,8 +32,16 @@ def test_dev_shm_is_a_memory_volume_bounded_by_shm_size(shm, size_limit):
         assert shm_volume(pod(doc, stage)) == {"medium": "Memory", "sizeLimit": size_limit}
 
 
-def test_a_spec_without_shm_size_gets_the_schema_default():
-    from runner.spec import schema as schema_mod
+@pytest.mark.parametrize("resources, size_limit", [
+    ({}, "16Gi"),
+    ({"limits": {"memory": "256Gi"}}, "16Gi"),
+    ({"limits": {"memory": "16Gi"}}, "8192Mi"),  # half a limit below 32Gi: the processes keep the rest
+    ({"requests": {"memory": "4Gi"}}, "2048Mi"),  # no limit: half the request
+    ({"requests": {"memory": "4Gi"}, "limits": {"memory": "64Gi"}}, "2048Mi"),  # the smaller of the two
+    ({"limits": {"memory": "1000M"}}, "476Mi"),
+])
+def test_unset_shm_size_is_16gi_or_half_a_smaller_pod(resources, size_limit):
+    """The documented default fits small pods: a CPU job with a 16Gi limit renders, with room left."""
     from runner.spec.load import job_from_document
     from runner.spec.parse import parse_document
 
@@ -42,54 +50,28 @@ def test_a_spec_without_shm_size_gets_the_schema_default():
         "spec:\n  datasets: [{name: p, type: samples}]\n  training: {maxSteps: 1}\n"
         "  kubernetes: {volumes: {cache: {claimName: c}, output: {claimName: o}}}\n")
     full = job_from_document(doc).document.to_dict()
-    default = schema_mod.node_at(["spec", "kubernetes", "shmSize"], indexed=False)["default"]
-    assert full["spec"]["kubernetes"]["shmSize"] == default == "16Gi"
-    assert shm_volume(pod(full))["sizeLimit"] == "16Gi"
+    assert "shmSize" not in full["spec"]["kubernetes"]  # no schema default: it follows the pod's memory
+    full["spec"]["kubernetes"]["resources"] = resources
+    assert shm_volume(pod(full))["sizeLimit"] == size_limit
+    assert checks.kubernetes_problems(full) == []
+    assert not [w for reason, w in checks.warning_events(full) if "is more than the pods' memory request" in w]
 
 
-def test_a_job_started_before_shm_size_existed_keeps_its_unbounded_shm():
+def test_a_job_started_before_device_groups_existed_keeps_its_pods():
     """The operator builds a started job's train Job from the spec in its ConfigMap, which an
-    older operator wrote without shmSize or deviceGroups: its pods stay as its cache pods were."""
+    older operator wrote without deviceGroups: its pods get no supplementalGroups."""
     doc = make_doc("rocm", gpus=8)
-    doc["spec"]["kubernetes"].pop("shmSize")
     doc["spec"]["kubernetes"].pop("deviceGroups")
     spec = pod(doc)
-    assert shm_volume(spec) == {"medium": "Memory"}
     assert "supplementalGroups" not in spec["securityContext"]
     assert checks.kubernetes_problems(doc) == []
-
-
-@pytest.mark.parametrize("shm, limit, refused", [
-    ("16Gi", "8Gi", "spec.kubernetes.shmSize: 16Gi does not fit in spec.kubernetes.resources.limits.memory (8Gi)"),
-    ("16Gi", "16Gi", "does not fit in"),  # all of the limit: nothing left for the processes
-    ("20G", "16Gi", "does not fit in"),  # decimal and binary units compared as bytes
-    ("16Gi", 17179869184, "does not fit in"),
-    ("0", "8Gi", "spec.kubernetes.shmSize: 0 is no size"),  # the kubelet reads a sizeLimit of 0 as unbounded
-    ("0", None, "spec.kubernetes.shmSize: 0 is no size"),
-    ("16Gi", "17Gi", None),
-    ("16Gi", 17179869185, None),
-    ("16Gi", None, None),  # no limit: nothing to fit in
-    ("1Gi", "2Gi", None),
-])
-def test_shm_must_fit_inside_the_memory_limit(shm, limit, refused):
-    resources = {"requests": {"memory": "1Gi"}} | ({"limits": {"memory": limit}} if limit is not None else {})
-    doc = make_doc("cuda12", gpus=8, shmSize=shm, resources=resources)
-    problems = checks.kubernetes_problems(doc)
-    if refused is None:
-        assert problems == []
-        render_objects(doc, Options())
-    else:
-        assert len(problems) == 1 and refused in problems[0], problems
-        assert "lower shmSize" in problems[0] or "e.g. 1Gi" in problems[0]  # says what to do
-        with pytest.raises(RenderError):
-            render_objects(doc, Options())
 
 
 # --------------------------------------------------------------------------- memory requests
 
 @pytest.mark.parametrize("accelerator, resources, shm, warned", [
     ("cuda12", {}, "16Gi", "spec.kubernetes.resources.requests.memory: not set on a GPU job"),
-    ("cuda13", {"requests": {"cpu": "8"}}, "16Gi", "(at least spec.kubernetes.shmSize, 16Gi, for /dev/shm"),
+    ("cuda13", {"requests": {"cpu": "8"}}, "16Gi", "(at least the /dev/shm size, 16Gi (spec.kubernetes.shmSize)"),
     ("rocm", {}, "16Gi", "QoS BestEffort"),
     ("cpu", {}, "16Gi", None),  # only GPU pods: the expensive ones to lose
     ("cuda12", {"limits": {"memory": "64Gi"}}, "16Gi", None),  # the API server takes the limit as the request
