@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,10 +190,58 @@ def _resources(spec: dict) -> dict[str, Any]:
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
+# Kubernetes quantities as the schema allows them (bytes: no exponent forms).
+_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
+_SCALE = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+SHM_DEFAULT = "16Gi"
+
+
+def quantity(value: Any) -> float | None:
+    """A Kubernetes quantity (`16Gi`, `64G`, `1024`) as a number; None when it is not one."""
+    m = _QUANTITY.fullmatch(str(value))
+    return float(m.group(1)) * _SCALE.get(m.group(2) or "", 1) if m else None
+
+
+def pod_memory(spec: dict, side: str) -> tuple[Any, float | None]:
+    """(as written, in bytes) of spec.kubernetes.resources.<side>.memory; (None, None) when unset."""
+    value = spec.get("kubernetes", {}).get("resources", {}).get(side, {}).get("memory")
+    return value, None if value is None else quantity(value)
+
+
+def shm_size(spec: dict) -> Any:
+    """spec.kubernetes.shmSize, or when unset 16Gi, capped at half the pod's memory request or
+    limit, whichever is smaller: /dev/shm counts against the pod's memory, so a default must fit
+    a small pod as well as an 8-GPU node's decode workers."""
+    given = spec.get("kubernetes", {}).get("shmSize")
+    if given is not None:
+        return given
+    bound = min((b for b in (pod_memory(spec, "limits")[1], pod_memory(spec, "requests")[1]) if b), default=None)
+    if bound is None or bound / 2 >= quantity(SHM_DEFAULT):
+        return SHM_DEFAULT
+    return f"{max(1, int(bound / 2 / 2**20))}Mi"
+
+
+def _shm(spec: dict) -> dict[str, Any]:
+    """Data loaders and NCCL share memory through /dev/shm (the runtime's own is 64 MiB): a
+    tmpfs, bounded by shm_size; unbounded it could take all of the pod's memory limit, or of the
+    node's memory without one."""
+    return {"medium": "Memory", "sizeLimit": shm_size(spec)}
+
+
+def _supplemental_groups(spec: dict) -> list[int]:
+    """The node's groups that own the GPU device nodes, for hardware whose devices only their
+    members may open (AMD: /dev/kfd and /dev/dri/renderD* are 0660; the pods run as non-root)."""
+    flavour = images.FLAVOURS.get(spec["hardware"]["accelerator"])
+    if flavour is None or not flavour.device_groups:
+        return []
+    groups = spec.get("kubernetes", {}).get("deviceGroups", {})
+    return sorted({gid for gid in (groups.get("video"), groups.get("render")) if gid is not None})
+
+
 def _volumes(spec: dict, config_map: str) -> tuple[list[dict], list[dict]]:
     volumes = [{"name": "spec", "configMap": {"name": config_map}},
-               # Data loaders and NCCL share memory through /dev/shm; the runtime's default is 64 MiB.
-               {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+               {"name": "dshm", "emptyDir": _shm(spec)},
                {"name": "tmp", "emptyDir": {}}]
     mounts = [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
               {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}]
@@ -255,6 +304,8 @@ def build_pod_template(doc: dict, stage: str, opts: Options) -> dict[str, Any]:
         "containers": [container],
         "volumes": volumes,
     }
+    if groups := _supplemental_groups(spec):
+        pod["securityContext"]["supplementalGroups"] = groups
     if stage == "train":
         pod["subdomain"] = n["service"]  # stable `<job>-<index>.<service>` hostnames for the rendezvous
     if k8s.get("serviceAccountName"):

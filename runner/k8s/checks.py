@@ -6,7 +6,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from runner.k8s.build import SPEC_DIR, pod_document
+from runner.k8s.build import SPEC_DIR, pod_document, pod_memory, quantity, shm_size
 from runner.spec.localpaths import mount_paths
 from runner.launch import images
 from runner.spec.semantics import dataset_dirs, written_dirs
@@ -32,6 +32,7 @@ def kubernetes_problems(doc: dict[str, Any]) -> list[str]:
         except images.NoImageError as e:
             problems.append(f"{e}; or set spec.kubernetes.image")
     problems += _gpu_count_problems(spec)
+    problems += _shm_problems(spec)
     secrets = k8s.get("secrets", {})
     if spec["output"]["hub"].get("push") and "hubToken" not in secrets:
         problems.append("spec.kubernetes.secrets.hubToken: required when output.hub.push is true on Kubernetes "
@@ -54,6 +55,66 @@ def _gpu_count_problems(spec: dict[str, Any]) -> list[str]:
             f"gpusPerNode, and leave {flavour.gpu_resource} out of resources"
             for side in ("requests", "limits")
             if flavour.gpu_resource in wanted.get(side, {}) and str(wanted[side][flavour.gpu_resource]) != str(gpus)]
+
+
+def _shm_problems(spec: dict[str, Any]) -> list[str]:
+    """A /dev/shm that cannot be what the spec says: empty (the kubelet reads a sizeLimit of 0 as
+    no bound at all), or not below the memory limit, which it counts against (the kubelet caps the
+    tmpfs at the limit, and a pod that filled it would be OOM-killed with nothing left to run on)."""
+    shm = spec.get("kubernetes", {}).get("shmSize")
+    size = None if shm is None else quantity(shm)
+    if size is None:
+        return []  # unset (shm_size then fits it to the pod) or malformed (the schema's pattern says so)
+    if size < 1:
+        return [f"spec.kubernetes.shmSize: {shm} is no size (a sizeLimit of 0 would leave /dev/shm unbounded); give "
+                "the room the data loaders and NCCL need, e.g. 1Gi (`trainingjob explain spec.kubernetes.shmSize`)"]
+    limit, limit_bytes = pod_memory(spec, "limits")
+    if limit_bytes is not None and size >= limit_bytes:
+        return [f"spec.kubernetes.shmSize: {shm} does not fit in spec.kubernetes.resources.limits.memory ({limit}): "
+                "/dev/shm is memory and counts against that limit, which would leave the processes nothing; lower "
+                "shmSize below the limit (to what the data loaders and NCCL need: `trainingjob explain "
+                "spec.kubernetes.shmSize`) or raise limits.memory"]
+    return []
+
+
+def _memory_warnings(spec: dict[str, Any]) -> list[str]:
+    """A GPU job whose pods request no memory: BestEffort QoS, the first evicted under memory
+    pressure (a LimitRange may still give them a default, which the spec cannot see). And a
+    request smaller than /dev/shm, which a pod that fills it exceeds. Only warned: what a pod
+    needs is the user's to say, and a cluster may default it."""
+    shm = shm_size(spec)
+    request, request_bytes = pod_memory(spec, "requests")
+    if request is None:  # the API server takes a container's limit as its request
+        request, request_bytes = pod_memory(spec, "limits")
+    flavour = images.FLAVOURS.get(spec["hardware"]["accelerator"])
+    if request is None and flavour is not None and flavour.gpu_resource:
+        least = f" (at least the /dev/shm size, {shm} (spec.kubernetes.shmSize), plus the processes' own)"
+        return ["spec.kubernetes.resources.requests.memory: not set on a GPU job, so its pods request no memory "
+                "(QoS BestEffort, unless the namespace's LimitRange sets a default) and are the first evicted when "
+                "their node runs short of memory, losing the work since the last checkpoint; set it to what a pod "
+                f"uses{least}"]
+    shm_bytes = quantity(shm)
+    if request_bytes is not None and shm_bytes is not None and request_bytes < shm_bytes:
+        return [f"spec.kubernetes.shmSize: {shm} is more than the pods' memory request ({request}, "
+                "spec.kubernetes.resources.requests.memory): /dev/shm is memory, so a pod that fills it uses more "
+                "than it requested and is among the first evicted under memory pressure; raise requests.memory or "
+                "lower shmSize"]
+    return []
+
+
+def _device_group_warnings(spec: dict[str, Any]) -> list[str]:
+    """AMD pods with no `render` group: on nodes with the usual 0660 root:render device nodes the
+    non-root pods cannot open /dev/kfd and see no GPU. Only warned: nodes whose udev rules make
+    the devices world-accessible need no group, and the GID is the host's to tell."""
+    flavour = images.FLAVOURS.get(spec["hardware"]["accelerator"])
+    if flavour is None or not flavour.device_groups:
+        return []
+    if spec.get("kubernetes", {}).get("deviceGroups", {}).get("render") is not None:
+        return []
+    return [f"spec.kubernetes.deviceGroups.render: not set; the pods run as the non-root user {images.IMAGE_UID}, which "
+            "opens /dev/kfd and /dev/dri/renderD* only as a member of the node's `render` group (a GID each host "
+            "picks), so on nodes with the usual 0660 device mode they see no GPU; set it to what `stat -c %g "
+            "/dev/kfd` prints on a GPU node (not needed where the nodes' udev rules make the devices mode 0666)"]
 
 
 # Paths every pod mounts itself (_volumes), and what is there.
@@ -81,11 +142,24 @@ def _off_volume_problems(doc: dict[str, Any]) -> list[str]:
             "the cache or output volume) or one under a volume's mountPath" for where, path in off]
 
 
+def warning_events(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(Event reason, warning) for what a runnable spec probably gets wrong on Kubernetes; the
+    operator posts each as a Warning Event when the cache Job starts, `render` prints them."""
+    spec = doc["spec"]
+    return ([("DatasetNotOnVolume", w) for w in _dataset_warnings(doc)]
+            + [("LowMemoryRequest", w) for w in _memory_warnings(spec)]
+            + [("NoRenderGroup", w) for w in _device_group_warnings(spec)])
+
+
 def kubernetes_warnings(doc: dict[str, Any]) -> list[str]:
-    """What a runnable spec probably gets wrong on Kubernetes: a local dataset folder on no
-    volume of the pod (with no `data` volume, a relative path stays relative to the image's
-    working directory). Only an image built with the photos inside has it, so this warns
-    rather than refuses."""
+    """The warnings of `warning_events`, as `field.path: message` lines."""
+    return [w for _, w in warning_events(doc)]
+
+
+def _dataset_warnings(doc: dict[str, Any]) -> list[str]:
+    """A local dataset folder on no volume of the pod (with no `data` volume, a relative path
+    stays relative to the image's working directory). Only an image built with the photos
+    inside has it, so this warns rather than refuses."""
     spec = pod_document(doc)["spec"]
     off, mounts = _off_volumes(spec, dataset_dirs(spec))
     return [f"{where}: {path} is on no volume in the pod (mounted: {', '.join(mounts) or 'none'}), so the pods "

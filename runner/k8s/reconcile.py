@@ -134,7 +134,7 @@ def reconcile(tj: dict, observed: Observed, now: datetime, opts: Options = Optio
         out.events += [Event("Normal", "Created", f"Created {o['kind']} {o['metadata']['name']}")
                        for o in out.create if o["kind"] == "Job"]
         if any(o["kind"] == "Job" and role_of(o) == "cache" for o in out.create):  # once, as the pods start
-            out.events += [Event("Warning", "DatasetNotOnVolume", st.clip(w)) for w in checks.kubernetes_warnings(doc)]
+            out.events += [Event("Warning", reason, st.clip(w)) for reason, w in checks.warning_events(doc)]
         out.patch = _suspend_patches(children, suspend)
         for role, patch in out.patch:  # the status describes the Jobs as they are about to be
             children = {**children, role: {**children[role], "spec": {**children[role]["spec"], **patch["spec"]}}}

@@ -38,6 +38,9 @@ class ImageFlavour:
     torch_index: str | None   # pip index that serves the matching torch build; None: no torch
     gpu_resource: str | None  # extended resource a pod requests per GPU; None for CPU
     extras: tuple[str, ...] = ("train", "samples")  # pyproject extras the image installs
+    # Whether a pod's non-root user must join the node's groups that own the GPU device nodes
+    # (spec.kubernetes.deviceGroups): AMD's /dev/kfd and /dev/dri/renderD* are 0660 root:render.
+    device_groups: bool = False
 
 
 # Base tags are pinned to exact CUDA/ROCm releases (registry digests cannot be resolved offline).
@@ -48,7 +51,8 @@ FLAVOURS: dict[str, ImageFlavour] = {
                            "https://download.pytorch.org/whl/cu128", "nvidia.com/gpu"),
     "cuda13": ImageFlavour("cuda13", "nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04",
                            "https://download.pytorch.org/whl/cu130", "nvidia.com/gpu"),
-    "rocm": ImageFlavour("rocm", "rocm/dev-ubuntu-24.04:6.4", "https://download.pytorch.org/whl/rocm6.4", "amd.com/gpu"),
+    "rocm": ImageFlavour("rocm", "rocm/dev-ubuntu-24.04:6.4", "https://download.pytorch.org/whl/rocm6.4", "amd.com/gpu",
+                         device_groups=True),
 }
 # The Kubernetes operator: the core package and its `operator` extra, no torch.
 OPERATOR = ImageFlavour("operator", "python:3.12-slim-bookworm", None, None, ("operator",))

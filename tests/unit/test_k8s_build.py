@@ -120,7 +120,7 @@ def test_restricted_security_shm_grace_and_placement():
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                             "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory"}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Gi"}  # spec.kubernetes.shmSize
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/dev/shm"]["name"] == "dshm" and mounts["/etc/trainingjob"]["readOnly"]
     assert mounts["/data"]["readOnly"] and not mounts["/cache"]["readOnly"]
