@@ -127,6 +127,8 @@ def is_transient(error: BaseException) -> bool:
 
     if isinstance(error, IncompleteDownload):
         return True
+    if isinstance(error, hf_errors.OfflineModeIsEnabled):  # a ConnectionError, but HF_HUB_OFFLINE stays set
+        return False
     if isinstance(error, hf_errors.HfHubHTTPError):
         return getattr(error.response, "status_code", None) in TRANSIENT_STATUS
     if isinstance(error, hf_errors.LocalEntryNotFoundError):  # the library's "unreachable" wrapper
@@ -144,9 +146,11 @@ def is_transient(error: BaseException) -> bool:
 
 
 def with_retries(call: Callable[[], Any], what: str, retries: int = HUB_RETRIES, backoff_s: float = HUB_BACKOFF_S,
-                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Any:
+                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+                 sleep: Callable[[float], None] | None = None) -> Any:
     """`call()`, tried again after transient failures with exponential backoff (see module doc
-    for why huggingface_hub's own retries are not enough)."""
+    for why huggingface_hub's own retries are not enough). `sleep` (time.sleep when None) lets
+    tests count the waits instead of waiting."""
     for attempt in range(retries + 1):
         try:
             return call()
@@ -155,7 +159,7 @@ def with_retries(call: Callable[[], Any], what: str, retries: int = HUB_RETRIES,
                 raise
             wait = min(backoff_s * 2 ** attempt, 60.0)
             log(f"{what}: {type(e).__name__}: {_short(e, 200)}; retrying in {wait:g}s ({attempt + 1}/{retries})")
-            time.sleep(wait)
+            (sleep or time.sleep)(wait)
 
 
 def resolve_commit(repo: str, revision: str, *, repo_type: str, retries: int = HUB_RETRIES,

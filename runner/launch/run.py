@@ -110,7 +110,7 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     from runner.data import DatasetError
     from runner.launch.torchrun import LaunchError
     from runner.models.pipeline import ModelError
-    from runner.train.publish import PublishError, hub_token
+    from runner.train.publish import PublishError, PublishRetryable, hub_token
     from runner.train.loop import ResumeError
     from runner.train.completion import finished_message, finished_step
     from runner.train.data import CacheMismatch, load_manifest
@@ -160,7 +160,7 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     except (DatasetError, ModelError, CacheMismatch, PublishError, ResumeError, HardwareError, LaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    except Diverged as e:
+    except (Diverged, PublishRetryable) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INTERNAL
     except torch.cuda.OutOfMemoryError:
