@@ -336,7 +336,7 @@ FILES = {  # a dataset repo: images with captions, at two depths, and files that
 DRIVER = r"""
 import json, sys, time
 from pathlib import Path
-from runner.data import DatasetError
+from runner.data import DatasetError, HubUnavailable
 from runner.data.hub import download_dataset
 out = []
 retry = json.loads(sys.argv[2])
@@ -349,8 +349,8 @@ for repo, revision, dest, subfolder in json.loads(sys.argv[1]):
         files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                        if p.is_file() and ".cache" not in p.parts)
         out.append({"root": str(root), "files": files, "s": time.monotonic() - t})
-    except DatasetError as e:
-        out.append({"error": str(e), "s": time.monotonic() - t})
+    except (DatasetError, HubUnavailable) as e:
+        out.append({"error": str(e), "kind": type(e).__name__, "s": time.monotonic() - t})
 print("RESULT " + json.dumps(out))
 """
 

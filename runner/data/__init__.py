@@ -22,3 +22,10 @@ class DatasetError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class HubUnavailable(Exception):
+    """The Hub could not be reached, or kept failing (timeouts, 429, 5xx, a download that stayed
+    incomplete), after the retries: not bad input, since a later attempt may well work, so a run
+    ends with exit 1 and Kubernetes retries the pod instead of failing the Job. The message is
+    meant for the user and names the repo, what failed and what to check."""

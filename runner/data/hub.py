@@ -3,7 +3,8 @@
 `huggingface_hub.snapshot_download` does the work: downloads resume, `HF_ENDPOINT` picks a
 mirror, `HF_HUB_OFFLINE=1` forbids network access, `HF_TOKEN` authenticates,
 `HF_HUB_ETAG_TIMEOUT` bounds the metadata requests and `HF_HUB_DOWNLOAD_TIMEOUT` each read of a
-file. Library errors become DatasetError messages that say what to do.
+file. Library errors become DatasetError messages that say what to do, or HubUnavailable
+(exit 1, the pod is retried) for failures still transient after the retries.
 
 Failures of the Hub (`fetch_snapshot`, also used for models):
   * huggingface_hub retries its per-file metadata requests (5xx, timeouts) and resumes a file
@@ -34,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from runner.data import DatasetError
+from runner.data import DatasetError, HubUnavailable
 from runner.data.discovery import IMAGE_EXTENSIONS, find_images
 from runner.files import atomic_write_json
 from runner.spec.errors import clip
@@ -315,32 +316,41 @@ def _use_local(repo: str, revision: str, dest: Path, subfolder: str | None, patt
 
 
 def _download_error(e: BaseException, hf_errors, where: str, revision: str, dest: Path, fixes: str,
-                    retries: int) -> DatasetError:
+                    retries: int) -> Exception:
+    """The user's message for a failed download: a DatasetError for what a retry cannot mend (not
+    found, gated, a bad id, a full disk), HubUnavailable for failures still transient after the
+    retries (exit 1: the pod is retried)."""
+    message = _download_message(e, hf_errors, where, revision, dest, fixes, retries)
+    return HubUnavailable(message) if is_transient(e) else DatasetError(message)
+
+
+def _download_message(e: BaseException, hf_errors, where: str, revision: str, dest: Path, fixes: str,
+                      retries: int) -> str:
     tried = f" (tried {retries + 1} times)" if is_transient(e) else ""
     if isinstance(e, hf_errors.GatedRepoError):
-        return DatasetError(f"{where} is gated: accept its terms on the Hub and provide a token "
-                            "(HF_TOKEN, see spec.output.hub.tokenEnv / kubernetes.secrets.hubToken)")
+        return (f"{where} is gated: accept its terms on the Hub and provide a token "
+                "(HF_TOKEN, see spec.output.hub.tokenEnv / kubernetes.secrets.hubToken)")
     if isinstance(e, hf_errors.RepositoryNotFoundError):
-        return DatasetError(f"{where}: repository not found on {_endpoint()} (or it is private and no valid "
-                            "token was given); check the repo id (a dataset repo, owner/name) and HF_TOKEN")
+        return (f"{where}: repository not found on {_endpoint()} (or it is private and no valid "
+                "token was given); check the repo id (a dataset repo, owner/name) and HF_TOKEN")
     if isinstance(e, hf_errors.RevisionNotFoundError):
-        return DatasetError(f"{where}: revision {revision!r} does not exist in the repo; "
-                            "use a branch, tag or commit of the dataset repo")
+        return (f"{where}: revision {revision!r} does not exist in the repo; "
+                "use a branch, tag or commit of the dataset repo")
     if isinstance(e, hf_errors.HFValidationError):
-        return DatasetError(f"{where}: invalid repo id or revision ({_short(e)})")
+        return (f"{where}: invalid repo id or revision ({_short(e)})")
     if isinstance(e, IncompleteDownload):
-        return DatasetError(f"{where}: the download into {dest} stayed incomplete{tried}: {e}. Nothing partial is "
-                            f"used; rerun to resume it. Fix: check the network, or {fixes}")
+        return (f"{where}: the download into {dest} stayed incomplete{tried}: {e}. Nothing partial is "
+                f"used; rerun to resume it. Fix: check the network, or {fixes}")
     if isinstance(e, hf_errors.HfHubHTTPError):
         status = getattr(getattr(e, "response", None), "status_code", None)
-        return DatasetError(f"{where}: the Hub at {_endpoint()} answered HTTP {status or '?'}{tried} ({_short(e)}). "
-                            f"Fix: retry later, or {fixes}")
+        return (f"{where}: the Hub at {_endpoint()} answered HTTP {status or '?'}{tried} ({_short(e)}). "
+                f"Fix: retry later, or {fixes}")
     cause = e.__cause__ if isinstance(e, hf_errors.LocalEntryNotFoundError) and e.__cause__ else e
     if isinstance(e, OSError) and not isinstance(e, hf_errors.LocalEntryNotFoundError) and not is_transient(e):
-        return DatasetError(f"{where}: download failed ({type(e).__name__}: {_short(e)}). Fix: check free disk "
-                            f"space under {dest}, or {fixes}")
-    return DatasetError(f"{where}: cannot download: the Hub at {_endpoint()} could not be reached{tried} "
-                        f"({type(cause).__name__}: {_short(cause)}). Fix: {fixes}")
+        return (f"{where}: download failed ({type(e).__name__}: {_short(e)}). Fix: check free disk "
+                f"space under {dest}, or {fixes}")
+    return (f"{where}: cannot download: the Hub at {_endpoint()} could not be reached{tried} "
+                f"({type(cause).__name__}: {_short(cause)}). Fix: {fixes}")
 
 
 def _result(dest: Path, subfolder: str | None, where: str, fixes: str) -> Path:

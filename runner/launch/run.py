@@ -107,7 +107,7 @@ def tracker_problems(spec: dict) -> list[str]:
 def run_job(job: TrainingJob, stage: str = "all") -> int:
     import torch
 
-    from runner.data import DatasetError
+    from runner.data import DatasetError, HubUnavailable
     from runner.launch.torchrun import LaunchError
     from runner.models.pipeline import ModelError
     from runner.train.publish import PublishError, PublishRetryable, hub_token
@@ -160,7 +160,7 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     except (DatasetError, ModelError, CacheMismatch, PublishError, ResumeError, HardwareError, LaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    except (Diverged, PublishRetryable) as e:
+    except (Diverged, PublishRetryable, HubUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INTERNAL
     except torch.cuda.OutOfMemoryError:

@@ -57,6 +57,7 @@ def _download_pipeline(ref: str, revision: str, patterns: list[str], **retry) ->
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
+    from runner.data import HubUnavailable
     from runner.data.hub import IncompleteDownload, fetch_snapshot, is_transient
 
     what = f"spec.model.pretrained: {ref}@{revision}"
@@ -72,19 +73,20 @@ def _download_pipeline(ref: str, revision: str, patterns: list[str], **retry) ->
         raise ModelError(f"{what} not found on the Hub ({type(e).__name__}); "
                          "check the repo id and revision, and the token (HF_TOKEN) if the repo is gated") from None
     except IncompleteDownload as e:
-        raise ModelError(f"{what}: the download stayed incomplete after retries ({e}); nothing partial is used, "
-                         f"rerun to resume it. Fix: check the network, or {fixes}") from None
+        raise HubUnavailable(f"{what}: the download stayed incomplete after retries ({e}); nothing partial is used, "
+                             f"rerun to resume it. Fix: check the network, or {fixes}") from None
     except LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
             raise ModelError(f"{what} is not (completely) in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
                              f"unset it to download, or {fixes}") from None
-        raise ModelError(f"{what}: the Hub at {constants.ENDPOINT} cannot be reached, and the model is not in the local "
-                         f"cache. Fix: {fixes}") from None
+        raise HubUnavailable(f"{what}: the Hub at {constants.ENDPOINT} cannot be reached, and the model is not in "
+                             f"the local cache. Fix: {fixes}") from None
     except Exception as e:  # noqa: BLE001 - HTTP 5xx, timeouts, dropped connections, disk errors: all worded here
         tried = " (after retries)" if is_transient(e) else ""
         status = getattr(getattr(e, "response", None), "status_code", None) if isinstance(e, HfHubHTTPError) else None
         how = f"answered HTTP {status}" if status else f"failed ({type(e).__name__}: {clip(' '.join(str(e).split()), 300)})"
-        raise ModelError(f"{what}: downloading from the Hub at {constants.ENDPOINT} {how}{tried}. Fix: {fixes}") from None
+        failed = HubUnavailable if tried else ModelError  # still transient after the retries: a later try may work
+        raise failed(f"{what}: downloading from the Hub at {constants.ENDPOINT} {how}{tried}. Fix: {fixes}") from None
 
 
 # ----------------------------------------------------------------------------- export

@@ -106,6 +106,7 @@ def test_unreachable_endpoint(tmp_path):
     assert time.monotonic() - t < 30
     assert "could not be reached" in res["error"] and f"127.0.0.1:{port}" in res["error"]
     assert "set HF_ENDPOINT to use a mirror" in res["error"]
+    assert res["kind"] == "HubUnavailable"
 
 
 def test_download_from_fake_hub(tmp_path, fake_hub):
@@ -129,6 +130,7 @@ def test_download_from_fake_hub(tmp_path, fake_hub):
     assert results[2]["files"] == ["b.JPG", "b.txt", "deep/c.webp"]
 
     assert "'owner/nope'" in results[3]["error"] and "repository not found" in results[3]["error"]
+    assert [results[i]["kind"] for i in (3, 4, 5)] == ["DatasetError"] * 3  # retrying cannot mend these: exit 2
     assert "revision 'v9' does not exist" in results[4]["error"]
     assert "no images" in results[5]["error"] and "'owner/no-images'" in results[5]["error"]
 

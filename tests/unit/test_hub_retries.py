@@ -11,11 +11,13 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.fakehub import FILES, SHA, FakeHub, client_env, run_calls
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = ["a.png", "a.txt", "photos/b.JPG", "photos/b.txt", "photos/deep/c.webp"]
 
 
@@ -59,6 +61,7 @@ def test_a_hub_that_keeps_answering_500_gives_a_clear_error_and_no_files(tmp_pat
     for fragment in ["'owner/pics'", "'main'", "HTTP 500", "tried 3 times", "HF_ENDPOINT", "HF_TOKEN",
                      "unset HF_HUB_OFFLINE", f"pre-download the files into {dest}"]:
         assert fragment in err, (fragment, err)
+    assert res["kind"] == "HubUnavailable"  # still failing after the retries: exit 1, the pod is retried
     assert count(hub, r"GET /api/datasets/owner/pics/revision/main") == 3  # 1 + 2 retries, then stop
     assert not [p for p in dest.rglob("*") if p.is_file()]
 
@@ -72,6 +75,7 @@ def test_a_stalled_hub_times_out_instead_of_hanging(tmp_path, hub):
                       retries=1, HF_HUB_ETAG_TIMEOUT="1")
     assert time.monotonic() - t < 25
     assert "could not be reached (tried 2 times)" in res["error"] and "Timeout" in res["error"], res
+    assert res["kind"] == "HubUnavailable"
 
 
 def test_a_download_cut_for_good_is_never_used_and_a_later_run_resumes_it(tmp_path, hub):
@@ -88,6 +92,7 @@ def test_a_download_cut_for_good_is_never_used_and_a_later_run_resumes_it(tmp_pa
     # download is refused, not handed to the cache stage as a smaller dataset.
     [offline] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], offline=True, hub_cache="other-cache")
     assert "did not finish" in offline["error"] and "unset HF_HUB_OFFLINE" in offline["error"], offline
+    assert offline["kind"] == "DatasetError"  # offline stays offline: retrying the pod cannot mend it
     # The Hub still down: the same.
     hub.faults = [{"path": r"/api/datasets/", "kind": 500, "times": None}]
     [down] = run_calls(tmp_path, [["owner/pics", "main", str(dest), None]], endpoint=hub.url, retries=0)
@@ -112,6 +117,7 @@ def test_a_download_cut_for_good_is_never_used_and_a_later_run_resumes_it(tmp_pa
 MODEL_DRIVER = r"""
 import json, sys
 from pathlib import Path
+from runner.data import HubUnavailable
 from runner.models.pipeline import ModelError
 from runner.models.registry import family
 out = {}
@@ -119,8 +125,8 @@ for repo in sys.argv[1:]:
     try:
         folder = family("pixart_sigma").resolve(repo, "main", Path("unused"), retries=1, backoff_s=0.05)
         out[repo] = {"files": sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())}
-    except ModelError as e:
-        out[repo] = {"error": str(e)}
+    except (ModelError, HubUnavailable) as e:
+        out[repo] = {"error": str(e), "kind": type(e).__name__}
 print("RESULT " + json.dumps(out))
 """
 
@@ -153,3 +159,29 @@ def test_model_downloads_are_retried_checked_and_worded(tmp_path):
     for fragment in ["spec.model.pretrained: owner/down@main", "HTTP 500", "after retries", "HF_ENDPOINT",
                      "HF_TOKEN", "HF_HUB_OFFLINE=1"]:
         assert fragment in err, (fragment, err)
+    assert res["owner/down"]["kind"] == "HubUnavailable"  # exit 1: a later try of the pod may work
+
+
+@pytest.mark.parametrize("dataset, code", [
+    ("owner/pics", 1),  # the Hub keeps answering 500: exit 1, so Kubernetes retries the pod
+    ("owner/nope", 2),  # not found: bad input, the Job fails at once
+])
+def test_the_exit_code_of_a_failed_dataset_download(monkeypatch, tmp_path, capfd, hub, dataset, code):
+    """`run --stage cache` in this process, the download real, its retries made quick."""
+    from runner.data import hub as hub_module
+    from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID
+    from runner.launch import run as launch_run
+    from runner.spec.load import load_spec
+    from tests.fakehub import point_client_at
+
+    point_client_at(monkeypatch, tmp_path, hub.url)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setitem(hub_module.download_dataset.__kwdefaults__, "retries", 1)
+    monkeypatch.setitem(hub_module.download_dataset.__kwdefaults__, "backoff_s", 0.01)
+    hub.faults = [{"path": r"/api/datasets/owner/pics/", "kind": 500, "times": None}]
+    job = load_spec(REPO_ROOT / "examples" / "smoke.yaml",
+                    [f"spec.output.dir={tmp_path / 'out'}", f"spec.cacheDir={tmp_path / 'cache'}", "spec.metrics.port=0",
+                     "spec.datasets.0.type=huggingface", f"spec.datasets.0.repo={dataset}"])
+    assert launch_run.run_job(job, "cache") == {1: EXIT_INTERNAL, 2: EXIT_INVALID}[code]
+    err = capfd.readouterr().err
+    assert f"'{dataset}'" in err and ("HTTP 500 (tried 2 times)" in err if code == 1 else "repository not found" in err)
