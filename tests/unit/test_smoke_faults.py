@@ -109,7 +109,7 @@ def test_missing_captions(user, tmp_path):
     assert_failed_before_the_model(proc, root, tmp_path)
     message = failures(root)["dataset pseudo-camera-10k"]
     assert "has 5 usable image(s) but one optimizer step needs 8" in message
-    assert "3 skipped: 3 without a caption .txt (photo-0.png, photo-1.png, photo-2.png)" in message
+    assert "skipped: 3 without a caption .txt (photo-0.png, photo-1.png, photo-2.png). Fix: add the missing caption" in message
 
 
 def test_a_validation_size_off_the_token_grid(user, tmp_path):
@@ -153,3 +153,4 @@ def test_too_few_stand_in_photos_for_the_real_batch_fail_nothing(tmp_path):
     assert "too few to fill a batch of the real size, 32 images an optimizer step, which says nothing about " \
            "pseudo-camera-10k" in line, line
     assert "dataset smoke-samples" not in failures(root)
+
