@@ -263,9 +263,13 @@ def _sample_one(s: Session, ds: dict[str, Any], where: str, spec: Mapping[str, A
     if problem and (not plan.items or not stand_in_for):
         s.add(Check("datasets", label, FAILED, problem))
         return None
-    chosen = stratified_sample(plan.items, n, seed=training["seed"])
-    counts = ", ".join(f"{b}: {k}" for b, k in Counter(item.bucket for item in chosen).items())
     usable, dropped = trained_buckets(plan, report)  # as validate counts them
+    # Only images the real run trains: one in a bucket too small for the real batch is dropped
+    # there, so the smoke (batch 1) must not train it either. Stand-in photos too few to fill
+    # any real batch are all sampled: the real run never reads them.
+    trained = [item for item in plan.items if item.bucket in usable] or list(plan.items)
+    chosen = stratified_sample(trained, n, seed=training["seed"])
+    counts = ", ".join(f"{b}: {k}" for b, k in Counter(item.bucket for item in chosen).items())
     s.add(Check("datasets", label, PASSED,
                 dataset_detail(sum(usable.values()), len(usable), f"{len(chosen)} ({counts})",
                                plan.skipped_summary() if plan.skipped else None, stand_in_for,
