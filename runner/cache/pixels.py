@@ -23,7 +23,7 @@ import torch
 
 def load_pixels(item, to_tensor: Callable[[Any], Any]) -> Any:
     """The cropped image as the family's tensor (`to_tensor`), or the reason it cannot be decoded
-    (headers can parse while the pixel data is truncated, so this is where most corrupt files surface)."""
+    (the plan's probe skips files cut short, from their ends; a file damaged in the middle surfaces here)."""
     from PIL import Image
 
     from runner.data.transforms import apply_crop

@@ -83,11 +83,17 @@ def dataset_root(ctx: RunContext, ds: dict[str, Any]) -> Path:
 
         root = download_dataset(ds["repo"], ds.get("revision", "main"), ctx.paths.hub_dataset_dir(ds), ds.get("subfolder"))
         return root / ds["subfolder"] if ds.get("subfolder") else root
+    from runner.data.preflight import path_problem
+
     root = Path(ds["path"])
-    if not root.is_dir():
-        index = [d["name"] for d in ctx.spec_dict["datasets"]].index(ds["name"])
-        raise DatasetError(f"spec.datasets[{index}].path: {root} is not a directory (dataset {ds['name']!r})")
+    if problem := path_problem(_where(ctx, ds), root):  # validate's own message
+        raise DatasetError(problem)
     return root
+
+
+def _where(ctx: RunContext, ds: dict[str, Any]) -> str:
+    """The dataset's place in the spec, e.g. "spec.datasets[0]", as validate names it."""
+    return f"spec.datasets[{[d['name'] for d in ctx.spec_dict['datasets']].index(ds['name'])}]"
 
 
 def plan_datasets(ctx: RunContext, quiet: bool = False) -> list[tuple[dict[str, Any], Any]]:
@@ -325,12 +331,14 @@ def report_truncated(ctx: RunContext, plans, tokens: dict[str, int], report: Cac
 
 
 def check_sizes(ctx: RunContext, plans) -> None:
-    from runner.data.preflight import size_problem
+    """Stop when a dataset cannot fill one optimizer step, with validate's message (the skipped
+    images named as the cause, images that failed to decode here included)."""
+    from runner.data.preflight import plan_problem
     from runner.spec.semantics import world_size
 
     training = ctx.spec_dict["training"]
     # The spec's world size, not this process's: the cache runs once for all trainers.
-    problems = [size_problem(ds, plan, training["batchSize"], training["gradientAccumulationSteps"],
+    problems = [plan_problem(_where(ctx, ds), ds, plan, training["batchSize"], training["gradientAccumulationSteps"],
                              world_size(ctx.spec_dict)) for ds, plan in plans]
     if any(problems):
         raise DatasetError("\n".join(p for p in problems if p))

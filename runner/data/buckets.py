@@ -94,7 +94,26 @@ class BucketReport:
     def ok(self) -> bool:
         return self.usable >= self.required
 
-    def message(self) -> str | None:
+    def fixes(self, square_set: bool = False) -> list[str]:
+        """The changes to the batch that would let this dataset fill one optimizer step, only
+        those not already made: lowering a factor that is 1 helps nothing, and with `square_set`
+        (crop: true and cropAspect: square) all images already share one bucket."""
+        fixes = ["add images"]
+        if not self.bucket_counts:  # no image reached a bucket: the batch is not what stops it
+            return fixes
+        if self.batch_size > 1:
+            fixes.append("lower spec.training.batchSize")
+        if self.grad_accum > 1:
+            fixes.append("lower spec.training.gradientAccumulationSteps")
+        if self.world_size > 1:
+            fixes.append("train on fewer GPUs")
+        if self.dropped and len(self.bucket_counts) > 1 and not square_set:
+            fixes.append("use cropAspect: square (with crop: true) so all images share one bucket")
+        return fixes
+
+    def message(self, cause: str | None = None, fixes: Sequence[str] | None = None) -> str | None:
+        """None when one optimizer step fills; else the counts, then `cause` (why images are
+        missing, e.g. the skipped ones, named), then `fixes` (default: self.fixes())."""
         if self.ok:
             return None
         factors = f"batchSize {self.batch_size} x gradientAccumulationSteps {self.grad_accum}"
@@ -109,14 +128,16 @@ class BucketReport:
         if self.dropped:
             text += (f"; buckets with fewer than {self.per_batch} image(s) (batchSize x GPUs) can never fill a "
                      f"batch and are dropped ({sum(self.dropped.values())} of {total} image(s))")
-        if not total:  # no image got as far as a bucket: batch sizes are not the problem
-            return text + (". Fix: add images; where images were skipped, the list above gives each one's reason "
-                           "(a missing caption file, an image that cannot be read, one under minimumImageSize, "
-                           "or one more elongated than 4:1)")
-        text += (". Fix: add images, lower spec.training.batchSize or spec.training.gradientAccumulationSteps, "
-                 "use cropAspect: square (with crop: true) so all images share one bucket, "
-                 "or lower minimumImageSize")
-        return text
+        if cause:
+            text += f"; {cause}"
+        fixes = self.fixes() if fixes is None else fixes
+        return f"{text}. Fix: {_or_list(fixes)}"
+
+
+def _or_list(items: Sequence[str]) -> str:
+    """["a", "b", "c"] -> "a, b or c"."""
+    items = list(dict.fromkeys(items))
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
 def bucket_report(name: str, bucket_counts: dict[str, int], batch_size: int, grad_accum: int,

@@ -1,15 +1,23 @@
-"""Find images under a dataset root and read their sizes from the file headers only.
+"""Find images under a dataset root and read their sizes from the file headers.
 
 `scan` is what the rest of the runner uses: it returns the usable images (with their
 EXIF-oriented sizes) and, for everything it had to skip, a (relative path, reason) pair
-that can be shown to the user.
+that can be shown to the user. `validate`, the cache stage's plan and `--smoke` all probe
+through here, so they agree on which images are usable.
 
-Probing reads only the header: a JPEG whose *body* is truncated still probes fine and fails
-later when it is decoded (see `transforms.load_image`). A file whose header is cut short,
-or that is not an image at all, is skipped here, and so is anything that could hang or
-exhaust the process later: a FIFO or device named like an image, a symlink loop, an
-unreadable file, a name that is not UTF-8, an image over MAX_IMAGE_PIXELS. Linked folders are
-followed, each real folder once, so a link loop is not walked.
+Probing reads the header and the file's last few KiB, never the pixels: decoding every
+image would make `validate` of a 100k-image folder take as long as the cache stage. The
+end of the file catches the common corruption, a file cut short (an interrupted copy or
+download): a JPEG must end with its end-of-image marker (FF D9), a PNG with its IEND chunk,
+and a WebP must be as long as its RIFF header says (see `cut_short`). Only a file that fails
+this is decoded in full, and skipped when that fails too; one that decodes (a JPEG with a
+video or maker data appended after its marker, as phones write) is used. A file damaged in
+the middle with an intact end still probes fine and is skipped when the cache stage decodes it.
+
+A file whose header is cut short, or that is not an image at all, is skipped here, and so is
+anything that could hang or exhaust the process later: a FIFO or device named like an image,
+a symlink loop, an unreadable file, a name that is not UTF-8, an image over MAX_IMAGE_PIXELS.
+Linked folders are followed, each real folder once, so a link loop is not walked.
 """
 from __future__ import annotations
 
@@ -150,9 +158,14 @@ def _probe(path: Path, root: Path) -> ImageInfo | str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: judged below, against our own limit
-            with Image.open(path) as im:
+            with open(path, "rb") as f, Image.open(f) as im:
                 width, height = im.size
                 orientation = _orientation(im)
+                fmt = im.format
+                f.seek(0)
+                head = f.read(12)
+                f.seek(max(0, st.st_size - TAIL_BYTES))
+                cut = cut_short(fmt, head, f.read(TAIL_BYTES), st.st_size)
     except Image.DecompressionBombError:
         return _too_many_pixels(None, None)
     except PermissionError as e:
@@ -165,10 +178,51 @@ def _probe(path: Path, root: Path) -> ImageInfo | str:
         return f"image has no pixels ({width}x{height})"
     if width * height > MAX_IMAGE_PIXELS:
         return _too_many_pixels(width, height)
+    if cut and (undecodable := _decode_problem(path)):
+        return f"cannot decode ({undecodable}): the file is truncated, {cut}; copy it again or remove it"
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
     return ImageInfo(path=path, rel=_rel(path, root), width=width, height=height,
                      size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+TAIL_BYTES = 4096  # read from the end of each image: its end marker, after any padding
+# Bytes some cameras and tools write after an image's end: zero fill, 0xFF fill, a line break.
+_PADDING = b"\x00\xff\r\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
+
+
+def cut_short(fmt: str | None, head: bytes, tail: bytes, size: int) -> str | None:
+    """Pure: how the ends of an image file say it was cut short, or None when they look whole.
+    `fmt` is PIL's format name (the content's, not the extension's), `head` the file's first
+    12 bytes, `tail` its last TAIL_BYTES (or all of it), `size` its length. A JPEG (or MPO, a
+    JPEG with more pictures after it) must end with FF D9 and a PNG with its IEND chunk, padding
+    aside; a WebP must be at least as long as its RIFF header says. Other formats: None."""
+    end = tail.rstrip(_PADDING) if fmt in ("JPEG", "MPO", "PNG") else tail
+    if fmt in ("JPEG", "MPO") and not end.endswith(b"\xff\xd9"):
+        return "no end-of-image marker (FF D9) at its end"
+    if fmt == "PNG" and not end.endswith(_PNG_IEND):
+        return "no IEND chunk at its end"
+    if fmt == "WEBP" and head[:4] == b"RIFF" and len(head) >= 8:
+        declared = int.from_bytes(head[4:8], "little") + 8
+        if size < declared:
+            return f"{size} bytes where its RIFF header says {declared}"
+    return None
+
+
+def _decode_problem(path: Path) -> str | None:
+    """Why the image does not decode in full, or None when it does: the check behind a
+    cut_short verdict, so a file is skipped only when the cache stage could not decode it either."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        return str(e) or type(e).__name__
+    return None
 
 
 def _too_many_pixels(width: int | None, height: int | None) -> str:

@@ -1,8 +1,8 @@
 """Plan a dataset (images, captions, crops, buckets) and check it can train before any GPU work.
 
-`plan_dataset` is shared: `validate`/preflight calls it with `with_digest=False` (header
-reads only, fast), and the cache stage calls it with `with_digest=True`, which hashes every
-file so cache keys and random-crop offsets follow the file *content*.
+`plan_dataset` is shared: `validate`/preflight calls it with `with_digest=False` (headers and
+file ends only, fast: see discovery), and the cache stage calls it with `with_digest=True`, which
+hashes every file so cache keys and random-crop offsets follow the file *content*.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from runner.data.buckets import BucketReport, bucket_key, bucket_report, group_by_bucket
 from runner.data.captions import CaptionError, caption_for
-from runner.data.discovery import ImageInfo, scan
+from runner.data.discovery import IMAGE_EXTENSIONS, ImageInfo, scan
 from runner.data.transforms import CropPlan, aspect_problem, meets_minimum, plan_crop
 from runner.spec.localpaths import on_pod_volume
 
@@ -66,12 +66,28 @@ class DatasetPlan:
         (c.jpg)": each kind names its first NAMED files, so the user knows which to look at."""
         if not self.skipped:
             return "none skipped"
+        return f"{len(self.skipped)} skipped: {self._by_kind()}"
+
+    def skipped_cause(self) -> str | None:
+        """The skipped images as the cause of a dataset that falls short, e.g. "1 of 2 images
+        under two skipped: 1 truncated (b.jpg)"; None when none were skipped."""
+        if not self.skipped:
+            return None
+        total = len(self.skipped) + len(self.items)
+        return f"{len(self.skipped)} of {total} image(s) under {self.root} skipped: {self._by_kind()}"
+
+    def skipped_fixes(self) -> list[str]:
+        """What would bring the skipped images back, one fix per kind of skip, most files first."""
+        return [_KIND_FIXES[kind] for kind, _ in self._kinds()]
+
+    def _kinds(self) -> list[tuple[str, list[str]]]:
         by_kind: dict[str, list[str]] = defaultdict(list)
         for rel, reason in self.skipped:
             by_kind[_reason_kind(reason)].append(rel)
-        parts = ", ".join(f"{len(rels)} {kind} ({_named(rels)})"
-                          for kind, rels in sorted(by_kind.items(), key=lambda kv: (-len(kv[1]), kv[0])))
-        return f"{len(self.skipped)} skipped: {parts}"
+        return sorted(by_kind.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+
+    def _by_kind(self) -> str:
+        return ", ".join(f"{len(rels)} {kind} ({_named(rels)})" for kind, rels in self._kinds())
 
     def enlarged_summary(self) -> str | None:
         """The images resized to more than ENLARGED_NOTE times their width to fill their bucket
@@ -95,6 +111,19 @@ def _named(names: list[str]) -> str:
     return ", ".join(names[:NAMED]) + (f" and {len(names) - NAMED} more" if len(names) > NAMED else "")
 
 
+# Each kind of skip (see _reason_kind) and what would bring those images back.
+_KIND_FIXES = {
+    "without a caption .txt": "add the missing caption .txt files (or use captionStrategy: filename)",
+    "with an unusable caption file": "re-save the caption files as UTF-8 text",
+    "smaller than minimumImageSize": "lower minimumImageSize",
+    "with an aspect ratio beyond 4:1": "crop the images more elongated than 4:1",
+    "in an unsupported format": "convert the unsupported images to .jpg, .png or .webp",
+    "truncated": "copy the truncated images again (or remove them)",
+    "that cannot be decoded": "replace or remove the images that cannot be decoded",
+    "unreadable": "replace or remove the unreadable files",
+}
+
+
 def _reason_kind(reason: str) -> str:
     if "no caption file" in reason:
         return "without a caption .txt"
@@ -106,6 +135,8 @@ def _reason_kind(reason: str) -> str:
         return "with an aspect ratio beyond 4:1"
     if "unsupported format" in reason:
         return "in an unsupported format"
+    if reason.startswith("cannot decode"):  # the probe's end check, or the cache stage's decode
+        return "truncated" if "truncated" in reason else "that cannot be decoded"
     return "unreadable"
 
 
@@ -130,7 +161,7 @@ def plan_dataset(ds: dict[str, Any], root: Path, seed: int, digest: Callable[[Im
     (textfile), when smaller than minimumImageSize, or when more elongated than
     transforms.MAX_ASPECT_RATIO (4:1) either way. With `digest` (the cache stage passes a
     DigestMemo) each item gets its content digest, which also seeds the random crop; without
-    it (preflight) the seed comes from rel path + size + mtime_ns and only headers are read.
+    it (preflight) the seed comes from rel path + size + mtime_ns and no file is read whole.
     Raises DatasetError if `root` is not a directory."""
     root = Path(root)
     infos, skipped = scan(root, workers=workers)
@@ -185,9 +216,33 @@ def size_report(ds: dict[str, Any], plan: DatasetPlan, batch: int, accum: int, w
     return bucket_report(str(ds.get("name", plan.name)), counts, batch, accum, world)
 
 
-def size_problem(ds: dict[str, Any], plan: DatasetPlan, batch: int, accum: int, world: int) -> str | None:
-    """The dataset-size check on a plan (see size_report); None when one optimizer step fills."""
-    return size_report(ds, plan, batch, accum, world).message()
+def plan_problem(where: str, ds: dict[str, Any], plan: DatasetPlan, batch: int, accum: int, world: int) -> str | None:
+    """Why a planned dataset cannot train, or None: no images at all, none usable, or too few to
+    fill one optimizer step (see size_report). The skipped images are named as the cause, before
+    the fixes, and only fixes not already made are offered. `validate`, the cache stage and
+    `--smoke` all report through here, so they say the same. `where` is e.g. "spec.datasets[0]"."""
+    name = str(ds.get("name", plan.name))
+    if not plan.items and not plan.skipped:
+        return f"{where}: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {plan.root}"
+    if not plan.items:
+        examples = "; ".join(f"{rel}: {reason}" for rel, reason in plan.skipped[:3])
+        return (f"{where}: dataset {name!r} has no usable images: {plan.skipped_cause()} (e.g. {examples}). "
+                f"Fix: {', '.join(plan.skipped_fixes())}")
+    report = size_report(ds, plan, batch, accum, world)
+    square = bool(_opt(ds, "crop")) and _opt(ds, "cropAspect") == "square"
+    message = report.message(plan.skipped_cause(), plan.skipped_fixes() + report.fixes(square_set=square))
+    return f"{where}: {message}" if message else None
+
+
+def path_problem(where: str, path: Path) -> str | None:
+    """Why a local dataset's `path` is not a folder to plan, or None: `validate`, the cache stage
+    and `--smoke` all say it this way. `where` is e.g. "spec.datasets[0]"."""
+    path = Path(path)
+    if not path.exists():
+        return _missing(f"{where}.path", path)
+    if not path.is_dir():
+        return f"{where}.path: {path} is a file, not a directory of images"
+    return None
 
 
 def trained_buckets(plan: DatasetPlan, report: BucketReport) -> tuple[dict[str, int], dict[str, int]]:
@@ -265,34 +320,21 @@ def check_local_datasets(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
             continue
         where = f"spec.datasets[{i}]"
         path = Path(ds["path"])
-        if not path.exists():
-            if not _on_data_volume(spec, path):
-                problems.append(_missing(f"{where}.path", path))
+        if not path.exists() and _on_data_volume(spec, path):
             continue
-        if not path.is_dir():
-            problems.append(f"{where}.path: {path} is a file, not a directory of images")
+        if problem := path_problem(where, path):
+            problems.append(problem)
             continue
         try:
             plan = plan_dataset(ds, path, seed)
         except Exception as e:  # DatasetError and friends: report, do not crash validate
             problems.append(f"{where}: {path}: {e}")
             continue
+        if problem := plan_problem(where, ds, plan, batch, accum, world):
+            problems.append(problem)
+            continue
         name = str(ds.get("name", f"#{i}"))
-        if not plan.items and not plan.skipped:
-            problems.append(f"{where}: no images (.jpg, .jpeg, .png, .webp) found under {path}")
-            continue
-        if not plan.items:
-            examples = "; ".join(f"{rel}: {reason}" for rel, reason in plan.skipped[:3])
-            problems.append(f"{where}: dataset {name!r} has no usable images under {path} "
-                            f"({plan.skipped_summary()}; e.g. {examples})")
-            continue
         report = size_report(ds, plan, batch, accum, world)
-        message = report.message()
-        if message:
-            if plan.skipped:
-                message += f" ({plan.skipped_summary()} under {path})"
-            problems.append(f"{where}: {message}")
-            continue
         usable, dropped = trained_buckets(plan, report)
         notes = "; ".join(n for n in (dropped_summary(dropped, report.per_batch),
                                       plan.skipped_summary() if plan.skipped else None,

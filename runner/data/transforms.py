@@ -254,7 +254,7 @@ def to_rgb(image):
 
 def load_image(path: Path):
     """Decode an image fully (EXIF-transposed, RGB). Raises DatasetError naming the file when
-    the body is corrupt or truncated (which a header probe cannot see)."""
+    the body is corrupt or truncated (the probe sees a file cut short, not one damaged in the middle)."""
     from PIL import Image, ImageOps
 
     try:

@@ -242,7 +242,7 @@ def _sample_one(s: Session, ds: dict[str, Any], where: str, spec: Mapping[str, A
                 n: int, stand_in_for: str | None = None) -> Sample | None:
     from runner.data import DatasetError
     from runner.data.buckets import stratified_sample
-    from runner.data.preflight import dropped_summary, plan_dataset, size_report, trained_buckets
+    from runner.data.preflight import dropped_summary, plan_dataset, plan_problem, size_report, trained_buckets
     from runner.spec.semantics import world_size
 
     label = f"dataset {ds['name']}"
@@ -253,22 +253,23 @@ def _sample_one(s: Session, ds: dict[str, Any], where: str, spec: Mapping[str, A
     except DatasetError as e:
         s.add(Check("datasets", label, FAILED, str(e)))
         return None
-    skipped = skipped_note(plan.skipped_summary() if plan.skipped else None, stand_in_for)
     if stand_in_for:
         where = f"{where} (stand-in sample photos for dataset {stand_in_for})"
-    if not plan.items:
-        what = "no images (.jpg, .jpeg, .png, .webp)" if not plan.skipped else "no usable images"
-        s.add(Check("datasets", label, FAILED, f"{where}: {what} under {root}{skipped}"))
-        return None
     batch = training["batchSize"] * training["gradientAccumulationSteps"] * world_size(spec)
     report = size_report(ds, plan, training["batchSize"], training["gradientAccumulationSteps"], world_size(spec))
-    problem = report.message()
-    if problem and not stand_in_for:
-        s.add(Check("datasets", label, FAILED, f"{where}: {problem}{skipped}"))
+    # validate's and the real run's message; too few stand-in photos for the real batch fail nothing
+    problem = plan_problem(where, ds, plan, training["batchSize"], training["gradientAccumulationSteps"],
+                           world_size(spec))
+    if problem and (not plan.items or not stand_in_for):
+        s.add(Check("datasets", label, FAILED, problem))
         return None
-    chosen = stratified_sample(plan.items, n, seed=training["seed"])
-    counts = ", ".join(f"{b}: {k}" for b, k in Counter(item.bucket for item in chosen).items())
     usable, dropped = trained_buckets(plan, report)  # as validate counts them
+    # Only images the real run trains: one in a bucket too small for the real batch is dropped
+    # there, so the smoke (batch 1) must not train it either. Stand-in photos too few to fill
+    # any real batch are all sampled: the real run never reads them.
+    trained = [item for item in plan.items if item.bucket in usable] or list(plan.items)
+    chosen = stratified_sample(trained, n, seed=training["seed"])
+    counts = ", ".join(f"{b}: {k}" for b, k in Counter(item.bucket for item in chosen).items())
     s.add(Check("datasets", label, PASSED,
                 dataset_detail(sum(usable.values()), len(usable), f"{len(chosen)} ({counts})",
                                plan.skipped_summary() if plan.skipped else None, stand_in_for,
@@ -288,10 +289,11 @@ def _dataset_root(ds: Mapping[str, Any], where: str, workdir: Path) -> Path:
             return materialize_samples(workdir / "cache" / "samples")
         except DatasetError as e:
             raise DatasetError(f"{where}: {e}") from None
+    from runner.data.preflight import path_problem
+
     root = Path(ds["path"])
-    if not root.is_dir():
-        raise DatasetError(f"{where}.path: {root} is not a directory (relative paths resolve from the working "
-                           f"directory, {Path.cwd()}); point it at a folder of images")
+    if problem := path_problem(where, root):  # validate's own message
+        raise DatasetError(problem)
     return root
 
 

@@ -36,7 +36,61 @@ def test_no_usable_image_is_fatal(runner, tmp_path):
     proc = runner.run("spec.datasets.0.type=local", f"spec.datasets.0.path={data}", stage="cache")
     assert_clean(proc, code=2)
     assert "junk 0.png" in proc.stdout  # each skipped file is listed with its reason
-    assert "0 usable image" in proc.stderr
+    assert "has no usable images: 3 of 3 image(s) under" in proc.stderr  # as validate says it
+
+
+def _two_jpegs_one_cut_short(root: Path) -> Path:
+    """The user's report: a folder of two captioned JPEGs, b.jpg cut to its first 3000 bytes."""
+    from PIL import Image
+
+    root.mkdir()
+    for name in ("a", "b"):
+        Image.effect_noise((256, 256), 60).convert("RGB").save(root / f"{name}.jpg", "JPEG", quality=95)
+        (root / f"{name}.txt").write_text(f"photo {name}")
+    (root / "b.jpg").write_bytes((root / "b.jpg").read_bytes()[:3000])
+    return root
+
+
+def test_a_truncated_jpeg_is_named_as_the_cause_before_any_model_loads(runner, tmp_path):
+    """validate counted the cut-short JPEG as usable; the run found it only at the VAE, then offered
+    fixes already made (cropAspect: square) and did not name it. Now the plan skips it, before the
+    model (which does not exist here) is looked at, and the error names it and nothing already set."""
+    two = _two_jpegs_one_cut_short(tmp_path / "two")
+    proc = runner.run("spec.datasets.0.type=local", f"spec.datasets.0.path={two}", "spec.datasets.0.cropAspect=square",
+                      "spec.datasets.0.captionStrategy=textfile", "spec.model.pretrained=nobody/does-not-exist",
+                      stage="cache")
+    assert_clean(proc, code=2)
+    assert "  b.jpg: cannot decode (image file is truncated" in proc.stdout  # listed with its reason
+    assert (f"spec.datasets[0]: dataset 'photos' has 0 usable image(s) but one optimizer step needs 2" in proc.stderr)
+    assert (f"1 of 2 image(s) under {two} skipped: 1 truncated (b.jpg). Fix: copy the truncated images again "
+            "(or remove them), add images or lower spec.training.batchSize") in proc.stderr
+    assert "cropAspect: square" not in proc.stderr and "minimumImageSize" not in proc.stderr
+    assert "does-not-exist" not in proc.stderr and "VAE" not in proc.stdout
+
+
+def _message(text: str, prefix: str) -> str:
+    [line] = [ln for ln in text.splitlines() if ln.startswith(prefix)]
+    return line.removeprefix(prefix)
+
+
+@pytest.mark.parametrize("folder", ["no-such-dataset-folder", "EMPTY"])
+def test_run_says_what_validate_says_about_a_dataset_folder(runner, tmp_path, folder):
+    """A missing folder (relative: the working-directory hint) and an empty one: `run` prints
+    validate's message, not one of its own."""
+    if folder == "EMPTY":
+        folder = str(tmp_path / "empty")
+        Path(folder).mkdir()
+    sets = ["spec.datasets.0.type=local", f"spec.datasets.0.path={folder}"]
+    run = runner.run(*sets, stage="cache")
+    assert_clean(run, code=2)
+    validate = subprocess.run([*runner.args(*sets)[:3], "validate", str(REPO / "examples" / "smoke.yaml"),
+                               *[a for s in sets for a in ("--set", s)]],
+                              cwd=REPO, env=runner.env(), capture_output=True, text=True, timeout=60)
+    assert validate.returncode == 2, validate.stdout + validate.stderr
+    said = _message(validate.stdout + validate.stderr, f"{REPO / 'examples' / 'smoke.yaml'}: ")
+    assert _message(run.stderr, "error: ") == said
+    assert ("relative paths resolve from the working directory" in said if folder.startswith("no-such")
+            else said == f"spec.datasets[0]: no images (.jpg, .jpeg, .png, .webp) found under {folder}")
 
 
 def without_read_override(cmd: list[str]) -> list[str]:

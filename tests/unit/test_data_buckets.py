@@ -72,13 +72,38 @@ def test_check_dataset_size(name, counts, batch, accum, world, expected):
     assert f"dataset {name!r}" in msg
     for fragment in expected:
         assert fragment in msg, (fragment, msg)
-    if not counts:  # nothing reached a bucket: the skipped images' reasons are the fix, not batch sizes
-        assert "Fix: add images; where images were skipped, the list above gives each one's reason" in msg
-        assert "spec.training.batchSize" not in msg
+    if not counts:  # nothing reached a bucket: the batch sizes are not the problem
+        assert msg.endswith(". Fix: add images"), msg
         return
-    for fix in ("add images", "spec.training.batchSize", "gradientAccumulationSteps", "cropAspect: square",
-                "minimumImageSize"):
-        assert fix in msg
+    assert ". Fix: add images" in msg
+
+
+# counts, batch, accum, world, square already set -> the fixes offered (only changes not already made)
+FIX_CASES = [
+    ("nothing-bucketed", {}, 2, 2, 2, False, ["add images"]),
+    ("all-factors-1-one-bucket", {"128x128": 0}, 1, 1, 1, False, ["add images"]),
+    ("batch-only", {"128x128": 3}, 4, 1, 1, False, ["add images", "lower spec.training.batchSize"]),
+    ("accum-only", {"128x128": 3}, 1, 4, 1, False, ["add images", "lower spec.training.gradientAccumulationSteps"]),
+    ("gpus", {"128x128": 3}, 1, 1, 4, False, ["add images", "train on fewer GPUs"]),
+    ("buckets-dropped", {"128x128": 3, "192x128": 1}, 2, 2, 1, False,
+     ["add images", "lower spec.training.batchSize", "lower spec.training.gradientAccumulationSteps",
+      "use cropAspect: square (with crop: true) so all images share one bucket"]),
+    ("square-already-set", {"128x128": 3, "192x128": 1}, 2, 2, 1, True,
+     ["add images", "lower spec.training.batchSize", "lower spec.training.gradientAccumulationSteps"]),
+    ("one-bucket-square-cannot-help", {"128x128": 1}, 2, 1, 1, False, ["add images", "lower spec.training.batchSize"]),
+]
+
+
+@pytest.mark.parametrize("counts,batch,accum,world,square,expected", [c[1:] for c in FIX_CASES],
+                         ids=[c[0] for c in FIX_CASES])
+def test_fixes_offer_only_changes_not_already_made(counts, batch, accum, world, square, expected):
+    assert bucket_report("d", counts, batch, accum, world).fixes(square_set=square) == expected
+
+
+def test_message_puts_the_cause_before_the_fixes():
+    msg = bucket_report("d", {"128x128": 1}, 2, 1, 1).message(cause="1 of 2 image(s) skipped: 1 truncated (b.jpg)",
+                                                              fixes=["copy b.jpg again", "add images"])
+    assert msg.endswith("; 1 of 2 image(s) skipped: 1 truncated (b.jpg). Fix: copy b.jpg again or add images"), msg
 
 
 def test_bucket_report_numbers():

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from runner.data import DatasetError
-from runner.data.discovery import IMAGE_EXTENSIONS, ImageInfo, find_images, probe, scan
+from runner.data.discovery import IMAGE_EXTENSIONS, ImageInfo, cut_short, find_images, probe, scan
 
 
 def write_image(path: Path, size=(96, 64), fmt=None, orientation: int | None = None, color=(200, 30, 30)) -> Path:
@@ -96,17 +96,86 @@ def test_probe_missing_file_is_none(tmp_path):
     assert probe(tmp_path / "nope.png", tmp_path) is None
 
 
-def test_body_truncated_jpeg_probes_but_fails_to_decode(tmp_path):
-    """Header-only probing cannot see a cut-off body; load_image reports it clearly."""
+def _photo_bytes(fmt: str, size=(256, 256)) -> bytes:
+    """A noisy image (its pixel data is most of the file, like a photo's) in `fmt`."""
+    buf = io.BytesIO()
+    Image.effect_noise(size, 60).convert("RGB").save(buf, format=fmt)
+    return buf.getvalue()
+
+
+JPEG, PNG = _photo_bytes("JPEG"), _photo_bytes("PNG")
+IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+RIFF = b"RIFF" + (5000).to_bytes(4, "little") + b"WEBP"
+
+CUT_SHORT_CASES = [
+    # id, PIL format, head, tail, file size -> a fragment of the verdict (None: looks whole)
+    ("jpeg-whole", "JPEG", JPEG[:12], JPEG[-4096:], len(JPEG), None),
+    ("jpeg-zero-padding", "JPEG", JPEG[:12], JPEG[-100:] + b"\x00" * 300, 9999, None),
+    ("jpeg-ff-fill-and-newline", "JPEG", JPEG[:12], JPEG[-100:] + b"\xff\xff\r\n", 9999, None),
+    ("jpeg-cut", "JPEG", JPEG[:12], JPEG[:3000][-4096:], 3000, "no end-of-image marker (FF D9)"),
+    ("jpeg-cut-then-zero-filled", "JPEG", JPEG[:12], JPEG[:3000] + b"\x00" * 500, 3500, "FF D9"),
+    ("jpeg-trailer-after-marker", "JPEG", JPEG[:12], JPEG[-10:] + b"ftypmp42" * 50, 9999, "FF D9"),
+    ("mpo-cut", "MPO", JPEG[:12], JPEG[:-2], len(JPEG) - 2, "FF D9"),
+    ("png-whole", "PNG", PNG[:12], PNG[-4096:], len(PNG), None),
+    ("png-zero-padding", "PNG", PNG[:12], PNG[-50:] + b"\x00" * 64, 9999, None),
+    ("png-cut", "PNG", PNG[:12], PNG[: len(PNG) // 2][-4096:], len(PNG) // 2, "no IEND chunk"),
+    ("png-without-iend", "PNG", PNG[:12], PNG[:-12][-4096:], len(PNG) - 12, "no IEND chunk"),
+    ("webp-whole", "WEBP", RIFF, b"", 5008, None),
+    ("webp-longer-than-riff", "WEBP", RIFF, b"", 6000, None),
+    ("webp-cut", "WEBP", RIFF, b"", 3000, "3000 bytes where its RIFF header says 5008"),
+    ("gif-not-checked", "GIF", b"GIF89a", b"", 10, None),
+]
+
+
+@pytest.mark.parametrize("fmt,head,tail,size,expected", [c[1:] for c in CUT_SHORT_CASES],
+                         ids=[c[0] for c in CUT_SHORT_CASES])
+def test_cut_short(fmt, head, tail, size, expected):
+    verdict = cut_short(fmt, head, tail, size)
+    if expected is None:
+        assert verdict is None
+    else:
+        assert verdict is not None and expected in verdict
+
+
+@pytest.mark.parametrize("name,content", [
+    ("cut at 3000 bytes.jpg", JPEG[:3000]),
+    ("cut in half.jpg", JPEG[: len(JPEG) // 2]),
+    ("cut in half then zero filled.jpg", JPEG[: len(JPEG) // 2] + b"\x00" * 2000),
+    ("only the marker missing.jpg", JPEG[:-2]),
+    ("cut in half.png", PNG[: len(PNG) // 2]),
+    ("cut in half.webp", _photo_bytes("WEBP")[:1500]),
+])
+def test_truncated_image_is_skipped_by_the_probe(tmp_path, name, content):
+    """A file cut short is skipped when the folder is scanned (what validate, the cache stage's
+    plan and --smoke all do), not only once the cache stage decodes it."""
     from runner.data.transforms import load_image
 
-    data = _jpeg_bytes((256, 256))
-    p = tmp_path / "half.jpg"
-    p.write_bytes(data[: len(data) // 2])
-    info = probe(p, tmp_path)
-    assert info is not None and (info.width, info.height) == (256, 256)
-    with pytest.raises(DatasetError, match="half.jpg.*corrupt or truncated"):
-        load_image(p)
+    write_image(tmp_path / "good.jpg")
+    (tmp_path / name).write_bytes(content)
+    usable, skipped = scan(tmp_path)
+    assert [i.rel for i in usable] == ["good.jpg"]
+    [(rel, reason)] = skipped
+    assert rel == name and ("truncated" in reason or "not a readable image" in reason), reason
+    with pytest.raises(DatasetError, match="corrupt or truncated"):  # what the cache stage would have met
+        load_image(tmp_path / name)
+
+
+@pytest.mark.parametrize("name,content", [
+    ("zero padded.jpg", JPEG + b"\x00" * 5000),                 # padding past TAIL_BYTES: decoded, used
+    ("video appended.jpg", JPEG + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40),  # a motion photo
+    ("no iend.png", PNG[:-12]),                                 # Pillow decodes it: so does the cache stage
+])
+def test_file_whose_end_looks_cut_but_decodes_is_used(tmp_path, name, content):
+    (tmp_path / name).write_bytes(content)
+    usable, skipped = scan(tmp_path)
+    assert skipped == [] and [(i.rel, i.width, i.height) for i in usable] == [(name, 256, 256)]
+
+
+def test_truncated_jpeg_reason_names_the_cause(tmp_path):
+    (tmp_path / "b.jpg").write_bytes(JPEG[:3000])
+    [(_, reason)] = scan(tmp_path)[1]
+    assert reason.startswith("cannot decode (image file is truncated")
+    assert "no end-of-image marker (FF D9)" in reason and "copy it again or remove it" in reason
 
 
 def test_scan_splits_usable_and_skipped(tmp_path):

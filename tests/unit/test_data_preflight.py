@@ -118,12 +118,12 @@ PROBLEM_CASES = [
     ("needs-more", {}, dict(batch=2, accum=2, gpus=2),
      ["spec.datasets[0]: dataset 'photos' has 5 usable image(s) but one optimizer step needs 8",
       "(batchSize 2 x gradientAccumulationSteps 2 x 2 GPUs)", "128x128: 5, 192x128: 3", "dropped (3 of 8",
-      "1 skipped: 1 unreadable (broken.png) under"]),
+      f"1 of 9 image(s) under", "skipped: 1 unreadable (broken.png). Fix: "]),
     ("world-size-is-gpus-times-nodes", {}, dict(batch=1, accum=2, gpus=2, nodes=2),
      ["needs 8", "x 4 GPUs"]),
     ("textfile-uncaptioned-unusable", {"captionStrategy": "textfile", "minimumImageSize": 64}, dict(batch=4),
      ["has 0 usable", "needs 4", "128x128: 3;", "dropped (3 of 3",
-      "6 skipped: 4 without a caption .txt (", "1 smaller than minimumImageSize (tiny.png), 1 unreadable (broken.png)"]),
+      "6 of 9 image(s) under", "skipped: 4 without a caption .txt (", "1 smaller than minimumImageSize (tiny.png), 1 unreadable (broken.png)"]),
     # repeats: 1 doubles every bucket (5 -> 10 square, 3 -> 6 wide), as the sampler sees it.
     ("repeats-count", {"repeats": 1}, dict(batch=2, accum=2, gpus=2), None),
     ("repeats-not-enough", {"repeats": 1}, dict(batch=4, accum=5), ["has 16 usable image(s)", "needs 20"]),
@@ -227,10 +227,10 @@ def test_with_a_loaded_spec(tmp_path, mixed):
     full = job_from_document(doc).spec.to_dict()
     assert dataset_problems(full) == [
         "spec.datasets[0]: dataset 'photos' has 8 usable image(s) but one optimizer step needs 9 "
-        "(batchSize 3 x gradientAccumulationSteps 3 x 1 GPU); images per bucket: 128x128: 8. "
-        "Fix: add images, lower spec.training.batchSize or spec.training.gradientAccumulationSteps, "
-        "use cropAspect: square (with crop: true) so all images share one bucket, or lower minimumImageSize "
-        f"(1 skipped: 1 unreadable (broken.png) under {mixed})"]
+        "(batchSize 3 x gradientAccumulationSteps 3 x 1 GPU); images per bucket: 128x128: 8; "
+        f"1 of 9 image(s) under {mixed} skipped: 1 unreadable (broken.png). "
+        "Fix: replace or remove the unreadable files, add images, lower spec.training.batchSize "
+        "or lower spec.training.gradientAccumulationSteps"]  # not cropAspect: square (set), nor minimumImageSize (unset)
     # the whole document (what `trainingjob validate` passes) works the same
     assert dataset_problems(job_from_document(doc).document.to_dict()) == dataset_problems(full)
     doc["spec"]["training"]["gradientAccumulationSteps"] = 2
@@ -392,3 +392,68 @@ def test_a_downsampled_image_is_measured_from_its_downsampled_size(tmp_path):
     (item,) = plan.items
     assert item.plan.downsample_size == (50, 50) and item.plan.enlargement == 128 / 50
     assert "big.png 1000x1000 to 128x128" in plan.enlarged_summary()
+
+
+# ----------------------------------------------------------------------------- why a dataset falls short
+
+def _jpeg(path: Path, caption: str | None = "a photo") -> bytes:
+    """A real, noisy 256x256 JPEG (its pixel data is most of the file) with a caption file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.effect_noise((256, 256), 60).convert("RGB").save(path, "JPEG", quality=95)
+    if caption is not None:
+        path.with_suffix(".txt").write_text(caption)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def two(tmp_path) -> Path:
+    """The user's report: two JPEGs with captions, b.jpg cut to its first 3000 bytes."""
+    root = tmp_path / "two"
+    _jpeg(root / "a.jpg")
+    (root / "b.jpg").write_bytes(_jpeg(root / "b.jpg")[:3000])
+    return root
+
+
+SQUARE = {"crop": True, "cropAspect": "square", "captionStrategy": "textfile"}
+
+# id, dataset overrides, spec kwargs, fragments the message has, fragments it must not have
+SHORT_CASES = [
+    ("truncated-named-before-the-fixes", SQUARE, dict(batch=2),
+     [f"1 of 2 image(s) under {{root}} skipped: 1 truncated (b.jpg). Fix: copy the truncated images again "
+      "(or remove them), add images or lower spec.training.batchSize"],
+     ["cropAspect: square", "minimumImageSize", "gradientAccumulationSteps or", "the list above"]),
+    ("accumulation-is-offered-only-when-above-1", SQUARE, dict(batch=1, accum=2),
+     ["1 truncated (b.jpg). Fix: copy the truncated images again (or remove them), add images or lower "
+      "spec.training.gradientAccumulationSteps"], ["spec.training.batchSize", "cropAspect"]),
+    ("minimum-is-offered-when-it-skipped-images", SQUARE | {"minimumImageSize": 512}, dict(batch=1),
+     ["has no usable images: 2 of 2 image(s) under {root} skipped: 1 smaller than minimumImageSize (a.jpg), "
+      "1 truncated (b.jpg)", "Fix: lower minimumImageSize, copy the truncated images again (or remove them)"],
+     ["cropAspect"]),
+]
+
+
+@pytest.mark.parametrize("over,kw,present,absent", [c[1:] for c in SHORT_CASES], ids=[c[0] for c in SHORT_CASES])
+def test_a_dataset_that_falls_short_names_its_skipped_images_and_only_fixes_not_made(two, over, kw, present, absent):
+    [problem] = dataset_problems(spec([ds(two, **over)], **kw))
+    for fragment in present:
+        assert fragment.format(root=two) in problem, problem
+    for fragment in absent:
+        assert fragment not in problem, problem
+
+
+def test_validate_counts_a_truncated_jpeg_as_skipped_not_usable(cli, two):
+    """The user's report: `validate` said "2 usable images", exit 0, then the run failed on b.jpg."""
+    result = cli("validate", REPO / "examples" / "smoke.yaml", "--set", "spec.datasets.0.type=local",
+                 "--set", f"spec.datasets.0.path={two}", "--set", "spec.datasets.0.captionStrategy=textfile",
+                 "--set", "spec.datasets.0.cropAspect=square")
+    assert result.code == 2, result.text
+    assert "2 usable" not in result.text
+    assert (f"spec.datasets[0]: dataset 'photos' has 0 usable image(s) but one optimizer step needs 2" in result.text)
+    assert f"1 of 2 image(s) under {two} skipped: 1 truncated (b.jpg). Fix: copy the truncated images again" \
+        in result.text
+    assert "cropAspect: square" not in result.text
+    ok = cli("validate", REPO / "examples" / "smoke.yaml", "--set", "spec.datasets.0.type=local",
+             "--set", f"spec.datasets.0.path={two}", "--set", "spec.datasets.0.captionStrategy=textfile",
+             "--set", "spec.training.batchSize=1")
+    assert ok.code == 0, ok.text
+    assert "1 usable image: 128x128 1; 1 skipped: 1 truncated (b.jpg)" in ok.out

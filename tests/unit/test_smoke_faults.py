@@ -109,7 +109,7 @@ def test_missing_captions(user, tmp_path):
     assert_failed_before_the_model(proc, root, tmp_path)
     message = failures(root)["dataset pseudo-camera-10k"]
     assert "has 5 usable image(s) but one optimizer step needs 8" in message
-    assert "3 skipped: 3 without a caption .txt (photo-0.png, photo-1.png, photo-2.png)" in message
+    assert "skipped: 3 without a caption .txt (photo-0.png, photo-1.png, photo-2.png). Fix: add the missing caption" in message
 
 
 def test_a_validation_size_off_the_token_grid(user, tmp_path):
@@ -153,3 +153,20 @@ def test_too_few_stand_in_photos_for_the_real_batch_fail_nothing(tmp_path):
     assert "too few to fill a batch of the real size, 32 images an optimizer step, which says nothing about " \
            "pseudo-camera-10k" in line, line
     assert "dataset smoke-samples" not in failures(root)
+
+
+def test_the_smoke_samples_only_images_the_real_run_trains(user, tmp_path):
+    """One tall photo is alone in its bucket, too few for one batch of 2: the real run drops it,
+    so the smoke (which trains batches of 1) must not sample it, though it samples each bucket
+    the real run trains."""
+    Image.new("RGB", (1024, 2048), (1, 2, 3)).save(tmp_path / "photos" / "tall.png")
+    (tmp_path / "photos" / "tall.txt").write_text("a tall photo\n")
+    proc, root = smoke(user, tmp_path)
+    line = next(ln for ln in proc.stdout.splitlines() if "dataset pseudo-camera-10k" in ln)
+    assert line.split()[0] == "PASSED", proc.stdout + proc.stderr
+    assert "1 in a bucket too small for one batch of 2 is dropped (" in line, line
+    dropped_bucket = line.split("is dropped (")[1].split()[0]
+    sampled = line.split("; sampled ")[1]
+    assert sampled.startswith("8 (") and dropped_bucket not in sampled, line
+    copied = sorted(p.name for p in (tmp_path / "smoke" / "data" / "pseudo-camera-10k").glob("*.png"))
+    assert copied == [f"photo-{i}.png" for i in range(8)], copied

@@ -65,10 +65,10 @@ def test_verdict_and_statuses():
      "stand-in sample photos, not dataset pseudo-camera-10k (a smoke run does not read it), checked with its "
      "settings: 12 usable image(s) in 1 bucket(s) fill a batch of the real size; sampled 8 (64x64: 8); "
      "5 skipped: 5 smaller than minimumImageSize (by its settings)"),
-    ((10, 1, "8 (64x64: 7, 64x128: 1)", None, None, None, "2 in a bucket too small for one batch of 4 are dropped "
+    ((10, 1, "8 (64x64: 8)", None, None, None, "2 in a bucket too small for one batch of 4 are dropped "
       "(64x128 2)"),
      "10 usable image(s) in 1 bucket(s) fill the real batch; 2 in a bucket too small for one batch of 4 are dropped "
-     "(64x128 2); sampled 8 (64x64: 7, 64x128: 1)"),
+     "(64x128 2); sampled 8 (64x64: 8)"),
     ((12, 1, "8 (64x64: 8)", None, "pseudo-camera-10k", "32 images an optimizer step"),
      "stand-in sample photos, not dataset pseudo-camera-10k (a smoke run does not read it), checked with its "
      "settings: 12 usable image(s) in 1 bucket(s) (too few to fill a batch of the real size, 32 images an "
@@ -102,4 +102,5 @@ def test_the_dataset_check_counts_what_the_real_batch_trains(tmp_path, minimal_s
     [check] = session.checks
     assert check.status == "passed", check.message
     assert check.message.startswith("5 usable image(s) in 1 bucket(s) fill the real batch; 2 in buckets too small for "
-                                   "one batch of 2 are dropped (128x192 1, 320x128 1); sampled 7 ("), check.message
+                                   "one batch of 2 are dropped (128x192 1, 320x128 1); sampled 5 (128x128: 5)"), \
+        check.message  # and only the images the real run trains: not the two it drops
