@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from runner.files import replace_dir
+from runner.files import give_usual_modes, replace_dir
 from runner.spec.errors import clip
 from runner.spec.localpaths import pretrained_problem
 
@@ -113,4 +113,5 @@ def export_pipeline(base_dir: Path, model, dest: Path, component: str = "transfo
         else:
             _link_or_copy(str(entry.resolve()), str(tmp / entry.name))
     model.save_pretrained(tmp / component, safe_serialization=True)
+    give_usual_modes(tmp)  # folders and weights of its own; the linked files keep the base's modes
     return replace_dir(tmp, dest)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from runner.files import atomic_write_json, file_digest, replace_dir
+from runner.files import atomic_write_json, file_digest, give_usual_modes, replace_dir
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -148,6 +148,7 @@ def save(accelerator, root: Path, state: TrainerState, keep: int, spec: dict | N
     if accelerator.is_main_process:
         if spec is not None:
             (tmp / SPEC_FILE).write_text(json.dumps(spec, sort_keys=True, default=str))
+        give_usual_modes(tmp)  # model.safetensors is written 0600
         seal(tmp, state)
         final = publish(tmp, root, state.step)
         prune(root, keep)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -277,6 +279,29 @@ def test_save_with_real_accelerator_and_restore(tmp_path: Path, fresh_accelerate
     assert differences(before, saved), "the fresh state should differ before loading"
     acc2.load_state(str(final))
     assert differences(_everything(fresh, fresh_opt, fresh_sched), saved) == []
+
+
+_SAVE = """
+import sys
+from pathlib import Path
+import accelerate, torch
+from runner.train import checkpoint as ckpt
+accelerator = accelerate.Accelerator(cpu=True)
+model, opt = accelerator.prepare(torch.nn.Linear(4, 3), torch.optim.AdamW(torch.nn.Linear(4, 3).parameters()))
+ckpt.save(accelerator, Path(sys.argv[1]), ckpt.TrainerState(step=2), keep=1, spec={"training": {"batchSize": 1}})
+"""
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_every_checkpoint_file_gets_the_usual_mode_of_the_umask(tmp_path: Path, umask: int) -> None:
+    """model.safetensors was written 0600 (safetensors' save_file), every other file 0644."""
+    root = tmp_path / "checkpoints"
+    subprocess.run([sys.executable, "-c", _SAVE, str(root)], umask=umask, check=True, capture_output=True,
+                   cwd=Path(__file__).resolve().parents[2])
+    modes = {p.relative_to(root).as_posix(): p.stat().st_mode & 0o777 for p in sorted(root.rglob("*"))}
+    assert "step-2/model.safetensors" in modes and f"step-2/{STATE_FILE}" in modes
+    assert modes == {path: (0o777 if (root / path).is_dir() else 0o666) & ~umask for path in modes}
+    assert usable(root / "step-2") is None
 
 
 # ----------------------------------------------------------------------------- non-finite weights
