@@ -385,7 +385,8 @@ def test_a_changed_field_inside_a_list_is_named_by_its_index(tmp_path: Path) -> 
     assert ckpt.spec_changes(tmp_path, now) == ["spec.datasets[0].resolution 128 -> 192"]
 
 
-_DATASET = {"name": "a", "path": "/data/a", "resolution": 128, "crop": True, "repeats": 1, "captionStrategy": "textfile"}
+_DATASET = {"name": "a", "path": "/data/a", "resolution": 128, "crop": True, "repeats": 1,
+            "captionStrategy": "textfile"}
 
 
 @pytest.mark.parametrize("old, new, shown", [

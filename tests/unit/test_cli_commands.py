@@ -95,7 +95,8 @@ def test_no_field_summary_stops_mid_thought(path):
 @pytest.mark.parametrize("text, summary", [
     ("One. Two.", "One."),
     ("Requested resources, e.g. `cpu: 8`. Applied to every pod.", "Requested resources, e.g. `cpu: 8`."),
-    ("Why, in CamelCase (e.g. OOMKilled, InvalidSpec). Machine-readable.", "Why, in CamelCase (e.g. OOMKilled, InvalidSpec)."),
+    ("Why, in CamelCase (e.g. OOMKilled, InvalidSpec). Machine-readable.",
+     "Why, in CamelCase (e.g. OOMKilled, InvalidSpec)."),
     ("Only one kind, i.e. the builtin. More later.", "Only one kind, i.e. the builtin."),
     ("Float32 vs. bfloat16 weights. Default float32.", "Float32 vs. bfloat16 weights."),
     ("Images, captions, etc. and their crops. Then more.", "Images, captions, etc. and their crops."),
