@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 import uuid
@@ -136,6 +137,44 @@ def not_a_directory(path: Path | str) -> str | None:
     return None
 
 
+def process_umask() -> int:
+    """The process umask. Read from /proc where Linux shows it: os.umask can only be read by
+    setting it, and while it is set to 0 another thread's new files would be world-writable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def usual_mode(is_dir: bool, executable: bool, umask: int) -> int:
+    """The permission bits open() or mkdir() give a new file or folder under `umask`."""
+    return (0o777 if is_dir or executable else 0o666) & ~umask
+
+
+def give_usual_modes(root: Path) -> None:
+    """chmod `root` and everything under it to usual_mode: safetensors' save_file writes 0600
+    files and mkdtemp makes 0700 folders, which a serving container, another uid on a shared
+    volume or a pod's fsGroup then cannot read. For folders this process has just written.
+    Symlinks and hard-linked files are left alone: a file with other links shares its mode with
+    them (an export's unchanged components are the base model's files)."""
+    umask = process_umask()
+    paths = [Path(root)]
+    for folder, subfolders, files in os.walk(root):  # never descends into a symlinked folder
+        paths += [Path(folder, name) for name in subfolders + files]
+    for path in paths:
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+            continue
+        want = usual_mode(stat.S_ISDIR(st.st_mode), bool(st.st_mode & 0o111), umask)
+        if stat.S_IMODE(st.st_mode) != want:
+            os.chmod(path, want)
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Replace `path` with `data` in one step (temp file, fsync, rename). `durable=False` skips
     the fsync: a killed process still leaves the old or the new file, never a part of one, but
@@ -220,7 +259,7 @@ def build_dir_once(dest: Path, build: Callable[[Path], None], is_complete: Calla
     """Build a folder at most once, safely under concurrency.
 
     `build(tmp)` fills a temp folder next to `dest` (its completion marker written last);
-    the temp folder is then renamed into place. A `dest` that is already complete is
+    the temp folder is given usual modes (give_usual_modes) and renamed into place. A `dest` that is already complete is
     returned untouched. When several processes race, one rename wins and the others keep
     the winner's folder. An incomplete `dest` is replaced only if `may_replace(dest)`
     (so a folder someone else made is never deleted); otherwise FileExistsError."""
@@ -231,6 +270,7 @@ def build_dir_once(dest: Path, build: Callable[[Path], None], is_complete: Calla
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{writer_tag()}.", dir=dest.parent))
     try:
         build(tmp)
+        give_usual_modes(tmp)
         if dest.exists() and not is_complete(dest):
             if not may_replace(dest):
                 raise FileExistsError(str(dest))

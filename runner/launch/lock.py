@@ -124,7 +124,8 @@ def hold_output_dir(folder: Path, job: str, stage: str, wait_s: float = 0, poll_
     (OutputLock.held is False) and the run goes on."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # 0666: the umask decides, as for every other output (another uid of the group may lock it too).
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     deadline, told = time.monotonic() + wait_s, False
     try:
         while not _take(fd):

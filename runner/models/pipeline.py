@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from runner.files import replace_dir
+from runner.files import give_usual_modes, replace_dir
 from runner.spec.errors import clip
 from runner.spec.localpaths import pretrained_problem
 
@@ -91,11 +91,25 @@ def _download_pipeline(ref: str, revision: str, patterns: list[str], **retry) ->
 
 # ----------------------------------------------------------------------------- export
 
+# Weight files: what makes an export big, and what save_pretrained replaces (safetensors writes
+# a new file and renames it) rather than writing into. The configs and tokenizer files it does
+# write into in place, so those are copied: a few MB per export.
+_LINKED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
 def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)  # weights of unchanged components cost no extra disk
-    except OSError:
-        shutil.copy2(src, dst)
+    """A weight file as a hard link where the file system allows (same volume), anything else
+    or elsewhere as a copy. The unchanged weights (a T5-XXL text encoder is 10-20 GB) then cost
+    no disk per export, but the export, every other export of that base and the base itself
+    share those files: nothing may write into one in place. The runner never does (it writes
+    new files and renames them over, which replaces a link); README.md says so to users."""
+    if src.endswith(_LINKED_SUFFIXES):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
 
 
 def export_pipeline(base_dir: Path, model, dest: Path, component: str = "transformer") -> Path:
@@ -115,4 +129,5 @@ def export_pipeline(base_dir: Path, model, dest: Path, component: str = "transfo
         else:
             _link_or_copy(str(entry.resolve()), str(tmp / entry.name))
     model.save_pretrained(tmp / component, safe_serialization=True)
+    give_usual_modes(tmp)  # folders and weights of its own; the linked files keep the base's modes
     return replace_dir(tmp, dest)

@@ -76,14 +76,27 @@ def _wrap(text: str, indent: int) -> list[str]:
                          break_on_hyphens=False) or [""]
 
 
-def _first_sentence(text: str) -> str:
-    match = re.match(r"(.+?\.)(\s|$)", text)
-    return match.group(1) if match else text
+# Abbreviations whose dot never ends a sentence, whatever follows ("e.g. Kubernetes ...").
+_ABBREVIATIONS = ("e.g.", "i.e.", "vs.", "cf.")
+_DOT_THEN_SPACE = re.compile(r"\.(?=\s|$)")  # not `spec.cacheDir`, `model_index.json` or 1.5
+
+
+def first_sentence(text: str) -> str:
+    """The summary of a description: up to the first dot that ends a sentence. A dot inside a
+    word never does; nor one of _ABBREVIATIONS, nor one followed by a lowercase word (the
+    sentence goes on), nor `etc.` unless a capital follows it (`etc. (jpg)` goes on)."""
+    for match in _DOT_THEN_SPACE.finditer(text):
+        word = text[:match.end()].split()[-1].lstrip("(\"'`").lower()
+        after = text[match.end():].lstrip()[:1]
+        if word in _ABBREVIATIONS or after.islower() or (word == "etc." and after and not after.isupper()):
+            continue
+        return text[:match.end()]
+    return text
 
 
 def _child_line(name: str, node: dict[str, Any], required: bool) -> list[str]:
     head = f"  {name}\t<{type_name(node)}>" + (" -required-" if required else "")
-    summary = _first_sentence(node.get("description", ""))
+    summary = first_sentence(node.get("description", ""))
     extras = []
     if "enum" in node or "enum" in element(node):
         extras.append("One of: " + ", ".join(map(str, node.get("enum") or element(node)["enum"])) + ".")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from runner.files import atomic_write_json, file_digest, replace_dir
+from runner.files import atomic_write_json, file_digest, give_usual_modes, replace_dir
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -148,6 +148,7 @@ def save(accelerator, root: Path, state: TrainerState, keep: int, spec: dict | N
     if accelerator.is_main_process:
         if spec is not None:
             (tmp / SPEC_FILE).write_text(json.dumps(spec, sort_keys=True, default=str))
+        give_usual_modes(tmp)  # model.safetensors is written 0600
         seal(tmp, state)
         final = publish(tmp, root, state.step)
         prune(root, keep)
@@ -157,22 +158,45 @@ def save(accelerator, root: Path, state: TrainerState, keep: int, spec: dict | N
 
 def spec_changes(path: Path, spec: dict, limit: int = 6) -> list[str]:
     """The fields of `spec` that differ from the spec checkpoint `path` was written under, as
-    `spec.training.batchSize 2 -> 1` (at most `limit`, then a count); [] when it kept none."""
+    `spec.datasets[0].resolution 128 -> 192` (at most `limit`, then a count); [] when it kept none."""
     try:
         before = json.loads((path / SPEC_FILE).read_text())
     except (OSError, ValueError):
         return []
-    old, new = _leaves(before, "spec."), _leaves(json.loads(json.dumps(spec, default=str)), "spec.")
-    changed = [f"{key} {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
-               for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+    changed = [change_line(*change)
+               for change in json_differences(before, json.loads(json.dumps(spec, default=str)), "spec")]
     return changed[:limit] + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
 
 
-def _leaves(value: Any, prefix: str) -> dict[str, Any]:
-    """Dotted paths to the values of nested dicts (lists kept whole, as one value)."""
-    if not isinstance(value, dict):
-        return {prefix.rstrip("."): value}
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        out.update(_leaves(item, f"{prefix}{key}."))
-    return out
+_UNSET = object()  # a field one of the two specs does not have
+_SHORT = 60  # characters: a longer list or mapping is shown by its size
+
+
+def json_differences(old: Any, new: Any, where: str) -> list[tuple[str, Any, Any]]:
+    """(path, before, after) for every value that differs between two JSON documents, deepest
+    first: mappings by key, lists of one length by index (`spec.datasets[0].resolution`). A list
+    that changed length is one difference: its indexes no longer pair items up."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for key in sorted(old.keys() | new.keys())
+                for change in json_differences(old.get(key, _UNSET), new.get(key, _UNSET), f"{where}.{key}")]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [change for i, (a, b) in enumerate(zip(old, new)) for change in json_differences(a, b, f"{where}[{i}]")]
+    return [] if old == new else [(where, old, new)]
+
+
+def change_line(where: str, old: Any, new: Any) -> str:
+    """`spec.training.batchSize 2 -> 1`: one of json_differences on one short line."""
+    return f"{where} {_shown(old)} -> {_shown(new)}"
+
+
+def _shown(value: Any) -> str:
+    """A value on one short line: a scalar's repr, a small list or mapping as JSON, else its size."""
+    if value is _UNSET:
+        return "(unset)"
+    if not isinstance(value, (dict, list)):
+        return repr(value)
+    text = json.dumps(value, sort_keys=True)
+    if len(text) <= _SHORT:
+        return text
+    unit = "item" if isinstance(value, list) else "field"
+    return f"{len(value)} {unit}{'' if len(value) == 1 else 's'}"

@@ -74,6 +74,15 @@ def model_card(job_document: dict[str, Any], images: list[Path], repo_id: str) -
     return "\n".join(lines)
 
 
+def write_card(model_dir: Path, job_document: dict[str, Any], images: list[Path], repo_id: str) -> None:
+    """The model card (README.md) and its validation images, into the exported folder. Each is
+    written beside and renamed into place, never into an existing file: some of an export's
+    files are hard links to the base model's."""
+    atomic_write_bytes(model_dir / "README.md", model_card(job_document, images, repo_id).encode("utf-8"))
+    for p in images:
+        atomic_write_bytes(model_dir / "validation" / p.name, p.read_bytes())
+
+
 def push_to_hub(model_dir: Path, job_document: dict[str, Any], images: list[Path], *,
                 retries: int | None = None, backoff_s: float | None = None,
                 sleep: Callable[[float], None] | None = None) -> str:
@@ -88,9 +97,7 @@ def push_to_hub(model_dir: Path, job_document: dict[str, Any], images: list[Path
     token = hub_token(hub)
     repo_id = hub["repoId"]
     title = traits(job_document["spec"]["model"]["family"]).title
-    atomic_write_bytes(model_dir / "README.md", model_card(job_document, images, repo_id).encode("utf-8"))
-    for p in images:
-        atomic_write_bytes(model_dir / "validation" / p.name, p.read_bytes())
+    write_card(model_dir, job_document, images, repo_id)
     api = HfApi(token=token)
     retries = PUSH_RETRIES if retries is None else retries
     step = ["creating the repo"]  # what the failed attempt was doing, for the message

@@ -54,9 +54,11 @@ class Runner:
     def env(self) -> dict[str, str]:
         return {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "MASTER_PORT": str(free_port())}
 
-    def run(self, *sets: str, stage: str = "all", timeout: int = 300, spec: Path = SMOKE) -> subprocess.CompletedProcess:
+    def run(self, *sets: str, stage: str = "all", timeout: int = 300, spec: Path = SMOKE,
+            umask: int = -1) -> subprocess.CompletedProcess:
+        """`umask`: the run's (-1: this process's)."""
         return subprocess.run(self.args(*sets, spec=spec, stage=stage), cwd=REPO, env=self.env(), capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, umask=umask)
 
     def cache_report(self) -> dict:
         return self.cache_report_at(self.cache)

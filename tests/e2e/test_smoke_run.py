@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -14,10 +15,22 @@ from tests.e2e.conftest import assert_clean
 pytestmark = pytest.mark.e2e
 
 
+def _unusual_modes(root: Path, umask: int) -> list[str]:
+    """What under `root` lacks the mode open() or mkdir() give under `umask`. A file with more
+    than one link is shared with the base model (an export's unchanged components): its mode is
+    the base's."""
+    return [f"{oct(p.lstat().st_mode & 0o777)} {p}" for p in [root, *root.rglob("*")]
+            if p.lstat().st_nlink == 1 or p.is_dir()
+            if p.lstat().st_mode & 0o777 != (0o777 if p.is_dir() else 0o666) & ~umask]
+
+
 def test_smoke_job_caches_trains_validates_and_exports(runner):
-    proc = runner.run()
+    # Under a group-sharing umask: every file the run writes is readable by the group (the
+    # trained weights were 0600, the sample photos' folder 0700).
+    proc = runner.run(umask=0o002)
     assert_clean(proc)
     out = proc.stdout
+    assert _unusual_modes(runner.out, 0o002) == [] and _unusual_modes(runner.cache, 0o002) == []
 
     # Cache: every manifest entry exists and loads, with the shapes the model needs.
     manifest = json.loads((runner.cache / "manifest.json").read_text())

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -279,6 +281,29 @@ def test_save_with_real_accelerator_and_restore(tmp_path: Path, fresh_accelerate
     assert differences(_everything(fresh, fresh_opt, fresh_sched), saved) == []
 
 
+_SAVE = """
+import sys
+from pathlib import Path
+import accelerate, torch
+from runner.train import checkpoint as ckpt
+accelerator = accelerate.Accelerator(cpu=True)
+model, opt = accelerator.prepare(torch.nn.Linear(4, 3), torch.optim.AdamW(torch.nn.Linear(4, 3).parameters()))
+ckpt.save(accelerator, Path(sys.argv[1]), ckpt.TrainerState(step=2), keep=1, spec={"training": {"batchSize": 1}})
+"""
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_every_checkpoint_file_gets_the_usual_mode_of_the_umask(tmp_path: Path, umask: int) -> None:
+    """model.safetensors was written 0600 (safetensors' save_file), every other file 0644."""
+    root = tmp_path / "checkpoints"
+    subprocess.run([sys.executable, "-c", _SAVE, str(root)], umask=umask, check=True, capture_output=True,
+                   cwd=Path(__file__).resolve().parents[2])
+    modes = {p.relative_to(root).as_posix(): p.stat().st_mode & 0o777 for p in sorted(root.rglob("*"))}
+    assert "step-2/model.safetensors" in modes and f"step-2/{STATE_FILE}" in modes
+    assert modes == {path: (0o777 if (root / path).is_dir() else 0o666) & ~umask for path in modes}
+    assert usable(root / "step-2") is None
+
+
 # ----------------------------------------------------------------------------- non-finite weights
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
@@ -343,8 +368,46 @@ def test_a_resume_under_another_spec_names_the_fields_that_changed(tmp_path: Pat
            "validation": {"prompts": ["a cat", "a dog"]}}
     assert ckpt.spec_changes(folder, now) == [
         "spec.training.batchSize 2 -> 1", "spec.training.seed (unset) -> 7",
-        "spec.validation.prompts ['a cat'] -> ['a cat', 'a dog']"]
+        'spec.validation.prompts ["a cat"] -> ["a cat", "a dog"]']
     assert ckpt.spec_changes(folder, before) == []
     assert ckpt.spec_changes(tmp_path, now) == []  # a checkpoint from before the spec was kept
     many = {"training": {f"k{i}": i for i in range(9)}}
     assert ckpt.spec_changes(folder, many, limit=3)[-1] == "and 10 more"  # 13 leaves differ, 3 shown
+
+
+def test_a_changed_field_inside_a_list_is_named_by_its_index(tmp_path: Path) -> None:
+    """`--set spec.datasets.0.resolution=192` printed both whole datasets lists as Python dicts,
+    their keys in different orders."""
+    dataset = {"name": "mine", "path": "/data/mine", "resolution": 128, "captionStrategy": "textfile", "crop": True,
+               "repeats": 1, "minimumImageSize": 64}
+    (tmp_path / ckpt.SPEC_FILE).write_text(json.dumps({"datasets": [dataset], "training": {"batchSize": 2}}))
+    now = {"training": {"batchSize": 2}, "datasets": [{**dict(reversed(dataset.items())), "resolution": 192}]}
+    assert ckpt.spec_changes(tmp_path, now) == ["spec.datasets[0].resolution 128 -> 192"]
+
+
+_DATASET = {"name": "a", "path": "/data/a", "resolution": 128, "crop": True, "repeats": 1,
+            "captionStrategy": "textfile"}
+
+
+@pytest.mark.parametrize("old, new, shown", [
+    ({"a": 1}, {"a": 1}, []),
+    ({"a": {"b": 1, "c": 2}}, {"a": {"c": 2, "b": 3}}, ["spec.a.b 1 -> 3"]),
+    ({"a": 1}, {}, ["spec.a 1 -> (unset)"]),
+    ({"a": "x"}, {"a": None}, ["spec.a 'x' -> None"]),
+    ({"a": 1.5}, {"a": 2.5e-05}, ["spec.a 1.5 -> 2.5e-05"]),
+    # lists of one length: by index, down to the field
+    ({"p": ["x", "y"]}, {"p": ["x", "z"]}, ["spec.p[1] 'y' -> 'z'"]),
+    ({"d": [_DATASET, _DATASET]}, {"d": [_DATASET, {**_DATASET, "crop": False, "repeats": 3}]},
+     ["spec.d[1].crop True -> False", "spec.d[1].repeats 1 -> 3"]),
+    ({"d": [[1, 2]]}, {"d": [[1, 5]]}, ["spec.d[0][1] 2 -> 5"]),
+    # a list that changed length: one line, small ones as JSON, long ones by their size
+    ({"p": ["a cat"]}, {"p": ["a cat", "a dog"]}, ['spec.p ["a cat"] -> ["a cat", "a dog"]']),
+    ({"d": [_DATASET]}, {"d": [_DATASET, _DATASET]}, ["spec.d 1 item -> 2 items"]),
+    ({"r": [[512, 512]]}, {"r": []}, ["spec.r [[512, 512]] -> []"]),
+    # a mapping that appeared: sorted JSON when short, its size when long
+    ({}, {"hub": {"push": True, "private": False}}, ['spec.hub (unset) -> {"private": false, "push": true}']),
+    ({"d": _DATASET}, {"d": None}, ["spec.d 6 fields -> None"]),
+    ({"d": {"x": "y" * 80}}, {}, ["spec.d 1 field -> (unset)"]),
+])
+def test_spec_differences_are_one_short_line_each(old, new, shown) -> None:
+    assert [ckpt.change_line(*change) for change in ckpt.json_differences(old, new, "spec")] == shown

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from runner.spec import schema as schema_mod
-from runner.spec.explain import ExplainError, explain, resolve
+from runner.spec.explain import ExplainError, explain, first_sentence, resolve
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,6 +79,50 @@ def test_every_schema_field_has_a_description():
     fields = list(schema_mod.iter_fields())
     assert len(fields) > 100
     assert [path for path, node in fields if not node.get("description")] == []
+
+
+@pytest.mark.parametrize("path", [path for path, _ in schema_mod.iter_fields()])
+def test_no_field_summary_stops_mid_thought(path):
+    """Eight summaries ended at "e.g." (`requests  Requested resources, e.g.`): the first dot
+    followed by a space was taken as the end of the sentence."""
+    description = dict(schema_mod.iter_fields())[path]["description"]
+    summary = first_sentence(description)
+    assert description.startswith(summary) and summary.strip()
+    assert not summary.lower().endswith(("e.g.", "i.e.", "vs.", "cf.", "(etc.", ",")), summary
+    assert summary.count("(") == summary.count(")") and summary.count("`") % 2 == 0, summary
+
+
+@pytest.mark.parametrize("text, summary", [
+    ("One. Two.", "One."),
+    ("Requested resources, e.g. `cpu: 8`. Applied to every pod.", "Requested resources, e.g. `cpu: 8`."),
+    ("Why, in CamelCase (e.g. OOMKilled, InvalidSpec). Machine-readable.",
+     "Why, in CamelCase (e.g. OOMKilled, InvalidSpec)."),
+    ("Only one kind, i.e. the builtin. More later.", "Only one kind, i.e. the builtin."),
+    ("Float32 vs. bfloat16 weights. Default float32.", "Float32 vs. bfloat16 weights."),
+    ("Images, captions, etc. and their crops. Then more.", "Images, captions, etc. and their crops."),
+    ("Images, captions, etc. (all of them). Then more.", "Images, captions, etc. (all of them)."),
+    ("Images, captions, etc. Then more.", "Images, captions, etc."),
+    ("Scale 1.5 by default. Then more.", "Scale 1.5 by default."),
+    ("Under spec.cacheDir. Then more.", "Under spec.cacheDir."),
+    ("Written to model_index.json in the folder. Then more.", "Written to model_index.json in the folder."),
+    ("Steps of the run. `0` disables it.", "Steps of the run."),
+    ("Wait ... then go. Done.", "Wait ... then go."),
+    ("No dot at all", "No dot at all"),
+    ("", ""),
+])
+def test_first_sentence(text, summary):
+    assert first_sentence(text) == summary
+
+
+@pytest.mark.parametrize("path, child, summary", [
+    ("spec.kubernetes.resources", "requests", "Requested resources, e.g. `cpu: 8`, `memory: 64Gi`."),
+    ("spec.validation", "resolutions", "Comma-separated WIDTHxHEIGHT list, e.g. `1024x1024,1280x768`."),
+    ("spec.output.hub", "repoId", "Target model repo id, e.g. `me/pixart-sigma-finetune`."),
+])
+def test_explain_shows_whole_summaries(cli, path, child, summary):
+    out = cli("explain", path).out
+    block = out[out.index(f"\n  {child}\t") + 1:].split("\n\n")[0]
+    assert " ".join(line.strip() for line in block.splitlines()[1:]).startswith(summary), block
 
 
 def test_every_schema_field_is_explainable():

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,83 @@ def test_export_into_fresh_parent_and_unchanged_components_shared(tmp_path: Path
     assert set(out_files) - set(unchanged) == {"transformer/config.json",
                                                "transformer/diffusion_pytorch_model.safetensors"}
     assert sorted(p.name for p in dest.parent.iterdir()) == ["model"]
+
+
+_EXPORT = """
+import sys
+from pathlib import Path
+from runner.models.pipeline import export_pipeline
+from runner.models.pixart_sigma import FAMILY
+base = Path(sys.argv[1])
+export_pipeline(base, FAMILY.load_transformer(base, bit_fit=False, gradient_checkpointing=False), Path(sys.argv[2]))
+"""
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_mode & 0o777 for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_exported_weights_get_the_usual_modes_and_the_base_keeps_its_own(tmp_path: Path, base_dir: Path,
+                                                                          umask: int) -> None:
+    """safetensors wrote the transformer's weights 0600: a serving container or another uid
+    on a shared volume could not read the fine-tuned model. The export's folders follow the
+    umask too (they copied the base's); the files shared with the base (hard links) keep the
+    base's modes: changing them would change the base's."""
+    base_modes = _modes(base_dir)
+    dest = tmp_path / "out" / "model"
+    subprocess.run([sys.executable, "-c", _EXPORT, str(base_dir), str(dest)], umask=umask, check=True,
+                   cwd=Path(__file__).resolve().parents[2], capture_output=True)
+    modes = _modes(dest)
+    linked = {k for k in modes if k.endswith(".safetensors") and not k.startswith("transformer/")}
+    assert linked and all((dest / k).samefile(base_dir / k) for k in linked)
+    assert {k: v for k, v in modes.items() if k in linked} == {k: base_modes[k] for k in linked}
+    assert {k: v for k, v in modes.items() if k not in linked} == \
+        {k: 0o777 & ~umask if (dest / k).is_dir() else 0o666 & ~umask for k in modes if k not in linked}
+    assert "transformer/diffusion_pytorch_model.safetensors" in modes and "vae" in modes
+    assert dest.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert _modes(base_dir) == base_modes
+
+
+def _inodes_bytes_modes(root: Path) -> dict[str, tuple]:
+    return {p.relative_to(root).as_posix(): (p.stat().st_ino, p.read_bytes(), p.stat().st_mode)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_an_export_shares_the_base_weights_and_nothing_writes_through_them(tmp_path: Path, base_dir: Path) -> None:
+    """The unchanged weights are hard links to the base model's files (README.md says so): a
+    write into one in place would change the base and every other export. The configs and
+    tokenizer files are copies: `save_pretrained` into the export writes them in place, and
+    changed the base's scheduler config when they were links too. What the runner writes into
+    an export afterwards (the Hub model card, a re-export, an export of a model trained from
+    this export) replaces links and never writes through them."""
+    import shutil
+
+    from diffusers import PixArtSigmaPipeline
+
+    from runner.train.publish import write_card
+
+    base = tmp_path / "base"
+    shutil.copytree(base_dir, base)
+    (base / "README.md").write_text("the base model's card\n")  # a local base folder may have one
+    before = _inodes_bytes_modes(base)
+
+    dest = tmp_path / "out" / "model"
+    export_pipeline(base, _modified_transformer(base, seed=4), dest)
+    shared = {k for k in _inodes_bytes_modes(dest) if (dest / k).samefile(base / k)}
+    assert shared == {"vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"}
+    assert all((dest / k).stat().st_nlink >= 2 for k in shared)
+
+    pipe = PixArtSigmaPipeline.from_pretrained(dest)
+    pipe.scheduler.register_to_config(num_train_timesteps=999)
+    pipe.save_pretrained(dest)  # a user's edit of the export
+    assert json.loads((dest / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"] == 999
+
+    image = tmp_path / "p0-128x128.png"
+    image.write_bytes(b"png")
+    job = {"spec": {"model": {"pretrained": str(base), "family": "pixart_sigma"}}}
+    write_card(dest, job, [image], "me/pixart-ft")
+    assert (dest / "README.md").read_text().startswith("---")
+    export_pipeline(base, _modified_transformer(base, seed=5), dest)  # a re-export over it
+    export_pipeline(dest, _modified_transformer(dest, seed=6), dest)  # trained again from the export
+    assert _inodes_bytes_modes(base) == before

@@ -165,3 +165,58 @@ def test_a_build_marker_is_complete_only_with_its_version_and_files(tmp_path):
     (tmp_path / ".done.json").write_text("[1, 2]")  # not a marker we wrote
     assert not marker.is_complete(tmp_path)
 
+
+
+# ----------------------------------------------------------------------------- file modes
+
+@pytest.mark.parametrize("is_dir, executable, umask, mode", [
+    (False, False, 0o022, 0o644),
+    (False, False, 0o002, 0o664),
+    (False, False, 0o077, 0o600),
+    (True, False, 0o022, 0o755),
+    (True, False, 0o002, 0o775),
+    (False, True, 0o022, 0o755),  # a script keeps its executable bits
+    (False, False, 0o000, 0o666),
+])
+def test_usual_mode_is_what_open_or_mkdir_would_give(is_dir, executable, umask, mode):
+    assert atomic.usual_mode(is_dir, executable, umask) == mode
+
+
+# A build the way the tiny models and the sample photos are built: safetensors' save_file
+# writes 0600, mkdtemp makes the folder 0700. Prints each path's mode.
+_BUILD_UNDER_UMASK = """
+import json, os, sys
+from pathlib import Path
+from runner.files import build_dir_once, process_umask
+
+def build(tmp):
+    (tmp / "sub").mkdir()
+    fd = os.open(tmp / "sub" / "weights.safetensors", os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    (tmp / "done").write_text("1")
+    (tmp / "link").symlink_to(sys.argv[2])  # a file outside the build, not the build's to change
+    os.link(sys.argv[2], tmp / "hardlink")  # the same file under another name (an export's base weights)
+
+dest = build_dir_once(Path(sys.argv[1]), build, lambda d: (d / "done").is_file())
+modes = {p.relative_to(dest).as_posix() or ".": oct(p.lstat().st_mode & 0o777) for p in [dest, *dest.rglob("*")]}
+print(json.dumps({"umask": oct(process_umask()), "modes": modes}))
+"""
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_a_built_folder_gets_the_usual_modes_of_the_umask(tmp_path, umask):
+    """It was 0700 with a 0600 file in it: unreadable by a serving container of another uid,
+    or through a pod's fsGroup."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("someone else's")
+    outside.chmod(0o600)
+    proc = subprocess.run([sys.executable, "-c", _BUILD_UNDER_UMASK, str(tmp_path / "built"), str(outside)],
+                          umask=umask, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+                          check=True)
+    report = json.loads(proc.stdout)
+    assert report["umask"] == oct(umask)
+    folder, file = oct(0o777 & ~umask), oct(0o666 & ~umask)
+    assert report["modes"].pop("link") == oct(0o777)  # a symlink's own mode, untouched
+    assert report["modes"].pop("hardlink") == oct(0o600)
+    assert report["modes"] == {".": folder, "sub": folder, "sub/weights.safetensors": file, "done": file}
+    assert outside.stat().st_mode & 0o777 == 0o600  # neither the symlink nor the hard link changed it

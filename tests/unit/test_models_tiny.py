@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from runner.files import process_umask
 from runner.models import tiny
 from runner.models.tiny import is_builtin, make_tokenizers, resolve_builtin, tokenizers
 from runner.models.tiny.build import MARKER, build_once
@@ -56,11 +56,10 @@ def test_build_layout_and_size(pixart_dir: Path) -> None:
     # no temp dirs left next to dest
     assert [p.name for p in pixart_dir.parent.iterdir()] == ["pixart"]
     # normal permissions, not mkdtemp's 0700 (the cache may be shared across uids)
-    umask = os.umask(0)
-    os.umask(umask)
-    assert pixart_dir.stat().st_mode & 0o777 == 0o755 & ~umask
+    umask = process_umask()
+    assert pixart_dir.stat().st_mode & 0o777 == 0o777 & ~umask
     weights = pixart_dir / "transformer" / "diffusion_pytorch_model.safetensors"
-    assert weights.stat().st_mode & 0o777 == 0o644 & ~umask
+    assert weights.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_components_load_like_the_trainer(pixart_dir: Path) -> None:

@@ -5,7 +5,6 @@ holds the MARKER file, written last (runner.files.build_dir_once)."""
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -27,23 +26,9 @@ def build_once(dest: Path, *, kind: str, seed: int, required: str, build: Callab
     discard their temp folder and return the winner's ``dest``."""
     def fill(tmp: Path) -> None:
         build(tmp)
-        _make_readable(tmp)
         BUILT.write(tmp, files=[required], builder=kind, seed=seed)
 
     return build_dir_once(Path(dest), fill, BUILT.is_complete)
-
-
-def _make_readable(root: Path) -> None:
-    """Give the build normal permissions (mkdtemp makes 0700; some writers 0600): the cache
-    folder may be shared by containers running as other uids."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(root, 0o755 & ~umask)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            os.chmod(os.path.join(dirpath, d), 0o755 & ~umask)
-        for f in filenames:
-            os.chmod(os.path.join(dirpath, f), 0o644 & ~umask)
 
 
 @contextlib.contextmanager
