@@ -14,6 +14,8 @@ GPU, each running `python -m runner run <effective spec> --stage <stage>`.
   rank (`[rank1]: ...`); the files go to `<output.dir>/logs/torchrun/`, so they outlive a pod.
 - SIGTERM to this process is forwarded to every worker by torchrun's agent, which then waits
   `SHUTDOWN_TIMEOUT_S` for them to checkpoint before it kills them.
+- A worker group is restarted after a crash (in a pod), never after a worker's exit 2: bad
+  input fails the same way every time (runner/launch/agent.py).
 
 The builders here are pure (argv, topology, exit codes); only `launch` touches torch.
 """
@@ -24,14 +26,15 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
-from runner.exitcodes import EXIT_INVALID, EXIT_OK, EXIT_STOPPED, killed_by
+from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STOPPED, killed_by
 
 # A pod's agent restarts its worker group this often (a worker crash, or a peer pod replaced
 # after eviction: the survivors re-rendezvous and resume from the checkpoint) before the pod
-# fails and the Job's own retries take over. Locally a restart would only repeat the failure,
-# and it would undo a stop: workers that exit 143 after a SIGTERM checkpoint must stay down.
+# fails and the Job's own retries take over; never after bad input (see `restart_helps`).
+# Locally a restart would only repeat the failure, and it would undo a stop: workers that
+# exit 143 after a SIGTERM checkpoint must stay down.
 POD_MAX_RESTARTS = 3
 LOCAL_MAX_RESTARTS = 0
 # Time a worker gets after SIGTERM to write its checkpoint. The pods' terminationGracePeriod
@@ -107,11 +110,31 @@ def torchrun_argv(topo: Topology, worker_args: list[str], *, run_id: str, log_di
 
 def exit_code(exitcodes: list[int]) -> int:
     """One exit code for the failed workers, in the CLI's terms: a signal becomes 128+N; a
-    SIGTERM stop (143) wins over the SIGTERMs torchrun then sends to the slower workers."""
+    SIGTERM stop (143) wins over the SIGTERMs torchrun then sends to the slower workers. Bad
+    input (2) wins over everything: the others' failures follow from it (a peer gone mid
+    collective exits 1, one the agent stops exits by its signal), and 2 is the code that tells
+    the Job a retry cannot help."""
     codes = [killed_by(-c) if c < 0 else c for c in exitcodes if c != 0]
     if not codes:
         return EXIT_OK
+    if EXIT_INVALID in codes:
+        return EXIT_INVALID
     return EXIT_STOPPED if all(c == EXIT_STOPPED for c in codes) else next(c for c in codes if c != EXIT_STOPPED)
+
+
+def restart_helps(exitcodes: Iterable[int]) -> bool:
+    """Whether restarting a failed worker group can end otherwise (pure): not when a worker
+    exited 2, bad input, which every restarted worker would meet again."""
+    return EXIT_INVALID not in set(exitcodes)
+
+
+def bad_input_message(job_name: str, stage: str, ranks: Iterable[int], max_restarts: int) -> str:
+    """What the launcher says when workers exited 2 (pure); their own errors are above it."""
+    ranks = sorted(ranks)
+    which = f"rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}"
+    not_again = (f"; the workers were not restarted, since a restart would meet the same error (the "
+                 f"{max_restarts} restarts are for crashes)" if max_restarts else "")
+    return f"[{job_name}] {stage} stage: bad input, see the error of {which} above (exit {EXIT_INVALID}){not_again}"
 
 
 def cache_shard(env: Mapping[str, str], nodes: int) -> tuple[int, int]:
@@ -140,8 +163,11 @@ def launch(spec_file: Path, *, job_name: str, hardware: Mapping[str, Any], stage
     """Run this node's workers for `stage` through torchrun; returns the CLI exit code."""
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousClosedError
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, parse_args
+
+    from runner.launch.agent import restarts_only_after_crashes
 
     env = dict(os.environ)
     try:
@@ -167,10 +193,22 @@ def launch(spec_file: Path, *, job_name: str, hardware: Mapping[str, Any], stage
     config, entrypoint, args = config_from_args(parse_args(argv))
     config.log_line_prefix_template = LOG_PREFIX
     try:
-        elastic_launch(config, entrypoint)(*args)
+        with restarts_only_after_crashes():
+            elastic_launch(config, entrypoint)(*args)
     except ChildFailedError as e:
-        return exit_code([f.exitcode for f in e.failures.values()])
+        code = exit_code([f.exitcode for f in e.failures.values()])
+        if code == EXIT_INVALID:
+            print(bad_input_message(job_name, stage, [r for r, f in e.failures.items() if f.exitcode == EXIT_INVALID],
+                                    config.max_restarts), file=sys.stderr, flush=True)
+        return code
     except SignalException as e:
         # torchrun has already passed the signal on and waited for the workers to checkpoint.
         return killed_by(e.sigval)
+    except RendezvousClosedError:
+        # An agent that gives up closes the run's rendezvous; the others meet the closed one when
+        # they restart after their workers lost that node's. Not our bug, and nothing to retry here.
+        print(f"error: [{job_name}] {stage} stage: another node ended this run and closed its rendezvous "
+              f"({config.rdzv_endpoint}, run id {config.run_id}); its log says why (exit {EXIT_INVALID} there: "
+              "bad input). This node stops too", file=sys.stderr, flush=True)
+        return EXIT_INTERNAL
     return EXIT_OK

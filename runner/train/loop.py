@@ -26,6 +26,18 @@ class ResumeError(Exception):
     """An explicitly named checkpoint that cannot be used."""
 
 
+LOG_EVERY = 10  # steps between two logged losses (each costs a reduce over ranks and a host sync)
+
+
+def is_logged_step(step: int, total_steps: int, stopping: bool) -> bool:
+    """Whether the loss of optimizer step `step` is reduced over ranks, logged and shown (pure):
+    every LOG_EVERY steps, the first and the last, and the step a stop ends on. Without that
+    last one, a run stopped at step 13 ended on a progress line that read "13/20" beside step
+    10's loss. `stopping` comes from Guard.stop_after, the same on every rank, so every rank
+    takes part in the reduce."""
+    return step % LOG_EVERY == 0 or step in (1, total_steps) or stopping
+
+
 @dataclass
 class TrainResult:
     final_step: int
@@ -230,7 +242,7 @@ def run_train(ctx: RunContext) -> TrainResult:
     accum = training["gradientAccumulationSteps"]
     params = [p for p in transformer.parameters() if p.requires_grad]
     batches = data.stream(state.epoch, state.batch_in_epoch)
-    # every_s=0: one plain log line per logged step (every 10), not throttled like the cache bars.
+    # every_s=0: one plain log line per logged step (is_logged_step), not throttled like the cache bars.
     bar = Progress(plan.total_steps, "train", "step", enabled=accelerator.is_main_process, every_s=0,
                    initial=state.step)
     last_loss, logged_step, tick = math.nan, state.step, time.time()
@@ -266,7 +278,7 @@ def run_train(ctx: RunContext) -> TrainResult:
         state.samples_seen += global_batch * accum
         stopping = guard.stop_after(state.step, loss_sum, stop.requested)  # the same answer on every rank
         ctx.metrics.step_done(state.step, state.epoch, time.time() - t_step)
-        if state.step % 10 == 0 or state.step == plan.total_steps or state.step == 1:
+        if is_logged_step(state.step, plan.total_steps, stopping):
             last_loss = accelerator.reduce(loss_sum, reduction="mean").item()
             rate = global_batch * accum * (state.step - logged_step) / max(time.time() - tick - paused, 1e-9)
             accelerator.log({"train/loss": last_loss, "train/lr": lr_scheduler.get_last_lr()[0],

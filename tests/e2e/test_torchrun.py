@@ -1,14 +1,21 @@
 """torchrun on the CPU: several workers on one node, and two nodes standing in for two pods."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import REPO, assert_clean, free_port
+from tests.e2e.train_state import quiet_env, runner_with_cache, shared_cache
 
 pytestmark = pytest.mark.e2e
 
@@ -73,3 +80,134 @@ def test_two_nodes_of_one_process_each_as_two_pods(runner):
     state = json.loads((runner.out / "checkpoints" / "step-2" / "trainer_state.json").read_text())
     assert state["state"]["samples_seen"] == 2 * 2  # 2 steps x batch 1 x 2 nodes
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(state["files"])  # one per global rank
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, tiny_model):
+    return shared_cache(tmp_path_factory, tiny_model)
+
+
+def attempts(out, stage: str = "train") -> list[str]:
+    """torchrun's log folders, one per start of the worker group: attempt_0, then one per restart."""
+    return sorted(p.name for p in (out / "logs" / "torchrun" / stage).glob("*/attempt_*"))
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every process under it, through /proc: torchrun starts each worker in a
+    session of its own, so no process group holds them all."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    tree = [root]
+    for pid in tree:  # grows while it is walked: children, then theirs
+        tree += [child for child, parent in parents.items() if parent == pid]
+    return tree
+
+
+def run_pods(commands: list[tuple[list[str], dict[str, str]]], timeout: float) -> list[subprocess.CompletedProcess]:
+    """Each (argv, env) as a pod's `trainingjob run`, all at once. On a timeout every process
+    under them is killed: a launcher killed alone leaves its workers behind, blocked in a
+    collective by a dead peer (they catch SIGTERM to checkpoint)."""
+    procs = [subprocess.Popen(argv, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for argv, env in commands]
+    deadline = time.monotonic() + timeout
+    try:
+        outputs = [p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for pid in [pid for p in procs for pid in process_tree(p.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        said = "\n".join(f"--- pod {i}:\n{p.communicate()[0][-2000:]}" for i, p in enumerate(procs))
+        pytest.fail(f"still running after {timeout:.0f} s:\n{said}")
+    return [subprocess.CompletedProcess(p.args, p.returncode, out, "") for p, out in zip(procs, outputs)]
+
+
+# A worker that records its start (torchrun's restart count) and then ends as told.
+WORKER = """
+import os, signal, sys
+with open(sys.argv[1], "a") as f:
+    f.write(os.environ["TORCHELASTIC_RESTART_COUNT"] + "\\n")
+if sys.argv[2] == "SIGKILL":
+    os.kill(os.getpid(), signal.SIGKILL)
+sys.exit(int(sys.argv[2]))
+"""
+# torchrun's own launcher API, as runner.launch.torchrun.launch calls it, on that worker.
+AGENT = """
+import sys
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import elastic_launch
+from torch.distributed.run import config_from_args, parse_args
+from runner.launch.agent import restarts_only_after_crashes
+config, entrypoint, args = config_from_args(parse_args(sys.argv[1:]))
+try:
+    with restarts_only_after_crashes():
+        elastic_launch(config, entrypoint)(*args)
+except ChildFailedError as e:
+    print("exit codes", sorted(f.exitcode for f in e.failures.values()))
+"""
+
+
+@pytest.mark.parametrize("ends, starts, code", [
+    ("2", 1, 2),             # bad input: no restart would end otherwise
+    ("1", 4, 1),             # a crash: the 3 restarts, as torchrun gives them
+    ("SIGKILL", 4, -9),      # killed (the OOM killer): the same
+])
+def test_the_agent_restarts_after_crashes_only(tmp_path, ends, starts, code):
+    """The agent of runner/launch/agent.py under torch's own launcher, with --max-restarts=3 as
+    in a pod, on a one-process worker group (with two, which one the agent stops first varies)."""
+    (tmp_path / "worker.py").write_text(WORKER)
+    log = tmp_path / "starts.txt"
+    argv = ["--nproc-per-node=1", "--max-restarts=3", "--monitor-interval=0.1", "--rdzv-backend=c10d",
+            "--rdzv-endpoint=localhost:0", f"--rdzv-id={uuid.uuid4().hex}", str(tmp_path / "worker.py"), str(log), ends]
+    proc = subprocess.run([sys.executable, "-c", AGENT, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"exit codes [{code}]" in proc.stdout, proc.stderr[-3000:]
+    assert log.read_text().split() == [str(n) for n in range(starts)]  # torchrun's restart count at each start
+
+
+def test_bad_input_in_a_pod_ends_it_with_exit_2_and_no_restarts(tmp_path, tiny_model, cache):
+    """A worker that exits 2 (here: a resume folder that holds no checkpoint, which every worker
+    finds after the launch) fails the same way however often torchrun restarts it. In a pod
+    (JOB_COMPLETION_INDEX set: up to 3 restarts) the group is started once and the pod exits 2,
+    the code the Job's podFailurePolicy fails the Job on. Before, the group was started 4 times
+    (110 s here, or a hang) and the pod exited 1: a survivor stopped by the agent had exited 1,
+    which the Job retries as a crash."""
+    runner = runner_with_cache(tmp_path, tiny_model, cache)
+    empty = tmp_path / "not-a-checkpoint"
+    empty.mkdir()
+    argv = runner.args(*SMALL, "spec.hardware.gpusPerNode=2", f"spec.training.resume={empty}", stage="train")
+    [proc] = run_pods([(argv, quiet_env(runner, JOB_COMPLETION_INDEX="0"))], timeout=180)
+    assert_clean(proc, code=2)
+    assert "--max-restarts=3" in proc.stdout  # a pod's launch: restarts are on, for crashes
+    assert f"cannot resume from {empty}: no trainer_state.json" in proc.stdout
+    assert attempts(runner.out) == ["attempt_0"], proc.stdout[-3000:]
+    assert "train stage: bad input, see the error of rank" in proc.stdout
+    assert "the workers were not restarted" in proc.stdout
+
+
+def test_bad_input_on_one_of_two_nodes_ends_both(tmp_path, tiny_model, cache):
+    """Two 'pods' of a 2-node train Job; only node 1's worker finds bad input (its own resume
+    folder, which holds no checkpoint: a stand-in for a fault only one rank meets). Node 1 exits
+    2 at once, without restarts. Node 0's worker loses its peer (exit 1); node 0's agent restarts
+    it and finds the rendezvous closed: it exits 1 saying another node ended the run, not that
+    trainingjob has a bug. On a cluster the Job has failed on node 1's exit 2 by then
+    (podFailurePolicy FailJob), and the operator reports that pod's exit."""
+    runner = runner_with_cache(tmp_path, tiny_model, cache)
+    empty = tmp_path / "not-a-checkpoint"
+    empty.mkdir()
+    port, run_id = free_port(), uuid.uuid4().hex
+    per_node = [(f"spec.output.dir={tmp_path / 'out-0'}",),
+                (f"spec.output.dir={tmp_path / 'out-1'}", f"spec.training.resume={empty}")]
+    node0, node1 = run_pods([
+        (runner.args("spec.hardware.nodes=2", *SMALL, "spec.training.maxSteps=50", *sets, stage="train"),
+         quiet_env(runner, JOB_COMPLETION_INDEX=str(index), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   POD_IP="127.0.0.1", TRAININGJOB_RUN_ID=run_id))
+        for index, sets in enumerate(per_node)], timeout=180)
+
+    assert_clean(node1, code=2)
+    assert f"cannot resume from {empty}" in node1.stdout and "the workers were not restarted" in node1.stdout
+    assert attempts(tmp_path / "out-1") == ["attempt_0"]
+    assert_clean(node0, code=1)
+    assert "another node ended this run and closed its rendezvous" in node0.stdout, node0.stdout[-3000:]
+    assert "bug in trainingjob" not in node0.stdout.split("another node ended")[1]

@@ -6,7 +6,15 @@ import pytest
 
 from runner.launch import torchrun
 from runner.launch.nodes import node_shards_done
-from runner.launch.torchrun import Topology, cache_shard, exit_code, topology, torchrun_argv
+from runner.launch.torchrun import (
+    Topology,
+    bad_input_message,
+    cache_shard,
+    exit_code,
+    restart_helps,
+    topology,
+    torchrun_argv,
+)
 
 
 def hw(gpus: int = 1, nodes: int = 1) -> dict:
@@ -101,9 +109,30 @@ def test_the_installed_torchrun_is_asked_whether_it_has_shutdown_timeout():
     ([-9], 137),               # killed (OOM killer) -> 128 + 9
     ([143, 1], 1),             # a real failure wins over the stop it caused
     ([-15, 2], 2),
+    ([1, 2], 2),               # bad input wins: the peer's exit 1 (its collective lost a rank) follows from it
+    ([-9, 2, 143], 2),         # ... and so do the agent's SIGTERM/SIGKILL to the slower workers
 ])
 def test_exit_code(codes, expected):
     assert exit_code(codes) == expected
+
+
+@pytest.mark.parametrize("codes, helps", [
+    ([1], True),               # a crash: CUDA error, an exception of ours
+    ([-9], True),              # the OOM killer
+    ([1, -15], True),          # a peer pod evicted: the survivors' collectives fail
+    ([2], False),              # bad input: every restart meets it again
+    ([2, 1], False),
+    ([-15, 2], False),
+])
+def test_a_restart_is_spent_on_crashes_only(codes, helps):
+    assert restart_helps(codes) is helps
+
+
+def test_the_bad_input_message_names_the_ranks_and_why_nothing_restarted():
+    msg = bad_input_message("tj", "train", [1, 0], max_restarts=3)
+    assert msg.startswith("[tj] train stage: bad input, see the error of ranks 0, 1 above (exit 2)")
+    assert "not restarted" in msg
+    assert "restart" not in bad_input_message("tj", "cache", [0], max_restarts=0)  # locally there are none
 
 
 @pytest.mark.parametrize("env, nodes, expected", [
