@@ -14,7 +14,7 @@ from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STOPPED,
 from runner.launch.lock import OutputBusy, hold_output_dir, lock_wait_s, takes_lock
 from runner.spec.localpaths import directory_problems  # validate reports the same
 from runner.spec.node import TrainingJob
-from runner.spec.plan import cache_fingerprint, job_paths
+from runner.spec.plan import cache_fingerprint, job_paths, manifest_path
 
 
 
@@ -123,7 +123,7 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
             return EXIT_INVALID
         if stage == "train":  # refused before any report or history is written (--stage all caches first)
-            load_manifest(job_paths(spec).manifest, cache_fingerprint(spec))
+            load_manifest(manifest_path(spec), cache_fingerprint(spec))
         if stage in ("train", "all") and (done := finished_step(spec, job.name)) is not None:
             print(f"[{job.name}] {finished_message(job_paths(spec), done)}", flush=True)
             return EXIT_OK  # writes nothing, so needs no lock
@@ -194,7 +194,8 @@ def _metrics(job: TrainingJob, is_main: bool, shard=None):
     if not is_main:
         worker = shard is not None and not shard.is_whole
         return Metrics(job.name, cache_shard_file=shards / f"rank-{shard.index}.json" if worker else None)
-    reporter = Reporter(job.name, job.document.to_dict(), paths.output_dir, paths.manifest)
+    # This spec's own cache manifest: a report never shows another job's cache from the shared dir.
+    reporter = Reporter(job.name, job.document.to_dict(), paths.output_dir, manifest_path(job.spec.to_dict()))
     metrics = Metrics(job.name, job.spec.metrics.port, run_log=reporter.history, on_validation=reporter.write,
                       on_close=reporter.write, cache_shard_dir=shards)
     if metrics.not_served:

@@ -35,7 +35,8 @@ def planned_total_steps(spec: Mapping[str, Any]) -> int | None:
     paths = job_paths(spec)
     world = spec["hardware"]["gpusPerNode"] * spec["hardware"]["nodes"]
     try:
-        data = training_data(spec, load_manifest(paths.manifest, cache_fingerprint(spec)), rank=0, world_size=world)
+        fingerprint = cache_fingerprint(spec)
+        data = training_data(spec, load_manifest(paths.manifest(fingerprint), fingerprint), rank=0, world_size=world)
         return step_plan(spec, data.batches_per_epoch).total_steps
     except (CacheMismatch, ValueError, OSError):  # the stages that follow report these properly
         return None
