@@ -122,11 +122,12 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
         if problems := directory_problems(spec, stage):
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
             return EXIT_INVALID
+        # A finished job needs no cache, not even one for a spec changed since (completion.py).
+        if stage in ("train", "all") and (done := finished_step(spec, job.name)) is not None:
+            print(f"[{job.name}] {finished_message(job_paths(spec), done, spec)}", flush=True)
+            return EXIT_OK  # writes nothing, so needs no lock
         if stage == "train":  # refused before any report or history is written (--stage all caches first)
             load_manifest(manifest_path(spec), cache_fingerprint(spec))
-        if stage in ("train", "all") and (done := finished_step(spec, job.name)) is not None:
-            print(f"[{job.name}] {finished_message(job_paths(spec), done)}", flush=True)
-            return EXIT_OK  # writes nothing, so needs no lock
         if takes_lock(os.environ, in_worker()):  # one run per output folder (runner/launch/lock.py)
             lock = hold_output_dir(Path(spec["output"]["dir"]), job.name, stage, wait_s=lock_wait_s(os.environ))
         if spec["output"]["hub"].get("push"):
@@ -290,7 +291,8 @@ def run_train_stage(job: TrainingJob) -> int:
                 url = push_to_hub(result.model_dir, job.document.to_dict(), latest_images(ctx.paths.validation))
             ctx.log(f"pushed to the Hub: {url}")
         if ctx.is_main:
-            record_finished(ctx.paths, result.final_step, job.name)  # last: a rerun now has nothing to do
+            # last: a rerun now has nothing to do
+            record_finished(ctx.paths, result.final_step, job.name, cache_fingerprint(ctx.spec_dict))
         loss = f", final loss {result.last_loss:.4f}" if math.isfinite(result.last_loss) else ""
         ctx.log(f"done in {time.time() - t0:.1f}s: {result.final_step} steps{loss}")
         ctx.log(f"  model:       {result.model_dir}")

@@ -169,7 +169,11 @@ def spec_changes(path: Path, spec: dict, limit: int = 6) -> list[str]:
 
 
 def _leaves(value: Any, prefix: str) -> dict[str, Any]:
-    """Dotted paths to the values of nested dicts (lists kept whole, as one value)."""
+    """Dotted paths to the values of nested dicts. Lists are kept whole, as one value (a prompt
+    list), except lists of dicts, indexed like --set (`spec.datasets.0.resolution`): one changed
+    dataset field, not the whole list twice."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        value = {str(i): v for i, v in enumerate(value)}
     if not isinstance(value, dict):
         return {prefix.rstrip("."): value}
     out: dict[str, Any] = {}
