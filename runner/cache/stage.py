@@ -324,7 +324,8 @@ def report_truncated(ctx: RunContext, plans, tokens: dict[str, int], report: Cac
             for rel, how in long[:10]:
                 ctx.log(f"  {rel}: {how}")
             if len(long) > 10:
-                ctx.log(f"  ... and {len(long) - 10} more (listed under 'truncated' in {ctx.paths.vae_dir(ds) / 'manifest.json'})")
+                where = ctx.paths.dataset_manifest(cache_fingerprint(ctx.spec_dict), ds)
+                ctx.log(f"  ... and {len(long) - 10} more (listed under 'truncated' in {where})")
             report.truncated += [(ds["name"], rel, how) for rel, how in long]
             out[ds["name"]] = [list(t) for t in long]
     return out
@@ -380,9 +381,10 @@ def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheRepor
     flush_to_disk()  # the entries reach the disk before a manifest names them
     truncated = report_truncated(ctx, plans, tokens, report)
 
+    fingerprint = cache_fingerprint(spec)
     datasets = []
     for ds, plan in plans:
-        manifest_path = ctx.paths.vae_dir(ds) / "manifest.json"
+        manifest_path = ctx.paths.dataset_manifest(fingerprint, ds)
         items = [{
             "rel": item.info.rel,
             "path": str(Path(item.info.path).resolve()),
@@ -399,9 +401,9 @@ def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheRepor
                                           "truncated": truncated.get(ds["name"], [])})
         datasets.append({"name": ds["name"], "manifest": str(manifest_path), "vae_dir": str(ctx.paths.vae_dir(ds)),
                          "items": len(items)})
-    atomic_write_json(ctx.paths.manifest, {
+    atomic_write_json(ctx.paths.manifest(fingerprint), {
         "format": MANIFEST_FORMAT,
-        "cache_fingerprint": cache_fingerprint(spec),
+        "cache_fingerprint": fingerprint,
         "model_dir": str(Path(model_dir).resolve()),
         "text_dir": str(ctx.paths.text_dir),
         "text_identity": dataclasses.asdict(text_id),
@@ -411,5 +413,5 @@ def run_cache(ctx: RunContext, shard: Shard = Shard(), plans=None) -> CacheRepor
         "report": dataclasses.asdict(report),
     })
     ctx.log(f"cache ready: {report.summary()}")
-    ctx.log(f"cache manifest: {ctx.paths.manifest}")
+    ctx.log(f"cache manifest: {ctx.paths.manifest(fingerprint)}")
     return report

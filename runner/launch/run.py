@@ -14,7 +14,7 @@ from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STOPPED,
 from runner.launch.lock import OutputBusy, hold_output_dir, lock_wait_s, takes_lock
 from runner.spec.localpaths import directory_problems  # validate reports the same
 from runner.spec.node import TrainingJob
-from runner.spec.plan import cache_fingerprint, job_paths
+from runner.spec.plan import cache_fingerprint, job_paths, manifest_path
 
 
 
@@ -122,11 +122,12 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
         if problems := directory_problems(spec, stage):
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
             return EXIT_INVALID
-        if stage == "train":  # refused before any report or history is written (--stage all caches first)
-            load_manifest(job_paths(spec).manifest, cache_fingerprint(spec))
+        # A finished job needs no cache, not even one for a spec changed since (completion.py).
         if stage in ("train", "all") and (done := finished_step(spec, job.name)) is not None:
-            print(f"[{job.name}] {finished_message(job_paths(spec), done)}", flush=True)
+            print(f"[{job.name}] {finished_message(job_paths(spec), done, spec)}", flush=True)
             return EXIT_OK  # writes nothing, so needs no lock
+        if stage == "train":  # refused before any report or history is written (--stage all caches first)
+            load_manifest(manifest_path(spec), cache_fingerprint(spec))
         if takes_lock(os.environ, in_worker()):  # one run per output folder (runner/launch/lock.py)
             lock = hold_output_dir(Path(spec["output"]["dir"]), job.name, stage, wait_s=lock_wait_s(os.environ))
         if spec["output"]["hub"].get("push"):
@@ -194,7 +195,8 @@ def _metrics(job: TrainingJob, is_main: bool, shard=None):
     if not is_main:
         worker = shard is not None and not shard.is_whole
         return Metrics(job.name, cache_shard_file=shards / f"rank-{shard.index}.json" if worker else None)
-    reporter = Reporter(job.name, job.document.to_dict(), paths.output_dir, paths.manifest)
+    # This spec's own cache manifest: a report never shows another job's cache from the shared dir.
+    reporter = Reporter(job.name, job.document.to_dict(), paths.output_dir, manifest_path(job.spec.to_dict()))
     metrics = Metrics(job.name, job.spec.metrics.port, run_log=reporter.history, on_validation=reporter.write,
                       on_close=reporter.write, cache_shard_dir=shards)
     if metrics.not_served:
@@ -289,7 +291,8 @@ def run_train_stage(job: TrainingJob) -> int:
                 url = push_to_hub(result.model_dir, job.document.to_dict(), latest_images(ctx.paths.validation))
             ctx.log(f"pushed to the Hub: {url}")
         if ctx.is_main:
-            record_finished(ctx.paths, result.final_step, job.name)  # last: a rerun now has nothing to do
+            # last: a rerun now has nothing to do
+            record_finished(ctx.paths, result.final_step, job.name, cache_fingerprint(ctx.spec_dict))
         loss = f", final loss {result.last_loss:.4f}" if math.isfinite(result.last_loss) else ""
         ctx.log(f"done in {time.time() - t0:.1f}s: {result.final_step} steps{loss}")
         ctx.log(f"  model:       {result.model_dir}")

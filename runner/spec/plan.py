@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 
 REPORT_FILE, HISTORY_FILE = "report.html", "metrics.jsonl"  # in spec.output.dir (runner/observe/report.py)
+MANIFESTS = "manifests"  # in spec.cacheDir: one manifest per cache configuration
 
 
 @dataclass(frozen=True)
@@ -18,9 +19,16 @@ class JobPaths:
     text_dir: Path
     output_dir: Path
 
-    @property
-    def manifest(self) -> Path:
-        return self.cache_dir / "manifest.json"
+    def manifest(self, fingerprint: str) -> Path:
+        """The cache manifest of one cache configuration (`cache_fingerprint`). Named by it, not
+        one file per cache dir: jobs share a cache dir (entries are content-keyed), and a job
+        caching other settings must not replace the manifest another job's train stage reads."""
+        return self.cache_dir / MANIFESTS / f"{fingerprint}.json"
+
+    def dataset_manifest(self, fingerprint: str, dataset: Mapping[str, Any]) -> Path:
+        """The items of one dataset under that configuration (beside its cache manifest, not in
+        the dataset's vaeCacheDir, which two datasets may share)."""
+        return self.cache_dir / MANIFESTS / fingerprint / f"{dataset['name']}.json"
 
     @property
     def checkpoints(self) -> Path:
@@ -81,6 +89,11 @@ class JobPaths:
         return self.cache_dir / "hub" / dataset["repo"].replace("/", "--") / dataset.get("revision", "main")
 
 
+def manifest_path(spec: Mapping[str, Any]) -> Path:
+    """The cache manifest the spec's train stage reads (and its cache stage writes)."""
+    return job_paths(spec).manifest(cache_fingerprint(spec))
+
+
 def job_paths(spec: Mapping[str, Any]) -> JobPaths:
     cache = Path(spec["cacheDir"])
     text = Path(spec["textEmbeds"]["cacheDir"]) if spec["textEmbeds"].get("cacheDir") else cache / "text"
@@ -92,16 +105,19 @@ def enabled_datasets(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def cache_fingerprint(spec: Mapping[str, Any]) -> str:
-    """Hash of the spec fields the cached dataset depends on. The train stage refuses a
-    manifest written under a different one (run the cache stage again). Validation prompts
-    are not part of it: they are looked up by key, so turning validation off or back on to
-    already-cached prompts needs no re-caching."""
+    """Hash of the spec fields the cached dataset depends on; it names the cache manifest
+    (JobPaths.manifest), so the train stage finds the one built for its own settings or none
+    (run the cache stage). Validation prompts are not part of it: they are looked up by key, so
+    turning validation off or back on to already-cached prompts needs no re-caching."""
     model = spec["model"]
     relevant = {
         "model": {k: model[k] for k in ("family", "pretrained", "revision", "textEncoderMaxLength", "vaeDtype", "textEncoderDtype")},
         "datasets": [{k: v for k, v in ds.items() if k not in ("disabled", "repeats")} for ds in enabled_datasets(spec)],
         "vaeCacheDisable": spec["vaeCacheDisable"],
         "seed": spec["training"]["seed"],
+        # Where the text entries are (the manifest records it, as the datasets' vaeCacheDir):
+        # two jobs that differ only in it must not share, and overwrite, one manifest.
+        "textCacheDir": spec["textEmbeds"].get("cacheDir"),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -28,11 +28,15 @@ class CacheMismatch(Exception):
 
 
 def load_manifest(manifest_path: Path, expected_fingerprint: str) -> dict[str, Any]:
+    """The cache manifest at `manifest_path` (named by the fingerprint, runner/spec/plan.py), which
+    must have been written for `expected_fingerprint`."""
     if not manifest_path.is_file():
+        # Another cache configuration's manifest may sit beside it: never this spec's to read.
         raise CacheMismatch(f"{manifest_path}: no cache manifest; run the cache stage first "
-                            "(trainingjob run FILE --stage cache, or --stage all)")
+                            "(trainingjob run FILE --stage cache, or --stage all): no cache was built for this "
+                            "spec's model/dataset settings yet, and only what is missing is encoded")
     manifest = json.loads(manifest_path.read_text())
-    if manifest.get("cache_fingerprint") != expected_fingerprint:
+    if manifest.get("cache_fingerprint") != expected_fingerprint:  # copied or renamed by hand
         raise CacheMismatch(f"{manifest_path}: the cache was built for different model/dataset/validation settings; "
                             "run the cache stage again (only what changed is re-encoded)")
     return manifest

@@ -204,7 +204,8 @@ def run_train(ctx: RunContext) -> TrainResult:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    manifest = load_manifest(ctx.paths.manifest, cache_fingerprint(spec))
+    fingerprint = cache_fingerprint(spec)
+    manifest = load_manifest(ctx.paths.manifest(fingerprint), fingerprint)
     ctx.metrics.cache_report(manifest["report"])  # the cache this run reads: complete
     model_dir = Path(manifest["model_dir"])
     set_seed(training["seed"] + ctx.rank)

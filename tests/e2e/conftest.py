@@ -65,7 +65,25 @@ class Runner:
 
     @staticmethod
     def cache_report_at(cache_dir: Path) -> dict:
-        return json.loads((cache_dir / "manifest.json").read_text())["report"]
+        return cache_manifest(cache_dir)["report"]
+
+
+def newest_manifest(cache_dir: Path) -> Path:
+    """The cache manifest the latest cache stage in `cache_dir` wrote: one per cache
+    configuration (<cacheDir>/manifests/<fingerprint>.json), rewritten by each cache stage."""
+    found = sorted((Path(cache_dir) / "manifests").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    assert found, f"no cache manifest in {cache_dir}/manifests"
+    return found[-1]
+
+
+def cache_manifest(cache_dir: Path) -> dict:
+    return json.loads(newest_manifest(cache_dir).read_text())
+
+
+def dataset_manifest(cache_dir: Path, name: str = "photos") -> dict:
+    """The dataset manifest that newest cache manifest names for dataset `name`."""
+    [entry] = [ds for ds in cache_manifest(cache_dir)["datasets"] if ds["name"] == name]
+    return json.loads(Path(entry["manifest"]).read_text())
 
 
 @pytest.fixture

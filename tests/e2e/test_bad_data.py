@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.e2e.conftest import REPO, assert_clean
+from tests.e2e.conftest import REPO, assert_clean, dataset_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -149,7 +149,7 @@ def test_hostile_files_are_each_skipped_and_reported_never_a_crash(runner, sampl
                                                             "spec.datasets.0.captionStrategy=textfile", stage="cache")),
                           cwd=REPO, env=runner.env(), capture_output=True, text=True, timeout=300)
     assert_clean(proc)
-    manifest = json.loads((runner.cache / "vae" / "photos" / "manifest.json").read_text())
+    manifest = dataset_manifest(runner.cache)
     skipped = dict(manifest["skipped"])
     expected = {
         "zero bytes.png": "empty file",

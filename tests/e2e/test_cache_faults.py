@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.e2e.conftest import REPO, Runner, assert_clean
+from tests.e2e.conftest import REPO, Runner, assert_clean, cache_manifest, dataset_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -34,11 +34,11 @@ CACHE_KILL_POINTS = [
     ("VAE encoding, writes in flight", {"target": "runner.models.pixart_sigma:PixArtSigma.encode_images", "nth": 2}),
     ("text embedding mid-write", {"target": "runner.files:open", "match": r"/text/", "nth": 3, "when": "mid-write"}),
     ("text embedding written, not renamed", {"target": "os:replace", "match": r"/text/", "nth": 6}),
-    ("dataset manifest mid-write", {"target": "runner.files:open", "match": r"vae/photos/\.manifest\.json",
+    ("dataset manifest mid-write", {"target": "runner.files:open", "match": r"manifests/[0-9a-f]+/\.photos\.json",
                                     "nth": 1, "when": "mid-write"}),
-    ("cache manifest mid-write", {"target": "runner.files:open", "match": r"cache/\.manifest\.json",
+    ("cache manifest mid-write", {"target": "runner.files:open", "match": r"manifests/\.[0-9a-f]+\.json",
                                   "nth": 1, "when": "mid-write"}),
-    ("cache manifest renamed, before exit", {"target": "os:replace", "match": r"cache/\.manifest\.json",
+    ("cache manifest renamed, before exit", {"target": "os:replace", "match": r"manifests/\.[0-9a-f]+\.json",
                                              "nth": 1, "when": "after"}),
 ]
 
@@ -72,7 +72,7 @@ def leftovers(cache: Path) -> list[str]:
 
 
 def dataset_items(cache: Path) -> list[dict]:
-    items = json.loads((cache / "vae" / "photos" / "manifest.json").read_text())["items"]
+    items = dataset_manifest(cache)["items"]
     # where the photos lie and when they were written differ between the two caches' copies
     return [{k: v for k, v in it.items() if k not in ("path", "mtime_ns")} for it in items]
 
@@ -92,7 +92,7 @@ def assert_same_cache(cache: Path, reference: Path) -> None:
             torch.testing.assert_close(tensors[name], ref_tensors[name], rtol=0, atol=1e-5,
                                        msg=lambda m, rel=rel, name=name: f"{rel}:{name} differs from a clean run's: {m}")
     assert dataset_items(cache) == dataset_items(reference)
-    top, ref_top = (json.loads((c / "manifest.json").read_text()) for c in (cache, reference))
+    top, ref_top = (cache_manifest(c) for c in (cache, reference))
     for key in ("cache_fingerprint", "text_identity", "vae_identity", "empty_caption"):
         assert top[key] == ref_top[key], key
 

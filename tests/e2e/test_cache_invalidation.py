@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.e2e.conftest import assert_clean
+from tests.e2e.conftest import assert_clean, dataset_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -57,16 +57,14 @@ def test_train_stage_refuses_a_cache_built_for_other_settings(runner):
     assert_clean(runner.run(stage="cache"))
     proc = runner.run("spec.datasets.0.resolution=64", stage="train")
     assert_clean(proc, code=2)
-    assert "run the cache stage again" in proc.stderr
+    assert "no cache manifest; run the cache stage first" in proc.stderr
 
 
 def test_train_stage_refuses_an_incomplete_cache_and_the_cache_stage_repairs_it(runner):
-    import json
-
     from runner.cache.keys import entry_path
 
     assert_clean(runner.run(stage="cache"))
-    items = json.loads((runner.cache / "vae" / "photos" / "manifest.json").read_text())["items"]
+    items = dataset_manifest(runner.cache)["items"]
     entry_path(runner.cache / "vae" / "photos", items[3]["latent_key"]).unlink()
     proc = runner.run(stage="train")
     assert_clean(proc, code=2)
@@ -113,3 +111,31 @@ def test_train_stage_warns_about_images_changed_since_the_cache(runner, sample_p
     assert f"photos/{images[0].relative_to(photos).as_posix()} (gone)" in out
     assert f"photos/{images[1].relative_to(photos).as_posix()} (rewritten)" in out
     assert f"photos/{images[2].relative_to(photos).as_posix()} (caption changed)" in out
+
+
+def test_jobs_sharing_a_cache_dir_each_train_on_their_own_manifest(runner):
+    """One manifest per cache dir used to be overwritten by the next job that cached other
+    settings there: job A's train stage then exited 2 ("the cache was built for different
+    settings"), and a report showed whatever cache the dir held last, even another job's."""
+    quick = ("spec.training.maxSteps=1", "spec.training.lrWarmupSteps=0", "spec.validation.prompts=[]",
+             "spec.tracking.tensorboard=false")
+    job_a = ("metadata.name=job-a", f"spec.output.dir={runner.tmp / 'out-a'}", *quick)
+    assert_clean(runner.run(*job_a, stage="cache"))
+    job_b = runner.run("metadata.name=job-b", f"spec.output.dir={runner.tmp / 'out-b'}", *quick,
+                       "spec.datasets.0.resolution=192")
+    assert_clean(job_b)
+    train_a = runner.run(*job_a, stage="train")
+    assert_clean(train_a)
+    assert "for 1 step" in train_a.stdout
+    assert len(list((runner.cache / "manifests").glob("*.json"))) == 2  # one per cache configuration
+    # The same settings under another job name share A's manifest: nothing is encoded again.
+    assert_clean(runner.run("metadata.name=job-c", f"spec.output.dir={runner.tmp / 'out-c'}", *quick, stage="cache"))
+    assert runner.cache_report()["latents_encoded"] == runner.cache_report()["text_encoded"] == 0
+    assert len(list((runner.cache / "manifests").glob("*.json"))) == 2
+
+    # A job whose cache stage fails shows no other job's cache in its report.
+    missing = runner.run("metadata.name=job-d", f"spec.output.dir={runner.tmp / 'out-d'}", *quick,
+                         "spec.datasets.0.type=local", f"spec.datasets.0.path={runner.tmp / 'no-such-folder'}")
+    assert_clean(missing, code=2)
+    assert "No cache manifest yet" in (runner.tmp / "out-d" / "report.html").read_text()
+    assert "No cache manifest yet" not in (runner.tmp / "out-a" / "report.html").read_text()  # A's own cache

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from runner.observe import names as N
-from tests.e2e.conftest import REPO, Runner, assert_clean
+from tests.e2e.conftest import REPO, Runner, assert_clean, cache_manifest
 from tests.observe_tools import free_port, promtool_check_metrics, require_tool, sample, scrape
 
 pytestmark = pytest.mark.e2e
@@ -140,7 +140,7 @@ def test_prometheus_scraped_the_running_job(observed: ObservedRun) -> None:
     assert loss is not None and 0 < loss < 100
     assert one_value(p, f"count_over_time({N.TRAIN_LOSS}{{{job}}}{window})") >= 2
     # Cache progress reached its total, for both kinds.
-    manifest = json.loads((observed.out.parent / "cache" / "manifest.json").read_text())["report"]
+    manifest = cache_manifest(observed.out.parent / "cache")["report"]
     for kind, total in (("text", manifest["text_total"]), ("latent", manifest["latents_total"])):
         sel = f'{{{job},kind="{kind}"}}'
         assert one_value(p, f"max_over_time({N.CACHE_ITEMS}{sel}{window})") == total > 0

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tests.e2e.conftest import assert_clean
+from tests.e2e.conftest import assert_clean, dataset_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +32,7 @@ def test_vae_cache_disable_trains_without_latent_files_and_scores_with_clip(runn
     assert "for 4 steps (4 per epoch)" in proc.stdout
     vae_dir = runner.cache / "vae" / "photos"
     assert not list(vae_dir.rglob("*.safetensors")), "vaeCacheDisable must not write latents"
-    items = json.loads((vae_dir / "manifest.json").read_text())["items"]
+    items = dataset_manifest(runner.cache)["items"]
     assert items and all(it["latent_key"] is None for it in items)
     folder = runner.out / "validation" / "step-4"
     report = json.loads((folder / "images.json").read_text())

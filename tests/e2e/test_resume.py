@@ -47,6 +47,27 @@ def test_rerun_of_a_finished_job_does_nothing_and_says_how_to_continue(tmp_path,
     assert _snapshot(runner.out) == before, "a finished job was changed by its rerun"
 
 
+def test_rerun_of_a_finished_job_with_new_cache_settings_does_nothing(tmp_path, tiny_model, cache, reference):
+    """A change that touches the cache (here the resolution) used to make a finished job
+    unfinished: the rerun re-encoded every latent, trained "no more steps", re-rendered the
+    validation, re-exported the model and recorded a spec with a resolution it never trained at."""
+    own_cache = tmp_path / "cache"
+    shutil.copytree(cache, own_cache)  # the shared one stays untouched, whatever happens here
+    runner = runner_with_cache(tmp_path, tiny_model, own_cache)
+    shutil.copytree(reference, runner.out)
+    before, cache_before = _snapshot(runner.out), _snapshot(own_cache)
+
+    for stage in ("all", "train"):
+        again = run(runner, *RESUME_SETS, "spec.datasets.0.resolution=192", env=quiet_env(runner), stage=stage)
+        assert_clean(again)
+        assert "complete at step 10" in again.stdout, again.stdout[-3000:]
+        assert "spec.datasets[0].resolution 128 -> 192" in again.stdout  # what did not apply
+        assert "resume: none" in again.stdout  # how to train with it
+        assert "encoding" not in again.stdout and "resuming" not in again.stdout
+    assert _snapshot(runner.out) == before, "a finished job was changed by its rerun"
+    assert _snapshot(own_cache) == cache_before, "a finished job's rerun did cache work"
+
+
 def test_resume_none_starts_over_and_sets_the_earlier_run_aside(tmp_path, tiny_model, cache, reference):
     """Pruning keeps the highest step numbers: a fresh run into a folder holding step-10 of an
     earlier run used to have its own checkpoints deleted as soon as they were written. Then only

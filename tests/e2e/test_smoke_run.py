@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from runner.cache.keys import entry_path
-from tests.e2e.conftest import assert_clean
+from tests.e2e.conftest import assert_clean, cache_manifest, dataset_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -33,8 +33,8 @@ def test_smoke_job_caches_trains_validates_and_exports(runner):
     assert _unusual_modes(runner.out, 0o002) == [] and _unusual_modes(runner.cache, 0o002) == []
 
     # Cache: every manifest entry exists and loads, with the shapes the model needs.
-    manifest = json.loads((runner.cache / "manifest.json").read_text())
-    items = json.loads((runner.cache / "vae" / "photos" / "manifest.json").read_text())["items"]
+    manifest = cache_manifest(runner.cache)
+    items = dataset_manifest(runner.cache)["items"]
     assert len(items) >= 12
     for it in items:
         latent = load_file(str(entry_path(runner.cache / "vae" / "photos", it["latent_key"])))["latent"]
@@ -84,7 +84,7 @@ def test_bfloat16_text_cache_trains_in_float32(runner):
     proc = runner.run("spec.model.textEncoderDtype=bfloat16", "spec.training.maxSteps=3",
                       "spec.validation.every=100", "spec.validation.prompts=[]")
     assert_clean(proc)
-    items = json.loads((runner.cache / "vae" / "photos" / "manifest.json").read_text())["items"]
+    items = dataset_manifest(runner.cache)["items"]
     embed = load_file(str(entry_path(runner.cache / "text", items[0]["text_key"])))["prompt_embeds"]
     assert embed.dtype == torch.bfloat16  # the case under test: bf16 embeddings in the cache
     assert math.isfinite(float(re.search(r"final loss (\S+)", proc.stdout).group(1)))

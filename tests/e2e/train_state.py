@@ -42,7 +42,7 @@ def quiet_env(runner: Runner, **extra: str) -> dict[str, str]:
 def shared_cache(tmp_path_factory, tiny_model: Path) -> Path:
     """The smoke cache, built once per test session and read (never written) by train stages."""
     cache = tmp_path_factory.getbasetemp() / "smoke-cache-for-training"
-    if not (cache / "manifest.json").is_file():
+    if not list((cache / "manifests").glob("*.json")):
         runner = Runner(tmp_path_factory.mktemp("cache-build"), tiny_model)
         runner.cache = cache
         proc = subprocess.run(runner.args(stage="cache"), cwd=REPO, env=quiet_env(runner), capture_output=True,

@@ -371,6 +371,11 @@ def test_a_resume_under_another_spec_names_the_fields_that_changed(tmp_path: Pat
         'spec.validation.prompts ["a cat"] -> ["a cat", "a dog"]']
     assert ckpt.spec_changes(folder, before) == []
     assert ckpt.spec_changes(tmp_path, now) == []  # a checkpoint from before the spec was kept
+    datasets = {"datasets": [{"name": "photos", "resolution": 128}]}  # indexed, not the whole list
+    (folder / ckpt.SPEC_FILE).write_text(json.dumps(datasets))
+    assert ckpt.spec_changes(folder, {"datasets": [{"name": "photos", "resolution": 192}]}) == [
+        "spec.datasets[0].resolution 128 -> 192"]
+    (folder / ckpt.SPEC_FILE).write_text(json.dumps(before))
     many = {"training": {f"k{i}": i for i in range(9)}}
     assert ckpt.spec_changes(folder, many, limit=3)[-1] == "and 10 more"  # 13 leaves differ, 3 shown
 

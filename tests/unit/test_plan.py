@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from runner.spec.load import job_from_document
-from runner.spec.plan import cache_fingerprint, enabled_datasets, job_paths, step_plan
+from runner.spec.plan import cache_fingerprint, enabled_datasets, job_paths, manifest_path, step_plan
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE_DOC = yaml.safe_load((REPO / "examples" / "smoke.yaml").read_text())
@@ -33,7 +33,9 @@ def test_job_paths_defaults() -> None:
     assert paths.cache_dir == Path("cache/smoke")
     assert paths.text_dir == Path("cache/smoke/text")
     assert paths.output_dir == Path("output/smoke")
-    assert paths.manifest == Path("cache/smoke/manifest.json")
+    assert paths.manifest("0123abcd") == Path("cache/smoke/manifests/0123abcd.json")
+    assert paths.dataset_manifest("0123abcd", BASE["datasets"][0]) == Path("cache/smoke/manifests/0123abcd/photos.json")
+    assert manifest_path(BASE) == Path(f"cache/smoke/manifests/{cache_fingerprint(BASE)}.json")
     assert paths.checkpoints == Path("output/smoke/checkpoints")
     assert paths.validation == Path("output/smoke/validation")
     assert paths.model == Path("output/smoke/model")
@@ -58,7 +60,9 @@ def test_job_paths_overrides() -> None:
     assert paths.text_dir == Path("/shared/t5")
     assert paths.output_dir == Path("/out/run1")
     assert paths.checkpoints == Path("/out/run1/checkpoints")
-    assert paths.manifest == Path("/data/cache/manifest.json")
+    assert paths.manifest("0123abcd") == Path("/data/cache/manifests/0123abcd.json")
+    # Beside the cache manifest, not in the vaeCacheDir (two datasets may share one).
+    assert paths.dataset_manifest("0123abcd", spec["datasets"][0]) == Path("/data/cache/manifests/0123abcd/photos.json")
     assert paths.vae_dir(spec["datasets"][0]) == Path("/fast/vae-photos")
     assert paths.vae_dir(spec["datasets"][1]) == Path("/data/cache/vae/more")
 
@@ -154,6 +158,7 @@ BASE_FP = cache_fingerprint(BASE)
     ("model.textEncoderDtype", "bfloat16"),
     ("training.seed", 7),
     ("vaeCacheDisable", True),
+    ("textEmbeds.cacheDir", "/shared/t5"),  # the manifest records where its text entries are
 ])
 def test_cache_fingerprint_changes(path: str, value: Any) -> None:
     assert cache_fingerprint(_spec(_set(path, value))) != BASE_FP
@@ -171,6 +176,8 @@ def test_cache_fingerprint_changes(path: str, value: Any) -> None:
     ("validation.negativePrompt", "blurry"),
     ("output.dir", "/elsewhere"),
     ("tracking.tensorboard", False),
+    ("cacheDir", "/elsewhere"),  # the manifests live in it: named by the fingerprint within it
+    ("textEmbeds.writeBatchSize", 2),
 ])
 def test_cache_fingerprint_ignores(path: str, value: Any) -> None:
     assert cache_fingerprint(_spec(_set(path, value))) == BASE_FP
