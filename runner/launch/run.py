@@ -104,6 +104,28 @@ def tracker_problems(spec: dict) -> list[str]:
     return problems
 
 
+def refusals(spec: dict, job: str, stage: str) -> list[str]:
+    """What refuses the run cheaply, checked before anything is written into the output folder
+    (the lock, the effective spec, the history, the report), so a refused run leaves a finished
+    run's record as it was: the hardware, the trackers' keys, the local datasets' folders, the
+    checkpoint a resume would take. A worker's launcher has checked the rest already."""
+    from runner.data.preflight import folder_problems
+    from runner.train.loop import resume_precheck
+
+    try:
+        pick_device(spec["hardware"]["accelerator"])
+    except HardwareError as e:
+        return [str(e)]
+    problems = tracker_problems(spec) if stage != "cache" else []
+    if in_worker():
+        return problems
+    if stage in ("cache", "all"):
+        problems += folder_problems(spec)
+    if stage in ("train", "all") and (why := resume_precheck(spec, job, job_paths(spec).checkpoints)):
+        problems.append(why)
+    return problems
+
+
 def run_job(job: TrainingJob, stage: str = "all") -> int:
     import torch
 
@@ -127,14 +149,13 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
         if stage in ("train", "all") and (done := finished_step(spec, job.name)) is not None:
             print(f"[{job.name}] {finished_message(job_paths(spec), done)}", flush=True)
             return EXIT_OK  # writes nothing, so needs no lock
-        if takes_lock(os.environ, in_worker()):  # one run per output folder (runner/launch/lock.py)
-            lock = hold_output_dir(Path(spec["output"]["dir"]), job.name, stage, wait_s=lock_wait_s(os.environ))
         if spec["output"]["hub"].get("push"):
             hub_token(spec["output"]["hub"])  # fail before hours of work, not after
-        problems = tracker_problems(spec) if stage != "cache" else []
-        if problems:
+        if problems := refusals(spec, job.name, stage):
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
             return EXIT_INVALID
+        if takes_lock(os.environ, in_worker()):  # one run per output folder (runner/launch/lock.py)
+            lock = hold_output_dir(Path(spec["output"]["dir"]), job.name, stage, wait_s=lock_wait_s(os.environ))
         gpus, nodes = spec["hardware"]["gpusPerNode"], spec["hardware"]["nodes"]
         if nodes > 1 and not in_worker() and stage != "cache":
             from runner.launch.torchrun import topology

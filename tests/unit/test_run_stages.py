@@ -86,3 +86,52 @@ def test_sigterm_in_the_cache_stage_is_recorded_and_kept_apart_from_a_checkpoint
     assert records[-1]["event"] == "stage_finished" and records[-1]["ended"] == "terminated"
     assert f", {ENDINGS['terminated']})" in (tmp_path / "out" / "report.html").read_text()
     assert "after writing a checkpoint" not in ENDINGS["terminated"]
+
+
+def _finished_output(tmp_path: Path) -> dict[str, bytes]:
+    """An output folder as a finished run left it: its spec, report, history and a checkpoint
+    (written with adamw), whose contents a refused run must leave alone."""
+    from runner.train.checkpoint import SPEC_FILE, TrainerState, seal
+
+    out = tmp_path / "out"
+    ckpt = out / "checkpoints" / "step-3"
+    ckpt.mkdir(parents=True)
+    (ckpt / SPEC_FILE).write_text('{"training": {"optimizer": "adamw"}}')
+    seal(ckpt, TrainerState(step=3, job="smoke"))
+    files = {"trainingjob.effective.yaml": b"learningRate: 0.0001\n", "report.html": b"<p>the 1e-4 run</p>",
+             "metrics.jsonl": b'{"event": "stage_started", "stage": "train"}\n'}
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    return files
+
+
+@pytest.mark.parametrize("sets, error", [
+    (["spec.hardware.accelerator=cuda12"], "spec.hardware.accelerator is cuda12 but no GPU is visible"),
+    (["spec.datasets.0.type=local", "spec.datasets.0.path={tmp}/missing"], "spec.datasets[0].path: "),
+    (["spec.datasets.0.type=local", "spec.datasets.0.path={tmp}/empty"], "spec.datasets[0]: no images"),
+    (["spec.training.optimizer=sgd"], "spec.training.optimizer: this run uses sgd, but the checkpoint"),
+])
+def test_a_refused_run_leaves_a_finished_runs_spec_report_and_history_alone(tmp_path: Path, monkeypatch, capsys,
+                                                                           sets, error) -> None:
+    """A run refused at its start (no GPU, a missing or empty dataset folder, a checkpoint of
+    another optimizer) used to overwrite trainingjob.effective.yaml (the finished run's spec
+    went to .earlier.yaml, then was lost to the next refused run's) and report.html, append to
+    metrics.jsonl and print a `report:` line."""
+    import torch
+
+    from runner.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no image here")
+    files = _finished_output(tmp_path)
+    argv = ["run", str(SMOKE)]
+    for s in [f"spec.output.dir={tmp_path / 'out'}", f"spec.cacheDir={tmp_path / 'cache'}", "spec.metrics.port=0",
+              "spec.training.learningRate=3e-3", *sets]:
+        argv += ["--set", s.format(tmp=tmp_path)]
+    assert main(argv) == EXIT_INVALID
+    out, err = capsys.readouterr()
+    assert error in err and "report:" not in out
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in files} == files
+    assert not (tmp_path / "out" / "trainingjob.effective.earlier.yaml").exists()
+    assert not (tmp_path / "cache").exists()
