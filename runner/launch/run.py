@@ -195,10 +195,30 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
                   "spec.cacheDir / spec.output.dir to a larger volume, then rerun: finished entries are kept",
                   file=sys.stderr)
             return EXIT_INTERNAL
+        if why := unwritable(e, spec):
+            print(f"error: {why}", file=sys.stderr)
+            return EXIT_INVALID
         raise
     finally:
         if lock is not None:
             lock.release()
+
+
+def unwritable(e: OSError, spec: dict) -> str | None:
+    """A write the file system refused (permissions, a read-only mount, a folder such as /sys
+    that takes no files) under a folder the spec names, as bad input naming that field; None
+    for any other error. validate and the start of `run` catch most of these (not_writable);
+    this is for a folder that changes under a running job."""
+    from runner.spec.semantics import written_dirs
+
+    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not e.filename:
+        return None
+    target = Path(os.fsdecode(e.filename)).absolute()
+    for where, folder in written_dirs(spec):
+        if target.is_relative_to(Path(folder).absolute()):
+            return (f"{where}: {e.filename} cannot be written ({e.strerror}); point {where} at a folder this run may "
+                    "write to, or make that one writable")
+    return None
 
 
 def _metrics(job: TrainingJob, is_main: bool, shard=None):
