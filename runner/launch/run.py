@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STOPPED, StageStopped, sigterm_stops
+from runner.exitcodes import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_STOPPED, StageStopped,
+                              sigterm_stops)
 from runner.launch.lock import OutputBusy, hold_output_dir, lock_wait_s, takes_lock
 from runner.spec.localpaths import directory_problems  # validate reports the same
 from runner.spec.node import TrainingJob
@@ -173,6 +174,14 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
                 return launch_workers(job, "train")
             return run_train_stage(job)
         return EXIT_OK
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM in the cache stage (StageStopped)
+        if in_worker():
+            raise
+        stopped = isinstance(e, StageStopped)
+        newest = newest_checkpoint(job_paths(spec).checkpoints) if stage != "cache" else None
+        print(f"{'stopped (SIGTERM)' if stopped else 'interrupted'}: "
+              f"{what_is_kept(stage, spec['training']['resume'], newest)}", file=sys.stderr)
+        return EXIT_STOPPED if stopped else EXIT_INTERRUPTED
     except WorkerFailed as e:
         return e.code
     except OutputBusy as e:
@@ -202,6 +211,32 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     finally:
         if lock is not None:
             lock.release()
+
+
+def newest_checkpoint(root: Path) -> str | None:
+    """The name of the newest sealed checkpoint (its state file is written last, before the
+    rename), without hashing its files: read as the process stops."""
+    from runner.train.checkpoint import STATE_FILE, list_checkpoints
+
+    sealed = [path.name for _, path in list_checkpoints(root) if (path / STATE_FILE).is_file()]
+    return sealed[-1] if sealed else None
+
+
+def what_is_kept(stage: str, resume: str, newest: str | None) -> str:
+    """What a stopped run leaves and where its rerun starts (pure): the cache entries written
+    are always kept; the training starts where spec.training.resume and the checkpoints say."""
+    cache = "the cache entries written are kept, so the rerun encodes only the missing ones"
+    if stage == "cache":
+        return f"{cache}; run the same command again to go on"
+    if resume == "none":
+        train = "spec.training.resume is none, so the rerun starts training over from step 0"
+    elif resume != "auto":
+        train = f"the rerun resumes from {resume} (spec.training.resume)"
+    elif newest is None:
+        train = "no checkpoint yet, so the rerun starts training from step 0"
+    else:
+        train = f"checkpoint {newest} is kept and the rerun resumes from it"
+    return f"{train}; {cache if stage == 'all' else 'run the same command again'}"
 
 
 def unwritable(e: OSError, spec: dict) -> str | None:

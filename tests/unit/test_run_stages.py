@@ -81,7 +81,8 @@ def test_sigterm_in_the_cache_stage_is_recorded_and_kept_apart_from_a_checkpoint
                  "--set", f"spec.cacheDir={tmp_path / 'cache'}", "--set", "spec.metrics.port=0"])
     assert code == EXIT_STOPPED
     assert signal.getsignal(signal.SIGTERM) is before  # the handler was the stage's alone
-    assert "stopped (SIGTERM): what was written is kept" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "stopped (SIGTERM): the cache entries written are kept" in err and "checkpoint" not in err
     records = runlog.read(tmp_path / "out" / "metrics.jsonl")
     assert records[-1]["event"] == "stage_finished" and records[-1]["ended"] == "terminated"
     assert f", {ENDINGS['terminated']})" in (tmp_path / "out" / "report.html").read_text()
@@ -135,3 +136,25 @@ def test_a_refused_run_leaves_a_finished_runs_spec_report_and_history_alone(tmp_
     assert {name: (tmp_path / "out" / name).read_bytes() for name in files} == files
     assert not (tmp_path / "out" / "trainingjob.effective.earlier.yaml").exists()
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("checkpoint, said", [
+    (False, "interrupted: no checkpoint yet, so the rerun starts training from step 0; the cache entries written"),
+    (True, "interrupted: checkpoint step-3 is kept and the rerun resumes from it; the cache entries written"),
+])
+def test_ctrl_c_says_whether_a_checkpoint_is_there_to_resume(tmp_path: Path, monkeypatch, capsys, checkpoint,
+                                                             said) -> None:
+    """It said "what was written is kept (cache entries, the newest checkpoint)" also before the
+    first checkpoint, when the rerun starts from step 0."""
+    from runner.cli import main
+    from runner.exitcodes import EXIT_INTERRUPTED
+
+    if checkpoint:
+        _finished_output(tmp_path)
+    monkeypatch.setattr(launch_run, "run_cache_stage", lambda *_args, **_kwargs: None)
+    monkeypatch.setattr(loop, "run_train", _interrupt)
+    code = main(["run", str(SMOKE), "--set", f"spec.output.dir={tmp_path / 'out'}", "--set",
+                 f"spec.cacheDir={tmp_path / 'cache'}", "--set", "spec.metrics.port=0"])
+    assert code == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert said in err, err
