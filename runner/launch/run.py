@@ -140,7 +140,7 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     from runner.train.guard import Diverged
 
     spec = job.spec.to_dict()
-    lock = None
+    lock = metrics = None
     try:
         if problems := directory_problems(spec, stage):
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
@@ -168,11 +168,16 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
             if in_worker():
                 run_cache_stage(job, shard_of_worker(job))
                 return EXIT_OK
-            run_cache_stage(job, launch_shards=gpus)
+            metrics = _metrics(job, is_main=True)  # one registry and endpoint for both stages
+            run_cache_stage(job, launch_shards=gpus, metrics=metrics)
         if stage in ("train", "all"):
             if (gpus > 1 or nodes > 1) and not in_worker():
+                if metrics is not None:  # the port is rank 0's now, in its own process
+                    metrics.close("completed")
                 return launch_workers(job, "train")
-            return run_train_stage(job)
+            if metrics is None and not in_worker():
+                metrics = _metrics(job, is_main=True)
+            return run_train_stage(job, metrics)
         return EXIT_OK
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM in the cache stage (StageStopped)
         if in_worker():
@@ -209,6 +214,8 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
             return EXIT_INVALID
         raise
     finally:
+        if metrics is not None:
+            metrics.close()
         if lock is not None:
             lock.release()
 
@@ -286,19 +293,22 @@ def shard_of_worker(job: TrainingJob):
     return Shard(*cache_shard(os.environ, job.spec.hardware.nodes))
 
 
-def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
+def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1, metrics=None):
     """Run the cache stage in this process, or (launch_shards > 1) plan it here, once, so dataset
     errors show before any worker starts and image digests are remembered for them, let one
     worker per GPU encode a shard each, then re-check broken images and write the manifests.
     With several nodes (the pods of an Indexed cache Job) each node encodes its own shards, and
-    the node that finishes last makes the final pass (runner/launch/nodes.py)."""
+    the node that finishes last makes the final pass (runner/launch/nodes.py). `metrics`: the
+    process's, which goes on serving after the stage (else one of the stage's own)."""
     from runner.launch.context import make_context
     from runner.launch.nodes import node_shards_done
     from runner.launch.torchrun import cache_shard, node_rank
     from runner.cache.stage import Shard, plan_datasets, run_cache
 
     shard = shard or Shard()
-    metrics = _metrics(job, shard.is_whole, shard)  # the launching process serves /metrics, not its workers
+    own = metrics is None
+    if own:
+        metrics = _metrics(job, shard.is_whole, shard)  # the launching process serves /metrics, not its workers
     ended = "failed"
     try:
         metrics.set_stage("cache")
@@ -338,16 +348,18 @@ def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
         ended = "terminated" if isinstance(e, StageStopped) else "interrupted"
         raise
     finally:
-        metrics.close(ended)
+        (metrics.close if own else metrics.end_stage)(ended)
 
 
-def run_train_stage(job: TrainingJob) -> int:
+def run_train_stage(job: TrainingJob, metrics=None) -> int:
+    """`metrics`: the process's, which goes on serving after the stage (else one of its own)."""
     from runner.launch.context import make_context
     from runner.train.loop import run_train
     from runner.train.completion import record_finished
 
-    is_main = os.environ.get("RANK", "0") == "0"
-    metrics = _metrics(job, is_main)
+    own = metrics is None
+    if own:
+        metrics = _metrics(job, os.environ.get("RANK", "0") == "0")
     ended = "failed"
     try:
         metrics.set_stage("train")
@@ -380,4 +392,4 @@ def run_train_stage(job: TrainingJob) -> int:
         ended = "interrupted"
         raise
     finally:
-        metrics.close(ended)
+        (metrics.close if own else metrics.end_stage)(ended)

@@ -158,3 +158,71 @@ def test_ctrl_c_says_whether_a_checkpoint_is_there_to_resume(tmp_path: Path, mon
     assert code == EXIT_INTERRUPTED
     err = capsys.readouterr().err
     assert said in err, err
+
+
+def _values(port: int) -> dict[tuple[str, str], float]:
+    """One real HTTP scrape, read by prometheus_client's own parser: (sample, label) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.observe_tools import scrape
+
+    return {(s.name, s.labels.get("kind") or s.labels.get("stage", "")): s.value
+            for family in text_string_to_metric_families(scrape(port)) for s in family.samples}
+
+
+def test_one_endpoint_serves_both_stages_and_its_counters_never_fall(tmp_path: Path, monkeypatch) -> None:
+    """Each stage built its own registry and server: the endpoint went down between the cache
+    and train stages, and in the train stage trainingjob_cache_items_encoded_total and
+    trainingjob_cache_written_bytes_total of the same process read 0 again (rate() reads that
+    as a restart). The stages here are replaced; the endpoint and the scrapes are real."""
+    import concurrent.futures
+    import threading
+
+    from runner.cache import stage as cache_stage
+    from tests.observe_tools import free_port
+
+    port, seen, refused, done = free_port(), {}, [], threading.Event()
+
+    def cache(ctx, *_args, **_kwargs):
+        ctx.metrics.cache_planned("text", 3, 3)
+        ctx.metrics.cache_done("text", 3)
+        written = concurrent.futures.Future()
+        written.set_result(100)
+        ctx.metrics.entry_written(written)
+        seen["cache"] = _values(port)
+        return {"text_total": 3, "text_encoded": 3, "latents_total": 0, "latents_encoded": 0}
+
+    def train(ctx):
+        seen["train"] = _values(port)
+        return TrainResult(3, 1.0, None, None, None)
+
+    def poll():  # from the first scrape served until the train stage's: never refused
+        served = False
+        while not done.is_set() and "train" not in seen:
+            try:
+                _values(port)
+                served = True
+            except OSError as e:
+                if served:
+                    refused.append(e)
+            done.wait(0.005)
+
+    monkeypatch.setattr(cache_stage, "run_cache", cache)
+    monkeypatch.setattr(loop, "run_train", train)
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    job = load_spec(SMOKE, [f"spec.output.dir={tmp_path / 'out'}", f"spec.cacheDir={tmp_path / 'cache'}",
+                            f"spec.metrics.port={port}"])
+    try:
+        assert launch_run.run_job(job) == EXIT_OK
+    finally:
+        done.set()
+        poller.join()
+    for stage in ("cache", "train"):
+        assert seen[stage][("trainingjob_stage", stage)] == 1.0
+        assert seen[stage][("trainingjob_cache_items_encoded_total", "text")] == 3.0, stage
+        assert seen[stage][("trainingjob_cache_written_bytes_total", "")] == 100.0, stage
+    assert seen["train"][("trainingjob_stage", "cache")] == 0.0
+    assert refused == []
+    with pytest.raises(OSError):  # the process is done: so is its endpoint
+        _values(port)
