@@ -277,11 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
         stopped = isinstance(e, StageStopped)
-        said = "stopped (SIGTERM)" if stopped else "interrupted"
-        if args.func is cmd_run:  # the one command that leaves work behind to go on from
-            said += (": what was written is kept (cache entries, the newest checkpoint); run the same command "
-                     "again to go on from there")
-        print(said, file=sys.stderr)
+        # `run` says what it leaves behind itself (runner/launch/run.py run_job); this is a stop
+        # before its work began, or in one of its workers, or in any other command
+        print("stopped (SIGTERM)" if stopped else "interrupted", file=sys.stderr)
         return EXIT_STOPPED if stopped else EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK

@@ -111,17 +111,34 @@ def sweep_stale_temps(folder: Path) -> list[Path]:
 
 def not_writable(path: Path | str) -> str | None:
     """Why nothing can be written at `path` (created when missing): the nearest folder that
-    exists is on a read-only file system, or this user may not write in it; None when it can."""
+    exists is on a read-only file system, or this user may not write in it, or it takes no new
+    folder (sysfs and procfs refuse even root, with EPERM or ENOENT); None when it can.
+
+    os.access answers from the permission bits alone, and root passes it everywhere, so where
+    it says yes a hidden folder is made in that folder and removed at once: the kernel's answer."""
     full = Path(path).absolute()
     existing = next((step for step in (full, *full.parents) if step.is_dir()), None)
-    if existing is None or os.access(existing, os.W_OK | os.X_OK):
+    if existing is None:
         return None
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{path} cannot be written: {existing} {_why_not_writable(existing, errno.EACCES)}"
     try:
-        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        os.rmdir(tempfile.mkdtemp(prefix=".trainingjob-probe-", dir=existing))
+    except OSError as e:
+        return f"{path} cannot be written: {existing} {_why_not_writable(existing, e.errno)}"
+    return None
+
+
+def _why_not_writable(folder: Path, error: int | None) -> str:
+    try:
+        read_only = error == errno.EROFS or bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except OSError:
         read_only = False
-    why = "is on a read-only file system" if read_only else "is not writable by this user"
-    return f"{path} cannot be written: {existing} {why}"
+    if read_only:
+        return "is on a read-only file system"
+    if error == errno.EACCES:
+        return "is not writable by this user"
+    return f"takes no new folder ({os.strerror(error) if error else 'refused'})"
 
 
 def not_a_directory(path: Path | str) -> str | None:

@@ -226,6 +226,10 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
             futures.append(writer.submit(write_entry, entry_path(vae_dir, key), {"latent": latent.clone()},
                                          {"source": item.info.rel}))
             futures[-1].add_done_callback(ctx.metrics.entry_written)
+        # counted here, as the entries go to the writer, not as their images were decoded: the
+        # batch is written only after the next one is encoded (its copy to the host overlaps
+        # that), and a count taken at decoding ran a batch or two ahead of the written bytes
+        ctx.metrics.cache_done("latent", len(good))
 
     images = [[item for _, item, _ in batch] for batch in batches]
     for i, pixels, bad in pixel_batches(images, family.image_to_tensor, workers=decode_workers(),
@@ -234,7 +238,8 @@ def cache_latents(ctx: RunContext, model_dir: Path, plans, identity: EncoderIden
         failed += [(batch[j][1], reason) for j, reason in bad.items()]
         good = [e for j, e in enumerate(batch) if j not in bad]
         bar.update(len(batch))
-        ctx.metrics.cache_done("latent", len(batch))
+        if bad:  # found undecodable: done now (the others when they are written)
+            ctx.metrics.cache_done("latent", len(bad))
         if not good:
             continue
         # Noise seeded by each entry's key: an image's cached latent is the same whichever

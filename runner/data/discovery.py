@@ -117,6 +117,12 @@ def find_images(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
+def has_images(root: Path) -> bool:
+    """Whether any image file lies under `root` (a folder), as find_images finds them: a walk
+    that stops at the first one, reading no file."""
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in _walk(root))
+
+
 def _orientation(image) -> int:
     """The orientation from the metadata PIL already read with the header (never decodes pixels):
     EXIF's tag, else XMP's tiff:Orientation, as ImageOps.exif_transpose reads them when the image

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from runner.data.buckets import BucketReport, bucket_key, bucket_report, group_by_bucket
 from runner.data.captions import CaptionError, caption_for
-from runner.data.discovery import IMAGE_EXTENSIONS, ImageInfo, scan
+from runner.data.discovery import IMAGE_EXTENSIONS, ImageInfo, has_images, scan
 from runner.data.transforms import CropPlan, aspect_problem, meets_minimum, plan_crop
 from runner.spec.localpaths import on_pod_volume
 
@@ -223,7 +223,7 @@ def plan_problem(where: str, ds: dict[str, Any], plan: DatasetPlan, batch: int, 
     `--smoke` all report through here, so they say the same. `where` is e.g. "spec.datasets[0]"."""
     name = str(ds.get("name", plan.name))
     if not plan.items and not plan.skipped:
-        return f"{where}: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {plan.root}"
+        return no_images(where, plan.root)
     if not plan.items:
         examples = "; ".join(f"{rel}: {reason}" for rel, reason in plan.skipped[:3])
         return (f"{where}: dataset {name!r} has no usable images: {plan.skipped_cause()} (e.g. {examples}). "
@@ -243,6 +243,24 @@ def path_problem(where: str, path: Path) -> str | None:
     if not path.is_dir():
         return f"{where}.path: {path} is a file, not a directory of images"
     return None
+
+
+def no_images(where: str, root: Path) -> str:
+    return f"{where}: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}"
+
+
+def folder_problems(spec: dict[str, Any]) -> list[str]:
+    """What `run` refuses about its local datasets before it writes anything (defaulted spec
+    dict): a path that is not a folder, or a folder with no image file in it. Cheap: no file is
+    read, and the walk ends at the first image; the cache stage plans (and checks) the rest."""
+    problems = []
+    for i, ds in enumerate(spec.get("datasets") or []):
+        if _opt(ds, "disabled") or _opt(ds, "type") != "local" or not ds.get("path"):
+            continue
+        where, root = f"spec.datasets[{i}]", Path(ds["path"])
+        if problem := path_problem(where, root) or (None if has_images(root) else no_images(where, root)):
+            problems.append(problem)
+    return problems
 
 
 def trained_buckets(plan: DatasetPlan, report: BucketReport) -> tuple[dict[str, int], dict[str, int]]:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STOPPED, StageStopped, sigterm_stops
+from runner.exitcodes import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_STOPPED, StageStopped,
+                              sigterm_stops)
 from runner.launch.lock import OutputBusy, hold_output_dir, lock_wait_s, takes_lock
 from runner.spec.localpaths import directory_problems  # validate reports the same
 from runner.spec.node import TrainingJob
@@ -104,6 +105,28 @@ def tracker_problems(spec: dict) -> list[str]:
     return problems
 
 
+def refusals(spec: dict, job: str, stage: str) -> list[str]:
+    """What refuses the run cheaply, checked before anything is written into the output folder
+    (the lock, the effective spec, the history, the report), so a refused run leaves a finished
+    run's record as it was: the hardware, the trackers' keys, the local datasets' folders, the
+    checkpoint a resume would take. A worker's launcher has checked the rest already."""
+    from runner.data.preflight import folder_problems
+    from runner.train.loop import resume_precheck
+
+    try:
+        pick_device(spec["hardware"]["accelerator"])
+    except HardwareError as e:
+        return [str(e)]
+    problems = tracker_problems(spec) if stage != "cache" else []
+    if in_worker():
+        return problems
+    if stage in ("cache", "all"):
+        problems += folder_problems(spec)
+    if stage in ("train", "all") and (why := resume_precheck(spec, job, job_paths(spec).checkpoints)):
+        problems.append(why)
+    return problems
+
+
 def run_job(job: TrainingJob, stage: str = "all") -> int:
     import torch
 
@@ -117,7 +140,7 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     from runner.train.guard import Diverged
 
     spec = job.spec.to_dict()
-    lock = None
+    lock = metrics = None
     try:
         if problems := directory_problems(spec, stage):
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
@@ -128,14 +151,13 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
             return EXIT_OK  # writes nothing, so needs no lock
         if stage == "train":  # refused before any report or history is written (--stage all caches first)
             load_manifest(manifest_path(spec), cache_fingerprint(spec))
-        if takes_lock(os.environ, in_worker()):  # one run per output folder (runner/launch/lock.py)
-            lock = hold_output_dir(Path(spec["output"]["dir"]), job.name, stage, wait_s=lock_wait_s(os.environ))
         if spec["output"]["hub"].get("push"):
             hub_token(spec["output"]["hub"])  # fail before hours of work, not after
-        problems = tracker_problems(spec) if stage != "cache" else []
-        if problems:
+        if problems := refusals(spec, job.name, stage):
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
             return EXIT_INVALID
+        if takes_lock(os.environ, in_worker()):  # one run per output folder (runner/launch/lock.py)
+            lock = hold_output_dir(Path(spec["output"]["dir"]), job.name, stage, wait_s=lock_wait_s(os.environ))
         gpus, nodes = spec["hardware"]["gpusPerNode"], spec["hardware"]["nodes"]
         if nodes > 1 and not in_worker() and stage != "cache":
             from runner.launch.torchrun import topology
@@ -147,12 +169,25 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
             if in_worker():
                 run_cache_stage(job, shard_of_worker(job))
                 return EXIT_OK
-            run_cache_stage(job, launch_shards=gpus)
+            metrics = _metrics(job, is_main=True)  # one registry and endpoint for both stages
+            run_cache_stage(job, launch_shards=gpus, metrics=metrics)
         if stage in ("train", "all"):
             if (gpus > 1 or nodes > 1) and not in_worker():
+                if metrics is not None:  # the port is rank 0's now, in its own process
+                    metrics.close("completed")
                 return launch_workers(job, "train")
-            return run_train_stage(job)
+            if metrics is None and not in_worker():
+                metrics = _metrics(job, is_main=True)
+            return run_train_stage(job, metrics)
         return EXIT_OK
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM in the cache stage (StageStopped)
+        if in_worker():
+            raise
+        stopped = isinstance(e, StageStopped)
+        newest = newest_checkpoint(job_paths(spec).checkpoints) if stage != "cache" else None
+        print(f"{'stopped (SIGTERM)' if stopped else 'interrupted'}: "
+              f"{what_is_kept(stage, spec['training']['resume'], newest)}", file=sys.stderr)
+        return EXIT_STOPPED if stopped else EXIT_INTERRUPTED
     except WorkerFailed as e:
         return e.code
     except OutputBusy as e:
@@ -175,10 +210,58 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
                   "spec.cacheDir / spec.output.dir to a larger volume, then rerun: finished entries are kept",
                   file=sys.stderr)
             return EXIT_INTERNAL
+        if why := unwritable(e, spec):
+            print(f"error: {why}", file=sys.stderr)
+            return EXIT_INVALID
         raise
     finally:
+        if metrics is not None:
+            metrics.close()
         if lock is not None:
             lock.release()
+
+
+def newest_checkpoint(root: Path) -> str | None:
+    """The name of the newest sealed checkpoint (its state file is written last, before the
+    rename), without hashing its files: read as the process stops."""
+    from runner.train.checkpoint import STATE_FILE, list_checkpoints
+
+    sealed = [path.name for _, path in list_checkpoints(root) if (path / STATE_FILE).is_file()]
+    return sealed[-1] if sealed else None
+
+
+def what_is_kept(stage: str, resume: str, newest: str | None) -> str:
+    """What a stopped run leaves and where its rerun starts (pure): the cache entries written
+    are always kept; the training starts where spec.training.resume and the checkpoints say."""
+    cache = "the cache entries written are kept, so the rerun encodes only the missing ones"
+    if stage == "cache":
+        return f"{cache}; run the same command again to go on"
+    if resume == "none":
+        train = "spec.training.resume is none, so the rerun starts training over from step 0"
+    elif resume != "auto":
+        train = f"the rerun resumes from {resume} (spec.training.resume)"
+    elif newest is None:
+        train = "no checkpoint yet, so the rerun starts training from step 0"
+    else:
+        train = f"checkpoint {newest} is kept and the rerun resumes from it"
+    return f"{train}; {cache if stage == 'all' else 'run the same command again'}"
+
+
+def unwritable(e: OSError, spec: dict) -> str | None:
+    """A write the file system refused (permissions, a read-only mount, a folder such as /sys
+    that takes no files) under a folder the spec names, as bad input naming that field; None
+    for any other error. validate and the start of `run` catch most of these (not_writable);
+    this is for a folder that changes under a running job."""
+    from runner.spec.semantics import written_dirs
+
+    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not e.filename:
+        return None
+    target = Path(os.fsdecode(e.filename)).absolute()
+    for where, folder in written_dirs(spec):
+        if target.is_relative_to(Path(folder).absolute()):
+            return (f"{where}: {e.filename} cannot be written ({e.strerror}); point {where} at a folder this run may "
+                    "write to, or make that one writable")
+    return None
 
 
 def _metrics(job: TrainingJob, is_main: bool, shard=None):
@@ -212,19 +295,22 @@ def shard_of_worker(job: TrainingJob):
     return Shard(*cache_shard(os.environ, job.spec.hardware.nodes))
 
 
-def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
+def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1, metrics=None):
     """Run the cache stage in this process, or (launch_shards > 1) plan it here, once, so dataset
     errors show before any worker starts and image digests are remembered for them, let one
     worker per GPU encode a shard each, then re-check broken images and write the manifests.
     With several nodes (the pods of an Indexed cache Job) each node encodes its own shards, and
-    the node that finishes last makes the final pass (runner/launch/nodes.py)."""
+    the node that finishes last makes the final pass (runner/launch/nodes.py). `metrics`: the
+    process's, which goes on serving after the stage (else one of the stage's own)."""
     from runner.launch.context import make_context
     from runner.launch.nodes import node_shards_done
     from runner.launch.torchrun import cache_shard, node_rank
     from runner.cache.stage import Shard, plan_datasets, run_cache
 
     shard = shard or Shard()
-    metrics = _metrics(job, shard.is_whole, shard)  # the launching process serves /metrics, not its workers
+    own = metrics is None
+    if own:
+        metrics = _metrics(job, shard.is_whole, shard)  # the launching process serves /metrics, not its workers
     ended = "failed"
     try:
         metrics.set_stage("cache")
@@ -264,16 +350,18 @@ def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1):
         ended = "terminated" if isinstance(e, StageStopped) else "interrupted"
         raise
     finally:
-        metrics.close(ended)
+        (metrics.close if own else metrics.end_stage)(ended)
 
 
-def run_train_stage(job: TrainingJob) -> int:
+def run_train_stage(job: TrainingJob, metrics=None) -> int:
+    """`metrics`: the process's, which goes on serving after the stage (else one of its own)."""
     from runner.launch.context import make_context
     from runner.train.loop import run_train
     from runner.train.completion import record_finished
 
-    is_main = os.environ.get("RANK", "0") == "0"
-    metrics = _metrics(job, is_main)
+    own = metrics is None
+    if own:
+        metrics = _metrics(job, os.environ.get("RANK", "0") == "0")
     ended = "failed"
     try:
         metrics.set_stage("train")
@@ -307,4 +395,4 @@ def run_train_stage(job: TrainingJob) -> int:
         ended = "interrupted"
         raise
     finally:
-        metrics.close(ended)
+        (metrics.close if own else metrics.end_stage)(ended)

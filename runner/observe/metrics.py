@@ -188,10 +188,11 @@ class Metrics:
             self._on_validation()
 
     # ---- end ----
-    def close(self, ended: str = "failed") -> None:
-        """Stop serving (idempotent); the first call records the stage's duration and how it
+    def end_stage(self, ended: str = "failed") -> None:
+        """The stage set by set_stage is over: the first call records its duration and how it
         `ended` (one of ENDINGS: a stage closed without saying it completed did not), and
-        refreshes the report."""
+        refreshes the report. The endpoint stays up and every counter keeps its count: one
+        process serves one registry for all its stages (`run` caches, then trains)."""
         if ended not in ENDINGS:
             raise ValueError(f"ended {ended!r} is not one of {tuple(ENDINGS)}")
         self.cache.close()
@@ -200,6 +201,10 @@ class Metrics:
             self._stage = ""
             if self._on_close:
                 self._on_close()
+
+    def close(self, ended: str = "failed") -> None:
+        """end_stage, then stop serving (idempotent): when the process is done."""
+        self.end_stage(ended)
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

@@ -5,6 +5,7 @@ The loop is the marked block in `run_train()`; everything else is a component se
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ def resume_state(ctx: RunContext, accelerator, optimizer, lr_scheduler,
     return state, path
 
 
-def resume_problem(state: TrainerState, path: Path, job: str, total_steps: int, auto: bool) -> str | None:
+def resume_problem(state: TrainerState, path: Path, job: str, total_steps: float, auto: bool) -> str | None:
     """Why the checkpoint at `path` must not be resumed by this run (pure), or None:
     - under `resume: auto`, one written by another job (two specs sharing an output folder, e.g.
       both without spec.output.dir): its run and this one would mix in one model, report and log;
@@ -183,6 +184,35 @@ def resume_problem(state: TrainerState, path: Path, job: str, total_steps: int, 
                 f"maxSteps (or epochs) to {state.step} or more to keep it; resume from an earlier checkpoint "
                 f"(spec.training.resume: {path.parent}/step-N); or start over with spec.training.resume: none "
                 "(the earlier run is moved aside)")
+    return None
+
+
+def resume_precheck(spec: dict[str, Any], job: str, checkpoints: Path) -> str | None:
+    """Why the checkpoint this run would resume is refused, read from its small files before
+    `run` writes anything or loads a model (resume_state verifies and loads it later): under
+    `resume: auto`, another job's; one written with another spec.training.optimizer, whose
+    saved state cannot go on in this one. A checkpoint too torn to read is left to resume_state,
+    which skips (auto) or refuses (a path) it."""
+    mode = spec["training"]["resume"]
+    if mode == "none":
+        return None
+    found = ckpt.list_checkpoints(checkpoints) if mode == "auto" else [(0, Path(mode))]
+    if not found:
+        return None
+    path = found[-1][1]
+    try:
+        state = ckpt.read_state(path)
+        before = json.loads((path / ckpt.SPEC_FILE).read_text())["training"]["optimizer"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if problem := resume_problem(state, path, job, total_steps=math.inf, auto=mode == "auto"):
+        return problem
+    now = spec["training"]["optimizer"]
+    if before != now:
+        return (f"spec.training.optimizer: this run uses {now}, but the checkpoint it would resume ({path}) was "
+                f"written by {before}, whose saved state cannot go on in {now}. Set optimizer: {before} again, or "
+                "start over with spec.training.resume: none (the earlier run is moved aside), or use a new "
+                "spec.output.dir")
     return None
 
 

@@ -88,3 +88,53 @@ def test_two_cache_workers_count_each_entry_once_and_counters_never_fall(runner)
         assert encoded == sorted(encoded) and encoded[-1] == total, f"{kind}: encoded {encoded}"
     written = [sample(s, N.CACHE_WRITTEN_BYTES, **job) for s in scrapes]
     assert written == sorted(written) and written[-1] > 0, written
+
+
+class _WritesAtOnce:
+    """A stand-in for the cache writer's thread pool that writes as it is handed an entry, so
+    that what a scrape reads after each count does not depend on the writer threads' timing."""
+
+    def __init__(self, *_args, **_kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_exc):
+        return False
+
+    def submit(self, fn, *args, **kwargs):
+        from concurrent.futures import Future
+
+        future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def test_latents_are_counted_as_they_are_written_not_as_their_images_decode(tmp_path: Path, tiny_model: Path,
+                                                                           monkeypatch) -> None:
+    """Latents were counted as encoded when their images were decoded, before the VAE ran, and
+    a batch is written only once the next is encoded: scrapes read 12 latents encoded beside 0
+    bytes written. Now each count comes with its entries' bytes."""
+    from runner.cache import stage as cache_stage
+    from runner.launch.context import make_context
+    from runner.spec.load import load_spec
+
+    class Counts(Metrics):
+        __slots__ = ("seen",)
+
+        def cache_done(self, kind: str, n: int) -> None:
+            super().cache_done(kind, n)
+            self.seen.append((kind, self.registry.get_sample_value(N.CACHE_WRITTEN_BYTES, {"trainingjob": self.job})))
+
+    monkeypatch.setattr(cache_stage, "ThreadPoolExecutor", _WritesAtOnce)
+    job = load_spec(SMOKE, [f"spec.cacheDir={tmp_path / 'cache'}", f"spec.output.dir={tmp_path / 'out'}",
+                            f"spec.model.pretrained={tiny_model}", "spec.model.vaeBatchSize=4"])
+    metrics = Counts(job.name)
+    metrics.seen = []
+    cache_stage.run_cache(make_context(job, "cpu", metrics=metrics))
+    first = next(i for i, (k, _) in enumerate(metrics.seen) if k == "latent")
+    before = metrics.seen[first - 1][1] if first else 0.0  # what the text entries wrote, when first
+    latent_bytes = [b - before for k, b in metrics.seen if k == "latent"]
+    assert len(latent_bytes) >= 2 and all(b > 0 for b in latent_bytes), latent_bytes
+    assert latent_bytes == sorted(set(latent_bytes)), latent_bytes  # each count brings its batch's bytes

@@ -109,7 +109,7 @@ def stages(monkeypatch):
 
     ran: list[str] = []
     monkeypatch.setattr(run_mod, "run_cache_stage", lambda job, *a, **kw: ran.append("cache"))
-    monkeypatch.setattr(run_mod, "run_train_stage", lambda job: ran.append("train") or 0)
+    monkeypatch.setattr(run_mod, "run_train_stage", lambda job, *a: ran.append("train") or 0)
     for name in ("LOCAL_RANK", "JOB_COMPLETION_INDEX", "NODE_RANK"):
         monkeypatch.delenv(name, raising=False)
     return ran

@@ -419,3 +419,62 @@ def test_run_and_render_read_a_spec_from_standard_input(tmp_path, minimal_spec):
         refused = trainingjob("run", "-", flag, stdin=minimal_spec)
         assert refused.returncode == 2
         assert f"a spec from standard input (-) does not go with {flag}" in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize("field", ["spec.output.dir", "spec.cacheDir"])
+def test_a_system_folder_that_takes_no_folder_is_bad_input_for_run_and_validate(tmp_path, capsys, field):
+    """`/sys` refuses mkdir with EPERM, even to root, whom os.access lets write anywhere: validate
+    called the spec valid and run ended in "internal error: PermissionError: [Errno 1] Operation
+    not permitted: '/sys/tj-out'" (exit 1, "a bug in trainingjob")."""
+    import errno
+    import os
+
+    from runner.cli import main
+
+    target = Path("/sys/trainingjob-test-out")
+    try:
+        os.mkdir(target)
+        os.rmdir(target)
+        pytest.skip("/sys takes folders here")
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EACCES, errno.ENOENT, errno.EROFS):
+            pytest.skip(f"/sys: {e}")
+    smoke = str(REPO / "examples" / "smoke.yaml")
+    sets = ["--set", f"{field}={target}"]
+    if field == "spec.cacheDir":
+        sets += ["--set", f"spec.output.dir={tmp_path / 'out'}"]
+    said = f"{field}: {target} cannot be written: /sys "
+    assert main(["validate", smoke, *sets]) == 2
+    assert said in "".join(capsys.readouterr())
+    assert main(["run", smoke, *sets, "--set", "spec.metrics.port=0"]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "point it at a folder this run may write to" in err and "internal error" not in err
+
+
+def test_a_read_only_file_system_is_named_as_such(tmp_path, monkeypatch):
+    """EROFS where os.access says yes (a volume mounted read-only under a writable mode)."""
+    import errno
+    import tempfile
+
+    from runner.files import not_writable
+
+    def refuse(**_kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    assert not_writable(tmp_path / "out") == f"{tmp_path / 'out'} cannot be written: {tmp_path} is on a read-only file system"
+
+
+@pytest.mark.parametrize("code", ["EACCES", "EPERM", "EROFS"])
+def test_a_write_refused_under_a_spec_folder_mid_run_names_the_field(tmp_path, code):
+    """A folder made read-only under a running job: bad input naming the field, not our bug."""
+    import errno
+
+    from runner.launch.run import unwritable
+    from runner.spec.load import load_spec
+
+    spec = load_spec(REPO / "examples" / "smoke.yaml", [f"spec.cacheDir={tmp_path / 'c'}"]).spec.to_dict()
+    e = OSError(getattr(errno, code), "refused", str(tmp_path / "c" / "text" / "ab" / "x.safetensors"))
+    assert unwritable(e, spec).startswith(f"spec.cacheDir: {tmp_path / 'c'}/text/ab/x.safetensors cannot be written")
+    assert unwritable(OSError(getattr(errno, code), "refused", "/elsewhere/x"), spec) is None
+    assert unwritable(OSError(errno.ENOENT, "gone", str(tmp_path / "c" / "x")), spec) is None
