@@ -305,7 +305,8 @@ def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1, metric
     from runner.launch.context import make_context
     from runner.launch.nodes import node_shards_done
     from runner.launch.torchrun import cache_shard, node_rank
-    from runner.cache.stage import Shard, plan_datasets, run_cache
+    from runner.cache.datasets import plan_datasets
+    from runner.cache.stage import Shard, run_cache
 
     shard = shard or Shard()
     own = metrics is None
