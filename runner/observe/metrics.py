@@ -173,9 +173,9 @@ class Metrics:
             counter.inc(step - self._steps)
             self._steps = step
 
-    def checkpoint_saved(self, seconds: float) -> None:
+    def checkpoint_saved(self, step: int, seconds: float) -> None:
         self._series[N.CHECKPOINT_DURATION].labels(self.job).observe(seconds)
-        self._record("checkpoint", seconds=seconds)
+        self._record("checkpoint", step=step, seconds=seconds)
 
     def validation_done(self, step: int, seconds: float, scores: Mapping[str, float] | None = None) -> None:
         """After the images of `step` are written; refreshes the report."""

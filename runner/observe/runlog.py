@@ -1,8 +1,10 @@
 """The run's history as JSON lines in `<output.dir>/metrics.jsonl`: what report.html is drawn from.
 
 Appended, so a resumed run continues the same history; readers keep the last record of each
-step (a resume repeats the steps after its checkpoint). Rewritten only by `resume: none`, which
-moves the earlier run's records aside with the rest of that run (runner/train/restart.py)."""
+step. Rewritten only as a train stage starts (runner/train/restart.py): `resume: none` moves
+the earlier run's records aside with the rest of that run, and a run that starts at step N
+moves the records of steps after N aside (an abandoned timeline: a run stopped before its next
+checkpoint, or a resume from an earlier one)."""
 from __future__ import annotations
 
 import json
@@ -69,6 +71,17 @@ def split_earlier_run(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any
     ends = [i for i in range(current) if not _is_cache_stage(records[i])]
     cut = ends[-1] + 1 if ends else 0
     return records[:cut], records[cut:]
+
+
+def split_abandoned(records: list[dict[str, Any]], start_step: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the records of steps after `start_step`, the rest), for a train stage that starts at
+    `start_step`: what earlier runs logged, validated or checkpointed after it belongs to weights
+    this run discards. Records without a step (stage starts and ends, checkpoints of histories
+    written before they recorded their step) describe what ran and stay. Pure."""
+    def abandoned(r: dict[str, Any]) -> bool:
+        return isinstance(r.get("step"), int) and r["step"] > start_step
+
+    return [r for r in records if abandoned(r)], [r for r in records if not abandoned(r)]
 
 
 def _json_number(v: Any) -> Any:

@@ -127,6 +127,17 @@ def start_over(ctx: RunContext, accelerator) -> None:
     accelerator.wait_for_everyone()
 
 
+def set_aside_abandoned(ctx: RunContext, accelerator, start_step: int) -> None:
+    """What earlier runs did after `start_step` (a run stopped before its next checkpoint, or
+    one past the checkpoint resumed) belongs to weights this run replaces: the main process
+    moves it aside (runner/train/restart.py), the others wait. Collective."""
+    from runner.train.restart import set_aside_abandoned_steps
+
+    if accelerator.is_main_process:
+        set_aside_abandoned_steps(ctx.paths, start_step, ctx.log)
+    accelerator.wait_for_everyone()
+
+
 def resume_state(ctx: RunContext, accelerator, optimizer, lr_scheduler,
                  total_steps: int) -> tuple[TrainerState, Path | None]:
     """The state to start from, and the checkpoint it was loaded from (None: from the base model).
@@ -258,6 +269,7 @@ def run_train(ctx: RunContext) -> TrainResult:
         ctx.log(wrapper)
     vae, to_latents = latent_source(data, family, model_dir, device, spec["model"]["vaeDtype"])
     state, last_ckpt = resume_state(ctx, accelerator, optimizer, lr_scheduler, plan.total_steps)
+    set_aside_abandoned(ctx, accelerator, state.step)  # before this run writes a step of its own
     validator = Validator(spec, manifest, family, ctx.paths.validation, device, torch.float32, vae=vae)
     if accelerator.is_main_process:
         accelerator.init_trackers(ctx.job.name, config=_flat(spec))
@@ -285,7 +297,7 @@ def run_train(ctx: RunContext) -> TrainResult:
         started = time.time()
         with ctx.metrics.phase("checkpoint"):  # may take longer than the stall alert's 10 minutes
             path = ckpt.save(accelerator, ctx.paths.checkpoints, state, training["checkpointsTotalLimit"], spec)
-        ctx.metrics.checkpoint_saved(time.time() - started)
+        ctx.metrics.checkpoint_saved(state.step, time.time() - started)
         return path
 
     # ---- the loop ----

@@ -47,7 +47,7 @@ def exercise(m: Metrics) -> None:
     for step in (1, 2, 3):
         m.step_done(step, epoch=0, seconds=0.02 * step)
     m.train_progress(3, 20, 0.25, 12.5, lr=1e-4, grad_norm=0.75)
-    m.checkpoint_saved(1.5)
+    m.checkpoint_saved(3, 1.5)
     m.validation_done(3, 4.0, {"validation/clip_score": 21.5})
 
 
@@ -353,7 +353,7 @@ def test_history_for_the_report(tmp_path: Path) -> None:
     m = Metrics("x", run_log=log, on_validation=lambda: refreshed.append("v"), on_close=lambda: refreshed.append("c"))
     m.set_stage("train")
     m.train_progress(1, 2, float("nan"), 3.0, lr=0.1)
-    m.checkpoint_saved(0.5)
+    m.checkpoint_saved(1, 0.5)
     m.validation_done(1, 2.0, {})
     m.close("interrupted")
     m.close("completed")  # the stage ends once
@@ -361,6 +361,7 @@ def test_history_for_the_report(tmp_path: Path) -> None:
     assert [e["event"] for e in events] == ["stage_started", "train", "checkpoint", "validation", "stage_finished"]
     assert events[-1]["ended"] == "interrupted"  # Ctrl-C used to be recorded like a finished stage
     assert math.isnan(float(events[1]["loss"])) and events[1]["lr"] == 0.1
+    assert events[2]["step"] == 1  # a resume from an earlier step sets it aside with its timeline
     assert refreshed == ["v", "c"]
 
 
