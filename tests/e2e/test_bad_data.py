@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -61,7 +60,7 @@ def test_a_truncated_jpeg_is_named_as_the_cause_before_any_model_loads(runner, t
                       stage="cache")
     assert_clean(proc, code=2)
     assert "  b.jpg: cannot decode (image file is truncated" in proc.stdout  # listed with its reason
-    assert (f"spec.datasets[0]: dataset 'photos' has 0 usable image(s) but one optimizer step needs 2" in proc.stderr)
+    assert ("spec.datasets[0]: dataset 'photos' has 0 usable image(s) but one optimizer step needs 2" in proc.stderr)
     assert (f"1 of 2 image(s) under {two} skipped: 1 truncated (b.jpg). Fix: copy the truncated images again "
             "(or remove them), add images or lower spec.training.batchSize") in proc.stderr
     assert "cropAspect: square" not in proc.stderr and "minimumImageSize" not in proc.stderr

@@ -118,7 +118,7 @@ PROBLEM_CASES = [
     ("needs-more", {}, dict(batch=2, accum=2, gpus=2),
      ["spec.datasets[0]: dataset 'photos' has 5 usable image(s) but one optimizer step needs 8",
       "(batchSize 2 x gradientAccumulationSteps 2 x 2 GPUs)", "128x128: 5, 192x128: 3", "dropped (3 of 8",
-      f"1 of 9 image(s) under", "skipped: 1 unreadable (broken.png). Fix: "]),
+      "1 of 9 image(s) under", "skipped: 1 unreadable (broken.png). Fix: "]),
     ("world-size-is-gpus-times-nodes", {}, dict(batch=1, accum=2, gpus=2, nodes=2),
      ["needs 8", "x 4 GPUs"]),
     ("textfile-uncaptioned-unusable", {"captionStrategy": "textfile", "minimumImageSize": 64}, dict(batch=4),
@@ -419,7 +419,7 @@ SQUARE = {"crop": True, "cropAspect": "square", "captionStrategy": "textfile"}
 # id, dataset overrides, spec kwargs, fragments the message has, fragments it must not have
 SHORT_CASES = [
     ("truncated-named-before-the-fixes", SQUARE, dict(batch=2),
-     [f"1 of 2 image(s) under {{root}} skipped: 1 truncated (b.jpg). Fix: copy the truncated images again "
+     ["1 of 2 image(s) under {root} skipped: 1 truncated (b.jpg). Fix: copy the truncated images again "
       "(or remove them), add images or lower spec.training.batchSize"],
      ["cropAspect: square", "minimumImageSize", "gradientAccumulationSteps or", "the list above"]),
     ("accumulation-is-offered-only-when-above-1", SQUARE, dict(batch=1, accum=2),
@@ -448,7 +448,7 @@ def test_validate_counts_a_truncated_jpeg_as_skipped_not_usable(cli, two):
                  "--set", "spec.datasets.0.cropAspect=square")
     assert result.code == 2, result.text
     assert "2 usable" not in result.text
-    assert (f"spec.datasets[0]: dataset 'photos' has 0 usable image(s) but one optimizer step needs 2" in result.text)
+    assert ("spec.datasets[0]: dataset 'photos' has 0 usable image(s) but one optimizer step needs 2" in result.text)
     assert f"1 of 2 image(s) under {two} skipped: 1 truncated (b.jpg). Fix: copy the truncated images again" \
         in result.text
     assert "cropAspect: square" not in result.text

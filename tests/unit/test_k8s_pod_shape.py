@@ -9,7 +9,7 @@ import pytest
 from runner.k8s import build, checks
 from runner.k8s.build import Options
 from runner.k8s.reconcile import Observed, reconcile
-from runner.k8s.render import RenderError, render_objects
+from runner.k8s.render import render_objects
 from tests.unit.test_k8s_build import VERSIONS, make_doc, pod
 from tests.unit.test_k8s_reconcile import T0, trainingjob
 
