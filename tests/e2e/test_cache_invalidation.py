@@ -5,6 +5,7 @@ import re
 import shutil
 
 import pytest
+from PIL import Image
 
 from tests.e2e.conftest import assert_clean, dataset_manifest
 
@@ -133,9 +134,16 @@ def test_jobs_sharing_a_cache_dir_each_train_on_their_own_manifest(runner):
     assert runner.cache_report()["latents_encoded"] == runner.cache_report()["text_encoded"] == 0
     assert len(list((runner.cache / "manifests").glob("*.json"))) == 2
 
-    # A job whose cache stage fails shows no other job's cache in its report.
-    missing = runner.run("metadata.name=job-d", f"spec.output.dir={runner.tmp / 'out-d'}", *quick,
-                         "spec.datasets.0.type=local", f"spec.datasets.0.path={runner.tmp / 'no-such-folder'}")
-    assert_clean(missing, code=2)
+    # A job whose cache stage fails shows no other job's cache in its report. (A missing folder
+    # is refused before any report is written; one image for a batch of 2 fails in the stage.)
+    lonely = runner.tmp / "one-image"
+    lonely.mkdir()
+    Image.new("RGB", (256, 256), (120, 30, 200)).save(lonely / "only.jpg")
+    (lonely / "only.txt").write_text("a purple square")
+    failed = runner.run("metadata.name=job-d", f"spec.output.dir={runner.tmp / 'out-d'}", *quick,
+                        "spec.datasets.0.type=local", f"spec.datasets.0.path={lonely}",
+                        "spec.datasets.0.captionStrategy=textfile", "spec.training.batchSize=2")
+    assert_clean(failed, code=2)
+    assert "0 usable image(s) but one optimizer step needs 2" in failed.stderr, failed.stderr
     assert "No cache manifest yet" in (runner.tmp / "out-d" / "report.html").read_text()
     assert "No cache manifest yet" not in (runner.tmp / "out-a" / "report.html").read_text()  # A's own cache
