@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 from runner.models.registry import traits
 from runner.spec import fieldpath, redact
+from runner.spec.names import repo_id_problem
 from runner.spec import schema as schema_mod
 
 MAX_VALIDATION_SIDE = 8192
@@ -261,6 +262,23 @@ def _hub(spec: dict[str, Any]) -> Iterator[Finding]:
         yield ERROR, "spec.output.hub.repoId: required when push is true, e.g. me/pixart-sigma-finetune"
 
 
+def _hub_repo_ids(spec: dict[str, Any]) -> Iterator[Finding]:
+    """Repo ids the Hub would refuse, found before the download or the push (after all the
+    training) would fail on them. spec.model.pretrained is a Hub id unless it is a builtin, a
+    path (starting with '.', '/' or '~') or a folder that exists here."""
+    found = [("spec.output.hub.repoId", spec["output"].get("hub", {}).get("repoId"), True)]
+    found += [(f"spec.datasets[{i}].repo", ds.get("repo"), True) for i, ds in enumerate(spec.get("datasets") or [])]
+    ref = spec["model"].get("pretrained")
+    if isinstance(ref, str) and not ref.startswith(("builtin:", ".", "/", "~")) and not os.path.isdir(ref):
+        found.append(("spec.model.pretrained", ref, False))
+    for where, repo_id, namespaced in found:
+        if not isinstance(repo_id, str) or not (why := repo_id_problem(repo_id, namespace_required=namespaced)):
+            continue
+        local = "; a local folder starts with ./ or /" if where == "spec.model.pretrained" else ""
+        yield ERROR, (f"{where}: {redact.show(where, repo_id)} is not a valid Hub repo id: {why}{local} "
+                      "(e.g. me/pixart-sigma-finetune)")
+
+
 def _wandb(spec: dict[str, Any]) -> Iterator[Finding]:
     wandb = spec["tracking"].get("wandb", {})
     if wandb.get("enabled") and not wandb.get("project"):
@@ -270,7 +288,7 @@ def _wandb(spec: dict[str, Any]) -> Iterator[Finding]:
 RULES: tuple[Callable[[dict[str, Any]], Iterator[Finding]], ...] = (
     _steps_or_epochs, _warmup, _resolutions, _guidance, _mps_precision, _datasets, _dataset_sizes, _seed, _ddp, _paths,
     _output_in_dataset,
-    _secret_references, _fused_feed_forward, _hub, _wandb)
+    _secret_references, _fused_feed_forward, _hub, _hub_repo_ids, _wandb)
 
 
 def check(doc: dict[str, Any], tolerant: bool = False) -> tuple[list[str], list[str]]:
