@@ -133,7 +133,7 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     from runner.data import DatasetError, HubUnavailable
     from runner.launch.torchrun import LaunchError
     from runner.models.pipeline import ModelError
-    from runner.train.publish import PublishError, PublishRetryable, hub_token
+    from runner.train.publish import PublishError, PublishRetryable, hub_token, refuse_offline_push
     from runner.train.loop import ResumeError
     from runner.train.completion import finished_message, finished_step
     from runner.train.data import CacheMismatch, load_manifest
@@ -153,6 +153,7 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
             load_manifest(manifest_path(spec), cache_fingerprint(spec))
         if spec["output"]["hub"].get("push"):
             hub_token(spec["output"]["hub"])  # fail before hours of work, not after
+            refuse_offline_push()
         if problems := refusals(spec, job.name, stage):
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
             return EXIT_INVALID

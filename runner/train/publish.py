@@ -13,7 +13,8 @@ The push comes after all the training, so its failures are sorted by whether try
     downloads use.
   * the push as configured cannot work (the token refused, no write access, no such repo, an
     invalid repo id, HF_HUB_OFFLINE set): PublishError at once, exit 2, naming
-    spec.output.hub.repoId or the token's variable (its name, never its value).
+    spec.output.hub.repoId or the token's variable (its name, never its value). An empty token
+    variable and offline mode are refused by `run` before any work (hub_token, refuse_offline_push).
   * anything else (not an HTTP or network error): PublishRetryable at once, exit 1.
 Either way the trained and exported model stays in the output folder.
 """
@@ -51,6 +52,21 @@ def hub_token(hub: dict[str, Any]) -> str:
         raise PublishError(f"spec.output.hub.push is true but the environment variable {name} is empty; "
                            f"export {name}=<token> (on Kubernetes: spec.kubernetes.secrets.hubToken)")
     return token
+
+
+# huggingface_hub reads these once, at import, with these truth values (huggingface_hub.constants).
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def refuse_offline_push(env: Any = None) -> None:
+    """PublishError when offline mode is on, which forbids the push: `run` calls this before any
+    work, since the push would otherwise fail only after all the training."""
+    env = os.environ if env is None else env
+    for name in OFFLINE_ENV:
+        if str(env.get(name) or "").upper() in _TRUE:
+            raise PublishError(f"spec.output.hub.push is true but {name} is set, which forbids the push; unset "
+                               f"{name}, or set spec.output.hub.push: false")
 
 
 def model_card(job_document: dict[str, Any], images: list[Path], repo_id: str) -> str:

@@ -350,6 +350,27 @@ def test_the_exit_code_of_a_failed_push(fake_hub, tmp_path, monkeypatch, model_d
     no_token_in(fake_hub, out.out, out.err)
 
 
+@pytest.mark.parametrize("name, value", [("HF_HUB_OFFLINE", "1"), ("HF_HUB_OFFLINE", "true"), ("TRANSFORMERS_OFFLINE", "1")])
+def test_run_refuses_a_push_in_offline_mode_before_any_work(fake_hub, tmp_path, monkeypatch, capfd, name, value):
+    """Offline mode forbids the push; `run` says so at its start (exit 2), not after the training."""
+    from runner.launch import run as launch_run
+    from runner.spec.load import load_spec
+
+    ran = []
+    monkeypatch.setattr(launch_run, "run_cache_stage", lambda *a, **k: ran.append("cache"))
+    monkeypatch.setattr(launch_run, "run_train_stage", lambda *a, **k: ran.append("train") or 0)
+    monkeypatch.setenv(name, value)
+    job = load_spec(REPO_ROOT / "examples" / "smoke.yaml",
+                    [f"spec.output.dir={tmp_path / 'out'}", f"spec.cacheDir={tmp_path / 'cache'}",
+                     "spec.metrics.port=0", "spec.output.hub.push=true", f"spec.output.hub.repoId={REPO_ID}",
+                     f"spec.output.hub.tokenEnv={TOKEN_ENV}"])
+    assert launch_run.run_job(job, "all") == EXIT_INVALID
+    err = capfd.readouterr().err
+    assert f"error: spec.output.hub.push is true but {name} is set" in err and "push: false" in err
+    assert ran == [] and fake_hub.requests == []
+    assert not (tmp_path / "out" / "trainingjob.effective.yaml").exists()
+
+
 def test_push_without_token_names_the_variable(fake_hub, model_dir, images, monkeypatch):
     monkeypatch.delenv(TOKEN_ENV)
     with pytest.raises(PublishError) as info:
