@@ -14,8 +14,9 @@ Repos are `Repo`s keyed by (kind, id). Every request is recorded in `requests` (
 headers, body, and the route's name); requests no route answers are kept in `unknown` and answered 404.
 `faults` make it misbehave: each is a dict matching on `route` (a name below) and/or `path` (a regex
 searched in "METHOD /path"), with `kind` (an HTTP status to answer instead; "stall": answer only after
-`seconds`; "drop": send the headers and half the body, then close the connection) and `times` (how many
-matching requests it hits; absent or None: all of them).
+`seconds`; "drop": send the headers and half the body, then close the connection), `headers` (sent
+with an HTTP status `kind`, e.g. {"Retry-After": "7"}) and `times` (how many matching requests it hits;
+absent or None: all of them).
 
 huggingface_hub reads HF_ENDPOINT and friends at import time: `point_client_at` patches them in this
 process, `client_env` is the environment for a client subprocess.
@@ -135,7 +136,7 @@ class FakeHub:
         req["route"] = name
         fault = self._fault(name, f"{req['method']} {req['path']}") or {}
         if isinstance(fault.get("kind"), int):
-            return fault["kind"], {"error": ERRORS.get(fault["kind"], "error")}, {}, False
+            return fault["kind"], {"error": ERRORS.get(fault["kind"], "error")}, dict(fault.get("headers") or {}), False
         if fault.get("kind") == "stall":
             self.closing.wait(fault["seconds"])
         if name is None:

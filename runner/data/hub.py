@@ -12,7 +12,9 @@ Failures of the Hub (`fetch_snapshot`, also used for models):
     so a stalled Hub would hang the job) nor a file request answered 5xx. So the revision is
     resolved here, with HF_HUB_ETAG_TIMEOUT, and each transient failure (5xx, 408, 429,
     timeouts, dropped connections, a download that came back incomplete) is retried: `retries`
-    times, waiting `backoff_s`, then twice as long each time (capped at a minute).
+    times, waiting `backoff_s`, then twice as long each time (capped at a minute). When the
+    Hub's answer says how long to wait (a Retry-After header, as with 429 and 503), that is
+    the wait instead, capped at a minute too.
   * Nothing half-downloaded is used: huggingface_hub writes each file under a temp name, and
     the folder is used only once every file the Hub lists for that commit is there at its
     listed size. `dest/.cache/trainingjob-download.json` records that check (repo, commit,
@@ -146,11 +148,38 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, (ConnectionError, TimeoutError))
 
 
+MAX_WAIT_S = 60.0  # the longest wait between tries, whatever the backoff or the Hub asks
+
+
+def retry_after_s(error: BaseException) -> float | None:
+    """The seconds the Hub asked to wait before the next try (a Retry-After header in seconds or
+    as an HTTP date, on the error's response or on the one it was raised from), or None."""
+    from email.utils import parsedate_to_datetime
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        headers = getattr(getattr(error, "response", None), "headers", None)
+        value = headers.get("retry-after") if headers is not None else None
+        if isinstance(value, str) and value.strip():
+            try:
+                seconds = float(value.strip())
+            except ValueError:
+                try:
+                    seconds = parsedate_to_datetime(value).timestamp() - time.time()
+                except (TypeError, ValueError, IndexError):
+                    return None
+            return max(0.0, seconds) if seconds == seconds else None  # NaN: no usable answer
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def with_retries(call: Callable[[], Any], what: str, retries: int = HUB_RETRIES, backoff_s: float = HUB_BACKOFF_S,
                  log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
                  sleep: Callable[[float], None] | None = None) -> Any:
-    """`call()`, tried again after transient failures with exponential backoff (see module doc
-    for why huggingface_hub's own retries are not enough). `sleep` (time.sleep when None) lets
+    """`call()`, tried again after transient failures with exponential backoff, or after the wait
+    the Hub's Retry-After asks for (see module doc for why huggingface_hub's own retries are not
+    enough). `sleep` (time.sleep when None) lets
     tests count the waits instead of waiting."""
     for attempt in range(retries + 1):
         try:
@@ -158,8 +187,10 @@ def with_retries(call: Callable[[], Any], what: str, retries: int = HUB_RETRIES,
         except Exception as e:
             if attempt == retries or not is_transient(e):
                 raise
-            wait = min(backoff_s * 2 ** attempt, 60.0)
-            log(f"{what}: {type(e).__name__}: {_short(e, 200)}; retrying in {wait:g}s ({attempt + 1}/{retries})")
+            asked = retry_after_s(e)
+            wait = min(backoff_s * 2 ** attempt if asked is None else asked, MAX_WAIT_S)
+            why = "" if asked is None else " (the Hub's Retry-After)"
+            log(f"{what}: {type(e).__name__}: {_short(e, 200)}; retrying in {wait:g}s{why} ({attempt + 1}/{retries})")
             (sleep or time.sleep)(wait)
 
 

@@ -185,3 +185,26 @@ def test_the_exit_code_of_a_failed_dataset_download(monkeypatch, tmp_path, capfd
     assert launch_run.run_job(job, "cache") == {1: EXIT_INTERNAL, 2: EXIT_INVALID}[code]
     err = capfd.readouterr().err
     assert f"'{dataset}'" in err and ("HTTP 500 (tried 2 times)" in err if code == 1 else "repository not found" in err)
+
+
+def test_retry_after_sets_the_wait_between_tries(hub):
+    """A 429 or 503 carrying Retry-After (seconds) is waited out as the Hub asks, capped at a
+    minute; an answer without it keeps the exponential backoff."""
+    from huggingface_hub import HfApi
+
+    from runner.data.hub import with_retries
+
+    info = r"GET /api/datasets/owner/pics/revision/main"
+    hub.faults = [
+        {"path": info, "kind": 429, "headers": {"Retry-After": "7"}, "times": 1},
+        {"path": info, "kind": 503, "headers": {"Retry-After": "0"}, "times": 1},
+        {"path": info, "kind": 429, "headers": {"Retry-After": "3600"}, "times": 1},
+        {"path": info, "kind": 503, "times": 1},
+    ]
+    waits, lines = [], []
+    sha = with_retries(lambda: HfApi(endpoint=hub.url).repo_info("owner/pics", repo_type="dataset", revision="main").sha,
+                       "dataset owner/pics@main", retries=4, backoff_s=2.0, log=lines.append, sleep=waits.append)
+    assert sha == SHA
+    assert waits == [7.0, 0.0, 60.0, 16.0]
+    assert count(hub, info) == 5
+    assert "retrying in 7s (the Hub's Retry-After) (1/4)" in lines[0] and "Retry-After" not in lines[3]
