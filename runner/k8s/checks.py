@@ -117,6 +117,27 @@ def _device_group_warnings(spec: dict[str, Any]) -> list[str]:
             "/dev/kfd` prints on a GPU node (not needed where the nodes' udev rules make the devices mode 0666)"]
 
 
+VIDEO_GID_DEFAULT = 44  # the schema's default for spec.kubernetes.deviceGroups.video
+
+
+def _unused_device_group_warnings(spec: dict[str, Any]) -> list[str]:
+    """deviceGroups set on a job whose pods join no device groups (only `rocm` does): likely a spec
+    copied from an AMD one, or an accelerator set wrong. The schema fills video's default, so only
+    `render`, or a `video` other than the default, says the user set it."""
+    accelerator = spec["hardware"]["accelerator"]
+    flavour = images.FLAVOURS.get(accelerator)
+    if flavour is not None and flavour.device_groups:
+        return []
+    groups = spec.get("kubernetes", {}).get("deviceGroups", {})
+    set_ = [f"{name}: {groups[name]}" for name in ("video", "render")
+            if groups.get(name) is not None and (name != "video" or groups[name] != VIDEO_GID_DEFAULT)]
+    if not set_:
+        return []
+    return [f"spec.kubernetes.deviceGroups: only used with hardware.accelerator: rocm; this job's accelerator is "
+            f"{accelerator}, so its pods join no device groups and {', '.join(set_)} has no effect (NVIDIA's device "
+            "nodes need none); remove deviceGroups, or set hardware.accelerator: rocm if the nodes have AMD GPUs"]
+
+
 # Paths every pod mounts itself (_volumes), and what is there.
 RESERVED_MOUNTS = {SPEC_DIR: "the spec's ConfigMap (read-only)", "/dev/shm": "shared memory", "/tmp": "scratch space"}
 
@@ -148,7 +169,8 @@ def warning_events(doc: dict[str, Any]) -> list[tuple[str, str]]:
     spec = doc["spec"]
     return ([("DatasetNotOnVolume", w) for w in _dataset_warnings(doc)]
             + [("LowMemoryRequest", w) for w in _memory_warnings(spec)]
-            + [("NoRenderGroup", w) for w in _device_group_warnings(spec)])
+            + [("NoRenderGroup", w) for w in _device_group_warnings(spec)]
+            + [("UnusedDeviceGroups", w) for w in _unused_device_group_warnings(spec)])
 
 
 def kubernetes_warnings(doc: dict[str, Any]) -> list[str]:

@@ -190,7 +190,7 @@ def _ignored_edit(tj: dict, started: dict, old: dict, generation: int | None) ->
         f"TrainingJob to run a changed spec; spec.suspend still applies{invalid}"))]
 
 
-def _failure(job: dict, pods: list[dict], stage: str) -> tuple[str, str]:
+def _failure(job: dict, pods: list[dict], stage: str, spec: dict) -> tuple[str, str]:
     fatal = st.fatal_pod(st.failed_pods(pods), build.FAIL_JOB_EXIT_CODES)
     reason = "OOMKilled" if fatal and st.is_oom_killed(fatal) else \
         ("CacheFailed" if stage == "cache" else "TrainingFailed")
@@ -198,7 +198,9 @@ def _failure(job: dict, pods: list[dict], stage: str) -> tuple[str, str]:
     if fatal:
         message += "; last: " + st.failed_pod_message(fatal)
     if reason == "OOMKilled":
-        message += "; raise spec.kubernetes.resources.limits.memory or lower the batch size"
+        message += ("; raise spec.kubernetes.resources.limits.memory or lower the batch size; /dev/shm "
+                    f"(spec.kubernetes.shmSize, {build.shm_size(spec)} here) is memory and counts toward that "
+                    "limit too")
     return reason, message
 
 
@@ -207,7 +209,7 @@ def _status(old: dict, doc: dict, observed: Observed, stage: str, phase: str, su
     children, pods = observed.children, observed.pods.get(stage, [])
     job = children.get(stage)
     stuck = st.stuck_pod(pods, now) if phase in ("pending", "running") else None
-    failure = _failure(job, pods, stage) if phase == "failed" and job else None
+    failure = _failure(job, pods, stage, doc["spec"]) if phase == "failed" and job else None
     if failure:
         state = "Failed"
     elif phase == "complete":

@@ -272,7 +272,10 @@ def run_train(ctx: RunContext) -> TrainResult:
     set_aside_abandoned(ctx, accelerator, state.step)  # before this run writes a step of its own
     validator = Validator(spec, manifest, family, ctx.paths.validation, device, torch.float32, vae=vae)
     if accelerator.is_main_process:
-        accelerator.init_trackers(ctx.job.name, config=_flat(spec))
+        # purge_step: TensorBoard drops the events earlier runs wrote at steps this run logs again
+        # (those after the step it starts at, set aside above), instead of overlaying two timelines.
+        accelerator.init_trackers(ctx.job.name, config=_flat(spec),
+                                  init_kwargs={"tensorboard": {"purge_step": state.step + 1}})
     steps = (f"{plan.total_steps} step{'s' * (plan.total_steps != 1)}" if not state.step else
              f"steps {state.step + 1}-{plan.total_steps} of {plan.total_steps}" if state.step < plan.total_steps else
              f"no more steps ({plan.total_steps} are done)")

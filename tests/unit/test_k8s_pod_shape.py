@@ -132,6 +132,28 @@ def test_a_rocm_job_without_the_render_group_is_warned_about(accelerator, groups
     assert checks.kubernetes_problems(doc) == []  # nodes with 0666 udev rules need no group
 
 
+@pytest.mark.parametrize("accelerator, groups, named", [
+    ("cuda12", {"render": 993}, "render: 993"),
+    ("cuda12", {"video": 39}, "video: 39"),
+    ("cuda13", {"video": 39, "render": 110}, "video: 39, render: 110"),
+    ("cpu", {"render": 993}, "render: 993"),
+    ("cuda12", {"video": 44}, None),  # the schema's default: nothing the user changed
+    ("cuda12", None, None),
+    ("rocm", {"video": 39, "render": 110}, None),  # used
+])
+def test_device_groups_on_a_job_that_is_not_rocm_are_warned_about(accelerator, groups, named):
+    doc = make_doc(accelerator, gpus=1 if accelerator == "cpu" else 8, resources={"requests": {"memory": "64Gi"}},
+                   **({"deviceGroups": groups} if groups else {}))
+    unused = [w for reason, w in checks.warning_events(doc) if reason == "UnusedDeviceGroups"]
+    if named is None:
+        assert unused == []
+    else:
+        [warning] = unused
+        assert warning.startswith("spec.kubernetes.deviceGroups: only used with hardware.accelerator: rocm; ")
+        assert f"accelerator is {accelerator}" in warning and f"{named} has no effect" in warning
+    assert checks.kubernetes_problems(doc) == []  # a warning, never a refusal
+
+
 def test_the_operator_posts_each_warning_under_its_own_reason():
     tj = trainingjob(hardware={"accelerator": "rocm", "gpusPerNode": 8},
                      kubernetes={"volumes": {"cache": {"claimName": "c"}, "output": {"claimName": "o"}}})

@@ -163,15 +163,23 @@ def test_status_follows_the_api_conventions():
 OOM = {"exitCode": 137, "reason": "OOMKilled"}
 
 
-@pytest.mark.parametrize("stage, terminated, reason, words", [
-    ("cache", {"exitCode": 1, "reason": "Error"}, "CacheFailed", ["exited with code 1", "BackoffLimitExceeded"]),
-    ("cache", OOM, "OOMKilled", ["exited with code 137 (OOMKilled)", "limits.memory"]),
-    ("train", {"exitCode": 1, "reason": "Error"}, "TrainingFailed", ["train Job smoke-train failed", "code 1"]),
-    ("train", OOM, "OOMKilled", ["(OOMKilled)"]),
-    ("train", {"exitCode": 2, "reason": "Error"}, "TrainingFailed", ["PodFailurePolicy", "code 2"]),
+SHM_COUNTS = "/dev/shm (spec.kubernetes.shmSize, {} here) is memory and counts toward that limit too"
+NO_SHM = {"shmSize": None}  # unset: the rendered size, half the example's 4Gi memory request
+
+
+@pytest.mark.parametrize("stage, terminated, kubernetes, reason, words", [
+    ("cache", {"exitCode": 1, "reason": "Error"}, {}, "CacheFailed", ["exited with code 1", "BackoffLimitExceeded"]),
+    ("cache", OOM, {}, "OOMKilled", ["exited with code 137 (OOMKilled)", "limits.memory", SHM_COUNTS.format("1Gi")]),
+    ("train", {"exitCode": 1, "reason": "Error"}, {}, "TrainingFailed", ["train Job smoke-train failed", "code 1"]),
+    ("train", OOM, {}, "OOMKilled", ["(OOMKilled)", SHM_COUNTS.format("1Gi")]),
+    ("train", OOM, NO_SHM, "OOMKilled", [SHM_COUNTS.format("2048Mi")]),
+    ("train", {"exitCode": 2, "reason": "Error"}, {}, "TrainingFailed", ["PodFailurePolicy", "code 2"]),
 ])
-def test_a_failed_stage_fails_the_job_and_says_why(stage, terminated, reason, words):
-    c = Cluster(trainingjob())
+def test_a_failed_stage_fails_the_job_and_says_why(stage, terminated, kubernetes, reason, words):
+    tj = trainingjob()
+    tj["spec"]["kubernetes"].update(kubernetes)
+    tj["spec"]["kubernetes"] = {k: v for k, v in tj["spec"]["kubernetes"].items() if v is not None}
+    c = Cluster(tj)
     if stage == "train":
         run_to_training(c)
     else:
