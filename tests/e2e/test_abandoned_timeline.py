@@ -19,15 +19,26 @@ from tests.e2e.train_state import fault_env, quiet_env, run, runner_with_cache, 
 
 pytestmark = pytest.mark.e2e
 
-# Validation every 3 steps (one small image), no TensorBoard, a limit that keeps every checkpoint.
+# Validation every 3 steps (one small image), TensorBoard, a limit that keeps every checkpoint.
 SETS = ("spec.validation.prompts=[\"a cat\"]", "spec.validation.resolutions=128x128",
-        "spec.validation.inferenceSteps=2", "spec.validation.every=3", "spec.tracking.tensorboard=false",
+        "spec.validation.inferenceSteps=2", "spec.validation.every=3", "spec.tracking.tensorboard=true",
         "spec.training.checkpointsTotalLimit=10")
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, tiny_model):
     return shared_cache(tmp_path_factory, tiny_model)
+
+
+def tensorboard_steps(out, tag: str = "train/loss") -> list[int]:
+    """The steps of `tag` that TensorBoard shows: every event file of the job's run folder,
+    read the way TensorBoard reads them (orphaned events purged)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [folder] = [p for p in (out / "logs").iterdir() if p.is_dir()]  # logs/<job name>
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return [s.step for s in events.Scalars(tag)]
 
 
 def interrupted_run(tmp_path, runner, *sets: str) -> None:
@@ -38,6 +49,7 @@ def interrupted_run(tmp_path, runner, *sets: str) -> None:
     proc = run(runner, *SETS, "spec.training.maxSteps=20", *sets, env=env)
     assert_clean(proc, code=130)
     assert sorted(p.name for p in (runner.out / "validation").iterdir()) == ["step-3", "step-6", "step-9"]
+    assert tensorboard_steps(runner.out) == [1, 10]
 
 
 def history_steps(records: list[dict], event: str) -> list[int]:
@@ -56,6 +68,9 @@ def test_a_restart_from_step_0_sets_the_abandoned_run_aside(tmp_path, tiny_model
     again = run(runner, *SETS, "spec.training.maxSteps=4", "spec.training.checkpointEvery=1000", env=quiet_env(runner))
     assert_clean(again)
     assert "resuming from" not in again.stdout
+    # The event files stay in logs/ (appended to, not moved): without purge_step TensorBoard drew
+    # both runs' losses over each other, steps 1, 10, 1, 4.
+    assert tensorboard_steps(runner.out) == [1, 4]
 
     history = runlog.read(runner.out / "metrics.jsonl")
     assert history_steps(history, "train") == [1, 4]  # this run's steps only, once each
@@ -88,6 +103,7 @@ def test_a_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path,
                 env=quiet_env(runner))
     assert_clean(again)
     assert "resuming from step 4" in again.stdout
+    assert tensorboard_steps(runner.out) == [1, 6]  # the first run's step 1 is this timeline's, its 10 is not
 
     history = runlog.read(runner.out / "metrics.jsonl")
     assert history_steps(history, "train") == [1, 6]  # step 1 of the timeline the checkpoint continues
@@ -105,35 +121,3 @@ def test_a_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path,
     moved = runlog.read(aside / "metrics.jsonl")
     assert history_steps(moved, "train") == [10] and history_steps(moved, "validation") == [6, 9]
     assert history_steps(moved, "checkpoint") == [8]
-
-
-def tensorboard_steps(out, tag: str = "train/loss") -> list[int]:
-    """The steps of `tag` that TensorBoard shows: every event file of the job's run folder,
-    read the way TensorBoard reads them (orphaned events purged)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    [folder] = [p for p in (out / "logs").iterdir() if p.is_dir()]  # logs/<job name>
-    events = EventAccumulator(str(folder))
-    events.Reload()
-    return [s.step for s in events.Scalars(tag)]
-
-
-@pytest.mark.parametrize("checkpoint_every, again_sets, shown", [
-    # No checkpoint: the rerun starts at 0 and its steps 1 and 4 replace the first run's 1 and 10.
-    pytest.param(1000, ("spec.training.maxSteps=4",), [1, 4], id="restart-from-0"),
-    # Resumed at step 4: the first run's step 1 is still this timeline's, its step 10 is not.
-    pytest.param(4, ("spec.training.maxSteps=6", "spec.training.resume={out}/checkpoints/step-4"), [1, 6],
-                 id="resume-at-4"),
-])
-def test_tensorboard_drops_the_abandoned_steps(tmp_path, tiny_model, cache, checkpoint_every, again_sets, shown):
-    """The event files stay in logs/ (they are appended to, not moved), so without purge_step
-    TensorBoard drew both runs' losses over each other: steps 1, 10, 1, 4."""
-    runner = runner_with_cache(tmp_path, tiny_model, cache)
-    every = f"spec.training.checkpointEvery={checkpoint_every}"
-    interrupted_run(tmp_path, runner, every, "spec.tracking.tensorboard=true")
-    assert tensorboard_steps(runner.out) == [1, 10]
-
-    again = run(runner, *SETS, every, "spec.tracking.tensorboard=true",
-                *(s.format(out=runner.out) for s in again_sets), env=quiet_env(runner))
-    assert_clean(again)
-    assert tensorboard_steps(runner.out) == shown
