@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from runner.exitcodes import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_STOPPED, StageStopped,
                               sigterm_stops)
 from runner.launch.lock import OutputBusy, hold_output_dir, lock_wait_s, takes_lock
@@ -56,7 +54,7 @@ def write_effective_spec(job: TrainingJob) -> Path:
     from runner.files import atomic_write_bytes
 
     paths = job_paths(job.spec.to_dict())
-    effective, data = paths.effective_spec, yaml.safe_dump(job.document.to_dict(), sort_keys=False).encode()
+    effective, data = paths.effective_spec, job.effective_yaml()
     earlier = effective.read_bytes() if effective.is_file() else data
     if earlier != data:  # an earlier run's: kept for `resume: none`; copied, so no reader finds none
         atomic_write_bytes(paths.earlier_effective_spec, earlier)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # annotations only: this module is on the torch-free side
     import torch
@@ -125,5 +125,7 @@ class ModelFamily(Protocol):
         """One validation image from a prompt's and the negative prompt's embeddings ([2, L] mask)."""
 
     # ---- export
-    def export(self, model_dir: Path, transformer: torch.nn.Module, dest: Path) -> Path:
-        """The base pipeline with the trained transformer, as a complete folder at `dest`."""
+    def export(self, model_dir: Path, transformer: torch.nn.Module, dest: Path,
+               files: Mapping[str, bytes] | None = None) -> Path:
+        """The base pipeline with the trained transformer, and `files` (name: content) at its
+        top, as a complete folder at `dest`."""

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from runner.files import give_usual_modes, replace_dir
+from runner.files import atomic_write_bytes, give_usual_modes, replace_dir
 from runner.spec.errors import clip
 from runner.spec.localpaths import pretrained_problem
 
@@ -112,11 +112,14 @@ def _link_or_copy(src: str, dst: str) -> None:
     shutil.copy2(src, dst)
 
 
-def export_pipeline(base_dir: Path, model, dest: Path, component: str = "transformer") -> Path:
-    """`dest` = the base pipeline with its `component` subfolder replaced by `model`.
+def export_pipeline(base_dir: Path, model, dest: Path, component: str = "transformer",
+                    files: Mapping[str, bytes] | None = None) -> Path:
+    """`dest` = the base pipeline with its `component` subfolder replaced by `model`, plus
+    `files` (name: content) at its top, over any of the base's of that name.
 
     Built in a temp folder and renamed, so `dest` is always either the previous complete
-    export or the new one. Loads with the pipeline class's `from_pretrained(dest)`."""
+    export or the new one, never one without its `files`. Loads with the pipeline class's
+    `from_pretrained(dest)`."""
     base_dir = Path(base_dir)
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -129,5 +132,7 @@ def export_pipeline(base_dir: Path, model, dest: Path, component: str = "transfo
         else:
             _link_or_copy(str(entry.resolve()), str(tmp / entry.name))
     model.save_pretrained(tmp / component, safe_serialization=True)
+    for name, data in (files or {}).items():
+        atomic_write_bytes(tmp / name, data)  # renamed over a copied file of the base's, never written into
     give_usual_modes(tmp)  # folders and weights of its own; the linked files keep the base's modes
     return replace_dir(tmp, dest)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -255,9 +255,9 @@ class PixArtSigma:
 
     # ---- export
 
-    def export(self, model_dir: Path, transformer, dest: Path) -> Path:
+    def export(self, model_dir: Path, transformer, dest: Path, files: Mapping[str, bytes] | None = None) -> Path:
         """Loads with `PixArtSigmaPipeline.from_pretrained(dest)`."""
-        return pipeline.export_pipeline(model_dir, transformer, dest, component="transformer")
+        return pipeline.export_pipeline(model_dir, transformer, dest, component="transformer", files=files)
 
 
 FAMILY = PixArtSigma()

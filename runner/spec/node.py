@@ -105,3 +105,11 @@ class TrainingJob:
         """Content hash of the effective spec (defaults included): recorded in checkpoints."""
         text = json.dumps(self.document.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def effective_yaml(self) -> bytes:
+        """The effective spec as written to `trainingjob.effective.yaml` and, with an export, to
+        `model/trainingjob.yaml`. It holds what the spec file does (the names of the env vars
+        and Secrets that carry tokens, never their values) with every default filled in."""
+        import yaml
+
+        return yaml.safe_dump(self.document.to_dict(), sort_keys=False).encode()

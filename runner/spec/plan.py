@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 REPORT_FILE, HISTORY_FILE = "report.html", "metrics.jsonl"  # in spec.output.dir (runner/observe/report.py)
 MANIFESTS = "manifests"  # in spec.cacheDir: one manifest per cache configuration
+EXPORTED_SPEC = "trainingjob.yaml"  # in the exported model folder: the effective spec that trained it
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,12 @@ class JobPaths:
     @property
     def model(self) -> Path:
         return self.output_dir / "model"
+
+    @property
+    def exported_spec(self) -> Path:
+        """The effective spec of the run that exported model/, inside it: it moves with the model
+        (`resume: none`) and outlives the effective specs later runs write as they start."""
+        return self.model / EXPORTED_SPEC
 
     @property
     def logs(self) -> Path:

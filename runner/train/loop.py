@@ -358,7 +358,10 @@ def run_train(ctx: RunContext) -> TrainResult:
     model_out = None
     if accelerator.is_main_process:
         with ctx.metrics.phase("export"):
-            model_out = family.export(model_dir, accelerator.unwrap_model(transformer), ctx.paths.model)
+            # The spec that produced it goes inside: later runs replace trainingjob.effective.yaml
+            # (and .earlier.yaml) as they start, whether or not they finish.
+            model_out = family.export(model_dir, accelerator.unwrap_model(transformer), ctx.paths.model,
+                                      files={ctx.paths.exported_spec.name: ctx.job.effective_yaml()})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(state.step, last_loss, last_ckpt, model_out, ctx.paths.validation if validator.enabled else None)

@@ -75,8 +75,12 @@ def test_a_planted_token_is_never_written_or_printed(runner, hub, tmp_path):
     for token in (HF_TOKEN, WANDB_KEY):
         assert token not in proc.stdout and token not in proc.stderr
     written = {p.relative_to(runner.out).as_posix() for p in runner.out.rglob("*") if p.is_file()}
-    for expected in ("trainingjob.effective.yaml", "model/README.md", "checkpoints/step-4/trainer_state.json"):
+    for expected in ("trainingjob.effective.yaml", "model/README.md", "model/trainingjob.yaml",
+                     "checkpoints/step-4/trainer_state.json"):
         assert expected in written, sorted(written)
+    # written by worker 0 from the spec it read: the launcher's effective spec, byte for byte
+    assert (runner.out / "model" / "trainingjob.yaml").read_bytes() == \
+        (runner.out / "trainingjob.effective.yaml").read_bytes()
     assert any(p.startswith("logs/") for p in written) and any(p.endswith("images.json") for p in written)
     assert list((runner.cache / "manifests").glob("*.json"))
     assert leaks_in(runner.out) == [] and leaks_in(runner.cache) == []

@@ -12,7 +12,8 @@ import pytest
 from runner.observe import runlog
 
 from tests.e2e.conftest import assert_clean
-from tests.e2e.train_state import RESUME_SETS, quiet_env, run, runner_with_cache, shared_cache, shared_reference
+from tests.e2e.train_state import (KILLED, RESUME_SETS, fault_env, quiet_env, run, runner_with_cache, shared_cache,
+                                   shared_reference)
 
 pytestmark = pytest.mark.e2e
 
@@ -104,6 +105,37 @@ def test_resume_none_starts_over_and_sets_the_earlier_run_aside(tmp_path, tiny_m
     assert "resume: none" in (runner.out / "trainingjob.effective.yaml").read_text()
     assert not (runner.out / "trainingjob.effective.earlier.yaml").exists()
     assert json.loads((runner.out / "trainingjob.complete.json").read_text())["step"] == 4
+
+
+@pytest.mark.parametrize("second", [("spec.training.maxSteps=16",), ("spec.training.resume=none",)],
+                         ids=["more-steps", "resume-none"])
+def test_the_spec_that_produced_the_export_outlives_failed_runs(tmp_path, tiny_model, cache, reference, second):
+    """Each run that starts work writes trainingjob.effective.yaml and keeps only the one before
+    as .earlier.yaml: after two runs that started and failed (the first asking for more steps,
+    so not "complete"), no file in the folder said which spec produced model/. With `resume:
+    none` the earlier.yaml moved aside beside model/ was the failed run's, not the finished
+    one's. The export now carries its own spec, model/trainingjob.yaml."""
+    runner = runner_with_cache(tmp_path, tiny_model, cache)
+    shutil.copytree(reference, runner.out)
+    finished = (reference / "trainingjob.effective.yaml").read_bytes()
+    assert (reference / "model" / "trainingjob.yaml").read_bytes() == finished
+
+    for n, sets in enumerate((("spec.training.maxSteps=14",), second)):
+        env = fault_env(tmp_path / f"fault-{n}", quiet_env(runner), "runner.models.pixart_sigma",
+                        "Objective.__call__", 2, "before", "SIGKILL")  # killed in its second step
+        failed = run(runner, *RESUME_SETS, *sets, env=env)
+        assert failed.returncode == KILLED, (failed.stdout + failed.stderr)[-3000:]
+    assert (runner.out / "trainingjob.effective.yaml").read_bytes() != finished
+
+    if second == ("spec.training.resume=none",):  # the finished run went aside, its model with it
+        [aside] = [p for p in runner.out.iterdir() if p.name.startswith("before-")]
+        model, record = aside / "model", aside / "trainingjob.complete.json"
+        assert (aside / "trainingjob.effective.yaml").read_bytes() != finished  # the first failed run's
+    else:
+        model, record = runner.out / "model", runner.out / "trainingjob.complete.json"
+        assert (runner.out / "trainingjob.effective.earlier.yaml").read_bytes() != finished
+    assert json.loads(record.read_text())["step"] == 10
+    assert (model / "trainingjob.yaml").read_bytes() == finished
 
 
 def test_a_changed_optimizer_is_refused_and_a_changed_learning_rate_applies(tmp_path, tiny_model, cache, reference):

@@ -93,6 +93,20 @@ def test_export_replaces_atomically(tmp_path: Path, base_dir: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no .model.tmp / .model.old left
 
 
+def test_export_carries_the_given_files_over_the_bases(tmp_path: Path, base_dir: Path) -> None:
+    """The run's spec goes in as model/trainingjob.yaml (runner/train/loop.py). Trained again from
+    an export, the base's own trainingjob.yaml is replaced in the new export, never written through."""
+    first = export_pipeline(base_dir, _modified_transformer(base_dir, seed=1), tmp_path / "first",
+                            files={"trainingjob.yaml": b"first\n"})
+    assert (first / "trainingjob.yaml").read_bytes() == b"first\n"
+    second = export_pipeline(first, _modified_transformer(first, seed=2), tmp_path / "second",
+                             files={"trainingjob.yaml": b"second\n"})
+    assert (second / "trainingjob.yaml").read_bytes() == b"second\n"
+    assert (first / "trainingjob.yaml").read_bytes() == b"first\n"
+    assert not (export_pipeline(base_dir, _modified_transformer(base_dir, seed=3), tmp_path / "plain")
+                / "trainingjob.yaml").exists()
+
+
 def test_export_into_fresh_parent_and_unchanged_components_shared(tmp_path: Path, base_dir: Path) -> None:
     dest = tmp_path / "a" / "b" / "model"
     export_pipeline(base_dir, _modified_transformer(base_dir, seed=3), dest)
