@@ -50,6 +50,23 @@ def in_worker() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+# What a collective raises in a worker whose peer is gone (exited, killed, its node lost): gloo's
+# TCP pair errors, NCCL's abort after the peer's exit or a watchdog timeout. The peer's own
+# error, printed by its rank, is the one that says what went wrong.
+LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
+             "NCCL communicator was aborted", "Watchdog caught collective operation timeout",
+             "ProcessGroupNCCL's watchdog")
+
+
+def lost_peer(e: BaseException) -> str | None:
+    """The phrase of LOST_PEER that a torch.distributed error carries (RuntimeError, of which
+    DistBackendError and DistNetworkError are kinds), else None (pure)."""
+    if not isinstance(e, RuntimeError):
+        return None
+    text = str(e)
+    return next((f"{type(e).__name__}: {phrase}" for phrase in LOST_PEER if phrase.lower() in text.lower()), None)
+
+
 def write_effective_spec(job: TrainingJob) -> Path:
     """`<output.dir>/trainingjob.effective.yaml`: the spec this run runs, overrides applied and
     every default filled in. Launched workers read it; a single-process run keeps it as a record."""
@@ -203,6 +220,12 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
         print("error: out of GPU memory; lower spec.training.batchSize (raise gradientAccumulationSteps to keep "
               "the effective batch), set gradientCheckpointing: true, or use optimizer: adafactor. "
               "Checkpoints already written are kept; the rerun resumes from the last one.", file=sys.stderr)
+        return EXIT_INTERNAL
+    except RuntimeError as e:
+        if not in_worker() or not (cause := lost_peer(e)):
+            raise
+        print(f"error: rank {os.environ.get('RANK', '?')}: lost contact with another worker of this run ({cause}); "
+              "that worker's own error above says what went wrong", file=sys.stderr, flush=True)
         return EXIT_INTERNAL
     except OSError as e:
         if e.errno == errno.ENOSPC:
