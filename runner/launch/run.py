@@ -145,6 +145,13 @@ def refusals(spec: dict, job: str, stage: str) -> list[str]:
 
 
 def run_job(job: TrainingJob, stage: str = "all") -> int:
+    # SIGTERM ends the run with its message and exit 143 wherever it falls, also between the
+    # stages; the train loop installs its own handler (checkpoint, then stop) while it runs.
+    with sigterm_stops():
+        return _run_job(job, stage, job.spec.to_dict())
+
+
+def _run_job(job: TrainingJob, stage: str, spec: dict) -> int:
     import torch
 
     from runner.data import DatasetError, HubUnavailable
@@ -156,7 +163,6 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     from runner.train.data import CacheMismatch, load_manifest
     from runner.train.guard import Diverged
 
-    spec = job.spec.to_dict()
     lock = metrics = None
     try:
         if problems := directory_problems(spec, stage):
