@@ -48,6 +48,23 @@ def in_worker() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+# What a collective raises in a worker whose peer is gone (exited, killed, its node lost): gloo's
+# TCP pair errors, NCCL's abort after the peer's exit or a watchdog timeout. The peer's own
+# error, printed by its rank, is the one that says what went wrong.
+LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
+             "NCCL communicator was aborted", "Watchdog caught collective operation timeout",
+             "ProcessGroupNCCL's watchdog")
+
+
+def lost_peer(e: BaseException) -> str | None:
+    """The phrase of LOST_PEER that a torch.distributed error carries (RuntimeError, of which
+    DistBackendError and DistNetworkError are kinds), else None (pure)."""
+    if not isinstance(e, RuntimeError):
+        return None
+    text = str(e)
+    return next((f"{type(e).__name__}: {phrase}" for phrase in LOST_PEER if phrase.lower() in text.lower()), None)
+
+
 def write_effective_spec(job: TrainingJob) -> Path:
     """`<output.dir>/trainingjob.effective.yaml`: the spec this run runs, overrides applied and
     every default filled in. Launched workers read it; a single-process run keeps it as a record."""
@@ -126,6 +143,13 @@ def refusals(spec: dict, job: str, stage: str) -> list[str]:
 
 
 def run_job(job: TrainingJob, stage: str = "all") -> int:
+    # SIGTERM ends the run with its message and exit 143 wherever it falls, also between the
+    # stages; the train loop installs its own handler (checkpoint, then stop) while it runs.
+    with sigterm_stops():
+        return _run_job(job, stage, job.spec.to_dict())
+
+
+def _run_job(job: TrainingJob, stage: str, spec: dict) -> int:
     import torch
 
     from runner.data import DatasetError, HubUnavailable
@@ -137,7 +161,6 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
     from runner.train.data import CacheMismatch, load_manifest
     from runner.train.guard import Diverged
 
-    spec = job.spec.to_dict()
     lock = metrics = None
     try:
         if problems := directory_problems(spec, stage):
@@ -202,6 +225,12 @@ def run_job(job: TrainingJob, stage: str = "all") -> int:
         print("error: out of GPU memory; lower spec.training.batchSize (raise gradientAccumulationSteps to keep "
               "the effective batch), set gradientCheckpointing: true, or use optimizer: adafactor. "
               "Checkpoints already written are kept; the rerun resumes from the last one.", file=sys.stderr)
+        return EXIT_INTERNAL
+    except RuntimeError as e:
+        if not in_worker() or not (cause := lost_peer(e)):
+            raise
+        print(f"error: rank {os.environ.get('RANK', '?')}: lost contact with another worker of this run ({cause}); "
+              "that worker's own error above says what went wrong", file=sys.stderr, flush=True)
         return EXIT_INTERNAL
     except OSError as e:
         if e.errno == errno.ENOSPC:

@@ -21,8 +21,10 @@ The builders here are pure (argv, topology, exit codes); only `launch` touches t
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +194,9 @@ def launch(spec_file: Path, *, job_name: str, hardware: Mapping[str, Any], stage
           f"torchrun {' '.join(argv)}", flush=True)
     config, entrypoint, args = config_from_args(parse_args(argv))
     config.log_line_prefix_template = LOG_PREFIX
+    # torchrun sets its own SIGTERM/SIGINT/SIGHUP/SIGQUIT handlers (raising SignalException) and
+    # leaves them: restored after it, so a signal between two stages meets run_job's, not torch's.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
     try:
         with restarts_only_after_crashes():
             elastic_launch(config, entrypoint)(*args)
@@ -211,4 +216,9 @@ def launch(spec_file: Path, *, job_name: str, hardware: Mapping[str, Any], stage
               f"({config.rdzv_endpoint}, run id {config.run_id}); its log says why (exit {EXIT_INVALID} there: "
               "bad input). This node stops too", file=sys.stderr, flush=True)
         return EXIT_INTERNAL
+    finally:
+        for sig, handler in handlers.items():
+            if handler is not None:  # None: one not set from Python, which cannot be put back
+                with contextlib.suppress(ValueError):  # not the main thread
+                    signal.signal(sig, handler)
     return EXIT_OK

@@ -211,3 +211,26 @@ def test_bad_input_on_one_of_two_nodes_ends_both(tmp_path, tiny_model, cache):
     assert_clean(node0, code=1)
     assert "another node ended this run and closed its rendezvous" in node0.stdout, node0.stdout[-3000:]
     assert "bug in trainingjob" not in node0.stdout.split("another node ended")[1]
+
+
+KILLPOINTS = REPO / "tests" / "e2e" / "killpoints"
+
+
+@pytest.mark.parametrize("error, code", [("runner.data:DatasetError", 2), ("builtins:ValueError", 1)])
+def test_a_worker_that_loses_its_peer_says_so_not_that_trainingjob_has_a_bug(tmp_path, tiny_model, cache, error, code):
+    """Rank 1 fails in its 3rd forward pass (bad input, or a bug of ours); rank 0, in that step's
+    collective, loses its peer (gloo: Connection closed by peer). Rank 0 says it lost contact and
+    points at rank 1's error; before, it printed 'internal error ... This is a bug in trainingjob'
+    under rank 1's real error, as if it were a second one."""
+    runner = runner_with_cache(tmp_path, tiny_model, cache)
+    fault = {"target": "runner.models.pixart_sigma:Objective.__call__", "nth": 3, "rank": 1, "raise": error}
+    env = quiet_env(runner, PYTHONPATH=str(KILLPOINTS), TJ_KILL_AT=json.dumps(fault))
+    [proc] = run_pods([(runner.args(*SMALL, "spec.training.maxSteps=50", "spec.hardware.gpusPerNode=2",
+                                    stage="train"), env)], timeout=240)
+    assert proc.returncode == code, proc.stdout[-4000:]
+    assert "KILLPOINT runner.models.pixart_sigma:Objective.__call__ call 3" in proc.stdout  # rank 1's own error
+    rank0 = [line for line in proc.stdout.splitlines() if line.startswith("[rank0]")]
+    said = "\n".join(rank0)
+    assert "error: rank 0: lost contact with another worker of this run (" in said, proc.stdout[-4000:]
+    assert "that worker's own error above says what went wrong" in said
+    assert "This is a bug in trainingjob" not in said and "internal error" not in said, said[-3000:]

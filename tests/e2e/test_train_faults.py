@@ -89,3 +89,21 @@ def test_faults_then_reruns_end_bit_identical_to_an_uninterrupted_run(tmp_path, 
     # the output lock's file stays by design (README "What a run writes"); its lock went with the process
     leftovers = sorted(p.name for p in runner.out.rglob(".*") if p.name != LOCK_FILE)
     assert not leftovers, f"temp folders left behind: {leftovers}"
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_sigterm_between_the_cache_and_train_stages_stops_with_143_and_says_so(tmp_path, tiny_model, cache, gpus):
+    """`--stage all`, SIGTERM right after the cache stage, before the train stage starts (its
+    loop has not set its own handler yet). Before, one process died of the signal (exit -15, no
+    word), and a launcher of 2 workers met torchrun's handler, left set after the cache workers,
+    and printed 'internal error: SignalException'."""
+    import shutil
+
+    runner = runner_with_cache(tmp_path, tiny_model, tmp_path / "cache")
+    shutil.copytree(cache, runner.cache)  # all cached: the cache stage only checks
+    where = ("runner.launch.run", "run_train_stage", 1) if gpus == 1 else ("runner.launch.run", "launch_workers", 2)
+    env = fault_env(tmp_path, quiet_env(runner), *where, "before", "SIGTERM")
+    proc = run(runner, "spec.training.maxSteps=2", f"spec.hardware.gpusPerNode={gpus}", env=env, stage="all")
+    assert_clean(proc, 128 + signal.SIGTERM)
+    assert "stopped (SIGTERM): no checkpoint yet, so the rerun starts training from step 0" in proc.stderr
+    assert "internal error" not in proc.stderr and "training processes" not in proc.stdout

@@ -196,3 +196,18 @@ def test_cache_shards_partition_the_keys(count):
     if count > 1:
         sizes = [sum(o == [i] for o in owners) for i in range(count)]
         assert min(sizes) > 400 / count / 2  # and the work is spread
+
+
+@pytest.mark.parametrize("error, cause", [
+    (RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:19373. This is typically "
+                  "caused by a remote worker crashing."), "RuntimeError: Connection closed by peer"),
+    (RuntimeError("[pair.cc:598] Connection reset by peer"), "RuntimeError: Connection reset by peer"),
+    (RuntimeError("NCCL error: remote process exited or there was a network error"),
+     "RuntimeError: remote process exited"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), None),  # a bug of ours stays one
+    (ValueError("Connection closed by peer"), None),  # not what torch.distributed raises
+])
+def test_lost_peer_picks_out_a_collective_whose_peer_is_gone(error, cause):
+    from runner.launch.run import lost_peer
+
+    assert lost_peer(error) == cause

@@ -10,6 +10,8 @@ it launches (and in every worker that process starts), and sets TJ_KILL_AT to a 
     when    "before" the call, "after" it returns, or "mid-write" (for `open` targets: the
             file's first write() puts half its bytes on disk, then the process dies)
     rank    optional: only the process whose RANK environment variable equals this
+    raise   optional "module:Name" of an exception class: at the point, raise it (with a message
+            naming the point) instead of dying, as an error of that process's own would
 
 The process then kills itself with SIGKILL, so no `except`/`finally`/atexit handler runs: the
 same as the OOM killer, a node losing power's worth of process death, or `kill -9`. Nothing
@@ -66,6 +68,12 @@ def _install(cfg: dict) -> None:
     original = getattr(owner, attr, None) or getattr(builtins, attr)
     pattern = re.compile(cfg["match"]) if cfg.get("match") else None
     nth, when = int(cfg["nth"]), cfg.get("when", "before")
+    die = _die
+    if cfg.get("raise"):
+        error_module, _, error_name = cfg["raise"].partition(":")
+
+        def die(where: str) -> None:
+            raise getattr(importlib.import_module(error_module), error_name)(f"KILLPOINT {where}: raised for the test")
     where = f"{cfg['target']} call {nth}" + (f" matching {cfg['match']!r}" if pattern else "") + f" ({when})"
     lock = threading.Lock()
     seen = [0]
@@ -81,11 +89,11 @@ def _install(cfg: dict) -> None:
         if not fatal:
             return original(*args, **kwargs)
         if when == "before":
-            _die(where)
+            die(where)
         result = original(*args, **kwargs)
         if when == "mid-write":
             return _HalfWriter(result, where)
-        _die(where)
+        die(where)
         return result
 
     setattr(owner, attr, wrapper)
