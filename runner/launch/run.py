@@ -11,10 +11,10 @@ from pathlib import Path
 from runner.exitcodes import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_STOPPED, StageStopped,
                               sigterm_stops)
 from runner.launch.lock import OutputBusy, hold_output_dir, lock_wait_s, takes_lock
+from runner.launch.outcomes import lost_peer, newest_checkpoint, unwritable, what_is_kept
 from runner.spec.localpaths import directory_problems  # validate reports the same
 from runner.spec.node import TrainingJob
 from runner.spec.plan import cache_fingerprint, job_paths, manifest_path
-
 
 
 class HardwareError(Exception):
@@ -46,23 +46,6 @@ def pick_device(accelerator: str) -> str:
 
 def in_worker() -> bool:
     return "LOCAL_RANK" in os.environ
-
-
-# What a collective raises in a worker whose peer is gone (exited, killed, its node lost): gloo's
-# TCP pair errors, NCCL's abort after the peer's exit or a watchdog timeout. The peer's own
-# error, printed by its rank, is the one that says what went wrong.
-LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
-             "NCCL communicator was aborted", "Watchdog caught collective operation timeout",
-             "ProcessGroupNCCL's watchdog")
-
-
-def lost_peer(e: BaseException) -> str | None:
-    """The phrase of LOST_PEER that a torch.distributed error carries (RuntimeError, of which
-    DistBackendError and DistNetworkError are kinds), else None (pure)."""
-    if not isinstance(e, RuntimeError):
-        return None
-    text = str(e)
-    return next((f"{type(e).__name__}: {phrase}" for phrase in LOST_PEER if phrase.lower() in text.lower()), None)
 
 
 def write_effective_spec(job: TrainingJob) -> Path:
@@ -247,49 +230,6 @@ def _run_job(job: TrainingJob, stage: str, spec: dict) -> int:
             metrics.close()
         if lock is not None:
             lock.release()
-
-
-def newest_checkpoint(root: Path) -> str | None:
-    """The name of the newest sealed checkpoint (its state file is written last, before the
-    rename), without hashing its files: read as the process stops."""
-    from runner.train.checkpoint import STATE_FILE, list_checkpoints
-
-    sealed = [path.name for _, path in list_checkpoints(root) if (path / STATE_FILE).is_file()]
-    return sealed[-1] if sealed else None
-
-
-def what_is_kept(stage: str, resume: str, newest: str | None) -> str:
-    """What a stopped run leaves and where its rerun starts (pure): the cache entries written
-    are always kept; the training starts where spec.training.resume and the checkpoints say."""
-    cache = "the cache entries written are kept, so the rerun encodes only the missing ones"
-    if stage == "cache":
-        return f"{cache}; run the same command again to go on"
-    if resume == "none":
-        train = "spec.training.resume is none, so the rerun starts training over from step 0"
-    elif resume != "auto":
-        train = f"the rerun resumes from {resume} (spec.training.resume)"
-    elif newest is None:
-        train = "no checkpoint yet, so the rerun starts training from step 0"
-    else:
-        train = f"checkpoint {newest} is kept and the rerun resumes from it"
-    return f"{train}; {cache if stage == 'all' else 'run the same command again'}"
-
-
-def unwritable(e: OSError, spec: dict) -> str | None:
-    """A write the file system refused (permissions, a read-only mount, a folder such as /sys
-    that takes no files) under a folder the spec names, as bad input naming that field; None
-    for any other error. validate and the start of `run` catch most of these (not_writable);
-    this is for a folder that changes under a running job."""
-    from runner.spec.semantics import written_dirs
-
-    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not e.filename:
-        return None
-    target = Path(os.fsdecode(e.filename)).absolute()
-    for where, folder in written_dirs(spec):
-        if target.is_relative_to(Path(folder).absolute()):
-            return (f"{where}: {e.filename} cannot be written ({e.strerror}); point {where} at a folder this run may "
-                    "write to, or make that one writable")
-    return None
 
 
 def _metrics(job: TrainingJob, is_main: bool, shard=None):

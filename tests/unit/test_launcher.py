@@ -208,6 +208,6 @@ def test_cache_shards_partition_the_keys(count):
     (ValueError("Connection closed by peer"), None),  # not what torch.distributed raises
 ])
 def test_lost_peer_picks_out_a_collective_whose_peer_is_gone(error, cause):
-    from runner.launch.run import lost_peer
+    from runner.launch.outcomes import lost_peer
 
     assert lost_peer(error) == cause

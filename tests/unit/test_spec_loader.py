@@ -470,7 +470,7 @@ def test_a_write_refused_under_a_spec_folder_mid_run_names_the_field(tmp_path, c
     """A folder made read-only under a running job: bad input naming the field, not our bug."""
     import errno
 
-    from runner.launch.run import unwritable
+    from runner.launch.outcomes import unwritable
     from runner.spec.load import load_spec
 
     spec = load_spec(REPO / "examples" / "smoke.yaml", [f"spec.cacheDir={tmp_path / 'c'}"]).spec.to_dict()

@@ -68,12 +68,13 @@ def _install(cfg: dict) -> None:
     original = getattr(owner, attr, None) or getattr(builtins, attr)
     pattern = re.compile(cfg["match"]) if cfg.get("match") else None
     nth, when = int(cfg["nth"]), cfg.get("when", "before")
-    die = _die
     if cfg.get("raise"):
         error_module, _, error_name = cfg["raise"].partition(":")
 
         def die(where: str) -> None:
             raise getattr(importlib.import_module(error_module), error_name)(f"KILLPOINT {where}: raised for the test")
+    else:
+        die = _die
     where = f"{cfg['target']} call {nth}" + (f" matching {cfg['match']!r}" if pattern else "") + f" ({when})"
     lock = threading.Lock()
     seen = [0]
