@@ -229,11 +229,17 @@ def _shm(spec: dict) -> dict[str, Any]:
     return {"medium": "Memory", "sizeLimit": shm_size(spec)}
 
 
-def _supplemental_groups(spec: dict) -> list[int]:
-    """The node's groups that own the GPU device nodes, for hardware whose devices only their
-    members may open (AMD: /dev/kfd and /dev/dri/renderD* are 0660; the pods run as non-root)."""
+def joins_device_groups(spec: dict) -> bool:
+    """Whether the pods join the node's groups that own the GPU device nodes (spec.kubernetes.
+    deviceGroups): hardware whose devices only their members may open (AMD: /dev/kfd and
+    /dev/dri/renderD* are 0660; the pods run as non-root)."""
     flavour = images.FLAVOURS.get(spec["hardware"]["accelerator"])
-    if flavour is None or not flavour.device_groups:
+    return flavour is not None and flavour.device_groups
+
+
+def _supplemental_groups(spec: dict) -> list[int]:
+    """The node's groups that own the GPU device nodes, when the pods join them."""
+    if not joins_device_groups(spec):
         return []
     groups = spec.get("kubernetes", {}).get("deviceGroups", {})
     return sorted({gid for gid in (groups.get("video"), groups.get("render")) if gid is not None})

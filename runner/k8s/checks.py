@@ -6,9 +6,10 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from runner.k8s.build import SPEC_DIR, pod_document, pod_memory, quantity, shm_size
+from runner.k8s.build import SPEC_DIR, joins_device_groups, pod_document, pod_memory, quantity, shm_size
 from runner.spec.localpaths import mount_paths
 from runner.launch import images
+from runner.spec import schema as schema_mod
 from runner.spec.semantics import dataset_dirs, written_dirs
 
 
@@ -106,8 +107,7 @@ def _device_group_warnings(spec: dict[str, Any]) -> list[str]:
     """AMD pods with no `render` group: on nodes with the usual 0660 root:render device nodes the
     non-root pods cannot open /dev/kfd and see no GPU. Only warned: nodes whose udev rules make
     the devices world-accessible need no group, and the GID is the host's to tell."""
-    flavour = images.FLAVOURS.get(spec["hardware"]["accelerator"])
-    if flavour is None or not flavour.device_groups:
+    if not joins_device_groups(spec):
         return []
     if spec.get("kubernetes", {}).get("deviceGroups", {}).get("render") is not None:
         return []
@@ -117,20 +117,17 @@ def _device_group_warnings(spec: dict[str, Any]) -> list[str]:
             "/dev/kfd` prints on a GPU node (not needed where the nodes' udev rules make the devices mode 0666)"]
 
 
-VIDEO_GID_DEFAULT = 44  # the schema's default for spec.kubernetes.deviceGroups.video
-
-
 def _unused_device_group_warnings(spec: dict[str, Any]) -> list[str]:
     """deviceGroups set on a job whose pods join no device groups (only `rocm` does): likely a spec
     copied from an AMD one, or an accelerator set wrong. The schema fills video's default, so only
     `render`, or a `video` other than the default, says the user set it."""
-    accelerator = spec["hardware"]["accelerator"]
-    flavour = images.FLAVOURS.get(accelerator)
-    if flavour is not None and flavour.device_groups:
+    if joins_device_groups(spec):
         return []
+    accelerator = spec["hardware"]["accelerator"]
     groups = spec.get("kubernetes", {}).get("deviceGroups", {})
+    video_default = schema_mod.node_at(["spec", "kubernetes", "deviceGroups", "video"], indexed=False).get("default")
     set_ = [f"{name}: {groups[name]}" for name in ("video", "render")
-            if groups.get(name) is not None and (name != "video" or groups[name] != VIDEO_GID_DEFAULT)]
+            if groups.get(name) is not None and (name != "video" or groups[name] != video_default)]
     if not set_:
         return []
     return [f"spec.kubernetes.deviceGroups: only used with hardware.accelerator: rocm; this job's accelerator is "
