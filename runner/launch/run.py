@@ -302,15 +302,13 @@ def run_cache_stage(job: TrainingJob, shard=None, launch_shards: int = 1, metric
             if code != EXIT_OK:
                 raise WorkerFailed(code)
         elif nodes > 1 and shard.is_whole:  # one pod of an Indexed cache Job, one process: its shard
-            with sigterm_stops():
-                run_cache(ctx, Shard(*cache_shard(os.environ, nodes)))
+            run_cache(ctx, Shard(*cache_shard(os.environ, nodes)))
         if nodes > 1 and shard.is_whole and not node_shards_done(ctx.paths.cache_dir, job.name, nodes):
             print(f"[{job.name}] cache: node {node_rank(os.environ)}'s shards are done; the last node to "
                   "finish writes the manifest", flush=True)
             ended = "completed"
             return None
-        with sigterm_stops():  # (the workers launched above: torchrun passes SIGTERM on to them)
-            report = run_cache(ctx, shard, plans)
+        report = run_cache(ctx, shard, plans)  # SIGTERM: run_job's sigterm_stops (torchrun passes it on to workers)
         metrics.cache_report(report)
         ctx.log(f"cache stage done in {time.time() - t0:.1f}s")
         ended = "completed"

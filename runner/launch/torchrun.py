@@ -213,8 +213,8 @@ def launch(spec_file: Path, *, job_name: str, hardware: Mapping[str, Any], stage
         # An agent that gives up closes the run's rendezvous; the others meet the closed one when
         # they restart after their workers lost that node's. Not our bug, and nothing to retry here.
         print(f"error: [{job_name}] {stage} stage: another node ended this run and closed its rendezvous "
-              f"({config.rdzv_endpoint}, run id {config.run_id}); its log says why (exit {EXIT_INVALID} there: "
-              "bad input). This node stops too", file=sys.stderr, flush=True)
+              f"({config.rdzv_endpoint}, run id {config.run_id}); its log says why (bad input if it exited "
+              f"{EXIT_INVALID}, else its workers' crashes). This node stops too", file=sys.stderr, flush=True)
         return EXIT_INTERNAL
     finally:
         for sig, handler in handlers.items():
