@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.files import not_a_directory, not_writable
+from runner.spec.names import LOCAL_PATH_PREFIXES
 from runner.spec.semantics import written_dirs
 
 RESUME_KEYWORDS = ("auto", "none")  # spec.training.resume values that are not paths
@@ -61,7 +62,7 @@ def pretrained_problem(ref: Any) -> str | None:
             return None
         return (f"spec.model.pretrained: {local} is a folder but holds no model_index.json; "
                 "point it at a diffusers pipeline folder")
-    if not ref.startswith((".", "/", "~")):
+    if not ref.startswith(LOCAL_PATH_PREFIXES):
         return None  # a Hub repo id or a builtin
     where = "" if local.is_absolute() else f" (relative paths resolve from the working directory, {os.getcwd()})"
     return (f"spec.model.pretrained: local folder {ref} does not exist{where}; point it at a diffusers pipeline "

@@ -19,6 +19,11 @@ def slug(text: Any, fallback: str, *, underscore: bool = False) -> str:
     return name or fallback
 
 
+# A spec.model.pretrained written so names a folder on this machine (there or not), never a Hub id;
+# one starting with BUILTIN_PREFIX a model built offline (runner/models/tiny).
+LOCAL_PATH_PREFIXES = (".", "/", "~")
+BUILTIN_PREFIX = "builtin:"
+
 # Hub repo ids, by the rules of huggingface_hub.utils.validate_repo_id (as of huggingface_hub
 # 2.4; tests/unit/test_hub_repo_ids.py checks the two agree on its table). Rewritten here because `validate`
 # must work without the training extras, and huggingface_hub is one of them.

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 from runner.models.registry import traits
 from runner.spec import fieldpath, redact
-from runner.spec.names import repo_id_problem
+from runner.spec.names import BUILTIN_PREFIX, LOCAL_PATH_PREFIXES, repo_id_problem
 from runner.spec import schema as schema_mod
 
 MAX_VALIDATION_SIDE = 8192
@@ -269,7 +269,7 @@ def _hub_repo_ids(spec: dict[str, Any]) -> Iterator[Finding]:
     found = [("spec.output.hub.repoId", spec["output"].get("hub", {}).get("repoId"), True)]
     found += [(f"spec.datasets[{i}].repo", ds.get("repo"), True) for i, ds in enumerate(spec.get("datasets") or [])]
     ref = spec["model"].get("pretrained")
-    if isinstance(ref, str) and not ref.startswith(("builtin:", ".", "/", "~")) and not os.path.isdir(ref):
+    if isinstance(ref, str) and not ref.startswith((BUILTIN_PREFIX, *LOCAL_PATH_PREFIXES)) and not os.path.isdir(ref):
         found.append(("spec.model.pretrained", ref, False))
     for where, repo_id, namespaced in found:
         if not isinstance(repo_id, str) or not (why := repo_id_problem(repo_id, namespace_required=namespaced)):

@@ -22,7 +22,7 @@ import importlib
 from pathlib import Path
 from typing import Callable
 
-BUILTIN_PREFIX = "builtin:"
+from runner.spec.names import BUILTIN_PREFIX
 
 
 def _lazy(module: str, function: str) -> Callable[..., Path]:
