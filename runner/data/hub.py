@@ -179,8 +179,7 @@ def with_retries(call: Callable[[], Any], what: str, retries: int = HUB_RETRIES,
                  sleep: Callable[[float], None] | None = None) -> Any:
     """`call()`, tried again after transient failures with exponential backoff, or after the wait
     the Hub's Retry-After asks for (see module doc for why huggingface_hub's own retries are not
-    enough). `sleep` (time.sleep when None) lets
-    tests count the waits instead of waiting."""
+    enough). `sleep` (time.sleep when None) lets tests count the waits instead of waiting."""
     for attempt in range(retries + 1):
         try:
             return call()
@@ -381,7 +380,7 @@ def _download_message(e: BaseException, hf_errors, where: str, revision: str, de
         return (f"{where}: download failed ({type(e).__name__}: {_short(e)}). Fix: check free disk "
                 f"space under {dest}, or {fixes}")
     return (f"{where}: cannot download: the Hub at {_endpoint()} could not be reached{tried} "
-                f"({type(cause).__name__}: {_short(cause)}). Fix: {fixes}")
+            f"({type(cause).__name__}: {_short(cause)}). Fix: {fixes}")
 
 
 def _result(dest: Path, subfolder: str | None, where: str, fixes: str) -> Path:

@@ -202,7 +202,6 @@ def test_auth_failures_are_not_retried_and_name_the_token_variable(fake_hub, mod
     msg = str(info.value)
     out = capfd.readouterr()
 
-    assert not isinstance(info.value, PublishRetryable)
     assert fake_hub.unknown == []
     assert waits == [] and calls_to(fake_hub, "create") == 1  # tried once
     for fragment in [REPO_ID, f"HTTP {status}", f"environment variable {TOKEN_ENV}",
@@ -226,7 +225,6 @@ def test_a_repo_the_token_cannot_see_is_not_retried(fake_hub, model_dir, images,
     with pytest.raises(PublishError) as info:
         push_to_hub(model_dir, job_document(), images, retries=3, backoff_s=0.01, sleep=waits.append)
     msg = str(info.value)
-    assert not isinstance(info.value, PublishRetryable)
     assert waits == [] and calls_to(fake_hub, "create") == 1
     assert f"the repo {REPO_ID} was not found" in msg and "spec.output.hub.repoId" in msg and TOKEN_ENV in msg
     out = capfd.readouterr()
