@@ -11,7 +11,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from runner.data.buckets import BucketReport, bucket_key, bucket_report, group_by_bucket
 from runner.data.captions import CaptionError, caption_for
@@ -249,18 +249,19 @@ def no_images(where: str, root: Path) -> str:
     return f"{where}: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}"
 
 
+def local_datasets(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], Path]]:
+    """(field path, entry, folder) of each enabled `type: local` dataset with a path."""
+    for i, ds in enumerate(spec.get("datasets") or []):
+        if not (_opt(ds, "disabled") or _opt(ds, "type") != "local" or not ds.get("path")):
+            yield f"spec.datasets[{i}]", ds, Path(ds["path"])
+
+
 def folder_problems(spec: dict[str, Any]) -> list[str]:
     """What `run` refuses about its local datasets before it writes anything (defaulted spec
     dict): a path that is not a folder, or a folder with no image file in it. Cheap: no file is
     read, and the walk ends at the first image; the cache stage plans (and checks) the rest."""
-    problems = []
-    for i, ds in enumerate(spec.get("datasets") or []):
-        if _opt(ds, "disabled") or _opt(ds, "type") != "local" or not ds.get("path"):
-            continue
-        where, root = f"spec.datasets[{i}]", Path(ds["path"])
-        if problem := path_problem(where, root) or (None if has_images(root) else no_images(where, root)):
-            problems.append(problem)
-    return problems
+    return [problem for where, _, root in local_datasets(spec)
+            if (problem := path_problem(where, root) or (None if has_images(root) else no_images(where, root)))]
 
 
 def trained_buckets(plan: DatasetPlan, report: BucketReport) -> tuple[dict[str, int], dict[str, int]]:
@@ -333,11 +334,7 @@ def check_local_datasets(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
     accum = int(training.get("gradientAccumulationSteps", 1))
     world = int(hardware.get("gpusPerNode", 1)) * int(hardware.get("nodes", 1))
     seed = int(training.get("seed", 42))
-    for i, ds in enumerate(spec.get("datasets", []) or []):
-        if _opt(ds, "disabled") or _opt(ds, "type") != "local" or not ds.get("path"):
-            continue
-        where = f"spec.datasets[{i}]"
-        path = Path(ds["path"])
+    for where, ds, path in local_datasets(spec):
         if not path.exists() and _on_data_volume(spec, path):
             continue
         if problem := path_problem(where, path):
@@ -351,7 +348,7 @@ def check_local_datasets(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
         if problem := plan_problem(where, ds, plan, batch, accum, world):
             problems.append(problem)
             continue
-        name = str(ds.get("name", f"#{i}"))
+        name = str(ds.get("name", where))
         report = size_report(ds, plan, batch, accum, world)
         usable, dropped = trained_buckets(plan, report)
         notes = "; ".join(n for n in (dropped_summary(dropped, report.per_batch),
