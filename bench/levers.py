@@ -230,6 +230,12 @@ def section_step():
             rec["attention"], rec["attention_note"] = used, why
             if "_noqkv" in variant and kernel == "fa4":  # q/k/v in three GEMMs, as before the fused default
                 rec["unfused_qkv"] = attn.install_processor(model, fuse_qkv=False)
+            if "_nopack" in variant and attn.ops.active() is not None:  # fused q|k|v, gradients concatenated
+                attn.use_kernels(dataclasses.replace(attn.ops.active(), packed=False))
+                rec["packed_qkv_grad"] = False
+            if "_lt" in variant and DEV.type == "cuda":  # cuBLASLt for the GEMMs cuBLAS runs
+                restore.append((None, "preferred_blas_library", torch.backends.cuda.preferred_blas_library()))
+                torch.backends.cuda.preferred_blas_library("cublaslt")
             if "bf16res" in variant:  # spec.training.residualStream: bfloat16
                 rec["bf16_residual_blocks"] = FAMILY.bf16_residual(model)
             if "_qmlp" in variant:  # spec.model.feedForward: fused (the GELU in quack's GEMM epilogues)
@@ -329,7 +335,10 @@ def section_step():
             emit(**rec)
         finally:
             for module, name, original in restore:
-                setattr(module, name, original)
+                if name == "preferred_blas_library":
+                    torch.backends.cuda.preferred_blas_library(original)
+                else:
+                    setattr(module, name, original)
 
 
 def section_buckets():

@@ -9,9 +9,10 @@ through them:
 - cross-attention's key padding (T5 embeddings are trimmed to their real length and padded
   at the end, as tokenizers pad) becomes a per-sample key count (`seqused_k`) instead of
   an additive bias, so the padded keys cost nothing;
-- self-attention's q, k, v come from one GEMM on the concatenated weights (`fused_qkv`):
+- self-attention's q, k, v come from one GEMM on the concatenated weights (`packed_qkv`):
   PixArt's 1152 x 1152 projections have K = 1152, short enough that cuBLAS ran them at
-  480-560 TFLOP/s on an H200, the fused 1152 x 3456 one at 600-730 (bench/gemms.py).
+  480-560 TFLOP/s on an H200, the fused 1152 x 3456 one at 600-730 (bench/gemms.py); the
+  backward kernel writes dQ, dK, dV into one buffer, the gradient of that projection.
 
 flash-attn-4 4.0.0b36 is not right everywhere on SM90 (measured on an H200 against SDPA in
 float32): the backward's dQ is wrong whenever the kernel's internal head tile is 80 (head_dim
@@ -23,157 +24,26 @@ and key-padded (cross-)attention uses the kernels only if that case agrees too, 
 otherwise. Zero padding is exact (padded q, k add 0 to the scores; padded v, out and dout
 give 0 columns that are sliced off; the softmax scale stays 1/sqrt(72)).
 
-The kernels sit behind two torch.library custom ops, so a compiled block keeps them as one
-opaque node each (no graph break) and autograd calls the matching backward kernel.
+The kernels sit behind torch.library custom ops (runner/models/attention_ops.py), so a
+compiled block keeps them as one opaque node each (no graph break) and autograd calls the
+matching backward kernel.
 Anything the kernels cannot take (CPU, float32 inputs as in validation) goes to SDPA
 with the same q, k, v and mask, so the two paths compute the same function.
 """
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from runner.models import attention_ops as ops
+# The kernels and their ops live in attention_ops; these names are this module's API too.
+from runner.models.attention_ops import (  # noqa: F401
+    Kernels, attention, fa4_kernels, packed_attention, reference_kernels, use_kernels,
+)
+
 BACKENDS = ("auto", "sdpa", "fa4")
-
-
-@dataclass(frozen=True)
-class Kernels:
-    """fwd(q, k, v, seqused_k, scale) -> (out, lse) and bwd(dout, q, k, v, out, lse, seqused_k,
-    scale) -> (dq, dk, dv); q/k/v/out are [B, N, H, D], lse [B, H, N] float32."""
-
-    name: str
-    fwd: Callable
-    bwd: Callable
-    accepts: Callable[[torch.Tensor], bool] = lambda q: True
-    bwd_head_dim: int | None = None  # the backward zero-pads to this width (None: as they come)
-    key_padding: bool = True  # seqused_k is right; when False, masked attention goes to SDPA
-
-
-_ACTIVE: Kernels | None = None
-
-
-def use_kernels(kernels: Kernels | None) -> None:
-    """Select the implementation behind the custom ops (tests swap in `reference_kernels`)."""
-    global _ACTIVE
-    _ACTIVE = kernels
-
-
-@functools.lru_cache(maxsize=1)
-def fa4_kernels() -> Kernels:
-    """flash-attn-4 (CuTe DSL) kernels; ImportError when the package is not installed."""
-    import os
-
-    # Compiled kernels persist on disk, so later processes (and the next run) skip the JIT.
-    os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
-    from flash_attn.cute import interface as fa
-
-    from runner.models.fa4_sm90 import install_postprocess_fix, zeroed_key_grads
-
-    install_postprocess_fix(fa)
-
-    def fwd(q, k, v, seqused_k, scale):
-        out, lse, *_ = fa._flash_attn_fwd(q, k, v, seqused_k=seqused_k, softmax_scale=scale, return_lse=True)
-        return out, lse
-
-    def bwd(dout, q, k, v, out, lse, seqused_k, scale):
-        dq, dk, dv = fa._flash_attn_bwd(q, k, v, out, dout, lse, softmax_scale=scale, seqused_k=seqused_k,
-                                        **zeroed_key_grads(k, v, seqused_k))[:3]
-        return dq, dk, dv
-
-    # FA4 takes half-precision CUDA tensors; float32 (validation, CPU) goes to SDPA.
-    return Kernels("fa4", fwd, bwd, accepts=lambda q: q.is_cuda and q.dtype in (torch.float16, torch.bfloat16))
-
-
-def reference_kernels() -> Kernels:
-    """The same contract in plain PyTorch (float32 math): what the CPU tests check the op
-    plumbing, the key-count masking and the backward against."""
-
-    def scores(q, k, seqused_k, scale):
-        s = torch.einsum("bnhd,bthd->bhnt", q.float(), k.float()) * scale
-        if seqused_k is not None:
-            keep = torch.arange(k.shape[1], device=k.device)[None, :] < seqused_k[:, None].long()
-            s = s.masked_fill(~keep[:, None, None, :], float("-inf"))
-        return s
-
-    def fwd(q, k, v, seqused_k, scale):
-        s = scores(q, k, seqused_k, scale)
-        lse = torch.logsumexp(s, dim=-1)
-        out = torch.einsum("bhnt,bthd->bnhd", torch.exp(s - lse[..., None]), v.float())
-        return out.to(q.dtype).contiguous(), lse.contiguous()
-
-    def bwd(dout, q, k, v, out, lse, seqused_k, scale):
-        p = torch.exp(scores(q, k, seqused_k, scale) - lse[..., None])
-        do = dout.float()
-        dv = torch.einsum("bhnt,bnhd->bthd", p, do)
-        dp = torch.einsum("bnhd,bthd->bhnt", do, v.float())
-        delta = (do * out.float()).sum(-1).transpose(1, 2)  # [B, H, N]
-        ds = p * (dp - delta[..., None]) * scale
-        dq = torch.einsum("bhnt,bthd->bnhd", ds, k.float())
-        dk = torch.einsum("bhnt,bnhd->bthd", ds, q.float())
-        return tuple(g.to(t.dtype).contiguous() for g, t in ((dq, q), (dk, k), (dv, v)))
-
-    return Kernels("reference", fwd, bwd)
-
-
-# ----------------------------------------------------------------------------- custom ops
-
-@torch.library.custom_op("trainingjob::attn_fwd", mutates_args=())
-def attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqused_k: Optional[torch.Tensor],
-             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    if _ACTIVE is None:
-        raise RuntimeError("no attention kernels selected (runner.models.attention.use_kernels)")
-    out, lse = _ACTIVE.fwd(q, k, v, seqused_k, scale)
-    return out, lse
-
-
-@attn_fwd.register_fake
-def _attn_fwd_fake(q, k, v, seqused_k, scale):
-    b, n, h, _ = q.shape
-    return q.new_empty((b, n, h, v.shape[-1])), q.new_empty((b, h, n), dtype=torch.float32)
-
-
-@torch.library.custom_op("trainingjob::attn_bwd", mutates_args=())
-def attn_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-             lse: torch.Tensor, seqused_k: Optional[torch.Tensor], scale: float
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    d, width = q.shape[-1], _ACTIVE.bwd_head_dim
-    if not width or width <= d:
-        return tuple(_ACTIVE.bwd(dout, q, k, v, out, lse, seqused_k, scale))
-    dq, dk, dv = _ACTIVE.bwd(*(F.pad(t, (0, width - d)) for t in (dout, q, k, v, out)), lse, seqused_k, scale)
-    return dq[..., :d].contiguous(), dk[..., :d].contiguous(), dv[..., :d].contiguous()
-
-
-@attn_bwd.register_fake
-def _attn_bwd_fake(dout, q, k, v, out, lse, seqused_k, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, seqused_k, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, seqused_k)
-    ctx.scale = scale
-
-
-def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse, seqused_k = ctx.saved_tensors
-    dq, dk, dv = attn_bwd(dout.contiguous(), q, k, v, out, lse, seqused_k, ctx.scale)
-    return dq, dk, dv, None, None
-
-
-attn_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqused_k: torch.Tensor | None,
-              scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale) v over the first seqused_k[b] keys of each sample; [B, N, H, D].
-    q, k, v may be strided views (of a fused q|k|v projection) as long as the head dim is dense."""
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    return attn_fwd(q, k, v, seqused_k, scale)[0]
 
 
 # ----------------------------------------------------------------------------- processor
@@ -185,14 +55,15 @@ def key_counts(bias: torch.Tensor) -> torch.Tensor:
     return (bias.reshape(bias.shape[0], -1) > -1.0).sum(dim=-1, dtype=torch.int32)
 
 
-def fused_qkv(attn, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Self-attention's q, k, v from one GEMM on the concatenated weights (concatenated per
-    call, so the parameters and the state dict stay diffusers' own): one [N, 3C] GEMM forward,
-    and one input-gradient GEMM with K = 3C instead of three with K = C and two adds."""
+def packed_qkv(attn, hidden_states: torch.Tensor) -> torch.Tensor:
+    """Self-attention's q|k|v, [B, N, 3C], from one GEMM on the concatenated weights
+    (concatenated per call, so the parameters and the state dict stay diffusers' own): one
+    [N, 3C] GEMM forward, and one input-gradient GEMM with K = 3C instead of three with K = C
+    and two adds."""
     projections = (attn.to_q, attn.to_k, attn.to_v)
     weight = torch.cat([p.weight for p in projections])
     bias = None if attn.to_q.bias is None else torch.cat([p.bias for p in projections])
-    return F.linear(hidden_states, weight, bias).chunk(3, dim=-1)
+    return F.linear(hidden_states, weight, bias)
 
 
 def _fusable(attn) -> bool:
@@ -212,16 +83,20 @@ class FlashAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
         b, n, _ = hidden_states.shape
+        h, kernels = attn.heads, ops.active()
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         if self.fuse_qkv and encoder_hidden_states is None and _fusable(attn):
-            q, k, v = fused_qkv(attn, hidden_states)
+            qkv = packed_qkv(attn, hidden_states)
+            if kernels is not None and kernels.packed and kernels.accepts(qkv) and attention_mask is None:
+                out = packed_attention(qkv, h, attn.scale)
+                return attn.to_out[1](attn.to_out[0](out.reshape(b, n, -1).to(qkv.dtype)))
+            q, k, v = qkv.chunk(3, dim=-1)
         else:
             q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-        h = attn.heads
         d = q.shape[-1] // h
         q, k, v = q.view(b, n, h, d), k.view(b, -1, h, d), v.view(b, -1, h, d)
-        if (_ACTIVE is not None and _ACTIVE.accepts(q) and k.dtype == q.dtype
-                and (attention_mask is None or _ACTIVE.key_padding)):
+        if (kernels is not None and kernels.accepts(q) and k.dtype == q.dtype
+                and (attention_mask is None or kernels.key_padding)):
             seqused = key_counts(attention_mask) if attention_mask is not None else None
             out = attention(q, k, v, seqused, attn.scale)
         else:
@@ -282,8 +157,9 @@ def set_attention(transformer, backend: str, device: torch.device) -> tuple[str,
         return "sdpa", f"flash-attn-4 failed its check against SDPA at head_dim {head_dim} and the padded widths"
     use_kernels(kernels)
     install_processor(transformer, fuse_qkv=True)
+    unpacked = "" if kernels.packed else "; self-attention's q|k|v gradients unpacked, the packed ops failed their check"
     return (f"{kernels.name} (head_dim {head_dim}, backward at {kernels.bwd_head_dim or head_dim}; key-padded "
-            f"cross-attention on {kernels.name if kernels.key_padding else 'sdpa'})"), None
+            f"cross-attention on {kernels.name if kernels.key_padding else 'sdpa'}{unpacked})"), None
 
 
 def _head_dim(transformer) -> int | None:
@@ -305,35 +181,45 @@ def widths(head_dim: int) -> list[int]:
 
 def checked_kernels(kernels: Kernels, head_dim: int, device: torch.device, dtype=torch.bfloat16) -> Kernels | None:
     """`kernels` with the backward at the first width whose plain attention matches SDPA
-    (output and all three gradients), and key_padding set by whether the key-padded case
-    matches too at that width; None when no width does."""
+    (output and all three gradients), and key_padding and packed set by whether the key-padded
+    case and the packed q|k|v ops match too at that width; None when no width does."""
     import dataclasses
 
     for width in widths(head_dim):
-        candidate = dataclasses.replace(kernels, bwd_head_dim=None if width == head_dim else width, key_padding=True)
-        if agrees_with_sdpa(candidate, head_dim, device, dtype, key_padded=False):
-            padded_ok = agrees_with_sdpa(candidate, head_dim, device, dtype, key_padded=True)
-            return dataclasses.replace(candidate, key_padding=padded_ok)
+        candidate = dataclasses.replace(kernels, bwd_head_dim=None if width == head_dim else width, key_padding=True,
+                                        packed=True)
+        if agrees_with_sdpa(candidate, head_dim, device, dtype):
+            return dataclasses.replace(candidate, key_padding=agrees_with_sdpa(candidate, head_dim, device, dtype,
+                                                                               case="key_padded"),
+                                       packed=agrees_with_sdpa(candidate, head_dim, device, dtype, case="packed"))
     return None
 
 
 def agrees_with_sdpa(kernels: Kernels, head_dim: int, device: torch.device, dtype=torch.bfloat16,
-                     key_padded: bool = False, tol: float = 2e-2) -> bool:
+                     case: str = "plain", tol: float = 2e-2) -> bool:
     """fwd+bwd of a small random problem against SDPA in float32 (relative L2 errors);
-    bf16 rounding gives ~4e-3, a wrong kernel ~1."""
-    previous, grad_mode = _ACTIVE, torch.is_grad_enabled()
+    bf16 rounding gives ~4e-3, a wrong kernel ~1. `case`: plain q, k, v; "key_padded"
+    (per-sample key counts, as cross-attention); "packed" (one q|k|v tensor, as fused
+    self-attention)."""
+    previous, grad_mode = ops.active(), torch.is_grad_enabled()
     use_kernels(kernels)
     try:
         torch.set_grad_enabled(True)  # start-up may run under no_grad
         g = torch.Generator(device=device).manual_seed(0)
         b, h, n = 2, 2, 320
+        key_padded = case == "key_padded"
         cases = [(140, torch.tensor([100, 140], device=device, dtype=torch.int32))] if key_padded else [(n, None)]
         for t, seqused in cases:
             q, k, v = (torch.randn(b, s, h, head_dim, device=device, generator=g, dtype=dtype).requires_grad_()
                        for s in (n, t, t))
             go = torch.randn(b, n, h, head_dim, device=device, generator=g, dtype=dtype)
-            out = attention(q, k, v, seqused, head_dim ** -0.5)
-            got = [out, *torch.autograd.grad(out, (q, k, v), go)]
+            if case == "packed":
+                qkv = torch.cat([x.detach().reshape(b, n, -1) for x in (q, k, v)], -1).requires_grad_()
+                out = packed_attention(qkv, h, head_dim ** -0.5)
+                got = [out, *torch.autograd.grad(out, qkv, go)[0].view(b, n, 3, h, head_dim).unbind(2)]
+            else:
+                out = attention(q, k, v, seqused, head_dim ** -0.5)
+                got = [out, *torch.autograd.grad(out, (q, k, v), go)]
             qf, kf, vf = (x.detach().float().requires_grad_() for x in (q, k, v))
             mask = None
             if seqused is not None:

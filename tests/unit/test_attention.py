@@ -85,12 +85,104 @@ def test_compiled_matches_eager() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def _packed(b=2, n=12, h=2, d=8, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, n, 3 * h * d, generator=g, requires_grad=True)
+
+
+def _packed_reference(qkv, h):
+    b, n, _ = qkv.shape
+    q, k, v = qkv.view(b, n, 3, h, -1).unbind(2)
+    return _sdpa(q, k, v)
+
+
+@pytest.mark.parametrize("bwd_head_dim", [None, 16])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_packed_attention_matches_sdpa_with_one_gradient(bwd_head_dim, compiled) -> None:
+    """Self-attention on one q|k|v tensor: SDPA's output, and SDPA's gradient reaching the
+    q|k|v tensor as one tensor, also with the backward zero-padded and compiled."""
+    attn.use_kernels(dataclasses.replace(attn.reference_kernels(), bwd_head_dim=bwd_head_dim))
+    qkv = _packed()
+
+    def f(x):
+        return attn.packed_attention(x, 2, 8 ** -0.5)
+    out = (torch.compile(f, fullgraph=True, backend="aot_eager") if compiled else f)(qkv)
+    ref = _packed_reference(qkv, 2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    go = torch.randn_like(out)
+    (got,), (want,) = torch.autograd.grad(out, (qkv,), go), torch.autograd.grad(ref, (qkv,), go)
+    assert got.shape == qkv.shape and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_packed_backward_hands_the_kernels_views_of_one_buffer() -> None:
+    """A backward that writes into the buffers it is given (as flash-attn-4 does) fills the
+    q|k|v gradient in place: three strided views of one tensor, nothing copied after."""
+    good, seen = attn.reference_kernels(), []
+
+    def writing_bwd(dout, q, k, v, out, lse, seqused_k, scale, into=None):
+        grads = good.bwd(dout, q, k, v, out, lse, seqused_k, scale)
+        if into is None:
+            return grads
+        seen.append(into)
+        for buffer, g in zip(into, grads):
+            buffer.copy_(g)
+        return into
+
+    attn.use_kernels(dataclasses.replace(good, bwd=writing_bwd))
+    qkv = _packed()
+    out = attn.packed_attention(qkv, 2, 8 ** -0.5)
+    go = torch.randn_like(out)
+    (got,) = torch.autograd.grad(out, (qkv,), go)
+    (dq, dk, dv), = seen
+    width = dq.shape[-2] * dq.shape[-1]
+    assert [t.data_ptr() - dq.data_ptr() for t in (dq, dk, dv)] == [0, width * 4, 2 * width * 4]
+    assert not dq.is_contiguous() and dq.stride()[:2] == (12 * 3 * width, 3 * width)
+    torch.testing.assert_close(got, torch.autograd.grad(_packed_reference(qkv, 2), (qkv,), go)[0],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_check_turns_off_packed_ops_that_disagree_and_the_processor_still_matches() -> None:
+    """A backward that is wrong only when writing into given buffers: the check keeps the
+    kernels with `packed` off, and fused self-attention then takes the q, k, v ops."""
+    good = attn.reference_kernels()
+
+    def bad_into(dout, q, k, v, out, lse, seqused_k, scale, into=None):
+        grads = good.bwd(dout, q, k, v, out, lse, seqused_k, scale)
+        return grads if into is None else (grads[0], grads[1], grads[2] * 2)
+
+    chosen = attn.checked_kernels(dataclasses.replace(good, bwd=bad_into), 8, torch.device("cpu"),
+                                  dtype=torch.float32)
+    assert chosen is not None and chosen.bwd_head_dim is None and chosen.key_padding and not chosen.packed
+    assert attn.checked_kernels(good, 8, torch.device("cpu"), dtype=torch.float32).packed
+    calls: list[str] = []
+
+    def fwd(q, k, v, seqused_k, scale):
+        calls.append("strided" if not q.is_contiguous() else "dense")
+        return good.fwd(q, k, v, seqused_k, scale)
+
+    g = torch.Generator().manual_seed(5)
+    x, emb = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 6, 12, generator=g)
+    kw = dict(encoder_hidden_states=emb, timestep=torch.tensor([10]), return_dict=False,
+              added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+    grads = []
+    for kernels in (None, dataclasses.replace(chosen, fwd=fwd)):
+        attn.use_kernels(kernels)
+        model = _tiny_transformer().train()
+        attn.install_processor(model, fuse_qkv=True)
+        model(x, **kw)[0].square().mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, want in grads[0].items():
+        torch.testing.assert_close(grads[1][name], want, rtol=1e-4, atol=1e-6, msg=name)
+    assert calls == ["strided", "dense", "strided", "dense"]  # fused self-attention on attn_fwd, then cross
+
+
 def test_check_picks_the_first_right_backward_width_and_tests_key_padding() -> None:
     """Like flash-attn-4 4.0.0b36 on an H200: dQ wrong at an internal width of 80 (head_dim
     72 and 80), right at 96; key-padded backward wrong at every width."""
     good = attn.reference_kernels()
 
-    def bad_bwd(dout, q, k, v, out, lse, seqused_k, scale):
+    def bad_bwd(dout, q, k, v, out, lse, seqused_k, scale, into=None):
         dq, dk, dv = good.bwd(dout, q, k, v, out, lse, seqused_k, scale)
         if seqused_k is not None:
             dk = dk.flip(1)
@@ -102,7 +194,7 @@ def test_check_picks_the_first_right_backward_width_and_tests_key_padding() -> N
     assert chosen is not None and chosen.bwd_head_dim == 96 and not chosen.key_padding
     fine = attn.checked_kernels(good, 72, cpu, dtype=torch.float32)
     assert fine.bwd_head_dim is None and fine.key_padding
-    zero = dataclasses.replace(good, bwd=lambda *a: [x * 0 for x in good.bwd(*a)])
+    zero = dataclasses.replace(good, bwd=lambda *a, **kw: [x * 0 for x in good.bwd(*a)])
     assert attn.checked_kernels(zero, 72, cpu, dtype=torch.float32) is None
     assert attn.widths(72) == [72, 80, 96]
     assert attn.widths(64) == [64]
