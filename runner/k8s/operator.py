@@ -28,13 +28,16 @@ from runner.exitcodes import EXIT_INVALID
 from runner.k8s import build, progress
 from runner.k8s import status as st
 from runner.k8s.build import Options
-from runner.k8s.reconcile import TERMINAL, Observed, Outcome, reconcile, started_document
+from runner.k8s.reconcile import TERMINAL, Observed, Outcome, kueue_managed, reconcile, started_document
 from runner.launch import images
 from runner.spec import schema as schema_mod
 
 PLURAL = schema_mod.KIND.lower() + "s"
 RETRY_DELAY_S = 10
 PODMONITOR = ("monitoring.coreos.com", "v1", "podmonitors")
+# v1beta1: served by every Kueue release so far (next to v1beta2 in the newest).
+KUEUE_WORKLOADS = ("kueue.x-k8s.io", "v1beta1", "workloads")
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"  # Kueue's, on the Workload it makes for a Job
 
 
 def group_version() -> tuple[str, str]:
@@ -104,7 +107,30 @@ def observe(tj: dict, opts: Options, now: datetime) -> Observed:
         children[job["metadata"]["labels"].get("app.kubernetes.io/component", "")] = job
     # Only the pods of the Jobs found above (by their uid): not a deleted predecessor's.
     pods = st.pods_by_stage(_items(core.list_namespaced_pod(ns, label_selector=selector)), children)
-    return Observed(children, pods, read_progress(tj, children, pods["train"], now), foreign)
+    return Observed(children, pods, read_progress(tj, children, pods["train"], now), foreign,
+                    workloads=observe_workloads(ns, children))
+
+
+def observe_workloads(ns: str, children: dict[str, dict]) -> dict[str, dict]:
+    """The Kueue Workload of each unfinished Kueue-managed Job, by the Job's role: Kueue labels
+    it with the Job's uid and makes the Job its controller. None listed without such a Job, so a
+    cluster without Kueue is never asked for Workloads."""
+    queued = {job["metadata"]["uid"]: role for role, job in children.items()
+              if role in ("cache", "train") and kueue_managed(job) and job["metadata"].get("uid")
+              and st.job_phase(job) not in ("complete", "failed")}
+    if not queued:
+        return {}
+    try:
+        listed = _items(kubernetes.client.CustomObjectsApi().list_namespaced_custom_object(
+            *KUEUE_WORKLOADS[:2], ns, KUEUE_WORKLOADS[2],
+            label_selector=f"{KUEUE_JOB_UID_LABEL} in ({','.join(sorted(queued))})"))
+    except ApiException as e:
+        if e.status == 404:  # a queue label, but no Kueue installed
+            return {}
+        raise
+    return {queued[ref["uid"]]: workload for workload in listed
+            for ref in workload["metadata"].get("ownerReferences") or []
+            if ref.get("controller") and ref.get("uid") in queued}
 
 
 def read_progress(tj: dict, children: dict[str, dict], pods: list[dict], now: datetime) -> dict | None:
@@ -149,6 +175,9 @@ def apply(tj: dict, outcome: Outcome, observed: Observed) -> None:
         _create(obj)
     for role, patch in outcome.patch:
         kubernetes.client.BatchV1Api().patch_namespaced_job(observed.children[role]["metadata"]["name"], ns, patch)
+    for role, patch in outcome.workload_patch:
+        kubernetes.client.CustomObjectsApi().patch_namespaced_custom_object(
+            *KUEUE_WORKLOADS[:2], ns, KUEUE_WORKLOADS[2], observed.workloads[role]["metadata"]["name"], patch)
     # A merge patch keeps what it omits: a key the new status drops (completionTime) goes as null.
     patch = st.merge_patch(tj.get("status") or {}, outcome.status)
     if patch:

@@ -10,6 +10,9 @@ operator restarted at any moment recomputes the same answer, creates only what i
                    -> (cache Job complete) Training -> Succeeded | Failed
     any running state <-> Suspended (spec.suspend); Pending while no pod of the stage runs yet.
 
+Suspending a Job that Kueue manages goes through its Workload (spec.active), never the Job's
+own spec.suspend: see _suspend_patches.
+
 A started job runs one spec: the one its ConfigMap (what the pods read) got when the job started.
 Every child is built from that snapshot, so a later edit never half-applies; only spec.suspend
 still acts, and any other edit is reported once (SpecChangeIgnored). The CRD refuses such edits
@@ -22,7 +25,7 @@ A finished job stays finished: its Jobs are never recreated, even when someone d
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -31,21 +34,30 @@ import yaml
 from runner.k8s import build, checks
 from runner.k8s import status as st
 from runner.k8s.build import KUEUE_PREFIX, Options, Owner
+from runner.spec import schema as schema_mod
 
 TERMINAL = ("Succeeded", "Failed")
 STATE_REASONS = {"Pending": "PodsPending", "Caching": "CacheRunning", "Training": "Training",
                  "Succeeded": "Succeeded", "Suspended": "Suspended"}
+# Kueue admits the batch/v1 Jobs that carry its queue label (build.py passes the TrainingJob's on).
+KUEUE_QUEUE_LABEL = KUEUE_PREFIX + "queue-name"
+# Set on a Workload whose spec.active the operator turned false for spec.suspend. Only such a one
+# is reactivated on resume: Kueue deactivates Workloads itself too (past its requeue limit), and
+# so may an administrator, and those stay as they are.
+SUSPENDED_ANNOTATION = f"{schema_mod.api_group()}/suspended"
 
 
 @dataclass(frozen=True)
 class Observed:
     """What exists now: children by role (config, monitor, cache, service, train), the pods of
-    each stage's Job, and the progress read from the trainer (None when not read)."""
+    each stage's Job, the progress read from the trainer (None when not read), and the Kueue
+    Workload of each Kueue-managed Job, by the Job's role (absent until Kueue made one)."""
 
     children: dict[str, dict] = field(default_factory=dict)
     pods: dict[str, list[dict]] = field(default_factory=dict)
     progress: dict[str, Any] | None = None
     foreign: tuple[str, ...] = ()  # "Kind/name" labelled as this job's children but not controlled by it
+    workloads: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,9 +70,15 @@ class Event:
 @dataclass
 class Outcome:
     create: list[dict] = field(default_factory=list)                # in apply order
-    patch: list[tuple[str, dict]] = field(default_factory=list)     # (role, merge patch)
+    patch: list[tuple[str, dict]] = field(default_factory=list)     # (role, merge patch of its Job)
+    workload_patch: list[tuple[str, dict]] = field(default_factory=list)  # (role, merge patch of its Job's Workload)
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+
+
+def kueue_managed(obj: dict | None) -> bool:
+    """Whether Kueue admits this Job (or the Jobs of this TrainingJob): its queue label."""
+    return KUEUE_QUEUE_LABEL in ((obj or {}).get("metadata") or {}).get("labels", {})
 
 
 def role_of(obj: dict) -> str:
@@ -125,6 +143,9 @@ def reconcile(tj: dict, observed: Observed, now: datetime, opts: Options = Optio
     if not (cache_phase == "failed" or train_phase in ("complete", "failed")):
         wanted = build.build_children(doc, opts, Owner(meta["name"], meta["uid"]), stages=(stage,), suspend=suspend)
         out.create = [obj for obj in wanted if role_of(obj) not in children]
+        if suspend and kueue_managed(doc):
+            # Kueue admits (unsuspends) a new queued Job, suspended or not: it is made on resume.
+            out.create = [obj for obj in out.create if obj["kind"] != "Job"]
         taken = [o for o in out.create if f"{o['kind']}/{o['metadata']['name']}" in observed.foreign]
         out.create = [o for o in out.create if o not in taken]
         out.events += [Event("Warning", "ErrResourceExists",
@@ -135,11 +156,11 @@ def reconcile(tj: dict, observed: Observed, now: datetime, opts: Options = Optio
                        for o in out.create if o["kind"] == "Job"]
         if any(o["kind"] == "Job" and role_of(o) == "cache" for o in out.create):  # once, as the pods start
             out.events += [Event("Warning", reason, st.clip(w)) for reason, w in checks.warning_events(doc)]
-        out.patch = _suspend_patches(children, suspend)
+        out.patch, out.workload_patch = _suspend_patches(children, observed.workloads, suspend)
         for role, patch in out.patch:  # the status describes the Jobs as they are about to be
             children = {**children, role: {**children[role], "spec": {**children[role]["spec"], **patch["spec"]}}}
         cache_phase, train_phase = st.job_phase(children.get("cache")), st.job_phase(children.get("train"))
-        observed = Observed(children, observed.pods, observed.progress, observed.foreign)
+        observed = replace(observed, children=children)
     phase = train_phase if stage == "train" else cache_phase
     if phase == "absent":  # created just now
         phase = "suspended" if suspend else "pending"
@@ -148,19 +169,39 @@ def reconcile(tj: dict, observed: Observed, now: datetime, opts: Options = Optio
     return out
 
 
-def _suspend_patches(children: dict[str, dict], suspend: bool) -> list[tuple[str, dict]]:
-    """Suspend the unfinished Jobs, or resume them. A Job carrying Kueue's queue label is only
-    ever suspended here: admitting it (unsuspending) is Kueue's call."""
-    patches = []
+def _suspend_patches(children: dict[str, dict], workloads: dict[str, dict],
+                     suspend: bool) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+    """(Job patches, Workload patches) that suspend the unfinished Jobs, or resume them.
+
+    A Job Kueue manages is suspended the way Kueue documents, by deactivating its Workload
+    (spec.active: false); Kueue then evicts it and suspends the Job itself. Suspending the Job
+    directly starts a fight: Kueue unsuspends any suspended Job whose Workload is still admitted,
+    and the next sync would suspend it again, its pods created and SIGTERMed in a loop. On resume
+    only a Workload the operator deactivated (SUSPENDED_ANNOTATION) is reactivated, and admitting
+    (unsuspending) the Job stays Kueue's call. Before Kueue has made the Workload (a queued Job's
+    first moments, or a queue label without Kueue) the Job itself is suspended: no Workload, no
+    admission to undo it."""
+    jobs, workload_patches = [], []
     for role in ("cache", "train"):
         job = children.get(role)
         if job is None or st.job_phase(job) in ("complete", "failed"):
             continue
+        queued = kueue_managed(job)
+        workload = workloads.get(role) if queued else None
+        if workload is not None:
+            active = (workload.get("spec") or {}).get("active") is not False  # defaults to true
+            ours = SUSPENDED_ANNOTATION in ((workload.get("metadata") or {}).get("annotations") or {})
+            if suspend and active:
+                workload_patches.append((role, {"metadata": {"annotations": {SUSPENDED_ANNOTATION: "true"}},
+                                                "spec": {"active": False}}))
+            elif not suspend and ours:
+                workload_patches.append((role, {"metadata": {"annotations": {SUSPENDED_ANNOTATION: None}},
+                                                "spec": {"active": True}}))
+            continue
         current = bool(job.get("spec", {}).get("suspend"))
-        queued = any(k.startswith(KUEUE_PREFIX) for k in job["metadata"].get("labels", {}))
         if current != suspend and (suspend or not queued):
-            patches.append((role, {"spec": {"suspend": suspend}}))
-    return patches
+            jobs.append((role, {"spec": {"suspend": suspend}}))
+    return jobs, workload_patches
 
 
 def _failed_reason(old: dict) -> str | None:
@@ -210,11 +251,15 @@ def _status(old: dict, doc: dict, observed: Observed, stage: str, phase: str, su
     job = children.get(stage)
     stuck = st.stuck_pod(pods, now) if phase in ("pending", "running") else None
     failure = _failure(job, pods, stage, doc["spec"]) if phase == "failed" and job else None
+    # Suspended while spec.suspend is false only by the queue: a Kueue-managed Job whose spec says
+    # suspended (not yet admitted, or evicted). A Job the operator just resumed may still carry the
+    # Suspended condition for a moment; it is starting, not held by any queue.
+    queue_held = not suspend and phase == "suspended" and kueue_managed(job)
     if failure:
         state = "Failed"
     elif phase == "complete":
         state = "Succeeded"
-    elif suspend or phase == "suspended":
+    elif suspend or queue_held:
         state = "Suspended"
     elif phase == "running":
         state = "Caching" if stage == "cache" else "Training"
@@ -230,9 +275,8 @@ def _status(old: dict, doc: dict, observed: Observed, stage: str, phase: str, su
     if state in ("Caching", "Training") and not stuck:
         running_msg = f"{stage} Job {job['metadata']['name']} is running" if job else ""
     if state == "Suspended":
-        queue_held = not suspend
         running_reason = "QueueSuspended" if queue_held else "Suspended"
-        running_msg = "the Jobs are suspended by their queue (Kueue)" if queue_held else "spec.suspend is true"
+        running_msg = _suspended_message(stage, job, observed.workloads.get(stage), queue_held)
     if cached:
         cached_condition = cond("Cached", True, "CacheComplete", "the cache Job completed")
     elif failure:
@@ -264,6 +308,20 @@ def _status(old: dict, doc: dict, observed: Observed, stage: str, phase: str, su
     if state in TERMINAL:
         status["completionTime"] = old.get("completionTime") or st.timestamp(now)
     return status
+
+
+def _suspended_message(stage: str, job: dict | None, workload: dict | None, queue_held: bool) -> str:
+    name = f"Workload {workload['metadata']['name']}" if workload else "its Workload"
+    inactive = workload is not None and (workload.get("spec") or {}).get("active") is False
+    if not queue_held:
+        if kueue_managed(job) and workload:
+            return f"spec.suspend is true: {name} is deactivated, and Kueue stops and holds the {stage} Job"
+        return "spec.suspend is true"
+    if inactive and SUSPENDED_ANNOTATION not in (workload["metadata"].get("annotations") or {}):
+        return (f"the Jobs are suspended by their queue (Kueue): it deactivated {name} of the {stage} Job "
+                f"(`kubectl describe workload {workload['metadata']['name']}` says why); "
+                f"set its spec.active to true to queue it again")
+    return f"the Jobs are suspended by their queue (Kueue): {name} of the {stage} Job waits for admission"
 
 
 def _spec_hash(doc: dict) -> str:

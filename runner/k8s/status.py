@@ -70,14 +70,17 @@ def job_condition(job: dict | None, type_: str) -> dict | None:
 
 
 def job_phase(job: dict | None) -> str:
-    """absent, suspended, pending (no pod running yet), running, complete or failed."""
+    """absent, suspended, pending (no pod running yet), running, complete or failed.
+
+    Suspended is what the Job's spec says, not its Suspended condition: right after a resume the
+    Job controller has not cleared that condition yet, and the Job is starting, not suspended."""
     if job is None:
         return "absent"
     if job_condition(job, "Complete"):
         return "complete"
     if job_condition(job, "Failed"):
         return "failed"
-    if job.get("spec", {}).get("suspend") or job_condition(job, "Suspended"):
+    if job.get("spec", {}).get("suspend"):
         return "suspended"
     status = job.get("status", {})
     return "running" if (status.get("ready") or 0) > 0 or (status.get("succeeded") or 0) > 0 else "pending"

@@ -75,12 +75,14 @@ def test_operator_pod_is_restricted_and_runs_the_operator(installed):
 PLURALS = {"config_map": "configmaps", "service": "services", "job": "jobs", "pod": "pods",
            "custom_object": "trainingjobs"}
 GROUPS = {"configmaps": "", "services": "", "pods": "", "jobs": "batch", "trainingjobs": "diffusion.runner.dev",
-          "podmonitors": "monitoring.coreos.com", "events": ""}
+          "podmonitors": "monitoring.coreos.com", "workloads": "kueue.x-k8s.io", "events": ""}
+STARRED = {"PODMONITOR": "podmonitors", "KUEUE_WORKLOADS": "workloads"}  # custom-object calls given *NAME[:2]
 
 
 def client_calls() -> set[tuple[str, str, str]]:
     """(group, resource, verb) for every kubernetes-client call in runner/k8s/operator.py.
-    Custom-object calls whose arguments start with *PODMONITOR are PodMonitors, others TrainingJobs."""
+    Custom-object calls whose arguments start with *PODMONITOR are PodMonitors, with *KUEUE_WORKLOADS
+    Kueue Workloads, others TrainingJobs."""
     tree = ast.parse((REPO / "runner" / "k8s" / "operator.py").read_text())
     calls = set()
     for node in ast.walk(tree):
@@ -90,8 +92,8 @@ def client_calls() -> set[tuple[str, str, str]]:
                 continue
             plural = PLURALS[m.group(2)]
             first = node.args[0] if node.args else None
-            if isinstance(first, ast.Starred) and "PODMONITOR" in ast.unparse(first):
-                plural = "podmonitors"
+            if isinstance(first, ast.Starred):
+                plural = STARRED[ast.unparse(first.value).split("[")[0]]
             calls.add((GROUPS[plural], plural + ("/status" if m.group(3) else ""), m.group(1)))
     return calls
 
@@ -127,6 +129,7 @@ def test_rbac_grants_exactly_what_the_operator_uses(installed):
     assert grants - needed == set(), "the ClusterRole grants more than the operator uses"
     assert ("diffusion.runner.dev", "podmonitors", "create") not in needed  # the split above worked
     assert ("monitoring.coreos.com", "podmonitors", "create") in needed
+    assert ("kueue.x-k8s.io", "workloads", "patch") in needed and ("diffusion.runner.dev", "workloads", "patch") not in needed
     assert ("", "configmaps", "delete") not in grants and ("batch", "jobs", "delete") not in grants
 
 

@@ -43,9 +43,11 @@ class Cluster:
     def __init__(self, tj: dict):
         self.tj, self.children, self.pods, self.progress = tj, {}, {"cache": [], "train": []}, None
         self.created: list[str] = []
+        self.workloads: dict[str, dict] = {}  # Kueue's, by the role of their Job
 
     def observed(self) -> Observed:
-        return Observed(copy.deepcopy(self.children), copy.deepcopy(self.pods), self.progress)
+        return Observed(copy.deepcopy(self.children), copy.deepcopy(self.pods), self.progress,
+                        workloads=copy.deepcopy(self.workloads))
 
     def step(self, now: datetime = T0) -> Outcome:
         out = reconcile(copy.deepcopy(self.tj), self.observed(), now)
@@ -54,6 +56,8 @@ class Cluster:
             self.created.append(f"{obj['kind']}/{obj['metadata']['name']}")
         for role, patch in out.patch:
             self.children[role]["spec"].update(patch["spec"])
+        for role, patch in out.workload_patch:
+            self.workloads[role] = merged(self.workloads[role], patch)
         old = self.tj.get("status") or {}
         self.tj["status"] = merged(old, st.merge_patch(old, out.status))  # what operator.apply sends
         assert self.tj["status"] == out.status
@@ -304,6 +308,117 @@ def test_kueue_admits_the_jobs_the_operator_only_suspends():
     c.job_status("cache", ready=1)
     c.step()
     assert c.state == "Caching"
+
+
+class Kueue:
+    """Kueue's part, as its Job reconciler plays it (quota always free): it makes a Workload for
+    each unfinished queued Job and admits it; a suspended Job whose Workload is admitted is
+    unsuspended (started); a deactivated Workload is evicted and its Job suspended."""
+
+    def __init__(self, cluster: Cluster):
+        self.c, self.unsuspended = cluster, 0
+
+    def reconcile(self) -> None:
+        for role in ("cache", "train"):
+            job = self.c.children.get(role)
+            if job is None or "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"] or \
+                    st.job_phase(job) in ("complete", "failed"):
+                continue
+            workload = self.c.workloads.setdefault(role, {
+                "metadata": {"name": f"job-{job['metadata']['name']}-1a2b3", "labels": {"kueue.x-k8s.io/job-uid": role}},
+                "spec": {"active": True}})
+            if workload["spec"].get("active", True):
+                if job["spec"].get("suspend"):
+                    job["spec"]["suspend"] = False
+                    self.unsuspended += 1
+            else:
+                job["spec"]["suspend"] = True
+
+
+def kueue_trainingjob(**spec) -> dict:
+    tj = trainingjob(**spec)
+    tj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = "gpus"
+    return tj
+
+
+def test_suspending_a_kueue_job_deactivates_its_workload_and_never_fights_kueue():
+    c = Cluster(kueue_trainingjob())
+    kueue = Kueue(c)
+    c.step()
+    kueue.reconcile()
+    c.job_status("cache", ready=1, active=1)
+    c.step()
+    assert c.state == "Caching" and c.workloads["cache"]["spec"]["active"] is True
+
+    c.tj["spec"]["suspend"], c.tj["metadata"]["generation"] = True, 2
+    for _ in range(5):  # operator, Kueue, operator, ...: the Job stays suspended, nobody undoes anybody
+        out = c.step()
+        assert out.patch == []  # the queued Job's spec.suspend is Kueue's
+        kueue.reconcile()
+        c.job_status("cache", ready=0, active=0)
+    assert kueue.unsuspended == 0 and c.children["cache"]["spec"]["suspend"] is True
+    workload = c.workloads["cache"]
+    assert workload["spec"]["active"] is False and workload["metadata"]["annotations"] == {"diffusion.runner.dev/suspended": "true"}
+    assert c.state == "Suspended" and c.condition("Suspended")["reason"] == "Suspended"
+    assert "Workload job-smoke-cache-1a2b3 is deactivated" in c.condition("Suspended")["message"]
+
+    # Resume: the operator reactivates the Workload it deactivated; Kueue admits and starts the Job.
+    c.tj["spec"]["suspend"] = False
+    out = c.step()
+    assert out.patch == [] and out.workload_patch == [
+        ("cache", {"metadata": {"annotations": {"diffusion.runner.dev/suspended": None}}, "spec": {"active": True}})]
+    assert c.state == "Suspended" and c.condition("Suspended")["reason"] == "QueueSuspended"  # until admitted
+    kueue.reconcile()
+    c.job_status("cache", ready=1, active=1)
+    out = c.step()
+    assert c.state == "Caching" and kueue.unsuspended == 1 and [e.reason for e in out.events] == ["Resumed"]
+    assert "annotations" not in c.workloads["cache"]["metadata"] or not c.workloads["cache"]["metadata"]["annotations"]
+
+
+def test_a_workload_kueue_deactivated_itself_stays_deactivated():
+    c = Cluster(kueue_trainingjob())
+    c.step()
+    Kueue(c).reconcile()
+    c.workloads["cache"]["spec"]["active"] = False  # e.g. past its requeue limit (waitForPodsReady)
+    c.children["cache"]["spec"]["suspend"] = True
+    out = c.step()
+    assert out.patch == [] and out.workload_patch == []
+    assert c.state == "Suspended" and c.condition("Suspended")["reason"] == "QueueSuspended"
+    assert "it deactivated Workload job-smoke-cache-1a2b3" in c.condition("Suspended")["message"]
+
+
+def test_a_kueue_job_created_suspended_makes_its_jobs_on_resume():
+    """Kueue would admit a new queued Job at once, suspended or not."""
+    c = Cluster(kueue_trainingjob(suspend=True))
+    c.step()
+    assert c.created == ["ConfigMap/smoke-spec"] and c.state == "Suspended"
+    c.tj["spec"]["suspend"] = False
+    out = c.step()
+    assert c.created == ["ConfigMap/smoke-spec", "Job/smoke-cache"] and [e.reason for e in out.events][:1] == ["Created"]
+
+
+def test_before_kueue_made_the_workload_the_queued_job_itself_is_suspended():
+    c = Cluster(kueue_trainingjob())
+    c.step()
+    c.tj["spec"]["suspend"] = True
+    assert c.step().patch == [("cache", {"spec": {"suspend": True}})]
+
+
+def test_resume_without_kueue_is_not_reported_as_held_by_a_queue():
+    """The Job controller clears the Job's Suspended condition a moment after the resume."""
+    c = Cluster(trainingjob())
+    run_to_training(c)
+    c.tj["spec"]["suspend"] = True
+    c.step()
+    c.job_status("train", ready=0, active=0, conditions=[{"type": "Suspended", "status": "True",
+                                                          "reason": "JobSuspended"}])
+    c.step()
+    c.tj["spec"]["suspend"] = False
+    out = c.step()
+    assert out.patch == [("train", {"spec": {"suspend": False}})]
+    assert c.state == "Pending" and c.condition("Suspended")["status"] == "False"
+    assert "QueueSuspended" not in {cond["reason"] for cond in c.tj["status"]["conditions"]}
+    assert [e.reason for e in out.events] == ["Resumed"]
 
 
 # --- delete, restarts, terminal -----------------------------------------------------------------
