@@ -1,9 +1,14 @@
 """`trainingjob operator`: thin kopf handlers around the pure reconcile().
 
-kopf does the watching, retries and timers; every trigger (a TrainingJob created, changed or
-found at start-up, a child Job changing, the progress timer) runs the same `sync`: read the
-TrainingJob and its children with the official kubernetes client, call reconcile(), then create
-what is missing, patch, write the status and post the Events. No torch is imported on this path.
+kopf does the watching and retries; every trigger (a TrainingJob created, changed or found at
+start-up, a child Job changing, the periodic resync) runs the same `sync`: read the TrainingJob
+and its children with the official kubernetes client, call reconcile(), then create what is
+missing, patch, write the status and post the Events. No torch is imported on this path.
+
+No finalizer: deleting a TrainingJob never waits for the operator (its children go with it
+through their ownerReferences, the garbage collector's work). Hence no kopf timer, which always
+puts kopf's finalizer on each object: progress and pod problems, which change without a Job
+event, are looked at by one operator-level task (`resync_forever`) that lists the TrainingJobs.
 
 Errors: a spec error of a job not yet started is permanent (status Failed/InvalidSpec,
 kopf.PermanentError: no retry until the spec changes; a started job runs the spec it started
@@ -13,9 +18,14 @@ with, see reconcile.py); API hiccups (429, 5xx, conflicts, timeouts) are tempora
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
 import sys
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -28,7 +38,7 @@ from runner.exitcodes import EXIT_INVALID
 from runner.k8s import build, progress
 from runner.k8s import status as st
 from runner.k8s.build import Options
-from runner.k8s.reconcile import TERMINAL, Observed, Outcome, kueue_managed, reconcile, started_document
+from runner.k8s.reconcile import TERMINAL, Event, Observed, Outcome, kueue_managed, reconcile, started_document
 from runner.launch import images
 from runner.spec import schema as schema_mod
 
@@ -38,6 +48,12 @@ PODMONITOR = ("monitoring.coreos.com", "v1", "podmonitors")
 # v1beta1: served by every Kueue release so far (next to v1beta2 in the newest).
 KUEUE_WORKLOADS = ("kueue.x-k8s.io", "v1beta1", "workloads")
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"  # Kueue's, on the Workload it makes for a Job
+# The finalizer kopf adds for handlers that need one. Earlier versions of this operator had such
+# a handler (a per-object timer) and left it on every TrainingJob. No handler here needs one, so
+# kopf removes its finalizer from each TrainingJob it sees; named here so that it is this one.
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+REPORTER = "trainingjob-operator"  # the Events' source, the From column of `kubectl describe`
+logger = logging.getLogger(__name__)
 
 
 def group_version() -> tuple[str, str]:
@@ -67,6 +83,14 @@ class OperatorMetrics:
             self.states.pop(key, None)
         else:
             self.states[key] = state
+        self._publish()
+
+    def observe_all(self, states: dict[tuple[str, str], str | None]) -> None:
+        """The states of every TrainingJob there is (a full listing): any other is gone."""
+        self.states = {key: state for key, state in states.items() if state is not None}
+        self._publish()
+
+    def _publish(self) -> None:
         for s in ("Pending", "Caching", "Training", "Succeeded", "Failed", "Suspended"):
             self.jobs.labels(s).set(sum(1 for v in self.states.values() if v == s))
 
@@ -169,8 +193,23 @@ def _create(obj: dict) -> None:
             raise
 
 
-def apply(tj: dict, outcome: Outcome, observed: Observed) -> None:
+def event_body(tj: dict, event: Event, now: datetime) -> dict:
+    """A core/v1 Event about the TrainingJob. Posted with the client, not kopf.event(), which
+    works only inside kopf's handlers of that object, not in the resync task."""
+    meta, when = tj["metadata"], st.timestamp(now)
+    return {"apiVersion": "v1", "kind": "Event",
+            "metadata": {"namespace": meta["namespace"], "generateName": f"{meta['name']}."},
+            "involvedObject": {"apiVersion": tj["apiVersion"], "kind": tj["kind"], "namespace": meta["namespace"],
+                               "name": meta["name"], "uid": meta.get("uid")},
+            "type": event.type, "reason": event.reason, "message": st.clip(event.message),
+            "source": {"component": REPORTER}, "reportingComponent": REPORTER,
+            "reportingInstance": os.environ.get("HOSTNAME") or REPORTER,
+            "firstTimestamp": when, "lastTimestamp": when, "count": 1}
+
+
+def apply(tj: dict, outcome: Outcome, observed: Observed, now: datetime | None = None) -> None:
     ns, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
+    now = now or datetime.now(timezone.utc)
     for obj in outcome.create:
         _create(obj)
     for role, patch in outcome.patch:
@@ -185,7 +224,10 @@ def apply(tj: dict, outcome: Outcome, observed: Observed) -> None:
         kubernetes.client.CustomObjectsApi().patch_namespaced_custom_object_status(
             group, version, ns, PLURAL, name, {"status": patch})
     for event in outcome.events:
-        kopf.event(tj, type=event.type, reason=event.reason, message=event.message)
+        try:
+            kubernetes.client.CoreV1Api().create_namespaced_event(ns, event_body(tj, event, now))
+        except (ApiException, OSError) as e:  # an Event lost is no reason to redo the sync
+            logger.warning("Event %s of TrainingJob %s/%s not posted: %s", event.reason, ns, name, e)
 
 
 def sync(namespace: str, name: str, opts: Options, metrics: OperatorMetrics, trigger: str) -> Outcome | None:
@@ -203,7 +245,7 @@ def sync(namespace: str, name: str, opts: Options, metrics: OperatorMetrics, tri
         now = datetime.now(timezone.utc)
         observed = observe(tj, opts, now)
         outcome = reconcile(tj, observed, now, opts)
-        apply(tj, outcome, observed)
+        apply(tj, outcome, observed, now)
     except ApiException as e:
         metrics.errors.labels("api").inc()
         metrics.reconciles.labels(trigger, "error").inc()
@@ -228,47 +270,105 @@ def _invalid(outcome: Outcome | None) -> str | None:
 
 # ----------------------------------------------------------------------------- kopf wiring
 
-def make_registry(opts: Options, metrics: OperatorMetrics) -> kopf.OperatorRegistry:
+def list_trainingjobs(namespaces: Sequence[str]) -> list[dict]:
+    """Every TrainingJob the operator watches: cluster-wide, or in each of its namespaces (then
+    the ClusterRole may be bound per namespace, where a cluster-wide list is refused)."""
+    api, (group, version) = kubernetes.client.CustomObjectsApi(), group_version()
+    if not namespaces:
+        return _items(api.list_cluster_custom_object(group, version, PLURAL))
+    return [tj for ns in namespaces for tj in _items(api.list_namespaced_custom_object(group, version, ns, PLURAL))]
+
+
+def resync_due(listed: list[dict]) -> tuple[dict[tuple[str, str], str | None], list[tuple[str, str]]]:
+    """(state of each listed TrainingJob, those to sync again): not finished, not being deleted."""
+    states, due = {}, []
+    for tj in listed:
+        meta = tj["metadata"]
+        key, state = (meta["namespace"], meta["name"]), (tj.get("status") or {}).get("state")
+        states[key] = state
+        if state not in TERMINAL and not meta.get("deletionTimestamp"):
+            due.append(key)
+    return states, due
+
+
+async def resync_forever(namespaces: Sequence[str], metrics: OperatorMetrics,
+                         run: Callable[[str, str, str], Any]) -> None:
+    """Every PROGRESS_INTERVAL_S, sync each unfinished TrainingJob: progress and pod problems
+    (an image that cannot be pulled, a pod that never gets a node) change without a Job event.
+    One task for the operator, not a kopf timer per object: a timer needs kopf's finalizer."""
+    while True:
+        await asyncio.sleep(progress.PROGRESS_INTERVAL_S)
+        try:
+            listed = await asyncio.to_thread(list_trainingjobs, namespaces)
+        except (ApiException, OSError) as e:
+            metrics.errors.labels("api" if isinstance(e, ApiException) else "connection").inc()
+            logger.warning("resync: cannot list TrainingJobs: %s; trying again in %s s", e, progress.PROGRESS_INTERVAL_S)
+            continue
+        states, due = resync_due(listed)
+        metrics.observe_all(states)
+        for namespace, name in due:
+            try:
+                await asyncio.to_thread(run, namespace, name, "resync")
+            except Exception as e:  # one job's trouble (counted by sync) does not stop the others' resync
+                logger.warning("resync of TrainingJob %s/%s: %s", namespace, name, e)
+
+
+def make_registry(opts: Options, metrics: OperatorMetrics, namespaces: Sequence[str] = ()) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     group, version = group_version()
     on = dict(registry=registry)
+    # kopf's handlers of a TrainingJob, the Job events and the resync run in threads of their
+    # own; one sync of a job at a time, or two could both post the same transition's Event.
+    locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+
+    def run(namespace: str, name: str, trigger: str) -> Outcome | None:
+        with locks[(namespace, name)]:
+            return sync(namespace, name, opts, metrics, trigger)
 
     @kopf.on.startup(**on)
-    def configure(settings: kopf.OperatorSettings, **_):
+    async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
         # Kopf's bookkeeping goes to annotations, so status holds only what the CRD documents.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=group)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=group)
+        settings.persistence.finalizer = KOPF_FINALIZER
         # Namespaces are given or all are watched; no need to list them (nor the RBAC for it).
         settings.scanning.disabled = True
         settings.posting.level = logging.WARNING  # kopf's own log lines stay out of the Events
+        memo["resync"] = asyncio.create_task(resync_forever(namespaces, metrics, run))
+
+    @kopf.on.cleanup(**on)
+    async def stop(memo: kopf.Memo, **_):
+        task = memo.get("resync")
+        if task:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     @kopf.on.login(**on)
     def login(**kwargs):
         return kopf.login_via_client(**kwargs)
 
+    # None of these needs a finalizer (kopf adds one only for timers, daemons and on.delete
+    # handlers that are not optional).
     @kopf.on.resume(group, version, PLURAL, **on)
     @kopf.on.create(group, version, PLURAL, **on)
     @kopf.on.update(group, version, PLURAL, field="spec", **on)
     def on_change(namespace: str, name: str, reason: str, **_):
-        message = _invalid(sync(namespace, name, opts, metrics, str(reason)))
+        message = _invalid(run(namespace, name, str(reason)))
         if message:
             raise kopf.PermanentError(f"InvalidSpec: {message}")
-
-    @kopf.timer(group, version, PLURAL, interval=progress.PROGRESS_INTERVAL_S, initial_delay=5, **on)
-    def refresh(namespace: str, name: str, status: dict, **_):
-        """Progress and pod problems change without a Job event: look again, until finished."""
-        if status.get("state") not in TERMINAL:
-            sync(namespace, name, opts, metrics, "timer")
 
     @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": opts.managed_by}, **on)
     def on_job(namespace: str, labels: dict, type: str | None, **_):
         owner = labels.get(build.label_job())
         if owner and type in ("MODIFIED", "DELETED"):
-            sync(namespace, owner, opts, metrics, "job")
+            run(namespace, owner, "job")
 
-    @kopf.on.delete(group, version, PLURAL, optional=True, **on)  # optional: no finalizer, GC cascades
-    def on_delete(namespace: str, name: str, **_):
-        metrics.observe_state((namespace, name), None)
+    @kopf.on.event(group, version, PLURAL, **on)
+    def on_gone(namespace: str, name: str, type: str | None, **_):
+        if type == "DELETED":  # gone already: the children follow through their ownerReferences
+            metrics.observe_state((namespace, name), None)
+            locks.pop((namespace, name), None)
 
     return registry
 
@@ -307,6 +407,6 @@ def main(args: argparse.Namespace) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=metrics.registry)
     health = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
-    kopf.run(registry=make_registry(opts, metrics), standalone=True, clusterwide=not args.namespace,
+    kopf.run(registry=make_registry(opts, metrics, args.namespace), standalone=True, clusterwide=not args.namespace,
              namespaces=args.namespace, liveness_endpoint=health)
     return 0

@@ -1,6 +1,7 @@
 """The operator's real kopf handlers and the official kubernetes client against an in-process
 HTTP Kubernetes API (kmock): objects created and their order, status written, Events posted,
-progress read from a real /metrics endpoint, and a restarted operator that converges."""
+progress read from a real /metrics endpoint, a restarted operator that converges, deleting with
+no operator running (no finalizer), and suspending through Kueue's Workload."""
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,8 @@ def free_port() -> int:
 class Operator:
     """`trainingjob operator`'s registry, run by kopf in a thread (as KopfRunner would)."""
 
-    def __init__(self, metrics: op.OperatorMetrics):
-        self.metrics, self.stop = metrics, threading.Event()
+    def __init__(self, metrics: op.OperatorMetrics | None = None):
+        self.metrics, self.stop = metrics or op.OperatorMetrics(), threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -56,7 +57,9 @@ class Operator:
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
     resources = {f"{GROUP}/{VERSION}/trainingjobs": {"kind": "TrainingJob", "namespaced": True, "verbs": VERBS,
-                                                     "singular": "trainingjob", "subresources": {"status"}}}
+                                                     "singular": "trainingjob", "subresources": {"status"}},
+                 "kueue.x-k8s.io/v1beta1/workloads": {"kind": "Workload", "namespaced": True, "verbs": VERBS,
+                                                      "singular": "workload", "subresources": {"status"}}}
     with Cluster(tmp_path, resources) as c:
         # kopf's login and our handlers both load the kubeconfig through the kubernetes client.
         monkeypatch.setenv("KUBECONFIG", str(c.kubeconfig))
@@ -76,9 +79,25 @@ def wait_for(what, timeout: float = 30):
     raise AssertionError(f"timed out waiting for {what.__doc__ or what}")
 
 
+def trainingjob(name: str = "smoke") -> dict | None:
+    """The TrainingJob as the API has it; None once it is gone."""
+    try:
+        return kubernetes.client.CustomObjectsApi().get_namespaced_custom_object(GROUP, VERSION, NS, "trainingjobs", name)
+    except kubernetes.client.ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
 def tj_status(name: str = "smoke") -> dict:
-    return kubernetes.client.CustomObjectsApi().get_namespaced_custom_object(
-        GROUP, VERSION, NS, "trainingjobs", name).get("status") or {}
+    return trainingjob(name).get("status") or {}
+
+
+def example(name: str = "smoke", **labels) -> dict:
+    doc = yaml.safe_load((REPO / "k8s" / "example-trainingjob.yaml").read_text())
+    doc["metadata"].update(namespace=NS, name=name)
+    doc["metadata"].setdefault("labels", {}).update(labels)
+    return doc
 
 
 def set_job_status(name: str, **status) -> None:
@@ -127,7 +146,7 @@ def test_operator_runs_cache_then_train_and_writes_status(cluster):
             # The status is written after the creates: wait for it rather than race it.
             wait_for(lambda: {c["type"]: c["status"] for c in tj_status()["conditions"]}["Cached"] == "True")
 
-            # Training: rank 0's pod serves /metrics; the timer reads it into status.progress.
+            # Training: rank 0's pod serves /metrics; each sync reads it into status.progress.
             # Next to it, a failed rank 0 of a deleted same-named TrainingJob's Job (another uid),
             # still terminating: neither a restart nor a progress source.
             train_uid = next(j["metadata"]["uid"] for j in cluster.objects("batch/v1/jobs")
@@ -148,6 +167,9 @@ def test_operator_runs_cache_then_train_and_writes_status(cluster):
             assert progress_seen["steps"] == "5/20" and progress_seen["loss"] == 0.25
             # ETA from samples/s: 15 steps x 2 samples per step / 2.0 samples/s.
             assert progress_seen["etaSeconds"] == 15 and progress_seen["eta"] == "15s"
+            # No Job event from here on: the periodic resync reads the next steps.
+            trainer.train_progress(8, 20, 0.2, 2.0)
+            wait_for(lambda: tj_status()["progress"]["step"] == 8)
 
             set_job_status("smoke-train", ready=0, active=0, succeeded=1,
                            conditions=[{"type": "Complete", "status": "True"}])
@@ -192,3 +214,67 @@ def test_invalid_spec_fails_the_job_and_creates_nothing(cluster):
         assert failed["reason"] == "InvalidSpec" and "volumes.cache.claimName" in failed["message"]
         wait_for(lambda: any(e.get("reason") == "InvalidSpec" for e in cluster.objects("v1/events")))
     assert cluster.emulator.created == [("TrainingJob", "broken")]
+
+
+def test_delete_needs_no_operator_and_no_trainingjob_carries_a_finalizer(cluster):
+    """With the operator scaled to 0 (or deleted with `kubectl delete -k k8s/`), `kubectl delete
+    tj` still deletes: the children follow through their ownerReferences."""
+    api = kubernetes.client.CustomObjectsApi()
+    with Operator():
+        api.create_namespaced_custom_object(GROUP, VERSION, NS, "trainingjobs", example())
+        wait_for(lambda: tj_status().get("stage") == "cache")
+        time.sleep(2.5)  # resync rounds too (every second in these tests)
+        assert not trainingjob()["metadata"].get("finalizers")
+    api.delete_namespaced_custom_object(GROUP, VERSION, NS, "trainingjobs", "smoke")
+    assert trainingjob() is None
+
+
+def test_kopfs_finalizer_left_by_an_earlier_operator_is_removed(cluster):
+    """Upgrading from a version whose timer made kopf put its finalizer on every TrainingJob:
+    a TrainingJob deleted meanwhile (Terminating) goes, and the others lose the finalizer."""
+    api = kubernetes.client.CustomObjectsApi()
+    for name in ("kept", "deleted"):
+        doc = example(name)
+        doc["metadata"]["finalizers"] = [op.KOPF_FINALIZER]
+        api.create_namespaced_custom_object(GROUP, VERSION, NS, "trainingjobs", doc)
+    api.delete_namespaced_custom_object(GROUP, VERSION, NS, "trainingjobs", "deleted")
+    assert trainingjob("deleted")["metadata"]["deletionTimestamp"]  # stuck while no operator runs
+    with Operator():
+        wait_for(lambda: trainingjob("deleted") is None)
+        wait_for(lambda: not trainingjob("kept")["metadata"].get("finalizers"))
+        wait_for(lambda: tj_status("kept").get("stage") == "cache")
+
+
+def test_suspending_a_kueue_job_deactivates_its_workload_and_leaves_the_job_to_kueue(cluster):
+    api, batch = kubernetes.client.CustomObjectsApi(), kubernetes.client.BatchV1Api()
+    with Operator():
+        api.create_namespaced_custom_object(GROUP, VERSION, NS, "trainingjobs",
+                                            example(**{"kueue.x-k8s.io/queue-name": "gpus"}))
+        job = wait_for(lambda: next((j for j in cluster.objects("batch/v1/jobs")
+                                     if j["metadata"]["name"] == "smoke-cache"), None))
+        uid = job["metadata"]["uid"]
+        # Kueue's part: a Workload for the Job (and one of another Job, which must stay as it is), admitted.
+        for name, owner_uid in (("job-smoke-cache-1a2b3", uid), ("job-other-4c5d6", "uid-of-another-job")):
+            api.create_namespaced_custom_object("kueue.x-k8s.io", "v1beta1", NS, "workloads", {
+                "apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
+                "metadata": {"name": name, "namespace": NS, "labels": {"kueue.x-k8s.io/job-uid": owner_uid},
+                             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "x",
+                                                  "uid": owner_uid, "controller": True}]},
+                "spec": {"active": True, "queueName": "gpus"}})
+        set_job_status("smoke-cache", ready=1, active=1)
+        wait_for(lambda: tj_status().get("state") == "Caching")
+
+        def workload(name: str = "job-smoke-cache-1a2b3") -> dict:
+            return api.get_namespaced_custom_object("kueue.x-k8s.io", "v1beta1", NS, "workloads", name)
+
+        api.patch_namespaced_custom_object(GROUP, VERSION, NS, "trainingjobs", "smoke", {"spec": {"suspend": True}})
+        wait_for(lambda: workload()["spec"]["active"] is False)
+        assert workload()["metadata"]["annotations"]["diffusion.runner.dev/suspended"] == "true"
+        wait_for(lambda: tj_status().get("state") == "Suspended")
+        time.sleep(1.5)  # a resync round: the Job's spec.suspend stays Kueue's to set
+        assert not batch.read_namespaced_job("smoke-cache", NS).spec.suspend
+        assert workload("job-other-4c5d6")["spec"]["active"] is True
+
+        api.patch_namespaced_custom_object(GROUP, VERSION, NS, "trainingjobs", "smoke", {"spec": {"suspend": False}})
+        wait_for(lambda: workload()["spec"]["active"] is True)
+        assert "diffusion.runner.dev/suspended" not in (workload()["metadata"].get("annotations") or {})

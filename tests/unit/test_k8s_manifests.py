@@ -72,7 +72,7 @@ def test_operator_pod_is_restricted_and_runs_the_operator(installed):
 
 # --------------------------------------------------------------------------- least privilege
 
-PLURALS = {"config_map": "configmaps", "service": "services", "job": "jobs", "pod": "pods",
+PLURALS = {"config_map": "configmaps", "service": "services", "job": "jobs", "pod": "pods", "event": "events",
            "custom_object": "trainingjobs"}
 GROUPS = {"configmaps": "", "services": "", "pods": "", "jobs": "batch", "trainingjobs": "diffusion.runner.dev",
           "podmonitors": "monitoring.coreos.com", "workloads": "kueue.x-k8s.io", "events": ""}
