@@ -358,8 +358,7 @@ def _transition_events(old: dict, new: dict) -> list[Event]:
             events.append(Event("Normal", "Resumed", f"now {new['state']}"))
         else:
             events.append(Event("Normal", new["state"], running["message"] or f"stage {new['stage']}"))
-    if running["reason"] in ("ImagePullBackOff", "Unschedulable", *st.IMAGE_PULL_REASONS) and \
-            before.get("reason") != running["reason"]:
+    if running["reason"] in st.STUCK_REASONS and before.get("reason") != running["reason"]:
         events.append(Event("Warning", running["reason"], running["message"]))
     if new["restarts"] > (old.get("restarts") or 0) and new["state"] != "Failed":  # the failure says it
         events.append(Event("Warning", "PodRestarted", f"{new['restarts']} pod(s) failed and were replaced by "

@@ -15,7 +15,21 @@ CONDITION_TYPES = ("Cached", "Running", "Complete", "Failed", "Suspended")
 MESSAGE_LIMIT = 1024  # Events cap messages at 1 KiB; conditions stay readable in `kubectl describe`
 # Scheduling that takes a moment is normal (autoscalers, Kueue); past this it is news.
 UNSCHEDULABLE_AFTER_S = 300
-IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError")
+# A pod on a node whose containers have not started this long after it was scheduled is stuck in
+# ContainerCreating: mostly a volume that cannot be attached (a ReadWriteOnce claim attached to
+# another node: Multi-Attach) or mounted (an NFS server that does not answer). The kubelet says
+# ContainerCreating while it pulls the image too, and a first pull of a large image on a slow
+# registry can take minutes: hence minutes, not seconds.
+CONTAINER_CREATING_AFTER_S = 600
+CONTAINER_CREATING_TOO_LONG = "ContainerCreatingTooLong"  # the condition reason
+IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName")
+# The kubelet could not make the container: a Secret, ConfigMap or key the env names is missing
+# (CreateContainerConfigError), or the runtime refused it (CreateContainerError). No image problem.
+CREATE_CONTAINER_REASONS = ("CreateContainerConfigError", "CreateContainerError")
+# Waiting reasons of a container that has not started yet and reports no error.
+STARTING_REASONS = ("ContainerCreating", "PodInitializing")
+# The Running reasons that say a pod cannot start (each reported once as a Warning Event).
+STUCK_REASONS = (*IMAGE_PULL_REASONS, *CREATE_CONTAINER_REASONS, CONTAINER_CREATING_TOO_LONG, "Unschedulable")
 # The Job controller labels its pods with the Job's uid (the second name before Kubernetes 1.27).
 CONTROLLER_UID_LABELS = ("batch.kubernetes.io/controller-uid", "controller-uid")
 
@@ -128,17 +142,34 @@ def is_oom_killed(pod: dict) -> bool:
 
 
 def stuck_pod(pods: Iterable[dict], now: datetime) -> tuple[str, str] | None:
-    """(reason, message) for a pod that cannot start: an image it cannot pull, or no node for
-    it after UNSCHEDULABLE_AFTER_S. None when every pod is fine."""
+    """(reason, message) for a pod that cannot start: an image it cannot pull, a container the
+    kubelet cannot create (a missing Secret), containers not started CONTAINER_CREATING_AFTER_S
+    after the pod got its node (a volume that does not attach or mount), or no node for it after
+    UNSCHEDULABLE_AFTER_S. None when every pod is fine. From the pods alone, no Events read."""
     for pod in pods:
         status = pod.get("status", {})
         if status.get("phase") not in (None, "Pending"):
             continue
-        for cs in status.get("containerStatuses", []) or []:
+        containers = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+        for cs in containers:
             waiting = cs.get("state", {}).get("waiting") or {}
-            if waiting.get("reason") in IMAGE_PULL_REASONS:
-                return waiting["reason"], (f"pod {_name(pod)}: {waiting['reason']} for image "
-                                           f"{cs.get('image', '?')}: {waiting.get('message', '')}").rstrip(": ")
+            reason, message = waiting.get("reason"), waiting.get("message", "")
+            if reason in IMAGE_PULL_REASONS:
+                return reason, (f"pod {_name(pod)}: {reason} for image {cs.get('image', '?')}: {message}").rstrip(": ")
+            if reason in CREATE_CONTAINER_REASONS:
+                hint = ("; a Secret, ConfigMap or key that the pod's env names is missing in this namespace "
+                        "(spec.kubernetes.secrets)" if reason == "CreateContainerConfigError" else "")
+                return reason, (f"pod {_name(pod)} (index {_index(pod)}) cannot create its container "
+                                f"{cs.get('name', '?')} ({reason}): {message or 'no message'}{hint}")
+        creating = _not_started_for(pod, containers, now)
+        if creating is not None and creating >= CONTAINER_CREATING_AFTER_S:
+            node = pod.get("spec", {}).get("nodeName")
+            return CONTAINER_CREATING_TOO_LONG, (
+                f"pod {_name(pod)} (index {_index(pod)}) has not started {int(creating // 60)} min after it was "
+                f"scheduled{f' on node {node}' if node else ''} (ContainerCreating): usually a volume that cannot "
+                f"be attached (a ReadWriteOnce claim in use on another node: Multi-Attach) or mounted (an NFS "
+                f"server that does not answer), or a very large image still being pulled; the pod's Events "
+                f"(FailedAttachVolume, FailedMount) say which: kubectl describe pod {_name(pod)}")
         for c in status.get("conditions", []) or []:
             if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
                 since = parse_time(c.get("lastTransitionTime"))
@@ -147,6 +178,19 @@ def stuck_pod(pods: Iterable[dict], now: datetime) -> tuple[str, str] | None:
                     return "Unschedulable", (f"pod {_name(pod)} unschedulable for {int(waited // 60)} min: "
                                              f"{c.get('message', '')}").rstrip(": ")
     return None
+
+
+def _not_started_for(pod: dict, containers: list[dict], now: datetime) -> float | None:
+    """Seconds since a scheduled pod got its node while none of its containers has started (each
+    waiting without an error, or not reported yet); None for any other pod."""
+    if any(cs.get("state", {}).get("running") or cs.get("state", {}).get("terminated") for cs in containers):
+        return None
+    if any((cs.get("state", {}).get("waiting") or {}).get("reason") not in STARTING_REASONS for cs in containers):
+        return None
+    scheduled = next((c for c in pod.get("status", {}).get("conditions", []) or []
+                      if c.get("type") == "PodScheduled" and c.get("status") == "True"), None)
+    since = parse_time((scheduled or {}).get("lastTransitionTime"))
+    return (now - since).total_seconds() if since else None
 
 
 def failed_pods(pods: Iterable[dict]) -> list[dict]:

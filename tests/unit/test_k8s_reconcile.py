@@ -246,6 +246,55 @@ def test_unschedulable_is_reported_after_a_timeout():
     assert [e.reason for e in out.events] == ["Unschedulable"]
 
 
+SCHEDULED = {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-01T12:00:00Z"}
+
+
+def test_a_pod_stuck_in_container_creating_is_reported_after_a_timeout():
+    """A 2-node cache Job: pod 0 runs, pod 1 has a node but its volume never attaches."""
+    c = Cluster(trainingjob())
+    c.step()
+    c.job_status("cache", ready=1, active=2)
+    stuck = pod("smoke-cache-1-b", "Pending", 1, waiting={"reason": "ContainerCreating"}, conditions=[SCHEDULED])
+    stuck["spec"] = {"nodeName": "gpu-7"}
+    c.pods["cache"] = [pod("smoke-cache-0-a", "Running", 0), stuck]
+    c.step(T0 + timedelta(minutes=5))  # an image pull or an attach may take that long
+    assert c.state == "Caching" and c.condition("Running")["reason"] == "CacheRunning"
+    out = c.step(T0 + timedelta(minutes=45))
+    running = c.condition("Running")
+    assert c.state == "Caching" and running["status"] == "False" and running["reason"] == "ContainerCreatingTooLong"
+    assert "pod smoke-cache-1-b (index 1) has not started 45 min after it was scheduled on node gpu-7" in running["message"]
+    assert "Multi-Attach" in running["message"] and "kubectl describe pod smoke-cache-1-b" in running["message"]
+    assert [(e.type, e.reason) for e in out.events] == [("Warning", "ContainerCreatingTooLong")]
+    assert c.step(T0 + timedelta(minutes=46)).events == []
+
+
+def test_a_pod_whose_init_container_runs_is_not_stuck():
+    c = Cluster(trainingjob())
+    c.step()
+    waiting = pod("smoke-cache-0-a", "Pending", waiting={"reason": "PodInitializing"}, conditions=[SCHEDULED])
+    waiting["status"]["initContainerStatuses"] = [{"name": "init", "state": {"running": {}}}]
+    c.pods["cache"] = [waiting]
+    c.step(T0 + timedelta(minutes=45))
+    assert c.condition("Running")["reason"] == "PodsPending"
+
+
+@pytest.mark.parametrize("reason, message, words", [
+    ("CreateContainerConfigError", 'secret "hf-token" not found', "a Secret, ConfigMap or key that the pod's env names"),
+    ("CreateContainerError", "failed to reserve container name", "failed to reserve container name"),
+])
+def test_a_container_that_cannot_be_created_is_reported_with_its_cause(reason, message, words):
+    c = Cluster(trainingjob())
+    c.step()
+    c.pods["cache"] = [pod("smoke-cache-0-a", "Pending", waiting={"reason": reason, "message": message})]
+    out = c.step()
+    running = c.condition("Running")
+    assert c.state == "Pending" and running["reason"] == reason
+    assert running["message"].startswith(f"pod smoke-cache-0-a (index 0) cannot create its container trainer ({reason}): "
+                                         f"{message}")
+    assert words in running["message"] and "for image" not in running["message"]
+    assert [(e.type, e.reason) for e in out.events] == [("Warning", reason)]
+
+
 def test_invalid_spec_fails_with_invalid_spec_and_starts_nothing():
     tj = trainingjob()
     del tj["spec"]["kubernetes"]["volumes"]["cache"]

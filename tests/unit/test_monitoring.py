@@ -36,7 +36,7 @@ def series_used(expr: str) -> set[str]:
 def test_alert_rules_pass_promtool_check() -> None:
     result = promtool("check", "rules", "alerts.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 3 rules found" in result.stdout
+    assert "SUCCESS: 4 rules found" in result.stdout
 
 
 def test_alert_rules_fire_on_their_cases_and_not_otherwise() -> None:
@@ -46,7 +46,8 @@ def test_alert_rules_fire_on_their_cases_and_not_otherwise() -> None:
 
 def test_alerts_cover_stalled_nan_and_failed() -> None:
     rules = yaml.safe_load((MONITORING / "alerts.yaml").read_text())["groups"][0]["rules"]
-    assert {r["alert"] for r in rules} == {"TrainingJobStalled", "TrainingJobLossNaN", "TrainingJobFailed"}
+    assert {r["alert"] for r in rules} == {"TrainingJobStalled", "TrainingJobLossNaN", "TrainingJobFailed",
+                                           "TrainingJobPodNotStarting"}
     stalled = next(r for r in rules if r["alert"] == "TrainingJobStalled")
     assert N.LAST_PROGRESS in stalled["expr"] and "600" in stalled["expr"]
     assert N.PHASE in stalled["expr"] and "3600" in stalled["expr"]  # long phases get an hour
@@ -55,6 +56,20 @@ def test_alerts_cover_stalled_nan_and_failed() -> None:
     assert 'kube_job_owner{owner_kind="TrainingJob"}' in failed["expr"] and "job_name=~" not in failed["expr"]
     for r in rules:
         assert series_used(r["expr"]) <= set(N.BY_NAME), r["alert"]
+
+
+def test_pods_that_never_start_alert_like_the_operator_reports_them() -> None:
+    """kube-state-metrics' waiting reasons, joined through the pod's Job to its TrainingJob, after
+    as long as the operator waits before it reports ContainerCreatingTooLong."""
+    from runner.k8s import status as st
+
+    rules = yaml.safe_load((MONITORING / "alerts.yaml").read_text())["groups"][0]["rules"]
+    rule = next(r for r in rules if r["alert"] == "TrainingJobPodNotStarting")
+    assert "kube_pod_container_status_waiting_reason" in rule["expr"] and 'kube_pod_owner{owner_kind="Job"}' in rule["expr"]
+    assert 'kube_job_owner{owner_kind="TrainingJob"}' in rule["expr"]
+    for reason in ("ContainerCreating", *st.IMAGE_PULL_REASONS, *st.CREATE_CONTAINER_REASONS):
+        assert reason in rule["expr"], reason
+    assert rule["for"] == f"{st.CONTAINER_CREATING_AFTER_S // 60}m"
 
 
 def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
