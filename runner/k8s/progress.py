@@ -11,13 +11,16 @@ operator needs no training extras for them); a rename there reaches this parser.
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Any
 
 PROGRESS_INTERVAL_S = 15  # at least twice per 30 s, so a missed scrape still refreshes in time
 SCRAPE_TIMEOUT_S = 3
-# The status.progress fields read from /metrics (the ETA is computed here, from samples/s).
-FIELDS = ("step", "totalSteps", "loss", "samplesPerSecond")
+# The status.progress fields read from /metrics. etaSeconds is the trainer's own estimate (its
+# mean time per step, checkpoints and validation included), the one the dashboard shows; only
+# while the trainer has none yet is it estimated here from samples/s.
+FIELDS = ("step", "totalSteps", "loss", "samplesPerSecond", "etaSeconds")
 
 
 @lru_cache(maxsize=1)
@@ -67,7 +70,10 @@ def progress(values: dict[str, float], spec: dict[str, Any], now: str) -> dict[s
     rate = values.get("samplesPerSecond", 0.0)
     if rate > 0:
         out["samplesPerSecond"] = round(rate, 3)
-        eta = max(total - step, 0) * samples_per_step(spec) / rate
+    eta = values.get("etaSeconds")
+    if eta is None or not math.isfinite(eta) or eta < 0:  # none yet: steps left at the current rate
+        eta = max(total - step, 0) * samples_per_step(spec) / rate if rate > 0 else None
+    if eta is not None:
         out["etaSeconds"], out["eta"] = int(eta), human(eta)
     return out
 
