@@ -53,3 +53,18 @@ def test_a_quantity_may_be_a_number_as_in_a_pod(cpu, ok):
     assert (problems == []) == ok, problems
     if not ok:
         assert problems[0].startswith("spec.kubernetes.resources.requests.cpu: ")
+
+
+def test_a_fractional_cpu_renders_into_valid_pods():
+    import kubernetes_validate
+
+    from runner.k8s.build import Options
+    from runner.k8s.render import render_objects
+    from tests.unit.test_k8s_build import VERSIONS, make_doc
+
+    doc = make_doc(resources={"requests": {"cpu": 0.5, "memory": "4Gi"}, "limits": {"cpu": 2.5}})
+    jobs = [o for o in render_objects(doc, Options()) if o["kind"] == "Job"]
+    for job in jobs:
+        assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == 0.5
+        for version in VERSIONS:
+            kubernetes_validate.validate(job, version, strict=True)

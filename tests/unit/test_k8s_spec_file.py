@@ -208,3 +208,19 @@ def test_render_cli_prints_the_content_named_configmap(cli):
             spec_volume(o) == config for o in objs if o["kind"] == "Job")
         names.append(config)
     assert names[0] != names[1]
+
+
+@pytest.mark.parametrize("example", ["examples/smoke.yaml", "examples/pixart-sigma-1024.yaml",
+                                     "k8s/example-trainingjob.yaml"])
+def test_stripped_defaults_come_back(example):
+    """strip_defaults takes out only what apply_defaults puts back, so the operator's snapshot
+    of a started job is the spec it started with."""
+    from runner.spec.parse import parse_document
+
+    full = schema_mod.apply_defaults(parse_document((EXAMPLE.parents[1] / example).read_text()))
+    lean = schema_mod.strip_defaults(full)
+    assert schema_mod.apply_defaults(lean) == full
+    assert schema_mod.strip_defaults(lean) == lean
+    given_empty = {**full, "spec": {**full["spec"], "kubernetes": {**full["spec"].get("kubernetes", {}),
+                                                                   "nodeSelector": {}}}}
+    assert schema_mod.strip_defaults(given_empty)["spec"]["kubernetes"]["nodeSelector"] == {}  # given empty: kept
