@@ -144,7 +144,7 @@ def cmd_import_simpletuner(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from runner.k8s.build import Options
+    from runner.k8s import options
     from runner.k8s.render import RenderError, render_text
 
     try:
@@ -152,9 +152,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     except SpecError as e:
         _print_spec_error(e)
         return EXIT_INVALID
-    from runner.launch.images import reference_problems
-
-    if problems := reference_problems(args.registry, args.version):
+    # Named by its content: an edited spec applied mid-run is a new ConfigMap, not a changed one.
+    opts, problems = options.from_args(args, managed_by="trainingjob-render", content_named_config=True)
+    if problems:
         print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
         return EXIT_INVALID
     if args.pod_monitor and not job.spec.metrics.port:
@@ -164,8 +164,6 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     for warning in kubernetes_warnings(job.document.to_dict()):
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
-    opts = Options(registry=args.registry, version=args.version, pod_monitor=args.pod_monitor,
-                   managed_by="trainingjob-render")
     stages = ("cache", "train") if args.stage == "all" else (args.stage,)
     try:
         sys.stdout.write(render_text(job.document.to_dict(), opts, stages))
@@ -218,24 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.set_defaults(func=smoke.cmd_smoke)
 
-    from runner.k8s.build import Options
+    from runner.k8s import options
 
     p = sub.add_parser("render", help="print the Kubernetes objects of a TrainingJob in apply order (no operator needed)")
     p.add_argument("file", metavar="FILE", help="the spec; '-' reads it from standard input")
     p.add_argument("--stage", choices=["cache", "train", "all"], default="all",
                    help="only the objects of one stage (to apply cache, wait for it, then train)")
-    p.add_argument("--registry", default=Options.registry, help="image registry (default %(default)s)")
-    p.add_argument("--version", default=Options.version, help="image version tag (default %(default)s)")
-    p.add_argument("--pod-monitor", action="store_true", help="also a PodMonitor (Prometheus Operator)")
+    options.add_flags(p, "also a PodMonitor (Prometheus Operator)")
     _add_set(p)
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("operator", help="run the Kubernetes operator that reconciles TrainingJobs into Jobs")
     p.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
                    help="watch only this namespace (repeatable; default: every namespace)")
-    p.add_argument("--registry", default=Options.registry, help="image registry (default %(default)s)")
-    p.add_argument("--version", default=Options.version, help="image version tag (default %(default)s)")
-    p.add_argument("--pod-monitor", action="store_true", help="create a PodMonitor per job (Prometheus Operator)")
+    options.add_flags(p, "create a PodMonitor per job (Prometheus Operator)")
     p.add_argument("--metrics-port", type=int, default=8000, help="the operator's own /metrics (0 disables)")
     p.add_argument("--health-port", type=int, default=8080, help="liveness probe endpoint /healthz")
     p.set_defaults(func=cmd_operator)

@@ -3,29 +3,27 @@
 The operator (runner/k8s/operator.py) and `trainingjob render` both call these, so a rendered
 manifest and what the operator creates are the same objects. Nothing here talks to a cluster.
 
-Children, in apply order: the ConfigMap holding the spec as the pods see it; an optional
+Children, in apply order: the ConfigMap holding the spec as the pods see it (specfile.py); an optional
 PodMonitor; the Indexed cache Job (one pod per node, each encoding its own shards; the last to
 finish writes the manifest); then the headless Service and the Indexed train Job (completions =
 nodes), whose pods meet at pod 0 through the Service (torchrun's c10d rendezvous).
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-from runner import __version__
 from runner.exitcodes import EXIT_INVALID  # bad input: retrying cannot help, so the Job fails at once
+from runner.k8s import podoptions, specfile
+from runner.k8s.options import Options
+from runner.k8s.specfile import pod_document  # noqa: F401 (re-exported: checks, reconcile)
 from runner.launch import images
 from runner.launch.torchrun import RENDEZVOUS_PORT, SHUTDOWN_TIMEOUT_S
 from runner.spec import schema as schema_mod
 from runner.spec.localpaths import mount_paths
 
-MANAGER = "trainingjob-operator"
 PART_OF = "trainingjob-runner"
 CONTAINER = "trainer"
 SPEC_DIR, SPEC_FILE = "/etc/trainingjob", "trainingjob.yaml"
@@ -51,17 +49,6 @@ def label_job() -> str:
 
 def label_stage() -> str:
     return f"{schema_mod.api_group()}/stage"
-
-
-@dataclass(frozen=True)
-class Options:
-    """Cluster-level choices of whoever applies the objects (operator flags, render flags)."""
-
-    registry: str = images.DEFAULT_REGISTRY
-    image_name: str = images.DEFAULT_NAME
-    version: str = __version__
-    pod_monitor: bool = False
-    managed_by: str = MANAGER
 
 
 @dataclass(frozen=True)
@@ -116,44 +103,25 @@ def _meta(doc: dict, name: str, component: str, opts: Options, owner: Owner | No
     return meta
 
 
-# ----------------------------------------------------------------------------- the spec as pods see it
-
-def _under(mount: str, path: str) -> str:
-    return path if path.startswith("/") else f"{mount.rstrip('/')}/{path}"
-
-
-def pod_document(doc: dict[str, Any]) -> dict[str, Any]:
-    """The spec with its relative paths placed on the volumes: cache folders on the cache
-    volume, the output dir on the output volume, local dataset folders on the data volume.
-    Absolute paths are kept: they already name a place inside the pod."""
-    out = copy.deepcopy(doc)
-    out["metadata"] = {k: v for k, v in doc["metadata"].items() if k in ("name", "namespace")}
-    out.pop("status", None)
-    spec = out["spec"]
-    mounts = {v: m.get("mountPath", f"/{v}") for v, m in spec.get("kubernetes", {}).get("volumes", {}).items()}
-    cache, output = mounts.get("cache", "/cache"), mounts.get("output", "/output")
-    spec["cacheDir"] = _under(cache, spec["cacheDir"])
-    if spec.get("textEmbeds", {}).get("cacheDir"):
-        spec["textEmbeds"]["cacheDir"] = _under(cache, spec["textEmbeds"]["cacheDir"])
-    spec["output"]["dir"] = _under(output, spec["output"]["dir"])
-    for ds in spec["datasets"]:
-        if ds.get("path") and "data" in mounts:
-            ds["path"] = _under(mounts["data"], ds["path"])
-        if ds.get("vaeCacheDir"):
-            ds["vaeCacheDir"] = _under(cache, ds["vaeCacheDir"])
-    return out
-
-
 # ----------------------------------------------------------------------------- objects
 
+def config_map_name(doc: dict, opts: Options) -> str:
+    """`NAME-spec`, or with Options.content_named_config `NAME-spec-<hash of its content>`."""
+    job = doc["metadata"]["name"]
+    if not opts.content_named_config:
+        return names(job)["config"]
+    return child_name(job, f"spec-{specfile.digest(specfile.config_text(doc))}")
+
+
 def build_config_map(doc: dict, opts: Options, owner: Owner | None = None) -> dict[str, Any]:
-    text = yaml.safe_dump(pod_document(doc), sort_keys=False, allow_unicode=True)
     return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": _meta(doc, names(doc["metadata"]["name"])["config"], "spec", opts, owner),
-            "data": {SPEC_FILE: text}}
+            "metadata": _meta(doc, config_map_name(doc, opts), "spec", opts, owner),
+            "data": {SPEC_FILE: specfile.config_text(doc)}}
 
 
-def _env(doc: dict, stage: str) -> list[dict[str, Any]]:
+def own_env(doc: dict, stage: str) -> list[dict[str, Any]]:
+    """The variables the runner sets on the trainer container itself (spec.kubernetes.env comes
+    after them: podoptions.merge_env)."""
     spec, job = doc["spec"], doc["metadata"]["name"]
     cache_mount = spec.get("kubernetes", {}).get("volumes", {}).get("cache", {}).get("mountPath", "/cache")
     env: list[dict[str, Any]] = [
@@ -276,7 +244,7 @@ def build_pod_template(doc: dict, stage: str, opts: Options) -> dict[str, Any]:
     spec, job = doc["spec"], doc["metadata"]["name"]
     k8s, n = spec.get("kubernetes", {}), names(job)
     port = spec["metrics"]["port"]
-    volumes, mounts = _volumes(spec, n["config"])
+    volumes, mounts = _volumes(spec, config_map_name(doc, opts))
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": k8s.get("image") or images.image_ref(spec["hardware"]["accelerator"], registry=opts.registry,
@@ -284,7 +252,8 @@ def build_pod_template(doc: dict, stage: str, opts: Options) -> dict[str, Any]:
         "imagePullPolicy": k8s.get("imagePullPolicy", "IfNotPresent"),
         "command": ["trainingjob"],
         "args": ["run", f"{SPEC_DIR}/{SPEC_FILE}", "--stage", stage],
-        "env": _env(doc, stage),
+        "env": podoptions.merge_env(own_env(doc, stage), spec),
+        **podoptions.container_fields(spec),
         "volumeMounts": mounts,
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                             "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
@@ -316,17 +285,20 @@ def build_pod_template(doc: dict, stage: str, opts: Options) -> dict[str, Any]:
         pod["subdomain"] = n["service"]  # stable `<job>-<index>.<service>` hostnames for the rendezvous
     if k8s.get("serviceAccountName"):
         pod["serviceAccountName"] = k8s["serviceAccountName"]
+    else:  # the trainer never calls the API (the operator scrapes its /metrics): no token to steal
+        pod["automountServiceAccountToken"] = False
     if k8s.get("nodeSelector"):
         pod["nodeSelector"] = dict(k8s["nodeSelector"])
     if k8s.get("tolerations"):
         pod["tolerations"] = [dict(t) for t in k8s["tolerations"]]
+    pod.update(podoptions.pod_fields(spec))
     meta: dict[str, Any] = {"labels": labels(job, stage, opts.managed_by, stage)}
     # With a PodMonitor the Prometheus Operator scrapes; the annotations too would have a
     # cluster's annotation-based scrape job take every series a second time, under another `job`.
     if port and every_pod_serves_metrics(doc, stage) and not opts.pod_monitor:
         meta["annotations"] = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
                                "prometheus.io/path": "/metrics"}
-    return {"metadata": meta, "spec": pod}
+    return {"metadata": podoptions.pod_metadata(meta, spec), "spec": pod}
 
 
 def build_job(doc: dict, stage: str, opts: Options, owner: Owner | None = None,
@@ -387,7 +359,9 @@ def build_pod_monitor(doc: dict, opts: Options, owner: Owner | None = None) -> d
                   "separator": ";", "regex": "train;[1-9][0-9]*"}
     return {
         "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
-        "metadata": _meta(doc, names(job)["monitor"], "monitoring", opts, owner),
+        # opts.pod_monitor_labels: what the cluster's Prometheus selects PodMonitors by (release: ...)
+        "metadata": _meta(doc, names(job)["monitor"], "monitoring", opts, owner,
+                          extra_labels=dict(opts.pod_monitor_labels)),
         "spec": {"selector": {"matchLabels": {label_job(): job}},
                  # No honorLabels: the runner's labels (`trainingjob`, ...) are none of the target
                  # labels Prometheus attaches (`job`, `namespace`, `pod`), so nothing is renamed.

@@ -6,10 +6,13 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from runner.k8s.build import SPEC_DIR, joins_device_groups, pod_document, pod_memory, quantity, shm_size
-from runner.spec.localpaths import mount_paths
+from runner.k8s import podoptions
+from runner.k8s.build import (STAGES, SPEC_DIR, joins_device_groups, labels, own_env, pod_document, pod_memory,
+                              quantity, shm_size)
+from runner.spec.localpaths import RESUME_KEYWORDS, mount_paths
 from runner.launch import images
 from runner.spec import schema as schema_mod
+from runner.spec.names import LOCAL_PATH_PREFIXES
 from runner.spec.semantics import dataset_dirs, written_dirs
 
 
@@ -33,6 +36,7 @@ def kubernetes_problems(doc: dict[str, Any]) -> list[str]:
         except images.NoImageError as e:
             problems.append(f"{e}; or set spec.kubernetes.image")
     problems += _gpu_count_problems(spec)
+    problems += _env_problems(doc) + _pod_metadata_problems(doc)
     problems += _shm_problems(spec)
     secrets = k8s.get("secrets", {})
     if spec["output"]["hub"].get("push") and "hubToken" not in secrets:
@@ -42,6 +46,40 @@ def kubernetes_problems(doc: dict[str, Any]) -> list[str]:
         problems.append("spec.kubernetes.secrets.wandbApiKey: required when tracking.wandb.enabled is true on "
                         "Kubernetes (the Secret key holding the W&B API key)")
     return problems
+
+
+def _env_problems(doc: dict[str, Any]) -> list[str]:
+    """spec.kubernetes.env setting a variable the runner sets itself (the rendezvous, the node
+    index, the run id, a Secret's token) or torchrun's: the pods would not find each other, or a
+    launcher would take itself for a worker. HOME, HF_HOME and PYTHONUNBUFFERED are only defaults."""
+    spec = doc["spec"]
+    secrets = spec.get("kubernetes", {}).get("secrets", {})
+    filled = {spec["output"]["hub"].get("tokenEnv"): "spec.kubernetes.secrets.hubToken",
+              spec["tracking"]["wandb"].get("apiKeyEnv"): "spec.kubernetes.secrets.wandbApiKey"}
+    own = {var["name"] for stage in STAGES for var in own_env(doc, stage)} - set(podoptions.OVERRIDABLE_ENV)
+    problems = []
+    for i, var in enumerate(spec.get("kubernetes", {}).get("env") or []):
+        name = var.get("name")
+        if name in filled and filled[name].rsplit(".", 1)[1] in secrets:
+            why = f"{filled[name]} fills it from its Secret"
+        elif name in own:
+            why = "the runner sets it on every pod (the pods find each other and their run by it)"
+        else:
+            why = podoptions.reserved_env(name)
+        if why:
+            problems.append(f"spec.kubernetes.env[{i}].name: {name} is the runner's own: {why}; remove it "
+                            f"(of the runner's variables only {', '.join(podoptions.OVERRIDABLE_ENV)} may be set)")
+    return problems
+
+
+def _pod_metadata_problems(doc: dict[str, Any]) -> list[str]:
+    """Pod labels and annotations that the runner or the Job controller set, and find the pods by."""
+    given = doc["spec"].get("kubernetes", {}).get("podMetadata") or {}
+    own = labels(doc["metadata"]["name"], "", "", STAGES[0])
+    found = [("labels", key, podoptions.reserved_label(key, own)) for key in given.get("labels") or {}]
+    found += [("annotations", key, podoptions.reserved_annotation(key)) for key in given.get("annotations") or {}]
+    return [f"spec.kubernetes.podMetadata.{kind}: {key} is not yours to set: {why}; remove it"
+            for kind, key, why in found if why]
 
 
 def _gpu_count_problems(spec: dict[str, Any]) -> list[str]:
@@ -165,6 +203,7 @@ def warning_events(doc: dict[str, Any]) -> list[tuple[str, str]]:
     operator posts each as a Warning Event when the cache Job starts, `render` prints them."""
     spec = doc["spec"]
     return ([("DatasetNotOnVolume", w) for w in _dataset_warnings(doc)]
+            + [(reason, w) for reason, w in _read_path_warnings(doc)]
             + [("LowMemoryRequest", w) for w in _memory_warnings(spec)]
             + [("NoRenderGroup", w) for w in _device_group_warnings(spec)]
             + [("UnusedDeviceGroups", w) for w in _unused_device_group_warnings(spec)])
@@ -185,6 +224,34 @@ def _dataset_warnings(doc: dict[str, Any]) -> list[str]:
             "find it only if the image holds it; add a `data` volume (spec.kubernetes.volumes.data, a "
             "PersistentVolumeClaim with the images) and give the path relative to it, or one under a "
             "volume's mountPath" for where, path in off]
+
+
+# What the pods find of a path the run reads that is on no volume (runner/k8s/specfile.py places
+# the relative ones it can), and where to put it instead.
+_READ_PATHS = {
+    "spec.training.resume": ("ResumeNotOnVolume", "that checkpoint", "give the checkpoint relative to the output "
+                             "volume (e.g. <output.dir>/checkpoints/step-N, as `auto` finds them) or under a volume's "
+                             "mountPath"),
+    "spec.model.pretrained": ("ModelNotOnVolume", "that model folder", "put the pipeline on a volume: a `data` volume "
+                              "(spec.kubernetes.volumes.data) with the path relative to it, or a path under a volume's "
+                              "mountPath; or give a Hub repo id"),
+}
+
+
+def _read_path_warnings(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """A checkpoint to resume from or a local model folder on no volume of the pod: like a dataset
+    (an image may hold it), warned rather than refused."""
+    spec = pod_document(doc)["spec"]
+    found = []
+    if spec["training"]["resume"] not in RESUME_KEYWORDS:
+        found.append(("spec.training.resume", spec["training"]["resume"]))
+    ref = spec["model"].get("pretrained")
+    if isinstance(ref, str) and ref.startswith(LOCAL_PATH_PREFIXES):
+        found.append(("spec.model.pretrained", ref))
+    off, mounts = _off_volumes(spec, found)
+    return [(_READ_PATHS[where][0], f"{where}: {path} is on no volume in the pod (mounted: {', '.join(mounts) or 'none'}), "
+             f"so the pods find {_READ_PATHS[where][1]} only if the image holds it; {_READ_PATHS[where][2]}")
+            for where, path in off]
 
 
 def _mount_problems(volumes: dict[str, Any]) -> list[str]:

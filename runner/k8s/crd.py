@@ -13,7 +13,13 @@ schemas, so the JSON Schema (draft 2020-12) is translated rather than copied:
   schemas forbid it next to `properties`);
 - `type: [string, integer]` becomes `x-kubernetes-int-or-string: true` (+ anyOf, as
   controller-gen writes for resource quantities); `null` in a type list becomes `nullable`;
-- root `metadata` is reduced to `{type: object}` (the API server owns its schema);
+- `type: [string, number]` (a resource quantity written as `0.5` or `"500m"`, as pods take them)
+  becomes a node without a type and `x-kubernetes-preserve-unknown-fields: true`, the one
+  structural form that admits a fractional number beside a string: the API server still checks
+  a string's `pattern` and a number's `minimum`, and the operator refuses what else gets
+  through (a boolean, a list) as InvalidSpec;
+- root `metadata` is reduced to `{type: object}` (the API server owns its schema); a root CEL
+  rule checks `metadata.name` against the schema's own pattern and maxLength (name_rule);
 - the root gets one CEL transition rule per spec field but `suspend` (frozen_spec_rules): once
   the operator has started a job (status.specHash set), the API server refuses an edit of it.
 
@@ -105,9 +111,12 @@ def _type_list(types: list[str], where: str) -> dict[str, Any]:
     extra: dict[str, Any] = {"nullable": True} if "null" in types else {}
     if sorted(rest) == ["integer", "string"]:
         return {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}], **extra}
+    if sorted(rest) == ["number", "string"] and not extra:
+        return {"x-kubernetes-preserve-unknown-fields": True}
     if len(rest) == 1:
         return {"type": rest[0], **extra}
-    raise ValueError(f"{where}: type {types} has no structural equivalent (only string|integer and X|null)")
+    raise ValueError(f"{where}: type {types} has no structural equivalent (only string|integer, string|number "
+                     "and X|null)")
 
 
 def openapi_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -121,8 +130,23 @@ def openapi_schema(schema: dict[str, Any]) -> dict[str, Any]:
     status = props.get("status")
     if status is not None:
         props["status"] = {**status, "type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    root["x-kubernetes-validations"] = frozen_spec_rules(list(props["spec"]["properties"]))
+    root["x-kubernetes-validations"] = [name_rule(schema["properties"]["metadata"]["properties"]["name"])] + \
+        frozen_spec_rules(list(props["spec"]["properties"]))
     return root
+
+
+def name_rule(name: dict[str, Any]) -> dict[str, Any]:
+    """The schema's rule for metadata.name as a root CEL rule: the CRD cannot restrict metadata
+    itself, and the API server's own rule (a DNS-1123 subdomain of up to 253) takes names that the
+    Jobs, the Service and the pods' hostnames cannot carry, so the operator could only fail them.
+    (No fieldPath: the CRD declares no metadata fields for one to point at.)"""
+    pattern, limit = name["pattern"], name["maxLength"]
+    if "'" in pattern or "\\" in pattern:
+        raise ValueError(f"metadata.name: pattern {pattern!r} cannot be quoted in CEL; escape it in {__name__}")
+    return {"rule": f"size(self.metadata.name) <= {limit} && self.metadata.name.matches('{pattern}')",
+            "message": f"metadata.name must be a DNS-1123 label of at most {limit} characters (lowercase letters, digits "
+                       "and '-', starting and ending with a letter or digit): it names the job's Jobs, Service and pods",
+            "reason": "FieldValueInvalid"}
 
 
 # Once started, a job runs the spec its ConfigMap got then (runner/k8s/reconcile.py); like a Job's

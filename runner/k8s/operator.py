@@ -35,11 +35,10 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from runner.exitcodes import EXIT_INVALID
-from runner.k8s import build, progress
+from runner.k8s import build, options, progress
 from runner.k8s import status as st
 from runner.k8s.build import Options
 from runner.k8s.reconcile import TERMINAL, Event, Observed, Outcome, kueue_managed, reconcile, started_document
-from runner.launch import images
 from runner.spec import schema as schema_mod
 
 PLURAL = schema_mod.KIND.lower() + "s"
@@ -396,13 +395,13 @@ def main(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if problems := images.reference_problems(args.registry, args.version):
+    opts, problems = options.from_args(args)  # the same flags, and checks, as `render`
+    if problems:
         print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
         return EXIT_INVALID
     if problem := cluster_problem():
         print(f"error: operator: {problem}", file=sys.stderr)
         return EXIT_INVALID
-    opts = Options(registry=args.registry, version=args.version, pod_monitor=args.pod_monitor)
     metrics = OperatorMetrics()
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=metrics.registry)

@@ -106,9 +106,11 @@ def validated(tj: dict) -> tuple[dict, list[str]]:
 
 
 def started_document(tj: dict, children: dict[str, dict]) -> dict | None:
-    """The document a started job runs: the spec in its ConfigMap (defaulted, paths placed on
-    the volumes; build.pod_document is idempotent, so building from it builds the same
-    children), with the TrainingJob's current labels (Kueue's). None before the ConfigMap exists."""
+    """The document a started job runs: the spec in its ConfigMap (paths placed on the volumes;
+    build.pod_document is idempotent, so building from it builds the same children), with the
+    schema's defaults filled in again (the ConfigMap leaves them to the trainer:
+    runner/k8s/specfile.py) and the TrainingJob's current labels (Kueue's). None before the
+    ConfigMap exists."""
     text = ((children.get("config") or {}).get("data") or {}).get(build.SPEC_FILE)
     try:
         doc = yaml.safe_load(text) if text else None
@@ -119,7 +121,7 @@ def started_document(tj: dict, children: dict[str, dict]) -> dict | None:
     meta = {**(doc.get("metadata") or {}), "name": tj["metadata"]["name"]}
     if tj["metadata"].get("labels"):
         meta["labels"] = tj["metadata"]["labels"]
-    return {**doc, "metadata": meta}
+    return schema_mod.apply_defaults({**doc, "metadata": meta})
 
 
 def reconcile(tj: dict, observed: Observed, now: datetime, opts: Options = Options()) -> Outcome:

@@ -11,6 +11,10 @@ sequencing has to come from whoever applies the objects:
   (the printed header says exactly this).
 - applied all at once anyway: the train pods find no cache manifest, exit 2, and the Job
   fails at once (podFailurePolicy FailJob on exit 2) instead of training on nothing.
+
+The spec's ConfigMap is named by its content (`NAME-spec-<hash>`, Options.content_named_config):
+applied from an edited spec mid-run it is a new object, and the Job already running (whose
+template, volumes included, is immutable) keeps reading the one it started with.
 """
 from __future__ import annotations
 

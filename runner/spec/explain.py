@@ -42,7 +42,9 @@ def resolve(parts: list[str]) -> dict[str, Any]:
 def type_name(node: dict[str, Any]) -> str:
     t = node.get("type")
     if isinstance(t, list):
-        return "IntOrString" if set(t) == {"string", "integer"} else "|".join(t)
+        # kubectl explain's names: Quantity is what it calls a pod's resources.limits values
+        return {frozenset({"string", "integer"}): "IntOrString",
+                frozenset({"string", "number"}): "Quantity"}.get(frozenset(t), "|".join(t))
     if t == "array":
         return "[]" + type_name(node.get("items", {}))
     if t == "object":

@@ -57,6 +57,35 @@ def apply_defaults(doc: Any, schema: dict[str, Any] | None = None) -> Any:
     return doc
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values: 1, 1.0 and true are three different values."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def strip_defaults(doc: Any, schema: dict[str, Any] | None = None) -> Any:
+    """Return a copy of `doc` without the values equal to their schema default, and without the
+    objects that held nothing else (an object given empty stays). What apply_defaults fills in
+    comes back: apply_defaults(strip_defaults(d)) == d for a defaulted d. List items are kept,
+    each stripped."""
+    schema = load_schema() if schema is None else schema
+    if schema.get("type") == "object" and "properties" in schema and isinstance(doc, dict):
+        out = {}
+        for key, value in doc.items():
+            sub = schema["properties"].get(key)
+            if sub is None:
+                out[key] = value
+            elif not ("default" in sub and _same(value, sub["default"])):
+                stripped = strip_defaults(value, sub)
+                # emptied by stripping: left out where apply_defaults makes it again
+                remade = "properties" in sub and not sub.get("required") and key not in schema.get("required", ())
+                if not (isinstance(value, dict) and value and not stripped and remade):
+                    out[key] = stripped
+        return out
+    if schema.get("type") == "array" and isinstance(doc, list) and isinstance(schema.get("items"), dict):
+        return [strip_defaults(item, schema["items"]) for item in doc]
+    return doc
+
+
 # ----------------------------------------------------------------------------- field paths
 
 class FieldNotFound(LookupError):

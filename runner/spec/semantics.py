@@ -13,7 +13,7 @@ import os
 from typing import Any, Callable, Iterator
 
 from runner.models.registry import traits
-from runner.spec import fieldpath, redact
+from runner.spec import fieldpath, podrules, redact
 from runner.spec.names import BUILTIN_PREFIX, LOCAL_PATH_PREFIXES, repo_id_problem
 from runner.spec import schema as schema_mod
 
@@ -288,7 +288,7 @@ def _wandb(spec: dict[str, Any]) -> Iterator[Finding]:
 RULES: tuple[Callable[[dict[str, Any]], Iterator[Finding]], ...] = (
     _steps_or_epochs, _warmup, _resolutions, _guidance, _mps_precision, _datasets, _dataset_sizes, _seed, _ddp, _paths,
     _output_in_dataset,
-    _secret_references, _fused_feed_forward, _hub, _hub_repo_ids, _wandb)
+    _secret_references, _fused_feed_forward, _hub, _hub_repo_ids, _wandb, *podrules.RULES)
 
 
 def check(doc: dict[str, Any], tolerant: bool = False) -> tuple[list[str], list[str]]:

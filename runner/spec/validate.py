@@ -80,6 +80,11 @@ def schema_error_lines(err) -> list[str]:
         return [f"{path}: {show(val, path)} does not match the required pattern {sch['pattern']}{what}"]
     if v in ("minLength", "maxLength"):
         return [f"{path}: {show(val, path)} is too {'short' if v == 'minLength' else 'long'} ({v} {sch[v]})"]
+    if v in ("minProperties", "maxProperties"):
+        names = ", ".join(sch.get("properties", {}))
+        if sch.get("minProperties") == sch.get("maxProperties") == 1:
+            return [f"{path}: give exactly one of {names}"]
+        return [f"{path}: give {'at least' if v == 'minProperties' else 'at most'} {sch[v]} of {names}"]
     if v in ("minItems", "maxItems"):
         return [f"{path}: needs {'at least' if v == 'minItems' else 'at most'} {sch[v]} item(s), got {len(val)}"]
     if redact.is_hidden(path, val):  # jsonschema's own message quotes the value

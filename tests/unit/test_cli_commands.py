@@ -49,7 +49,7 @@ def test_explain_a_leaf_shows_default_enum_and_limits(cli):
 def test_explain_lists_required_children_and_array_types():
     out = explain("spec")
     assert "  datasets\t<[]Object> -required-" in out
-    assert "TYPE:       <map[string]IntOrString>" in explain("spec.kubernetes.resources.limits")
+    assert "TYPE:       <map[string]Quantity>" in explain("spec.kubernetes.resources.limits")  # as kubectl says
     assert "-required-" in explain("trainingjob.metadata.name")
 
 

@@ -113,6 +113,9 @@ def test_openapi_schema_is_structural():
             continue
         if node.get("x-kubernetes-int-or-string"):
             assert "type" not in node, path
+        elif "type" not in node:  # a quantity as a number or a string: no type, unknown fields kept
+            assert node.get("x-kubernetes-preserve-unknown-fields") is True, f"{path}: every node needs a type"
+            assert not {"properties", "items", "additionalProperties", "anyOf"} & set(node), path
         else:
             assert isinstance(node.get("type"), str), f"{path}: every node needs a single type"
         assert not ("properties" in node and "additionalProperties" in node), path
@@ -142,6 +145,7 @@ def test_translation_rules():
             "d": {"type": ["string", "null"]},
             "e": {"type": "number", "exclusiveMaximum": 1},
             "f": {"type": "object", "additionalProperties": {"type": "string"}},
+            "g": {"type": ["string", "number"], "pattern": "^[0-9]+m?$", "minimum": 0},
         },
         "if": {"properties": {"a": {"const": "x"}}}, "then": {"required": ["b"]},
     }
@@ -154,6 +158,7 @@ def test_translation_rules():
     assert props["d"] == {"type": "string", "nullable": True}
     assert props["e"] == {"type": "number", "maximum": 1, "exclusiveMaximum": True}
     assert props["f"]["additionalProperties"] == {"type": "string"}
+    assert props["g"] == {"x-kubernetes-preserve-unknown-fields": True, "pattern": "^[0-9]+m?$", "minimum": 0}
 
 
 def test_unknown_keywords_are_refused_not_copied():
@@ -246,6 +251,13 @@ CEL_CASES = {
     "staticGraph with accumulation": ({"training__ddp": {"staticGraph": True}, "training__gradientAccumulationSteps": 2},
                                       "staticGraph"),
     "staticGraph without accumulation": ({"training__ddp": {"staticGraph": True}}, None),
+    "env with value and valueFrom": ({"kubernetes__env": [{"name": "A", "value": "1", "valueFrom": {
+        "fieldRef": {"fieldPath": "spec.nodeName"}}}]}, "valueFrom"),
+    "env with a value": ({"kubernetes__env": [{"name": "A", "value": "1"}, {"name": "B"}]}, None),
+    "envFrom with two sources": ({"kubernetes__envFrom": [{"configMapRef": {"name": "a"}, "secretRef": {"name": "b"}}]},
+                                 "configMapRef"),
+    "envFrom with no source": ({"kubernetes__envFrom": [{"prefix": "X_"}]}, "configMapRef"),
+    "envFrom with a Secret": ({"kubernetes__envFrom": [{"secretRef": {"name": "proxy"}, "prefix": "X_"}]}, None),
 }
 
 
@@ -281,7 +293,7 @@ def failing_transition(old: dict, new: dict) -> list[str]:
 
 
 def test_every_spec_field_but_suspend_is_frozen_once_started():
-    rules = root_schema()["x-kubernetes-validations"]
+    rules = [r for r in root_schema()["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
     assert all("oldSelf" in r["rule"] and r["reason"] == "FieldValueForbidden" for r in rules)
     frozen = {r["fieldPath"].removeprefix(".spec.") for r in rules}
     assert frozen == set(schema_mod.load_schema()["properties"]["spec"]["properties"]) - {"suspend"}
@@ -365,3 +377,4 @@ def test_the_crd_schema_refuses_what_the_api_server_would():
     doc["spec"]["hardware"]["accelerator"] = "tpu"
     messages = " ".join(e.message for e in openapi_validator().iter_errors(doc))
     assert "'tpu' is not one of" in messages and "less than the minimum of 1" in messages
+

@@ -158,3 +158,63 @@ def test_a_kubeconfig_is_enough_for_the_operators_check(tmp_path, monkeypatch):
     assert cluster_problem() is None
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     assert "no Kubernetes credentials" in cluster_problem()
+
+
+# --------------------------------------------------------------------------- README's install recipe
+
+def install_recipe() -> list[str]:
+    """The first shell block of README's Kubernetes section, line by line."""
+    section = (REPO / "README.md").read_text().split("\n## Kubernetes\n")[1]
+    return section.split("```sh\n")[1].split("```")[0].splitlines()
+
+
+def test_the_readme_install_recipe_runs_the_images_it_builds_and_pushes(tmp_path):
+    """`kubectl apply -k k8s/` deployed ghcr.io/trainingjob/trainingjob:0.1.0-operator, and the
+    operator put ...:0.1.0-cpu into the Jobs: images no registry has. The recipe builds and pushes
+    the images to $REG and installs an overlay that points the operator, and its Jobs, there."""
+    from runner import __version__
+    from runner.cli import build_parser
+    from runner.k8s import options
+
+    lines = install_recipe()
+    assert lines[0].startswith("REG=")
+    reg = lines[0].split("=", 1)[1]
+    env = {**os.environ, "REG": reg}
+
+    def dry_run(prefix: str, *extra: str) -> str:
+        """A recipe line as written, with DRY_RUN=1 in the environment (make's image targets) or
+        `extra` arguments after it: the commands it would run, printed, none run."""
+        line = next(line for line in lines if line.startswith(prefix)).split("   #")[0]
+        line = line.replace("python3 ", f"{sys.executable} ").replace("make ", f"make -s PYTHON={sys.executable} ")
+        proc = subprocess.run(["sh", "-c", " ".join([line, *extra])], cwd=REPO, env={**env, "DRY_RUN": "1"},
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    built = dry_run("make image HW=operator")
+    pushed = dry_run("python3 -m runner.launch.images push", "--dry-run", "--engine", "podman")
+    wanted = {hw: images.image_ref(hw, registry=reg) for hw in ("operator", "cpu")}
+    assert all(f"-t {tag} " in built for tag in wanted.values()), built
+    assert all(f"push {tag}" in pushed for tag in wanted.values()), pushed
+
+    # The overlay, written by the recipe's own lines, beside a copy of k8s/ (`resources: [../k8s]`).
+    shutil.copytree(REPO / "k8s", tmp_path / "k8s")
+    start = next(i for i, line in enumerate(lines) if line.startswith("mkdir -p my-install"))
+    script = "\n".join(lines[start:lines.index("EOF") + 1])
+    subprocess.run(["sh", "-c", script], cwd=tmp_path, env=env, check=True, timeout=60)
+    assert next(line for line in lines[lines.index("EOF"):] if line.startswith("kubectl apply -k")).split()[3] == \
+        "my-install/"
+    proc = subprocess.run([kubectl(), "kustomize", str(tmp_path / "my-install")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    objects = [o for o in yaml.safe_load_all(proc.stdout) if o]
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == wanted["operator"] == f"{reg}/trainingjob:{__version__}-operator"
+    # What the operator makes of its arguments: the trainer images the recipe pushed.
+    opts, problems = options.from_args(build_parser().parse_args(container["args"]))
+    assert problems == []
+    assert images.image_ref("cpu", registry=opts.registry, name=opts.image_name, version=opts.version) == wanted["cpu"]
+    for obj in objects:
+        for version in VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
