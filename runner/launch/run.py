@@ -184,8 +184,8 @@ def _run_job(job: TrainingJob, stage: str, spec: dict) -> int:
                 if metrics is not None:  # the port is rank 0's now, in its own process
                     metrics.close("completed")
                 return launch_workers(job, "train")
-            if metrics is None and not in_worker():
-                metrics = _metrics(job, is_main=True)
+            if metrics is None:  # a worker's too: closed below, after its error is printed
+                metrics = _metrics(job, is_main=not in_worker() or os.environ.get("RANK", "0") == "0")
             return run_train_stage(job, metrics)
         return EXIT_OK
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM in the cache stage (StageStopped)
@@ -206,8 +206,13 @@ def _run_job(job: TrainingJob, stage: str, spec: dict) -> int:
         return EXIT_INVALID
     except Diverged as e:
         # exit 3: neither torchrun nor the Job runs it again, since the resume would diverge at
-        # the same step
+        # the same step; every rank holds the same time, so rank 0's endpoint is scraped diverged.
         print(f"error: {e} (exit {EXIT_NOT_RETRYABLE}: not retried)", file=sys.stderr, flush=True)
+        if metrics is not None:
+            from runner.observe.metrics import hold_seconds
+
+            metrics.train_diverged()
+            metrics.hold(hold_seconds(os.environ, spec["metrics"]["port"]))
         return EXIT_NOT_RETRYABLE
     except (PublishRetryable, HubUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
