@@ -80,10 +80,10 @@ class Metrics:
         self.server, self._thread = None, None
         self.not_served: str | None = None  # why /metrics could not be served, for the log
         if port:
-            from prometheus_client import start_http_server
+            from runner.observe.serve import serve
 
             try:
-                self.server, self._thread = start_http_server(port, registry=self.registry)
+                self.server, self._thread = serve(port, self.registry)  # IPv6 and IPv4
             except OSError as e:
                 if e.errno != errno.EADDRINUSE:
                     raise

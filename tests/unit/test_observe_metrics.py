@@ -479,3 +479,49 @@ def test_hold_seconds(env, port, seconds) -> None:
 
     assert hold_seconds(env, port) == seconds
 
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.status == 200
+        return resp.read().decode()
+
+
+def test_metrics_are_served_on_ipv6_and_ipv4() -> None:
+    """An IPv6-only cluster gives a pod one IPv6 address: the endpoint binds "::" with
+    IPV6_V6ONLY off, so it answers there and on IPv4 alike, whatever the host's
+    net.ipv6.bindv6only. prometheus_client's own server bound 0.0.0.0 only."""
+    m = Metrics("x", port=free_port())
+    try:
+        port = _port(m)
+        m.set_stage("train")
+        assert sample(_get(f"http://127.0.0.1:{port}/metrics"), N.STAGE, trainingjob="x", stage="train") == 1.0
+        if not _ipv6_loopback():
+            pytest.skip("this machine has no IPv6 loopback (::1): IPv4 checked, IPv6 not")
+        assert m.server.socket.family == socket.AF_INET6
+        assert m.server.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        assert sample(_get(f"http://[::1]:{port}/metrics"), N.STAGE, trainingjob="x", stage="train") == 1.0
+    finally:
+        m.close()
+
+
+def test_a_host_without_ipv6_is_served_on_ipv4(monkeypatch) -> None:
+    monkeypatch.setattr(socket, "has_ipv6", False)
+    m = Metrics("x", port=free_port())
+    try:
+        assert m.server.socket.family == socket.AF_INET
+        assert f"# TYPE {N.STAGE} gauge" in _get(f"http://127.0.0.1:{_port(m)}/metrics")
+    finally:
+        m.close()
