@@ -1,6 +1,8 @@
 """Exit codes of `trainingjob`, the same from the CLI, the stages, the launcher, the container
 and the smoke run (README: Commands). Kubernetes reads them too: a pod that exits
-EXIT_INVALID fails its Job at once, since retrying cannot fix its input."""
+EXIT_INVALID or EXIT_NOT_RETRYABLE fails its Job at once (podFailurePolicy), and torchrun
+restarts no worker group after either (runner/launch/agent.py): a retry of the same spec
+would only fail the same way again."""
 from __future__ import annotations
 
 import contextlib
@@ -8,10 +10,18 @@ import signal
 from typing import Iterator
 
 EXIT_OK = 0
-# Our bug, or a machine limit (disk full, GPU out of memory); the message says what to change.
+# Our bug, a crash, or a machine limit a retry may get past (disk full, the Hub still failing);
+# the message says what to change.
 EXIT_INTERNAL = 1
 # Bad input: the spec, its data, the model reference, the hardware, a stale cache.
 EXIT_INVALID = 2
+# The spec ran, and failed in a way its rerun would repeat: training diverged (the loss or the
+# weights became non-finite; a resume is bit-identical, so it diverges at the same step again),
+# or the GPU ran out of memory (the same batch shapes meet the same limit). The message says
+# which spec fields to change.
+EXIT_NOT_RETRYABLE = 3
+# Codes after which neither torchrun nor the Job starts the same work again.
+NOT_RETRIED = (EXIT_INVALID, EXIT_NOT_RETRYABLE)
 
 
 def killed_by(signum: int) -> int:

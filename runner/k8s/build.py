@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from runner.exitcodes import EXIT_INVALID  # bad input: retrying cannot help, so the Job fails at once
+from runner.exitcodes import NOT_RETRIED  # bad input, diverged, out of GPU memory: the Job fails at once
 from runner.k8s import podoptions, specfile
 from runner.k8s.options import Options
 from runner.k8s.specfile import pod_document  # noqa: F401 (re-exported: checks, reconcile)
@@ -37,7 +37,9 @@ BACKOFF_LIMIT_PER_INDEX = 3
 # Set by the Job controller on every pod of an Indexed Job (the label of the same name only
 # since Kubernetes 1.28, so the annotation is what the pods and the PodMonitor read).
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-FAIL_JOB_EXIT_CODES = (EXIT_INVALID,)  # podFailurePolicy FailJob: bad input, a retry cannot help
+# podFailurePolicy FailJob: exit 2 (bad input) and 3 (training diverged, or out of GPU memory),
+# which a retry would meet again: it resumes from the same checkpoint, bit-identically.
+FAIL_JOB_EXIT_CODES = NOT_RETRIED
 KUEUE_PREFIX = "kueue.x-k8s.io/"
 JOB_NAME_MAX = 52  # an Indexed Job's pod hostname is `<job>-<index>` and must stay within 63
 STAGES = ("cache", "train")

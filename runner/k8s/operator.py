@@ -392,7 +392,7 @@ def cluster_problem() -> str | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from prometheus_client import start_http_server
+    from runner.observe.serve import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     opts, problems = options.from_args(args)  # the same flags, and checks, as `render`
@@ -404,7 +404,7 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     metrics = OperatorMetrics()
     if args.metrics_port:
-        start_http_server(args.metrics_port, registry=metrics.registry)
+        serve(args.metrics_port, metrics.registry)  # IPv6 and IPv4, like the trainer's
     health = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     kopf.run(registry=make_registry(opts, metrics, args.namespace), standalone=True, clusterwide=not args.namespace,
              namespaces=args.namespace, liveness_endpoint=health)

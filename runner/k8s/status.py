@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Iterable
 
+from runner.exitcodes import EXIT_INVALID, EXIT_NOT_RETRYABLE
 from runner.spec import errors
 
 CONDITION_TYPES = ("Cached", "Running", "Complete", "Failed", "Suspended")
@@ -32,6 +33,12 @@ STARTING_REASONS = ("ContainerCreating", "PodInitializing")
 STUCK_REASONS = (*IMAGE_PULL_REASONS, *CREATE_CONTAINER_REASONS, CONTAINER_CREATING_TOO_LONG, "Unschedulable")
 # The Job controller labels its pods with the Job's uid (the second name before Kubernetes 1.27).
 CONTROLLER_UID_LABELS = ("batch.kubernetes.io/controller-uid", "controller-uid")
+# The runner's own exit codes (runner/exitcodes.py) that fail a Job at once, in a failure message.
+EXIT_MEANINGS = {
+    EXIT_INVALID: "bad input, not retried",
+    EXIT_NOT_RETRYABLE: "training diverged or ran out of GPU memory, not retried since a retry would fail the "
+                        "same way; the pod's log names the spec fields to change",
+}
 
 
 def timestamp(now: datetime) -> str:
@@ -133,7 +140,8 @@ def failed_pod_message(pod: dict) -> str:
     state = terminated(pod)
     if state:
         why = f" ({state['reason']})" if state.get("reason") and state.get("reason") != "Error" else ""
-        return f"pod {_name(pod)} (index {_index(pod)}) exited with code {state.get('exitCode')}{why}"
+        meaning = f": {EXIT_MEANINGS[state.get('exitCode')]}" if state.get("exitCode") in EXIT_MEANINGS else ""
+        return f"pod {_name(pod)} (index {_index(pod)}) exited with code {state.get('exitCode')}{why}{meaning}"
     return f"pod {_name(pod)} (index {_index(pod)}) failed: {status.get('reason') or status.get('message', '')}"
 
 

@@ -1,20 +1,24 @@
-"""torchrun's agent with one change: a worker group that failed on bad input is not restarted.
+"""torchrun's agent with one change: a worker group that failed in a way a restart would repeat
+(bad input, a divergence, running out of GPU memory) is not restarted.
 
 torchrun restarts the whole worker group after any worker failure, up to --max-restarts (3 in
 a pod: torchrun.POD_MAX_RESTARTS), and has no per-exit-code policy. A restart helps after a
 crash (a worker killed, a CUDA error, a peer pod replaced after an eviction). After exit 2 (bad
-input: a checkpoint that cannot be resumed, a dataset file gone since the cache stage, ...)
-each restart loads the model again only to meet the same error; and the survivors that the
+input: a checkpoint that cannot be resumed, a dataset file gone since the cache stage, ...) or
+exit 3 (training diverged, the GPU ran out of memory: the restarted group resumes from the
+checkpoint bit-identically and meets the same step and the same batch shapes) each restart
+loads the model again only to meet the same error; and the survivors that the
 agent kills on the way exit 1 or by a signal, so the pod could end with a crash's code, which
 the Job's podFailurePolicy retries instead of failing the Job at once.
 
 How: torch's `launch_agent` (torch.distributed.launcher.api) builds a `LocalElasticAgent` by
 that module-global name. For the one call, `restarts_only_after_crashes` swaps in a subclass
-whose `_monitor_workers` sets the restarts left to 0 when a failed worker exited EXIT_INVALID.
+whose `_monitor_workers` sets the restarts left to 0 when a failed worker exited EXIT_INVALID or
+EXIT_NOT_RETRYABLE (torchrun.restart_helps).
 The rest is torch's own: it stops the other workers, raises ChildFailedError with every exit
 code, and closes the rendezvous, so the agents of other nodes fail their next rendezvous
 instead of waiting for this one (their pods exit too, after the Job has already failed on
-this pod's exit 2).
+this pod's exit 2 or 3).
 
 Why not a marker file that the launcher watches for (a worker writes it, the launcher stops
 torchrun): the launcher *is* torchrun's agent, in this process, and the exit code already
@@ -41,7 +45,7 @@ from runner.launch.torchrun import restart_helps
 
 
 class RestartsOnlyAfterCrashes(LocalElasticAgent):
-    """LocalElasticAgent that spends no restart on a worker group failed by bad input."""
+    """LocalElasticAgent that spends no restart on a worker group a restart would fail again."""
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
         result = super()._monitor_workers(worker_group)
@@ -58,7 +62,8 @@ def restarts_only_after_crashes() -> Iterator[None]:
     torch_agent = launcher_api.LocalElasticAgent
     if not hasattr(torch_agent, "_monitor_workers"):
         print("warning: this torch's elastic agent has no _monitor_workers, so after a worker's exit 2 (bad input) "
-              "torchrun restarts the workers anyway, up to --max-restarts times", file=sys.stderr, flush=True)
+              "or 3 (diverged, out of GPU memory) torchrun restarts the workers anyway, up to --max-restarts times",
+              file=sys.stderr, flush=True)
         yield
         return
     launcher_api.LocalElasticAgent = RestartsOnlyAfterCrashes

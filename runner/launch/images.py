@@ -37,20 +37,29 @@ class ImageFlavour:
     base_image: str           # pinned default for ARG BASE_IMAGE
     torch_index: str | None   # pip index that serves the matching torch build; None: no torch
     gpu_resource: str | None  # extended resource a pod requests per GPU; None for CPU
-    extras: tuple[str, ...] = ("train", "samples")  # pyproject extras the image installs
+    extras: tuple[str, ...] = ("train", "samples")  # pyproject extras the image installs (TRAIN_EXTRAS)
     # Whether a pod's non-root user must join the node's groups that own the GPU device nodes
     # (spec.kubernetes.deviceGroups): AMD's /dev/kfd and /dev/dri/renderD* are 0660 root:render.
     device_groups: bool = False
 
+
+# The CUDA images also carry the GPU speed options that `spec.model.attention: auto`,
+# `spec.model.feedForward: auto` and `spec.training.fp8` look for (pyproject extras): `fa4`
+# (flash-attn-4, which brings quack-kernels and nvidia-cutlass-dsl) and `fp8` (torchao); the CUDA
+# 13 image adds `fa4-cu13` (nvidia-cutlass-dsl's CUDA 13 libraries). Without them, `auto` falls
+# back to SDPA and diffusers' feed-forward, and pods run slower than the README's H200 numbers.
+# ROCm has no build of these kernels; the CPU image has no use for them.
+TRAIN_EXTRAS = ("train", "samples")
+CUDA_EXTRAS = (*TRAIN_EXTRAS, "fa4", "fp8")
 
 # Base tags are pinned to exact CUDA/ROCm releases (registry digests cannot be resolved offline).
 # The torch index must serve wheels for the same CUDA major.minor / ROCm release as the base.
 FLAVOURS: dict[str, ImageFlavour] = {
     "cpu": ImageFlavour("cpu", "python:3.12-slim-bookworm", "https://download.pytorch.org/whl/cpu", None),
     "cuda12": ImageFlavour("cuda12", "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04",
-                           "https://download.pytorch.org/whl/cu128", "nvidia.com/gpu"),
+                           "https://download.pytorch.org/whl/cu128", "nvidia.com/gpu", CUDA_EXTRAS),
     "cuda13": ImageFlavour("cuda13", "nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04",
-                           "https://download.pytorch.org/whl/cu130", "nvidia.com/gpu"),
+                           "https://download.pytorch.org/whl/cu130", "nvidia.com/gpu", (*CUDA_EXTRAS, "fa4-cu13")),
     "rocm": ImageFlavour("rocm", "rocm/dev-ubuntu-24.04:6.4", "https://download.pytorch.org/whl/rocm6.4", "amd.com/gpu",
                          device_groups=True),
 }

@@ -25,6 +25,37 @@ def lost_peer(e: BaseException) -> str | None:
     return next((f"{type(e).__name__}: {phrase}" for phrase in LOST_PEER if phrase.lower() in text.lower()), None)
 
 
+def out_of_gpu_memory(spec: dict, stage: str) -> str:
+    """What to change after torch.cuda.OutOfMemoryError in `stage` (cache or train), given the
+    spec (pure). A rerun of the same spec meets the same batch shapes and runs out again, so
+    every fix is a spec field."""
+    if stage == "cache":
+        model = spec["model"]
+        tips = [f"lower spec.model.vaeBatchSize (now {model['vaeBatchSize']})",
+                f"lower spec.textEmbeds.writeBatchSize (now {spec['textEmbeds']['writeBatchSize']})"]
+        tips += [f"set spec.model.{field}: bfloat16 (now {model[field]})"
+                 for field in ("vaeDtype", "textEncoderDtype") if model[field] == "float32"]
+        kept = "The cache entries already written are kept; the rerun encodes only the missing ones"
+    else:
+        training, model = spec["training"], spec["model"]
+        tips = [f"lower spec.training.batchSize (now {training['batchSize']}; raise "
+                f"spec.training.gradientAccumulationSteps, now {training['gradientAccumulationSteps']}, to keep the "
+                "effective batch)"]
+        if not training["gradientCheckpointing"]:
+            tips.append("set spec.training.gradientCheckpointing: true")
+        if training["optimizer"] == "adamw":
+            tips.append("set spec.training.optimizer: adafactor (factored optimizer state)")
+        if model["feedForward"] == "diffusers":
+            tips.append("set spec.model.feedForward: auto on CUDA (fused: the 4x-wide GELU output is never stored)")
+        if spec["hardware"]["gpusPerNode"] * spec["hardware"]["nodes"] > 1 and \
+                not training["ddp"]["gradientAsBucketView"]:
+            tips.append("set spec.training.ddp.gradientAsBucketView: true (one gradient-sized copy less)")
+        tips.append("or lower spec.datasets[].resolution or spec.validation.resolutions")
+        kept = "Checkpoints already written are kept; after changing the spec, the rerun resumes from the newest"
+    return (f"out of GPU memory in the {stage} stage. To fix it: " + "; ".join(tips) + f". {kept}. Rerunning "
+            "the same spec would run out of memory at the same point again")
+
+
 def newest_checkpoint(root: Path) -> str | None:
     """The name of the newest sealed checkpoint (its state file is written last, before the
     rename), without hashing its files: read as the process stops."""

@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from runner.exitcodes import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_STOPPED, StageStopped,
-                              sigterm_stops)
+from runner.exitcodes import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_NOT_RETRYABLE, EXIT_OK,
+                              EXIT_STOPPED, StageStopped, sigterm_stops)
 from runner.launch.lock import OutputBusy, hold_output_dir, lock_wait_s, takes_lock
-from runner.launch.outcomes import lost_peer, newest_checkpoint, unwritable, what_is_kept
+from runner.launch.outcomes import lost_peer, newest_checkpoint, out_of_gpu_memory, unwritable, what_is_kept
 from runner.spec.localpaths import directory_problems  # validate reports the same
 from runner.spec.node import TrainingJob
 from runner.spec.plan import cache_fingerprint, job_paths, manifest_path
@@ -145,6 +145,7 @@ def _run_job(job: TrainingJob, stage: str, spec: dict) -> int:
     from runner.train.guard import Diverged
 
     lock = metrics = None
+    running = "cache" if stage == "cache" else "train"  # the stage under way, for the out-of-memory advice
     try:
         if problems := directory_problems(spec, stage):
             print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
@@ -171,18 +172,20 @@ def _run_job(job: TrainingJob, stage: str, spec: dict) -> int:
         if not in_worker():
             write_effective_spec(job)
         if stage in ("cache", "all"):
+            running = "cache"
             if in_worker():
                 run_cache_stage(job, shard_of_worker(job))
                 return EXIT_OK
             metrics = _metrics(job, is_main=True)  # one registry and endpoint for both stages
             run_cache_stage(job, launch_shards=gpus, metrics=metrics)
         if stage in ("train", "all"):
+            running = "train"
             if (gpus > 1 or nodes > 1) and not in_worker():
                 if metrics is not None:  # the port is rank 0's now, in its own process
                     metrics.close("completed")
                 return launch_workers(job, "train")
-            if metrics is None and not in_worker():
-                metrics = _metrics(job, is_main=True)
+            if metrics is None:  # a worker's too: closed below, after its error is printed
+                metrics = _metrics(job, is_main=not in_worker() or os.environ.get("RANK", "0") == "0")
             return run_train_stage(job, metrics)
         return EXIT_OK
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM in the cache stage (StageStopped)
@@ -201,14 +204,22 @@ def _run_job(job: TrainingJob, stage: str, spec: dict) -> int:
     except (DatasetError, ModelError, CacheMismatch, PublishError, ResumeError, HardwareError, LaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    except (Diverged, PublishRetryable, HubUnavailable) as e:
+    except Diverged as e:
+        # exit 3: neither torchrun nor the Job runs it again, since the resume would diverge at
+        # the same step; every rank holds the same time, so rank 0's endpoint is scraped diverged.
+        print(f"error: {e} (exit {EXIT_NOT_RETRYABLE}: not retried)", file=sys.stderr, flush=True)
+        if metrics is not None:
+            from runner.observe.metrics import hold_seconds
+
+            metrics.train_diverged()
+            metrics.hold(hold_seconds(os.environ, spec["metrics"]["port"]))
+        return EXIT_NOT_RETRYABLE
+    except (PublishRetryable, HubUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INTERNAL
     except torch.cuda.OutOfMemoryError:
-        print("error: out of GPU memory; lower spec.training.batchSize (raise gradientAccumulationSteps to keep "
-              "the effective batch), set gradientCheckpointing: true, or use optimizer: adafactor. "
-              "Checkpoints already written are kept; the rerun resumes from the last one.", file=sys.stderr)
-        return EXIT_INTERNAL
+        print(f"error: {out_of_gpu_memory(spec, running)} (exit {EXIT_NOT_RETRYABLE}: not retried)", file=sys.stderr)
+        return EXIT_NOT_RETRYABLE
     except RuntimeError as e:
         if not in_worker() or not (cause := lost_peer(e)):
             raise

@@ -14,8 +14,9 @@ GPU, each running `python -m runner run <effective spec> --stage <stage>`.
   rank (`[rank1]: ...`); the files go to `<output.dir>/logs/torchrun/`, so they outlive a pod.
 - SIGTERM to this process is forwarded to every worker by torchrun's agent, which then waits
   `SHUTDOWN_TIMEOUT_S` for them to checkpoint before it kills them.
-- A worker group is restarted after a crash (in a pod), never after a worker's exit 2: bad
-  input fails the same way every time (runner/launch/agent.py).
+- A worker group is restarted after a crash (in a pod), never after a worker's exit 2 or 3:
+  bad input, a divergence or running out of GPU memory fails the same way every time
+  (runner/launch/agent.py).
 
 The builders here are pure (argv, topology, exit codes); only `launch` touches torch.
 """
@@ -30,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, EXIT_STOPPED, killed_by
+from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_NOT_RETRYABLE, EXIT_OK, EXIT_STOPPED, NOT_RETRIED, killed_by
 
 # A pod's agent restarts its worker group this often (a worker crash, or a peer pod replaced
 # after eviction: the survivors re-rendezvous and resume from the checkpoint) before the pod
-# fails and the Job's own retries take over; never after bad input (see `restart_helps`).
+# fails and the Job's own retries take over; never after bad input, a divergence or running out
+# of GPU memory (see `restart_helps`).
 # Locally a restart would only repeat the failure, and it would undo a stop: workers that
 # exit 143 after a SIGTERM checkpoint must stay down.
 POD_MAX_RESTARTS = 3
@@ -113,30 +115,34 @@ def torchrun_argv(topo: Topology, worker_args: list[str], *, run_id: str, log_di
 def exit_code(exitcodes: list[int]) -> int:
     """One exit code for the failed workers, in the CLI's terms: a signal becomes 128+N; a
     SIGTERM stop (143) wins over the SIGTERMs torchrun then sends to the slower workers. Bad
-    input (2) wins over everything: the others' failures follow from it (a peer gone mid
-    collective exits 1, one the agent stops exits by its signal), and 2 is the code that tells
-    the Job a retry cannot help."""
+    input (2) wins over everything, then a failure a retry would repeat (3: diverged, out of GPU
+    memory): the others' failures follow from it (a peer gone mid collective exits 1, one the
+    agent stops exits by its signal), and 2 and 3 are the codes that tell the Job a retry
+    cannot help."""
     codes = [killed_by(-c) if c < 0 else c for c in exitcodes if c != 0]
     if not codes:
         return EXIT_OK
-    if EXIT_INVALID in codes:
-        return EXIT_INVALID
+    for final in NOT_RETRIED:
+        if final in codes:
+            return final
     return EXIT_STOPPED if all(c == EXIT_STOPPED for c in codes) else next(c for c in codes if c != EXIT_STOPPED)
 
 
 def restart_helps(exitcodes: Iterable[int]) -> bool:
     """Whether restarting a failed worker group can end otherwise (pure): not when a worker
-    exited 2, bad input, which every restarted worker would meet again."""
-    return EXIT_INVALID not in set(exitcodes)
+    exited 2 (bad input) or 3 (diverged, out of GPU memory), which every restarted worker would
+    meet again: it resumes from the same checkpoint, bit-identically."""
+    return not set(NOT_RETRIED) & set(exitcodes)
 
 
-def bad_input_message(job_name: str, stage: str, ranks: Iterable[int], max_restarts: int) -> str:
-    """What the launcher says when workers exited 2 (pure); their own errors are above it."""
+def not_restarted_message(job_name: str, stage: str, code: int, ranks: Iterable[int], max_restarts: int) -> str:
+    """What the launcher says when workers exited 2 or 3 (pure); their own errors are above it."""
     ranks = sorted(ranks)
     which = f"rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}"
+    what = "bad input" if code == EXIT_INVALID else "a failure that a retry would repeat"
     not_again = (f"; the workers were not restarted, since a restart would meet the same error (the "
                  f"{max_restarts} restarts are for crashes)" if max_restarts else "")
-    return f"[{job_name}] {stage} stage: bad input, see the error of {which} above (exit {EXIT_INVALID}){not_again}"
+    return f"[{job_name}] {stage} stage: {what}, see the error of {which} above (exit {code}){not_again}"
 
 
 def cache_shard(env: Mapping[str, str], nodes: int) -> tuple[int, int]:
@@ -202,9 +208,9 @@ def launch(spec_file: Path, *, job_name: str, hardware: Mapping[str, Any], stage
             elastic_launch(config, entrypoint)(*args)
     except ChildFailedError as e:
         code = exit_code([f.exitcode for f in e.failures.values()])
-        if code == EXIT_INVALID:
-            print(bad_input_message(job_name, stage, [r for r, f in e.failures.items() if f.exitcode == EXIT_INVALID],
-                                    config.max_restarts), file=sys.stderr, flush=True)
+        if code in NOT_RETRIED:
+            print(not_restarted_message(job_name, stage, code, [r for r, f in e.failures.items() if f.exitcode == code],
+                                        config.max_restarts), file=sys.stderr, flush=True)
         return code
     except SignalException as e:
         # torchrun has already passed the signal on and waited for the workers to checkpoint.
@@ -214,7 +220,8 @@ def launch(spec_file: Path, *, job_name: str, hardware: Mapping[str, Any], stage
         # they restart after their workers lost that node's. Not our bug, and nothing to retry here.
         print(f"error: [{job_name}] {stage} stage: another node ended this run and closed its rendezvous "
               f"({config.rdzv_endpoint}, run id {config.run_id}); its log says why (bad input if it exited "
-              f"{EXIT_INVALID}, else its workers' crashes). This node stops too", file=sys.stderr, flush=True)
+              f"{EXIT_INVALID}, a divergence or running out of GPU memory if {EXIT_NOT_RETRYABLE}, else its "
+              "workers' crashes). This node stops too", file=sys.stderr, flush=True)
         return EXIT_INTERNAL
     finally:
         for sig, handler in handlers.items():

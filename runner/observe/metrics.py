@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -18,6 +19,25 @@ from typing import Any, Callable, Iterator, Mapping
 from runner.observe import names as N
 from runner.observe.cacheprogress import CacheProgress
 from runner.observe.runlog import ENDINGS, RunLog
+
+
+# After training diverged, a run in a pod keeps serving /metrics this long before it exits, so
+# that Prometheus scrapes trainingjob_train_diverged = 1 at least once (TrainingJobDiverged):
+# more than one scrape interval of a Prometheus at its default 1m (the PodMonitor's is 15 s).
+# Elsewhere a run exits at once. TRAININGJOB_METRICS_HOLD_S sets it (seconds; 0: exit at once).
+POD_HOLD_S = 75
+HOLD_ENV = "TRAININGJOB_METRICS_HOLD_S"
+
+
+def hold_seconds(env: Mapping[str, str], port: int) -> float:
+    """How long a diverged run keeps /metrics up before it exits (pure): nothing is served with
+    spec.metrics.port 0; a pod (JOB_COMPLETION_INDEX, set on every pod of the Indexed Jobs) holds
+    POD_HOLD_S; HOLD_ENV overrides both."""
+    if not port:
+        return 0.0
+    with contextlib.suppress(ValueError):  # not a number: the default (this runs on the way out of a failure)
+        return max(0.0, float(env.get(HOLD_ENV, "")))
+    return float(POD_HOLD_S) if "JOB_COMPLETION_INDEX" in env else 0.0
 
 
 class Metrics:
@@ -60,10 +80,10 @@ class Metrics:
         self.server, self._thread = None, None
         self.not_served: str | None = None  # why /metrics could not be served, for the log
         if port:
-            from prometheus_client import start_http_server
+            from runner.observe.serve import serve
 
             try:
-                self.server, self._thread = start_http_server(port, registry=self.registry)
+                self.server, self._thread = serve(port, self.registry)  # IPv6 and IPv4
             except OSError as e:
                 if e.errno != errno.EADDRINUSE:
                     raise
@@ -130,13 +150,19 @@ class Metrics:
     # ---- train stage (calls from runner/train/loop.py) ----
     def train_started(self, total_steps: int, start_step: int, device: Any = None) -> None:
         self._get(N.TRAIN_PLANNED_STEPS).set(total_steps)
+        self._get(N.TRAIN_DIVERGED).set(0)
+        self._series[N.TRAIN_SAMPLES].labels(self.job)  # present (0) from the start, as the step counter
         self._steps = max(self._steps, start_step)  # steps before a resume are not this process's
         self._advance(start_step)
         self._train_started, self._start_step, self._planned = time.time(), start_step, total_steps
         self._gpu = device if getattr(device, "type", None) == "cuda" else None
 
-    def step_done(self, step: int, epoch: int, seconds: float) -> None:
+    def step_done(self, step: int, epoch: int, seconds: float, samples: int = 0) -> None:
+        """An optimizer step done; `samples`: what it trained over all ranks (global batch x
+        gradient accumulation), for the samples counter that rate() reads."""
         self._advance(step)
+        if samples:
+            self._series[N.TRAIN_SAMPLES].labels(self.job).inc(samples)
         self._get(N.TRAIN_EPOCH).set(epoch)
         self._series[N.TRAIN_STEP_DURATION].labels(self.job).observe(seconds)
         if step > self._start_step and self._train_started:
@@ -172,6 +198,28 @@ class Metrics:
         if step > self._steps:
             counter.inc(step - self._steps)
             self._steps = step
+
+    def train_diverged(self) -> None:
+        """Training stopped on a non-finite loss or non-finite weights (runner/train/guard.py).
+        The loss gauge keeps the last finite loss logged: the operator copies it into
+        status.progress, and JSON has no NaN."""
+        self._get(N.TRAIN_DIVERGED).set(1)
+
+    def hold(self, seconds: float) -> None:
+        """Go on serving /metrics for `seconds` before the process exits, so that Prometheus
+        scrapes what was set last (train_diverged) at least once; a SIGTERM or Ctrl-C ends the
+        wait. A process that does not serve waits too: torchrun stops every worker of the group
+        as soon as one exits, so the other ranks must not exit before rank 0, which serves."""
+        if seconds <= 0:
+            return
+        if self.server is not None:
+            port = self.server.server_address[1]
+            print(f"[{self.job}] keeping /metrics on port {port} up for {seconds:g} s, so that Prometheus records "
+                  f"{N.TRAIN_DIVERGED} (TRAININGJOB_METRICS_HOLD_S)", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + seconds
+        with contextlib.suppress(KeyboardInterrupt):  # SIGTERM in a stage raises StageStopped, one of these
+            while (left := deadline - time.monotonic()) > 0:
+                time.sleep(min(left, 0.5))
 
     def checkpoint_saved(self, step: int, seconds: float) -> None:
         self._series[N.CHECKPOINT_DURATION].labels(self.job).observe(seconds)

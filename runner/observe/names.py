@@ -49,6 +49,8 @@ TRAIN_LOSS = "trainingjob_train_loss"
 TRAIN_LEARNING_RATE = "trainingjob_train_learning_rate"
 TRAIN_GRAD_NORM = "trainingjob_train_grad_norm"
 TRAIN_SAMPLES_PER_SECOND = "trainingjob_train_samples_per_second"
+TRAIN_SAMPLES = "trainingjob_train_samples_total"
+TRAIN_DIVERGED = "trainingjob_train_diverged"
 TRAIN_STEP_DURATION = "trainingjob_train_step_duration_seconds"
 TRAIN_ETA = "trainingjob_train_eta_seconds"
 GPU_MEMORY_ALLOCATED = "trainingjob_gpu_memory_allocated_bytes"
@@ -78,7 +80,8 @@ SERIES: tuple[Series, ...] = (
            ("kind",)),
     Series(CACHE_ITEMS_ENCODED, "counter", "Cache entries encoded by this process and the cache workers it launched, by kind", ("kind",)),
     Series(CACHE_WRITTEN_BYTES, "counter", "Bytes of cache entries written by this process and the cache workers it launched"),
-    Series(CACHE_ENCODE_RATE, "gauge", "Entries encoded per second since this kind's encoder started", ("kind",)),
+    Series(CACHE_ENCODE_RATE, "gauge", "Entries encoded per second since this kind's encoder started (rate() of "
+                                       "trainingjob_cache_items_encoded_total is the same from the counter)", ("kind",)),
     Series(TRAIN_STEPS, "counter", "Optimizer steps done by this process (from 0, also after a resume; the step "
            "number is trainingjob_train_step)"),
     Series(TRAIN_STEP, "gauge", "Optimizer step the run is at (a resumed run starts at its checkpoint's step)"),
@@ -88,7 +91,12 @@ SERIES: tuple[Series, ...] = (
     Series(TRAIN_LEARNING_RATE, "gauge", "Learning rate at the latest logged step"),
     Series(TRAIN_GRAD_NORM, "gauge", "Gradient norm before clipping at the latest logged step (when maxGradNorm > 0)"),
     Series(TRAIN_SAMPLES_PER_SECOND, "gauge", "Training samples per second over all ranks, excluding checkpoints "
-                                              "and validation"),
+                                              "and validation (rate() of trainingjob_train_samples_total "
+                                              "includes them)"),
+    Series(TRAIN_SAMPLES, "counter", "Training samples of the optimizer steps done by this process, over all ranks "
+                                     "(from 0, also after a resume)"),
+    Series(TRAIN_DIVERGED, "gauge", "1 once training stopped because the loss or the weights became NaN or "
+                                    "infinite (the process then exits 3), else 0"),
     Series(TRAIN_STEP_DURATION, "histogram", "Wall time of one optimizer step", buckets=_STEP_BUCKETS),
     Series(TRAIN_ETA, "gauge", "Estimated seconds until the last step, from this process's mean time per step "
                                "(checkpoints and validation included)"),

@@ -40,7 +40,9 @@ def divergence_advice(training: Mapping[str, Any]) -> str:
         tips.append("use mixedPrecision: bf16 instead of fp16 (fp16 overflows)")
     tips.append(f"raise spec.training.lrWarmupSteps (now {training['lrWarmupSteps']})")
     return ("; ".join(tips) + ". No checkpoint was written after that step: after changing the spec, rerun "
-            "to resume from the newest checkpoint, or set spec.training.resume: none to start over")
+            "to resume from the newest checkpoint, or from an earlier one if the loss was already climbing "
+            "(spec.training.resume: <output.dir>/checkpoints/step-N), or set spec.training.resume: none to start "
+            "over. Rerunning the same spec would diverge at the same step again (a resume is bit-identical)")
 
 
 class Guard:

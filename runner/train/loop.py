@@ -323,7 +323,7 @@ def run_train(ctx: RunContext) -> TrainResult:
         state.step += 1
         state.samples_seen += global_batch * accum
         stopping = guard.stop_after(state.step, loss_sum, stop.requested)  # the same answer on every rank
-        ctx.metrics.step_done(state.step, state.epoch, time.time() - t_step)
+        ctx.metrics.step_done(state.step, state.epoch, time.time() - t_step, samples=global_batch * accum)
         if is_logged_step(state.step, plan.total_steps, stopping):
             last_loss = accelerator.reduce(loss_sum, reduction="mean").item()
             rate = global_batch * accum * (state.step - logged_step) / max(time.time() - tick - paused, 1e-9)

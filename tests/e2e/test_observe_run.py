@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import re
 import subprocess
 import threading
@@ -149,6 +150,9 @@ def test_prometheus_scraped_the_running_job(observed: ObservedRun) -> None:
     for name in (N.TRAIN_SAMPLES_PER_SECOND, N.TRAIN_ETA, N.TRAIN_LEARNING_RATE, N.LAST_PROGRESS):
         assert one_value(p, f"max_over_time({name}{{{job}}}{window})") is not None, name
     assert one_value(p, f"max_over_time({N.CHECKPOINT_DURATION}_count{{{job}}}{window})") == 3.0  # steps 8, 16, 20
+    # The samples counter, which the dashboard's samples/s takes rate() of, counted every sample trained.
+    state = json.loads((observed.out / "checkpoints" / "step-20" / "trainer_state.json").read_text())["state"]
+    assert one_value(p, f"max_over_time({N.TRAIN_SAMPLES}{{{job}}}{window})") == state["samples_seen"] > 0
 
 
 def test_promtool_accepts_a_scrape_of_each_stage(observed: ObservedRun) -> None:
@@ -234,3 +238,49 @@ def test_report_renders_in_headless_chromium(observed: ObservedRun, tmp_path: Pa
     assert heading == "TrainingJob smoke"
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
     assert (observed.artifacts / "report.png").stat().st_size > 10_000
+
+
+# Forced divergence (tests/e2e/test_nonfinite.py): plain SGD at learning rate 1, no clipping.
+DIVERGE = ("spec.training.optimizer=sgd", "spec.training.learningRate=1", "spec.training.maxGradNorm=0",
+           "spec.training.lrWarmupSteps=0", "spec.training.maxSteps=30", "spec.training.checkpointEvery=100",
+           "spec.validation.prompts=[]", "spec.tracking.tensorboard=false")
+
+
+def test_a_diverged_run_is_scraped_diverged_and_fires_the_alert(tmp_path_factory, tiny_model) -> None:
+    """The trainer stops at the step the loss turns NaN, before the loss gauge could hold it, so
+    the old loss-is-NaN alert only ever fired on synthetic series. The run now sets
+    trainingjob_train_diverged and keeps serving for TRAININGJOB_METRICS_HOLD_S before it exits
+    3; a real Prometheus scrapes it, and TrainingJobDiverged's own expression finds the run."""
+    import yaml
+
+    from tests.e2e.train_state import quiet_env, runner_with_cache, shared_cache
+
+    tmp = tmp_path_factory.mktemp("diverged")
+    runner = runner_with_cache(tmp, tiny_model, shared_cache(tmp_path_factory, tiny_model))
+    metrics_port = free_port()
+    prom, url = start_prometheus(tmp, metrics_port)
+    poller = Poller(metrics_port)
+    poller.start()
+    try:
+        proc = subprocess.run(runner.args(*DIVERGE, f"spec.metrics.port={metrics_port}", stage="train"), cwd=REPO,
+                              env=quiet_env(runner, TRAININGJOB_METRICS_HOLD_S="4"), capture_output=True, text=True,
+                              timeout=300)
+        poller.stop.set()
+        poller.join()
+        assert_clean(proc, 3)
+        assert "training diverged: the loss is not finite at step" in proc.stderr
+        assert f"keeping /metrics on port {metrics_port} up for 4 s" in proc.stderr
+        last = poller.by_stage["train"]  # the last scrape of the train stage: during the hold
+        assert sample(last, N.TRAIN_DIVERGED, trainingjob="smoke") == 1.0
+        loss = sample(last, N.TRAIN_LOSS, trainingjob="smoke")
+        assert loss is None or math.isfinite(loss)  # the operator copies it into status.progress (JSON)
+        assert promtool_check_metrics(last).returncode == 0
+        rules = yaml.safe_load((REPO / "k8s" / "monitoring" / "alerts.yaml").read_text())["groups"][0]["rules"]
+        expr = next(r["expr"] for r in rules if r["alert"] == "TrainingJobDiverged")
+        firing = query(url, expr)
+        assert [r["metric"]["trainingjob"] for r in firing] == ["smoke"], firing
+        assert one_value(url, f'max_over_time({N.TRAIN_DIVERGED}{{trainingjob="smoke"}}[10m])') == 1.0
+    finally:
+        poller.stop.set()
+        prom.terminate()
+        prom.wait(timeout=30)

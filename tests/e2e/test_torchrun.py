@@ -150,6 +150,7 @@ except ChildFailedError as e:
 
 @pytest.mark.parametrize("ends, starts, code", [
     ("2", 1, 2),             # bad input: no restart would end otherwise
+    ("3", 1, 3),             # diverged or out of GPU memory: the restart resumes into the same failure
     ("1", 4, 1),             # a crash: the 3 restarts, as torchrun gives them
     ("SIGKILL", 4, -9),      # killed (the OOM killer): the same
 ])
@@ -184,6 +185,43 @@ def test_bad_input_in_a_pod_ends_it_with_exit_2_and_no_restarts(tmp_path, tiny_m
     assert attempts(runner.out) == ["attempt_0"], proc.stdout[-3000:]
     assert "train stage: bad input, see the error of rank" in proc.stdout
     assert "the workers were not restarted" in proc.stdout
+
+
+DIVERGE = ("spec.training.optimizer=sgd", "spec.training.learningRate=1", "spec.training.maxGradNorm=0",
+           "spec.training.lrWarmupSteps=0", "spec.training.maxSteps=30", "spec.training.checkpointEvery=100")
+OOM_ON_RANK_1 = {"target": "runner.models.pixart_sigma:Objective.__call__", "nth": 3, "rank": 1,
+                 "raise": "torch.cuda:OutOfMemoryError"}
+
+
+@pytest.mark.parametrize("fault", ["diverged", "out of GPU memory"])
+def test_a_failure_a_retry_would_repeat_ends_the_pod_with_exit_3_and_no_restarts(tmp_path, tiny_model, cache, fault):
+    """Training that diverges (every rank stops at the same step: the verdict is all-reduced)
+    or a rank out of GPU memory (its peer loses it mid collective) would fail the same way after
+    every restart: the restarted group resumes from the same checkpoint, bit-identically. In a
+    pod the group is started once and the pod exits 3, which the Job's podFailurePolicy fails
+    the Job on. Before, both exited 1: 4 starts of the group per pod, then up to 3 more pods per
+    node, each loading the model again."""
+    runner = runner_with_cache(tmp_path, tiny_model, cache)
+    sets, extra_env = (DIVERGE, {}) if fault == "diverged" else \
+        (("spec.training.maxSteps=50",), {"TJ_KILL_AT": json.dumps(OOM_ON_RANK_1),
+                                           # killpoints first; then the runner this test belongs to, which
+                                           # sitecustomize imports before the working directory is on sys.path
+                                           "PYTHONPATH": os.pathsep.join([str(KILLPOINTS), str(REPO)])})
+    argv = runner.args(*SMALL, *sets, "spec.hardware.gpusPerNode=2", stage="train")
+    [proc] = run_pods([(argv, quiet_env(runner, JOB_COMPLETION_INDEX="0", **extra_env))], timeout=240)
+    assert_clean(proc, code=3)
+    assert "--max-restarts=3" in proc.stdout  # a pod's launch: restarts are on, for crashes
+    assert attempts(runner.out) == ["attempt_0"], proc.stdout[-3000:]
+    assert "train stage: a failure that a retry would repeat, see the error of rank" in proc.stdout
+    assert "the workers were not restarted" in proc.stdout
+    if fault == "diverged":
+        assert re.search(r"\[rank0\]: error: training diverged: the loss is not finite at step \d+", proc.stdout)
+        assert "lower spec.training.learningRate (now 1)" in proc.stdout
+    else:
+        said = next(line for line in proc.stdout.splitlines() if line.startswith("[rank1]: error: out of GPU memory"))
+        assert "in the train stage" in said and "spec.training.batchSize (now 1" in said, said
+        assert "spec.training.gradientCheckpointing: true" in said and "(exit 3: not retried)" in said
+    assert "bug in trainingjob" not in proc.stdout
 
 
 def test_bad_input_on_one_of_two_nodes_ends_both(tmp_path, tiny_model, cache):

@@ -158,9 +158,59 @@ def test_operator_image_has_no_torch():
 # ----------------------------------------------------------------------------- pyproject / constraints
 
 def test_train_images_install_what_ci_installs():
-    make_install = re.search(r"-e '\.\[([\w,]+)\]'", (REPO / "Makefile").read_text()).group(1).split(",")
+    """Beside the GPU kernels, which need a GPU to run and so are neither installed nor run in CI."""
+    make_install = re.search(r"-e '\.\[([\w,-]+)\]'", (REPO / "Makefile").read_text()).group(1).split(",")
     for image in images.FLAVOURS.values():
-        assert set(image.extras) <= set(make_install), image.hardware
+        assert set(image.extras) - set(GPU_EXTRAS) <= set(make_install), image.hardware
+        assert not set(GPU_EXTRAS) & set(make_install)
+
+
+GPU_EXTRAS = ("fa4", "fa4-cu13", "fp8")
+
+
+@pytest.mark.parametrize("hardware, extras", [
+    ("cpu", ()),
+    ("rocm", ()),  # no ROCm build of flash-attn-4's CuTe kernels or of torchao's float8 path
+    ("cuda12", ("fa4", "fp8")),
+    ("cuda13", ("fa4", "fp8", "fa4-cu13")),  # nvidia-cutlass-dsl's CUDA 13 libraries too
+])
+def test_cuda_images_carry_the_gpu_kernels(hardware, extras):
+    """attention: auto and feedForward: auto fall back, silently but for a log line, where the
+    kernels are missing: an image without them runs slower than the H200 numbers say."""
+    image = images.FLAVOURS[hardware]
+    assert tuple(e for e in image.extras if e in GPU_EXTRAS) == extras
+    assert image.extras[:2] == ("train", "samples")
+    args = images.build_args(image, version="1", revision="r")
+    assert args["EXTRAS"] == ",".join(image.extras)
+
+
+# What the pinned GPU wheels require (their METADATA's Requires-Dist, markers left out): pip
+# installs these too, so each must be pinned, or an image build would take whatever is newest.
+GPU_WHEEL_REQUIREMENTS = {
+    "flash-attn-4": ["nvidia-cutlass-dsl", "torch", "einops", "typing_extensions", "apache-tvm-ffi",
+                     "torch-c-dlpack-ext", "quack-kernels"],
+    "quack-kernels": ["nvidia-cutlass-dsl", "torch", "apache-tvm-ffi", "torch-c-dlpack-ext", "einops"],
+    "nvidia-cutlass-dsl": ["nvidia-cutlass-dsl-libs-base", "nvidia-cutlass-dsl-libs-cu12"],
+    "nvidia-cutlass-dsl[cu13]": ["nvidia-cutlass-dsl-libs-cu13"],
+    "torchao": [],
+}
+
+
+def test_the_gpu_kernels_and_what_they_pull_in_are_pinned_as_benchmarked():
+    """constraints.txt pins each package the fa4/fp8 extras install at the version the H200
+    benchmark ran (bench/README.md's download list; torchao beside it)."""
+    pins = constraints()
+    for name, requires in GPU_WHEEL_REQUIREMENTS.items():
+        for req in [name.split("[")[0], *requires]:
+            assert req_name(req) in pins, f"{req} (from {name}) is not pinned"
+    bench = (REPO / "bench" / "README.md").read_text()
+    block = bench[bench.index("python3 -m pip download"):bench.index("```", bench.index("python3 -m pip download"))]
+    tested = dict(re.findall(r"([A-Za-z0-9_.-]+)==(\S+)", block))
+    tested.update(dict(re.findall(r"`(torchao)==(\S+)`", bench)))
+    for name in ("flash-attn-4", "quack-kernels", "nvidia-cutlass-dsl", "nvidia-cutlass-dsl-libs-cu13", "torchao"):
+        assert pins[norm(name)] == tested[name], name
+    for name, version in tested.items():
+        assert pins.get(norm(name)) == version, f"{name}: bench ran {version}, constraints.txt pins {pins.get(norm(name))}"
 
 
 @pytest.mark.parametrize("image", list(images.IMAGES.values()), ids=lambda i: i.hardware)

@@ -205,6 +205,9 @@ def test_indexed_jobs_and_the_rendezvous(nodes):
         assert job["spec"]["completions"] == job["spec"]["parallelism"] == nodes
         rules = job["spec"]["podFailurePolicy"]["rules"]
         assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+        # Bad input (2), and a divergence or running out of GPU memory (3): a retry would repeat them.
+        assert rules[1] == {"action": "FailJob", "onExitCodes": {"containerName": build.CONTAINER, "operator": "In",
+                                                                 "values": [2, 3]}}
     train_pod = train["spec"]["template"]["spec"]
     variables = env(train_pod)
     assert "JOB_COMPLETION_INDEX" in variables and "TRAININGJOB_RUN_ID" in variables

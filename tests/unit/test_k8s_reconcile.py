@@ -177,7 +177,10 @@ NO_SHM = {"shmSize": None}  # unset: the rendered size, half the example's 4Gi m
     ("train", {"exitCode": 1, "reason": "Error"}, {}, "TrainingFailed", ["train Job smoke-train failed", "code 1"]),
     ("train", OOM, {}, "OOMKilled", ["(OOMKilled)", SHM_COUNTS.format("1Gi")]),
     ("train", OOM, NO_SHM, "OOMKilled", [SHM_COUNTS.format("2048Mi")]),
-    ("train", {"exitCode": 2, "reason": "Error"}, {}, "TrainingFailed", ["PodFailurePolicy", "code 2"]),
+    ("train", {"exitCode": 2, "reason": "Error"}, {}, "TrainingFailed", ["PodFailurePolicy", "code 2: bad input"]),
+    # Diverged or out of GPU memory: failed at once, said so, and no PodRestarted "resumes" it.
+    ("train", {"exitCode": 3, "reason": "Error"}, {}, "TrainingFailed",
+     ["PodFailurePolicy", "code 3: training diverged or ran out of GPU memory, not retried"]),
 ])
 def test_a_failed_stage_fails_the_job_and_says_why(stage, terminated, kubernetes, reason, words):
     tj = trainingjob()
@@ -189,13 +192,14 @@ def test_a_failed_stage_fails_the_job_and_says_why(stage, terminated, kubernetes
     else:
         c.step()
     c.pods[stage] = [pod(f"smoke-{stage}-0-x", "Failed", terminated=terminated)]
-    c.finish(stage, ok=False, reason="PodFailurePolicy" if terminated["exitCode"] == 2 else "BackoffLimitExceeded")
+    c.finish(stage, ok=False, reason="PodFailurePolicy" if terminated["exitCode"] in (2, 3) else "BackoffLimitExceeded")
     out = c.step()
     failed = c.condition("Failed")
     assert c.state == "Failed" and failed["status"] == "True" and failed["reason"] == reason
     for word in words:
         assert word in failed["message"]
     assert any(e.type == "Warning" and e.reason == reason for e in out.events)
+    assert "PodRestarted" not in [e.reason for e in out.events]
     assert "Job/smoke-train" not in c.created[:2] and (stage == "train" or "Job/smoke-train" not in c.created)
     assert c.step().events == [] and c.step().create == []  # stays failed, quietly
 

@@ -8,9 +8,9 @@ from runner.launch import torchrun
 from runner.launch.nodes import node_shards_done
 from runner.launch.torchrun import (
     Topology,
-    bad_input_message,
     cache_shard,
     exit_code,
+    not_restarted_message,
     restart_helps,
     topology,
     torchrun_argv,
@@ -111,6 +111,10 @@ def test_the_installed_torchrun_is_asked_whether_it_has_shutdown_timeout():
     ([-15, 2], 2),
     ([1, 2], 2),               # bad input wins: the peer's exit 1 (its collective lost a rank) follows from it
     ([-9, 2, 143], 2),         # ... and so do the agent's SIGTERM/SIGKILL to the slower workers
+    ([3, 3], 3),               # every rank diverged at the same step (the verdict is all-reduced)
+    ([1, 3], 3),               # one rank out of GPU memory, its peer lost it mid collective
+    ([-15, 3, 143], 3),        # ... or was stopped by the agent
+    ([3, 2], 2),               # bad input still names the cause first
 ])
 def test_exit_code(codes, expected):
     assert exit_code(codes) == expected
@@ -123,16 +127,21 @@ def test_exit_code(codes, expected):
     ([2], False),              # bad input: every restart meets it again
     ([2, 1], False),
     ([-15, 2], False),
+    ([3], False),              # diverged or out of GPU memory: the restart resumes bit-identically into it
+    ([1, 3], False),
 ])
 def test_a_restart_is_spent_on_crashes_only(codes, helps):
     assert restart_helps(codes) is helps
 
 
-def test_the_bad_input_message_names_the_ranks_and_why_nothing_restarted():
-    msg = bad_input_message("tj", "train", [1, 0], max_restarts=3)
+def test_the_not_restarted_message_names_the_ranks_and_why_nothing_restarted():
+    msg = not_restarted_message("tj", "train", 2, [1, 0], max_restarts=3)
     assert msg.startswith("[tj] train stage: bad input, see the error of ranks 0, 1 above (exit 2)")
     assert "not restarted" in msg
-    assert "restart" not in bad_input_message("tj", "cache", [0], max_restarts=0)  # locally there are none
+    assert "restart" not in not_restarted_message("tj", "cache", 2, [0], max_restarts=0)  # locally there are none
+    msg = not_restarted_message("tj", "train", 3, [0], max_restarts=3)
+    assert msg.startswith("[tj] train stage: a failure that a retry would repeat, see the error of rank 0 above "
+                          "(exit 3)") and "not restarted" in msg
 
 
 @pytest.mark.parametrize("env, nodes, expected", [
@@ -211,3 +220,27 @@ def test_lost_peer_picks_out_a_collective_whose_peer_is_gone(error, cause):
     from runner.launch.outcomes import lost_peer
 
     assert lost_peer(error) == cause
+
+
+def test_out_of_gpu_memory_names_the_fields_of_the_stage_it_ran_out_in(tmp_path, minimal_spec):
+    """Exit 3 is not retried, so the message is the user's only way on: the spec fields of the
+    stage that ran out, with their values, and only the fixes not already made."""
+    from runner.launch.outcomes import out_of_gpu_memory
+    from runner.spec.load import load_spec
+
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(minimal_spec)
+    spec = load_spec(spec_file, ["spec.hardware.gpusPerNode=2", "spec.training.ddp.gradientAsBucketView=false",
+                                 "spec.model.vaeDtype=float32"]).spec.to_dict()
+    train = out_of_gpu_memory(spec, "train")
+    assert train.startswith("out of GPU memory in the train stage. To fix it: lower spec.training.batchSize (now ")
+    for field in ("spec.training.gradientAccumulationSteps", "spec.training.gradientCheckpointing: true",
+                  "spec.training.optimizer: adafactor", "spec.training.ddp.gradientAsBucketView: true",
+                  "spec.datasets[].resolution", "would run out of memory at the same point again"):
+        assert field in train, field
+    cache = out_of_gpu_memory(spec, "cache")
+    assert cache.startswith("out of GPU memory in the cache stage. To fix it: lower spec.model.vaeBatchSize (now ")
+    assert "spec.model.vaeDtype: bfloat16 (now float32)" in cache and "textEncoderDtype" not in cache  # bf16 already
+    assert "spec.training" not in cache and "encodes only the missing ones" in cache
+    spec["training"].update(gradientCheckpointing=True, optimizer="adafactor")
+    assert "gradientCheckpointing" not in out_of_gpu_memory(spec, "train")  # already done

@@ -44,10 +44,14 @@ def test_alert_rules_fire_on_their_cases_and_not_otherwise() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_alerts_cover_stalled_nan_and_failed() -> None:
+def test_alerts_cover_stalled_diverged_and_failed() -> None:
     rules = yaml.safe_load((MONITORING / "alerts.yaml").read_text())["groups"][0]["rules"]
-    assert {r["alert"] for r in rules} == {"TrainingJobStalled", "TrainingJobLossNaN", "TrainingJobFailed",
+    assert {r["alert"] for r in rules} == {"TrainingJobStalled", "TrainingJobDiverged", "TrainingJobFailed",
                                            "TrainingJobPodNotStarting"}
+    # The trainer stops before a loss sample can be NaN: the alert reads the series it sets
+    # (tests/e2e/test_observe_run.py evaluates it on a real diverged run's scrapes).
+    diverged = next(r for r in rules if r["alert"] == "TrainingJobDiverged")
+    assert series_used(diverged["expr"]) == {N.TRAIN_DIVERGED}
     stalled = next(r for r in rules if r["alert"] == "TrainingJobStalled")
     assert N.LAST_PROGRESS in stalled["expr"] and "600" in stalled["expr"]
     assert N.PHASE in stalled["expr"] and "3600" in stalled["expr"]  # long phases get an hour
@@ -84,9 +88,13 @@ def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
 def test_dashboard_names_only_exported_series_and_covers_the_issue() -> None:
     used = set().union(*map(series_used, exprs_of_dashboard()))
     assert used <= set(N.BY_NAME), used - set(N.BY_NAME)
-    for required in (N.TRAIN_LOSS, N.TRAIN_SAMPLES_PER_SECOND, N.TRAIN_ETA, N.CACHE_ITEMS_DONE, N.CACHE_ITEMS,
+    for required in (N.TRAIN_LOSS, N.TRAIN_SAMPLES, N.TRAIN_ETA, N.CACHE_ITEMS_DONE, N.CACHE_ITEMS,
                      N.GPU_MEMORY_ALLOCATED, N.GPU_MEMORY_PEAK):
         assert required in used, required
+    # Rates come from counters through rate(), never from a gauge that holds a precomputed rate.
+    exprs = exprs_of_dashboard()
+    assert not any(N.TRAIN_SAMPLES_PER_SECOND in e or N.CACHE_ENCODE_RATE in e for e in exprs)
+    assert any(f"rate({N.TRAIN_SAMPLES}{{" in e for e in exprs)
 
 
 def test_dashboard_is_a_grafana_dashboard() -> None:

@@ -45,7 +45,7 @@ def exercise(m: Metrics) -> None:
     m.set_stage("train")
     m.train_started(total_steps=20, start_step=0, device=None)
     for step in (1, 2, 3):
-        m.step_done(step, epoch=0, seconds=0.02 * step)
+        m.step_done(step, epoch=0, seconds=0.02 * step, samples=4)  # a global batch of 4
     m.train_progress(3, 20, 0.25, 12.5, lr=1e-4, grad_norm=0.75)
     m.checkpoint_saved(3, 1.5)
     m.validation_done(3, 4.0, {"validation/clip_score": 21.5})
@@ -61,7 +61,8 @@ def test_serves_every_series_of_names_py(served: Metrics) -> None:
     assert sample(text, N.TRAIN_LOSS, **j) == 0.25
     assert sample(text, N.TRAIN_LEARNING_RATE, **j) == 1e-4
     assert sample(text, N.TRAIN_GRAD_NORM, **j) == 0.75
-    assert sample(text, N.TRAIN_SAMPLES_PER_SECOND, **j) == 12.5
+    assert sample(text, N.TRAIN_SAMPLES_PER_SECOND, **j) == 12.5  # kept next to the counter rate() reads
+    assert sample(text, N.TRAIN_SAMPLES, **j) == 12.0
     assert sample(text, N.TRAIN_STEP_DURATION + "_count", **j) == 3.0
     assert sample(text, N.TRAIN_STEP_DURATION + "_sum", **j) == pytest.approx(0.12)
     assert sample(text, N.TRAIN_STEP_DURATION + "_bucket", le="0.05", **j) == 2.0
@@ -142,10 +143,12 @@ def test_after_a_resume_the_step_gauge_starts_at_the_checkpoint_and_the_counter_
     m.train_started(total_steps=500, start_step=200)
     assert m.registry.get_sample_value(N.TRAIN_STEP, j) == 200.0
     assert m.registry.get_sample_value(N.TRAIN_STEPS, j) == 0.0
-    m.step_done(201, epoch=3, seconds=0.1)
+    assert m.registry.get_sample_value(N.TRAIN_SAMPLES, j) == 0.0
+    m.step_done(201, epoch=3, seconds=0.1, samples=8)
     m.train_progress(201, 500, 0.1, 1.0)  # the same step again adds nothing
     assert m.registry.get_sample_value(N.TRAIN_STEP, j) == 201.0
     assert m.registry.get_sample_value(N.TRAIN_STEPS, j) == 1.0
+    assert m.registry.get_sample_value(N.TRAIN_SAMPLES, j) == 8.0  # this process's samples only
 
 
 def test_eta_is_remaining_steps_times_the_mean_step_time() -> None:
@@ -446,3 +449,79 @@ def test_a_port_in_use_leaves_the_run_without_metrics_and_says_which_field(tmp_p
     err = capsys.readouterr().err
     assert f"warning: spec.metrics.port {port} is already in use" in err
     assert "set spec.metrics.port to a free port, or to 0" in err
+
+
+def test_a_diverged_run_says_so_and_holds_its_endpoint_for_a_scrape(served: Metrics, capsys) -> None:
+    """The loss gauge never holds the NaN (the guard stops first); the diverged gauge does the
+    telling, and hold() keeps serving it for the given time."""
+    exercise(served)
+    assert sample(scrape(_port(served)), N.TRAIN_DIVERGED, trainingjob="x") == 0.0  # present from the start
+    served.train_diverged()
+    started = time.monotonic()
+    served.hold(0.6)
+    assert time.monotonic() - started >= 0.6
+    text = scrape(_port(served))
+    assert sample(text, N.TRAIN_DIVERGED, trainingjob="x") == 1.0
+    assert sample(text, N.TRAIN_LOSS, trainingjob="x") == 0.25  # the last finite one: status.progress is JSON
+    assert f"keeping /metrics on port {_port(served)} up for 0.6 s" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("env, port, seconds", [
+    ({}, 9090, 0.0),                                             # a local run exits at once
+    ({"JOB_COMPLETION_INDEX": "0"}, 9090, 75.0),                 # a pod holds for a scrape at 1m
+    ({"JOB_COMPLETION_INDEX": "0"}, 0, 0.0),                     # nothing served, nothing to hold
+    ({"JOB_COMPLETION_INDEX": "0", "TRAININGJOB_METRICS_HOLD_S": "0"}, 9090, 0.0),
+    ({"TRAININGJOB_METRICS_HOLD_S": "4"}, 9090, 4.0),
+    ({"JOB_COMPLETION_INDEX": "1", "TRAININGJOB_METRICS_HOLD_S": "x"}, 9090, 75.0),  # not a number: the default
+])
+def test_hold_seconds(env, port, seconds) -> None:
+    from runner.observe.metrics import hold_seconds
+
+    assert hold_seconds(env, port) == seconds
+
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.status == 200
+        return resp.read().decode()
+
+
+def test_metrics_are_served_on_ipv6_and_ipv4() -> None:
+    """An IPv6-only cluster gives a pod one IPv6 address: the endpoint binds "::" with
+    IPV6_V6ONLY off, so it answers there and on IPv4 alike, whatever the host's
+    net.ipv6.bindv6only. prometheus_client's own server bound 0.0.0.0 only."""
+    m = Metrics("x", port=free_port())
+    try:
+        port = _port(m)
+        m.set_stage("train")
+        assert sample(_get(f"http://127.0.0.1:{port}/metrics"), N.STAGE, trainingjob="x", stage="train") == 1.0
+        if not _ipv6_loopback():
+            pytest.skip("this machine has no IPv6 loopback (::1): IPv4 checked, IPv6 not")
+        assert m.server.socket.family == socket.AF_INET6
+        assert m.server.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        assert sample(_get(f"http://[::1]:{port}/metrics"), N.STAGE, trainingjob="x", stage="train") == 1.0
+    finally:
+        m.close()
+
+
+def test_a_host_without_ipv6_is_served_on_ipv4(monkeypatch) -> None:
+    monkeypatch.setattr(socket, "has_ipv6", False)
+    m = Metrics("x", port=free_port())
+    try:
+        assert m.server.socket.family == socket.AF_INET
+        assert f"# TYPE {N.STAGE} gauge" in _get(f"http://127.0.0.1:{_port(m)}/metrics")
+    finally:
+        m.close()
