@@ -21,7 +21,8 @@ unwritten. `fa4_sm90` corrects both from outside the package. Whatever the insta
 does, `set_attention` checks on a small problem before use: the forward runs at the native
 width, the backward at the first width (72, then zero-padded 80, 96) whose gradients agree,
 and key-padded (cross-)attention uses the kernels only if that case agrees too, SDPA
-otherwise. Zero padding is exact (padded q, k add 0 to the scores; padded v, out and dout
+otherwise; likewise the packed q|k|v ops, checked at the model's head count (the strides of
+their views), else fused self-attention takes the q, k, v ops. Zero padding is exact (padded q, k add 0 to the scores; padded v, out and dout
 give 0 columns that are sliced off; the softmax scale stays 1/sqrt(72)).
 
 The kernels sit behind torch.library custom ops (runner/models/attention_ops.py), so a
@@ -150,8 +151,8 @@ def set_attention(transformer, backend: str, device: torch.device) -> tuple[str,
     if problem:
         use_kernels(None)
         return "sdpa", problem
-    head_dim = _head_dim(transformer)
-    kernels = checked_kernels(fa4_kernels(), head_dim, device) if head_dim else None
+    heads, head_dim = _attention_shape(transformer) or (0, None)
+    kernels = checked_kernels(fa4_kernels(), head_dim, device, heads=heads) if head_dim else None
     if kernels is None:
         use_kernels(None)
         return "sdpa", f"flash-attn-4 failed its check against SDPA at head_dim {head_dim} and the padded widths"
@@ -162,10 +163,11 @@ def set_attention(transformer, backend: str, device: torch.device) -> tuple[str,
             f"cross-attention on {kernels.name if kernels.key_padding else 'sdpa'}{unpacked})"), None
 
 
-def _head_dim(transformer) -> int | None:
+def _attention_shape(transformer) -> tuple[int, int] | None:
+    """(heads, head_dim) of the first plain Attention module, or None."""
     for module in transformer.modules():
         if type(module).__name__ == "Attention" and _plain(module):
-            return module.inner_dim // module.heads if hasattr(module, "inner_dim") else None
+            return (module.heads, module.inner_dim // module.heads) if hasattr(module, "inner_dim") else None
     return None
 
 
@@ -179,7 +181,8 @@ def widths(head_dim: int) -> list[int]:
     return out
 
 
-def checked_kernels(kernels: Kernels, head_dim: int, device: torch.device, dtype=torch.bfloat16) -> Kernels | None:
+def checked_kernels(kernels: Kernels, head_dim: int, device: torch.device, dtype=torch.bfloat16,
+                    heads: int = 2) -> Kernels | None:
     """`kernels` with the backward at the first width whose plain attention matches SDPA
     (output and all three gradients), and key_padding and packed set by whether the key-padded
     case and the packed q|k|v ops match too at that width; None when no width does."""
@@ -188,15 +191,15 @@ def checked_kernels(kernels: Kernels, head_dim: int, device: torch.device, dtype
     for width in widths(head_dim):
         candidate = dataclasses.replace(kernels, bwd_head_dim=None if width == head_dim else width, key_padding=True,
                                         packed=True)
-        if agrees_with_sdpa(candidate, head_dim, device, dtype):
-            return dataclasses.replace(candidate, key_padding=agrees_with_sdpa(candidate, head_dim, device, dtype,
-                                                                               case="key_padded"),
-                                       packed=agrees_with_sdpa(candidate, head_dim, device, dtype, case="packed"))
+        if agrees_with_sdpa(candidate, head_dim, device, dtype, heads=heads):
+            return dataclasses.replace(
+                candidate, key_padding=agrees_with_sdpa(candidate, head_dim, device, dtype, "key_padded", heads=heads),
+                packed=agrees_with_sdpa(candidate, head_dim, device, dtype, "packed", heads=heads))
     return None
 
 
 def agrees_with_sdpa(kernels: Kernels, head_dim: int, device: torch.device, dtype=torch.bfloat16,
-                     case: str = "plain", tol: float = 2e-2) -> bool:
+                     case: str = "plain", tol: float = 2e-2, heads: int = 2) -> bool:
     """fwd+bwd of a small random problem against SDPA in float32 (relative L2 errors);
     bf16 rounding gives ~4e-3, a wrong kernel ~1. `case`: plain q, k, v; "key_padded"
     (per-sample key counts, as cross-attention); "packed" (one q|k|v tensor, as fused
@@ -206,7 +209,7 @@ def agrees_with_sdpa(kernels: Kernels, head_dim: int, device: torch.device, dtyp
     try:
         torch.set_grad_enabled(True)  # start-up may run under no_grad
         g = torch.Generator(device=device).manual_seed(0)
-        b, h, n = 2, 2, 320
+        b, h, n = 2, max(heads, 1), 320  # the model's head count: the packed views' strides as in a step
         key_padded = case == "key_padded"
         cases = [(140, torch.tensor([100, 140], device=device, dtype=torch.int32))] if key_padded else [(n, None)]
         for t, seqused in cases:

@@ -304,6 +304,30 @@ def test_set_attention_installs_checked_kernels_with_fused_qkv(monkeypatch) -> N
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_set_attention_checks_the_kernels_at_the_models_head_count(monkeypatch) -> None:
+    """The start-up check runs at the model's own head count, so the packed views have the
+    strides a training step gives the kernels."""
+    from diffusers import PixArtTransformer2DModel
+
+    seen: set[int] = set()
+    good = attn.reference_kernels()
+
+    def fwd(q, k, v, seqused_k, scale):
+        seen.add(q.shape[2])
+        return good.fwd(q, k, v, seqused_k, scale)
+
+    monkeypatch.setattr(attn, "fa4_problem", lambda device: None)
+    monkeypatch.setattr(attn, "fa4_kernels", lambda: dataclasses.replace(good, fwd=fwd))
+    model = PixArtTransformer2DModel(
+        num_attention_heads=3, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1,
+        cross_attention_dim=24, sample_size=8, patch_size=2, norm_type="ada_norm_single", caption_channels=12,
+        norm_elementwise_affine=False, norm_eps=1e-6, num_embeds_ada_norm=1000, use_additional_conditions=False,
+        activation_fn="gelu-approximate", attention_bias=True, interpolation_scale=1)
+    used, why = attn.set_attention(model, "fa4", torch.device("cpu"))
+    assert why is None and used.startswith("reference (head_dim 8") and attn.ops.active().packed
+    assert seen == {3}
+
+
 def test_set_attention_falls_back_to_sdpa_on_cpu() -> None:
     model = _tiny_transformer()
     before = {type(m.processor).__name__ for m in model.modules() if hasattr(m, "processor")}
