@@ -8,12 +8,12 @@ missing, patch, write the status and post the Events. No torch is imported on th
 No finalizer: deleting a TrainingJob never waits for the operator (its children go with it
 through their ownerReferences, the garbage collector's work). Hence no kopf timer, which always
 puts kopf's finalizer on each object: progress and pod problems, which change without a Job
-event, are looked at by one operator-level task (`resync_forever`) that lists the TrainingJobs.
+event, are looked at by one operator-level task that lists the TrainingJobs (resync.py).
 
 Errors: a spec error of a job not yet started is permanent (status Failed/InvalidSpec,
 kopf.PermanentError: no retry until the spec changes; a started job runs the spec it started
-with, see reconcile.py); API hiccups (429, 5xx, conflicts, timeouts) are temporary
-(kopf.TemporaryError: retried after a delay).
+with, see reconcile.py); API hiccups (429, 5xx, conflicts, refused or dropped connections,
+timeouts, TLS errors) are temporary (kopf.TemporaryError: retried after a delay).
 """
 from __future__ import annotations
 
@@ -23,84 +23,36 @@ import contextlib
 import logging
 import os
 import sys
-import threading
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any
 
 import kopf
 import kubernetes
 from kubernetes.client.rest import ApiException
 
 from runner.exitcodes import EXIT_INVALID
-from runner.k8s import build, options, progress
+from runner.k8s import build, health, options, progress
 from runner.k8s import status as st
 from runner.k8s.build import Options
-from runner.k8s.reconcile import TERMINAL, Event, Observed, Outcome, kueue_managed, reconcile, started_document
-from runner.spec import schema as schema_mod
+from runner.k8s.metrics import OperatorMetrics
+from runner.k8s.reconcile import Event, Observed, Outcome, kueue_managed, reconcile, started_document
+from runner.k8s.resync import (API_ERRORS, PLURAL, JobLocks, error_kind, event_body, group_version, items,
+                               resync_forever)
 
-PLURAL = schema_mod.KIND.lower() + "s"
 RETRY_DELAY_S = 10
 PODMONITOR = ("monitoring.coreos.com", "v1", "podmonitors")
 # v1beta1: served by every Kueue release so far (next to v1beta2 in the newest).
 KUEUE_WORKLOADS = ("kueue.x-k8s.io", "v1beta1", "workloads")
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"  # Kueue's, on the Workload it makes for a Job
+WORKLOADS_FORBIDDEN = "KueueWorkloadsForbidden"  # the Event reason when the RBAC lacks Workloads
 # The finalizer kopf adds for handlers that need one. Earlier versions of this operator had such
 # a handler (a per-object timer) and left it on every TrainingJob. No handler here needs one, so
 # kopf removes its finalizer from each TrainingJob it sees; named here so that it is this one.
 KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
-REPORTER = "trainingjob-operator"  # the Events' source, the From column of `kubectl describe`
 logger = logging.getLogger(__name__)
 
 
-def group_version() -> tuple[str, str]:
-    return schema_mod.api_group(), schema_mod.api_version().split("/", 1)[1]
-
-
-@dataclass
-class OperatorMetrics:
-    """The operator's own Prometheus metrics: reconciles, errors, TrainingJobs by state."""
-
-    registry: Any = None
-    states: dict[tuple[str, str], str] = field(default_factory=dict)
-
-    def __post_init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge
-
-        self.registry = CollectorRegistry()
-        self.reconciles = Counter("trainingjob_operator_reconciles", "Reconciles run, by trigger and result",
-                                  ["trigger", "result"], registry=self.registry)
-        self.errors = Counter("trainingjob_operator_errors", "Reconcile errors, by kind", ["kind"],
-                              registry=self.registry)
-        self.jobs = Gauge("trainingjob_operator_trainingjobs", "TrainingJobs by state", ["state"],
-                          registry=self.registry)
-
-    def observe_state(self, key: tuple[str, str], state: str | None) -> None:
-        if state is None:
-            self.states.pop(key, None)
-        else:
-            self.states[key] = state
-        self._publish()
-
-    def observe_all(self, states: dict[tuple[str, str], str | None]) -> None:
-        """The states of every TrainingJob there is (a full listing): any other is gone."""
-        self.states = {key: state for key, state in states.items() if state is not None}
-        self._publish()
-
-    def _publish(self) -> None:
-        for s in ("Pending", "Caching", "Training", "Succeeded", "Failed", "Suspended"):
-            self.jobs.labels(s).set(sum(1 for v in self.states.values() if v == s))
-
-
 # ----------------------------------------------------------------------------- reading
-
-def _items(result: Any) -> list[dict]:
-    api = kubernetes.client.ApiClient()
-    return [i if isinstance(i, dict) else api.sanitize_for_serialization(i)
-            for i in (result["items"] if isinstance(result, dict) else result.items)]
-
 
 def _owned(objs: list[dict], tj: dict) -> list[dict]:
     """Children of this TrainingJob (the selector is repeated here: the label is the contract,
@@ -114,11 +66,11 @@ def observe(tj: dict, opts: Options, now: datetime) -> Observed:
     ns, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
     selector = f"{build.label_job()}={name}"
     core, batch = kubernetes.client.CoreV1Api(), kubernetes.client.BatchV1Api()
-    listed = {"config": _items(core.list_namespaced_config_map(ns, label_selector=selector)),
-              "service": _items(core.list_namespaced_service(ns, label_selector=selector)),
-              "job": _items(batch.list_namespaced_job(ns, label_selector=selector))}
+    listed = {"config": items(core.list_namespaced_config_map(ns, label_selector=selector)),
+              "service": items(core.list_namespaced_service(ns, label_selector=selector)),
+              "job": items(batch.list_namespaced_job(ns, label_selector=selector))}
     if opts.pod_monitor:
-        listed["monitor"] = _items(kubernetes.client.CustomObjectsApi().list_namespaced_custom_object(
+        listed["monitor"] = items(kubernetes.client.CustomObjectsApi().list_namespaced_custom_object(
             *PODMONITOR[:2], ns, PODMONITOR[2], label_selector=selector))
     found = {role: _owned(objs, tj) for role, objs in listed.items()}
     # Labelled as this job's but not controlled by it: e.g. applied from `trainingjob render`.
@@ -129,26 +81,34 @@ def observe(tj: dict, opts: Options, now: datetime) -> Observed:
     for job in found["job"]:
         children[job["metadata"]["labels"].get("app.kubernetes.io/component", "")] = job
     # Only the pods of the Jobs found above (by their uid): not a deleted predecessor's.
-    pods = st.pods_by_stage(_items(core.list_namespaced_pod(ns, label_selector=selector)), children)
+    pods = st.pods_by_stage(items(core.list_namespaced_pod(ns, label_selector=selector)), children)
     return Observed(children, pods, read_progress(tj, children, pods["train"], now), foreign,
-                    workloads=observe_workloads(ns, children))
+                    workloads=observe_workloads(tj, children, now))
 
 
-def observe_workloads(ns: str, children: dict[str, dict]) -> dict[str, dict]:
+def observe_workloads(tj: dict, children: dict[str, dict], now: datetime) -> dict[str, dict]:
     """The Kueue Workload of each unfinished Kueue-managed Job, by the Job's role: Kueue labels
     it with the Job's uid and makes the Job its controller. None listed without such a Job, so a
     cluster without Kueue is never asked for Workloads."""
+    ns = tj["metadata"]["namespace"]
     queued = {job["metadata"]["uid"]: role for role, job in children.items()
               if role in ("cache", "train") and kueue_managed(job) and job["metadata"].get("uid")
               and st.job_phase(job) not in ("complete", "failed")}
     if not queued:
         return {}
     try:
-        listed = _items(kubernetes.client.CustomObjectsApi().list_namespaced_custom_object(
+        listed = items(kubernetes.client.CustomObjectsApi().list_namespaced_custom_object(
             *KUEUE_WORKLOADS[:2], ns, KUEUE_WORKLOADS[2],
             label_selector=f"{KUEUE_JOB_UID_LABEL} in ({','.join(sorted(queued))})"))
     except ApiException as e:
         if e.status == 404:  # a queue label, but no Kueue installed
+            return {}
+        if e.status == 403:  # the RBAC of an older release: the job gets its status all the same
+            post_event(tj, Event("Warning", WORKLOADS_FORBIDDEN, st.clip(
+                f"cannot list Kueue Workloads in namespace {ns} (403 Forbidden): the operator's ClusterRole "
+                f"lacks the rule for {KUEUE_WORKLOADS[2]}.{KUEUE_WORKLOADS[0]} (verbs list and patch) that "
+                "k8s/rbac.yaml has; apply it again (kubectl apply -k k8s/). Until then spec.suspend cannot "
+                "deactivate this job's Workloads, and Kueue may unsuspend its Jobs")), now, once=True)
             return {}
         raise
     return {queued[ref["uid"]]: workload for workload in listed
@@ -192,18 +152,17 @@ def _create(obj: dict) -> None:
             raise
 
 
-def event_body(tj: dict, event: Event, now: datetime) -> dict:
-    """A core/v1 Event about the TrainingJob. Posted with the client, not kopf.event(), which
-    works only inside kopf's handlers of that object, not in the resync task."""
-    meta, when = tj["metadata"], st.timestamp(now)
-    return {"apiVersion": "v1", "kind": "Event",
-            "metadata": {"namespace": meta["namespace"], "generateName": f"{meta['name']}."},
-            "involvedObject": {"apiVersion": tj["apiVersion"], "kind": tj["kind"], "namespace": meta["namespace"],
-                               "name": meta["name"], "uid": meta.get("uid")},
-            "type": event.type, "reason": event.reason, "message": st.clip(event.message),
-            "source": {"component": REPORTER}, "reportingComponent": REPORTER,
-            "reportingInstance": os.environ.get("HOSTNAME") or REPORTER,
-            "firstTimestamp": when, "lastTimestamp": when, "count": 1}
+def post_event(tj: dict, event: Event, now: datetime, once: bool = False) -> None:
+    """Post an Event about the TrainingJob; an Event lost is no reason to redo the sync. `once`:
+    under a name of its own (the job's uid and the reason), so that repeating it each sync is
+    refused (409) while the first is kept (the API server drops Events after an hour)."""
+    ns, name, uid = tj["metadata"]["namespace"], tj["metadata"]["name"], tj["metadata"].get("uid") or ""
+    fixed = ".".join(filter(None, (name, uid[:8], event.reason.lower()))) if once else None
+    try:
+        kubernetes.client.CoreV1Api().create_namespaced_event(ns, event_body(tj, event, now, name=fixed))
+    except API_ERRORS as e:
+        if not (once and isinstance(e, ApiException) and e.status == 409):
+            logger.warning("Event %s of TrainingJob %s/%s not posted: %s", event.reason, ns, name, e)
 
 
 def apply(tj: dict, outcome: Outcome, observed: Observed, now: datetime | None = None) -> None:
@@ -223,10 +182,7 @@ def apply(tj: dict, outcome: Outcome, observed: Observed, now: datetime | None =
         kubernetes.client.CustomObjectsApi().patch_namespaced_custom_object_status(
             group, version, ns, PLURAL, name, {"status": patch})
     for event in outcome.events:
-        try:
-            kubernetes.client.CoreV1Api().create_namespaced_event(ns, event_body(tj, event, now))
-        except (ApiException, OSError) as e:  # an Event lost is no reason to redo the sync
-            logger.warning("Event %s of TrainingJob %s/%s not posted: %s", event.reason, ns, name, e)
+        post_event(tj, event, now)
 
 
 def sync(namespace: str, name: str, opts: Options, metrics: OperatorMetrics, trigger: str) -> Outcome | None:
@@ -245,16 +201,17 @@ def sync(namespace: str, name: str, opts: Options, metrics: OperatorMetrics, tri
         observed = observe(tj, opts, now)
         outcome = reconcile(tj, observed, now, opts)
         apply(tj, outcome, observed, now)
-    except ApiException as e:
-        metrics.errors.labels("api").inc()
+    except Exception as e:
+        kind = error_kind(e)
+        metrics.errors.labels(kind).inc()
         metrics.reconciles.labels(trigger, "error").inc()
-        if e.status in (409, 429) or e.status >= 500:
-            raise kopf.TemporaryError(f"Kubernetes API {e.status} {e.reason}; retrying", delay=RETRY_DELAY_S)
-        raise kopf.PermanentError(f"Kubernetes API refused: {e.status} {e.reason}: {e.body}")
-    except OSError as e:  # connection refused, timeouts
-        metrics.errors.labels("connection").inc()
-        metrics.reconciles.labels(trigger, "error").inc()
-        raise kopf.TemporaryError(f"Kubernetes API unreachable: {e}; retrying", delay=RETRY_DELAY_S)
+        if kind == "connection":  # refused, reset, timed out, TLS: urllib3's errors or status 0
+            raise kopf.TemporaryError(f"Kubernetes API unreachable: {e}; retrying", delay=RETRY_DELAY_S) from e
+        if kind == "api" and (e.status in (409, 429) or e.status >= 500):
+            raise kopf.TemporaryError(f"Kubernetes API {e.status} {e.reason}; retrying", delay=RETRY_DELAY_S) from e
+        if kind == "api":
+            raise kopf.PermanentError(f"Kubernetes API refused: {e.status} {e.reason}: {e.body}") from e
+        raise  # our bug: kopf logs it (and retries a change handler)
     metrics.reconciles.labels(trigger, "ok").inc()
     metrics.observe_state((namespace, name), outcome.status.get("state"))
     return outcome
@@ -269,59 +226,17 @@ def _invalid(outcome: Outcome | None) -> str | None:
 
 # ----------------------------------------------------------------------------- kopf wiring
 
-def list_trainingjobs(namespaces: Sequence[str]) -> list[dict]:
-    """Every TrainingJob the operator watches: cluster-wide, or in each of its namespaces (then
-    the ClusterRole may be bound per namespace, where a cluster-wide list is refused)."""
-    api, (group, version) = kubernetes.client.CustomObjectsApi(), group_version()
-    if not namespaces:
-        return _items(api.list_cluster_custom_object(group, version, PLURAL))
-    return [tj for ns in namespaces for tj in _items(api.list_namespaced_custom_object(group, version, ns, PLURAL))]
-
-
-def resync_due(listed: list[dict]) -> tuple[dict[tuple[str, str], str | None], list[tuple[str, str]]]:
-    """(state of each listed TrainingJob, those to sync again): not finished, not being deleted."""
-    states, due = {}, []
-    for tj in listed:
-        meta = tj["metadata"]
-        key, state = (meta["namespace"], meta["name"]), (tj.get("status") or {}).get("state")
-        states[key] = state
-        if state not in TERMINAL and not meta.get("deletionTimestamp"):
-            due.append(key)
-    return states, due
-
-
-async def resync_forever(namespaces: Sequence[str], metrics: OperatorMetrics,
-                         run: Callable[[str, str, str], Any]) -> None:
-    """Every PROGRESS_INTERVAL_S, sync each unfinished TrainingJob: progress and pod problems
-    (an image that cannot be pulled, a pod that never gets a node) change without a Job event.
-    One task for the operator, not a kopf timer per object: a timer needs kopf's finalizer."""
-    while True:
-        await asyncio.sleep(progress.PROGRESS_INTERVAL_S)
-        try:
-            listed = await asyncio.to_thread(list_trainingjobs, namespaces)
-        except (ApiException, OSError) as e:
-            metrics.errors.labels("api" if isinstance(e, ApiException) else "connection").inc()
-            logger.warning("resync: cannot list TrainingJobs: %s; trying again in %s s", e, progress.PROGRESS_INTERVAL_S)
-            continue
-        states, due = resync_due(listed)
-        metrics.observe_all(states)
-        for namespace, name in due:
-            try:
-                await asyncio.to_thread(run, namespace, name, "resync")
-            except Exception as e:  # one job's trouble (counted by sync) does not stop the others' resync
-                logger.warning("resync of TrainingJob %s/%s: %s", namespace, name, e)
-
-
-def make_registry(opts: Options, metrics: OperatorMetrics, namespaces: Sequence[str] = ()) -> kopf.OperatorRegistry:
+def make_registry(opts: Options, metrics: OperatorMetrics, namespaces: Sequence[str] = (), health_port: int = 0,
+                  locks: JobLocks | None = None) -> kopf.OperatorRegistry:
+    """kopf's handlers, the resync task, and /healthz on `health_port` (0: none). `locks`: one
+    sync of a job at a time (given by tests, to look at)."""
     registry = kopf.OperatorRegistry()
     group, version = group_version()
     on = dict(registry=registry)
-    # kopf's handlers of a TrainingJob, the Job events and the resync run in threads of their
-    # own; one sync of a job at a time, or two could both post the same transition's Event.
-    locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+    locks = JobLocks() if locks is None else locks
 
     def run(namespace: str, name: str, trigger: str) -> Outcome | None:
-        with locks[(namespace, name)]:
+        with locks.hold((namespace, name)):
             return sync(namespace, name, opts, metrics, trigger)
 
     @kopf.on.startup(**on)
@@ -333,10 +248,18 @@ def make_registry(opts: Options, metrics: OperatorMetrics, namespaces: Sequence[
         # Namespaces are given or all are watched; no need to list them (nor the RBAC for it).
         settings.scanning.disabled = True
         settings.posting.level = logging.WARNING  # kopf's own log lines stay out of the Events
+        if health_port:  # first: a port in use stops the operator before anything runs
+            try:
+                memo["health"] = await health.serve_health(health_port, lambda: (
+                    "the resync task has ended" if memo.get("resync") and memo["resync"].done() else None))
+            except OSError as e:
+                raise kopf.PermanentError(f"--health-port {health_port}: {e}") from e
         memo["resync"] = asyncio.create_task(resync_forever(namespaces, metrics, run))
 
     @kopf.on.cleanup(**on)
     async def stop(memo: kopf.Memo, **_):
+        if memo.get("health"):
+            await memo["health"].cleanup()
         task = memo.get("resync")
         if task:
             task.cancel()
@@ -367,7 +290,6 @@ def make_registry(opts: Options, metrics: OperatorMetrics, namespaces: Sequence[
     def on_gone(namespace: str, name: str, type: str | None, **_):
         if type == "DELETED":  # gone already: the children follow through their ownerReferences
             metrics.observe_state((namespace, name), None)
-            locks.pop((namespace, name), None)
 
     return registry
 
@@ -405,7 +327,7 @@ def main(args: argparse.Namespace) -> int:
     metrics = OperatorMetrics()
     if args.metrics_port:
         serve(args.metrics_port, metrics.registry)  # IPv6 and IPv4, like the trainer's
-    health = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
-    kopf.run(registry=make_registry(opts, metrics, args.namespace), standalone=True, clusterwide=not args.namespace,
-             namespaces=args.namespace, liveness_endpoint=health)
+    # /healthz is served by the startup handler (runner/k8s/health.py: IPv6 and IPv4), not kopf.
+    kopf.run(registry=make_registry(opts, metrics, args.namespace, args.health_port), standalone=True,
+             clusterwide=not args.namespace, namespaces=args.namespace)
     return 0

@@ -239,7 +239,7 @@ def _failure(job: dict, pods: list[dict], stage: str, spec: dict) -> tuple[str, 
         ("CacheFailed" if stage == "cache" else "TrainingFailed")
     message = f"{stage} Job {job['metadata']['name']} failed ({st.job_failure(job)})"
     if fatal:
-        message += "; last: " + st.failed_pod_message(fatal)
+        message += "; last: " + st.failed_pod_message(fatal, stage)
     if reason == "OOMKilled":
         message += ("; raise spec.kubernetes.resources.limits.memory or lower the batch size; /dev/shm "
                     f"(spec.kubernetes.shmSize, {build.shm_size(spec)} here) is memory and counts toward that "

@@ -33,11 +33,13 @@ STARTING_REASONS = ("ContainerCreating", "PodInitializing")
 STUCK_REASONS = (*IMAGE_PULL_REASONS, *CREATE_CONTAINER_REASONS, CONTAINER_CREATING_TOO_LONG, "Unschedulable")
 # The Job controller labels its pods with the Job's uid (the second name before Kubernetes 1.27).
 CONTROLLER_UID_LABELS = ("batch.kubernetes.io/controller-uid", "controller-uid")
-# The runner's own exit codes (runner/exitcodes.py) that fail a Job at once, in a failure message.
+# The runner's own exit codes (runner/exitcodes.py) that fail a Job at once, in a failure message,
+# by stage: the cache stage trains nothing, so its exit 3 can only be the GPU's memory.
+_SAME_WAY = "not retried since a retry would fail the same way; the pod's log names the spec fields to change"
 EXIT_MEANINGS = {
-    EXIT_INVALID: "bad input, not retried",
-    EXIT_NOT_RETRYABLE: "training diverged or ran out of GPU memory, not retried since a retry would fail the "
-                        "same way; the pod's log names the spec fields to change",
+    EXIT_INVALID: {"cache": "bad input, not retried", "train": "bad input, not retried"},
+    EXIT_NOT_RETRYABLE: {"cache": f"the cache stage ran out of GPU memory, {_SAME_WAY}",
+                         "train": f"training diverged or ran out of GPU memory, {_SAME_WAY}"},
 }
 
 
@@ -131,8 +133,14 @@ def terminated(pod: dict) -> dict | None:
     return None
 
 
-def failed_pod_message(pod: dict) -> str:
-    """Why one pod failed: exit code and reason (OOMKilled), or its eviction."""
+def exit_meaning(code: int | None, stage: str) -> str | None:
+    """What one of the runner's exit codes means in this stage (cache, train); None for others."""
+    return (EXIT_MEANINGS.get(code) or {}).get(stage)
+
+
+def failed_pod_message(pod: dict, stage: str) -> str:
+    """Why one pod of the stage (cache, train) failed: exit code and reason (OOMKilled), or its
+    eviction."""
     status = pod.get("status", {})
     if status.get("reason") == "Evicted" or any(c.get("type") == "DisruptionTarget" and c.get("status") == "True"
                                                  for c in status.get("conditions", []) or []):
@@ -140,7 +148,8 @@ def failed_pod_message(pod: dict) -> str:
     state = terminated(pod)
     if state:
         why = f" ({state['reason']})" if state.get("reason") and state.get("reason") != "Error" else ""
-        meaning = f": {EXIT_MEANINGS[state.get('exitCode')]}" if state.get("exitCode") in EXIT_MEANINGS else ""
+        meaning = exit_meaning(state.get("exitCode"), stage)
+        meaning = f": {meaning}" if meaning else ""
         return f"pod {_name(pod)} (index {_index(pod)}) exited with code {state.get('exitCode')}{why}{meaning}"
     return f"pod {_name(pod)} (index {_index(pod)}) failed: {status.get('reason') or status.get('message', '')}"
 

@@ -1,8 +1,9 @@
 """kmock (pinned 0.8) as an in-process Kubernetes API over real HTTP, with the few behaviours the
 operator relies on that kmock leaves out (see shared KMOCK notes): creates answer 201 and get
 a uid, resourceVersion, creationTimestamp and generation; a spec change bumps the generation;
-a status-subresource patch changes only status. Everything runs in one background thread with
-its own event loop, so tests stay synchronous, like the operator's own handlers.
+a status-subresource patch changes only status; `refused` answers chosen requests 403, as RBAC
+would. Everything runs in one background thread with its own event loop, so tests stay
+synchronous, like the operator's own handlers.
 """
 from __future__ import annotations
 
@@ -12,20 +13,28 @@ import threading
 import uuid
 from pathlib import Path
 
+import aiohttp.web
 import kmock
 from kmock._internal import enums, rendering  # private, hence kmock==0.8 pinned
 
 
 class Emulator(kmock.KubernetesEmulator):
     """KubernetesEmulator plus server-side metadata; `created` records every object created
-    (Events aside) in order; a create refused with 409 (it exists) is not one."""
+    (Events aside) in order; a create refused with 409 (it exists) is not one. Requests whose
+    (plural, action) is in `refused`, e.g. ("workloads", "LIST"), are answered 403."""
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.created: list[tuple[str, str]] = []
+        self.refused: set[tuple[str, str]] = set()
         self._rv = 0
 
     async def _handle(self, request):
+        action = getattr(request.action, "value", None)
+        if request.resource is not None and (request.resource.plural, action) in self.refused:
+            return aiohttp.web.json_response(status=403, data={
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                "message": f"{request.resource.plural} is forbidden: {action} refused by the test"})
         self._rv += 1
         if request.action == enums.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})

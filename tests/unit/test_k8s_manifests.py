@@ -1,5 +1,5 @@
 """k8s/: the kustomization builds, every object is valid Kubernetes, and the operator's RBAC
-grants exactly what runner/k8s/operator.py calls (no wildcards, nothing extra)."""
+grants exactly what runner/k8s/operator.py and resync.py call (no wildcards, nothing extra)."""
 from __future__ import annotations
 
 import ast
@@ -80,12 +80,12 @@ STARRED = {"PODMONITOR": "podmonitors", "KUEUE_WORKLOADS": "workloads"}  # custo
 
 
 def client_calls() -> set[tuple[str, str, str]]:
-    """(group, resource, verb) for every kubernetes-client call in runner/k8s/operator.py.
-    Custom-object calls whose arguments start with *PODMONITOR are PodMonitors, with *KUEUE_WORKLOADS
-    Kueue Workloads, others TrainingJobs."""
-    tree = ast.parse((REPO / "runner" / "k8s" / "operator.py").read_text())
+    """(group, resource, verb) for every kubernetes-client call in runner/k8s/operator.py and the
+    resync it starts (resync.py). Custom-object calls whose arguments start with *PODMONITOR are
+    PodMonitors, with *KUEUE_WORKLOADS Kueue Workloads, others TrainingJobs."""
+    trees = [ast.parse((REPO / "runner" / "k8s" / name).read_text()) for name in ("operator.py", "resync.py")]
     calls = set()
-    for node in ast.walk(tree):
+    for node in (node for tree in trees for node in ast.walk(tree)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             m = re.fullmatch(r"(get|list|create|patch)_namespaced_(\w+?)(_status)?", node.func.attr)
             if not m:

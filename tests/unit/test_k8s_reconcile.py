@@ -181,6 +181,9 @@ NO_SHM = {"shmSize": None}  # unset: the rendered size, half the example's 4Gi m
     # Diverged or out of GPU memory: failed at once, said so, and no PodRestarted "resumes" it.
     ("train", {"exitCode": 3, "reason": "Error"}, {}, "TrainingFailed",
      ["PodFailurePolicy", "code 3: training diverged or ran out of GPU memory, not retried"]),
+    # The cache stage trains nothing: its exit 3 is out of GPU memory only.
+    ("cache", {"exitCode": 3, "reason": "Error"}, {}, "CacheFailed",
+     ["PodFailurePolicy", "code 3: the cache stage ran out of GPU memory, not retried"]),
 ])
 def test_a_failed_stage_fails_the_job_and_says_why(stage, terminated, kubernetes, reason, words):
     tj = trainingjob()

@@ -185,10 +185,11 @@ BACKOFF = "BackoffLimitExceeded"
      ["pod late (index 0) exited with code 1"], ["OOMKilled"]),
     ([_failed("late", 137, "OOMKilled", "5"), _failed("early", 1, "Error", "1")], BACKOFF, "OOMKilled",
      ["pod late (index 0) exited with code 137 (OOMKilled)", "limits.memory"], []),
-    # Exit 3 (diverged, out of GPU memory: FailJob) wins over a peer's later exit 1 (it lost that rank).
-    ([_failed("div", 3, "Error", "1"), _failed("peer", 1, "Error", "2")], EXIT2, "CacheFailed",
-     ["pod div (index 0) exited with code 3: training diverged or ran out of GPU memory, not retried",
-      "names the spec fields to change"], ["pod peer"]),
+    # Exit 3 (FailJob) wins over a peer's later exit 1 (it lost that rank). The cache stage
+    # trains nothing: its exit 3 is out of GPU memory, never a divergence.
+    ([_failed("oom", 3, "Error", "1"), _failed("peer", 1, "Error", "2")], EXIT2, "CacheFailed",
+     ["pod oom (index 0) exited with code 3: the cache stage ran out of GPU memory, not retried",
+      "names the spec fields to change"], ["pod peer", "diverged"]),
 ])
 def test_the_failure_reason_is_the_pod_failure_that_failed_the_job(pods, job_reason, reason, words, absent):
     c = Cluster(trainingjob())
