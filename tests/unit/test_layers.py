@@ -36,7 +36,7 @@ LIGHT_THIRD_PARTY = {"yaml", "jsonschema"}
 # `operator` extra); what it imports from the runner is checked like everything else.
 OPERATOR_THIRD_PARTY = {"kopf", "kubernetes", "prometheus_client"}
 LIGHT_PACKAGES = ("runner.spec", "runner.importers", "runner.k8s", "runner.smoke")
-LIGHT_MODULES = ("runner", "runner.__main__", "runner.cli", "runner.files", "runner.exitcodes",
+LIGHT_MODULES = ("runner", "runner.__main__", "runner.cli", "runner.files", "runner.exitcodes", "runner.envvars",
                  "runner.models", "runner.models.registry", "runner.models.family", "runner.observe.names",
                  "runner.launch", "runner.launch.images", "runner.launch.torchrun", "runner.launch.nodes")
 STAGES = ("runner.cache", "runner.train", "runner.launch")
