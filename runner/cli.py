@@ -9,11 +9,10 @@ import os
 import sys
 from typing import Sequence
 
+from runner.envvars import DEBUG_ENV
 from runner.exitcodes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_STOPPED, StageStopped
 from runner.spec.errors import SpecError
 from runner.spec.load import STDIN, load_spec
-
-DEBUG_ENV = "TRAININGJOB_DEBUG"
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:

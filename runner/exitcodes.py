@@ -16,9 +16,10 @@ EXIT_INTERNAL = 1
 # Bad input: the spec, its data, the model reference, the hardware, a stale cache.
 EXIT_INVALID = 2
 # The spec ran, and failed in a way its rerun would repeat: training diverged (the loss or the
-# weights became non-finite; a resume is bit-identical, so it diverges at the same step again),
-# or the GPU ran out of memory (the same batch shapes meet the same limit). The message says
-# which spec fields to change.
+# weights became non-finite; a resume takes the same checkpoint and data, so it would very likely
+# diverge again: bit-identically on the CPU, while GPU kernels are not deterministic), or the GPU
+# ran out of memory (the same batch shapes very likely meet the same limit; fragmentation can play
+# a part too). The message says which spec fields to change.
 EXIT_NOT_RETRYABLE = 3
 # Codes after which neither torchrun nor the Job starts the same work again.
 NOT_RETRIED = (EXIT_INVALID, EXIT_NOT_RETRYABLE)

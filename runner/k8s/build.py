@@ -15,8 +15,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from runner.envvars import COMPLETION_INDEX_ENV
 from runner.exitcodes import NOT_RETRIED  # bad input, diverged, out of GPU memory: the Job fails at once
 from runner.k8s import podoptions, specfile
+from runner.k8s.labels import label_job, label_stage, labels  # noqa: F401 (label_job re-exported: operator)
 from runner.k8s.options import Options
 from runner.k8s.specfile import pod_document  # noqa: F401 (re-exported: checks, reconcile)
 from runner.launch import images
@@ -24,9 +26,10 @@ from runner.launch.torchrun import RENDEZVOUS_PORT, SHUTDOWN_TIMEOUT_S
 from runner.spec import schema as schema_mod
 from runner.spec.localpaths import mount_paths
 
-PART_OF = "trainingjob-runner"
 CONTAINER = "trainer"
 SPEC_DIR, SPEC_FILE = "/etc/trainingjob", "trainingjob.yaml"
+# The ConfigMap's other key: the spec the job started with, for the operator (not mounted in the pods).
+STARTED_SPEC_FILE = "trainingjob.started.yaml"
 # The kubelet's SIGKILL must come after torchrun's own deadline for the workers' checkpoint.
 GRACE_PERIOD_S = SHUTDOWN_TIMEOUT_S + 60
 # Pod failures each node (completion index) may have before the Job fails: its own crashes and
@@ -38,19 +41,12 @@ BACKOFF_LIMIT_PER_INDEX = 3
 # since Kubernetes 1.28, so the annotation is what the pods and the PodMonitor read).
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 # podFailurePolicy FailJob: exit 2 (bad input) and 3 (training diverged, or out of GPU memory),
-# which a retry would meet again: it resumes from the same checkpoint, bit-identically.
+# which a retry would very likely meet again: it resumes from the same checkpoint with the same data
+# (bit-identically on the CPU; GPU kernels are not deterministic, and an OOM may come from fragmentation).
 FAIL_JOB_EXIT_CODES = NOT_RETRIED
 KUEUE_PREFIX = "kueue.x-k8s.io/"
 JOB_NAME_MAX = 52  # an Indexed Job's pod hostname is `<job>-<index>` and must stay within 63
 STAGES = ("cache", "train")
-
-
-def label_job() -> str:
-    return f"{schema_mod.api_group()}/job"
-
-
-def label_stage() -> str:
-    return f"{schema_mod.api_group()}/stage"
 
 
 @dataclass(frozen=True)
@@ -84,15 +80,6 @@ def names(job: str) -> dict[str, str]:
             "monitor": child_name(job, "")}
 
 
-def labels(job: str, component: str, managed_by: str, stage: str | None = None) -> dict[str, str]:
-    out = {"app.kubernetes.io/name": "trainingjob", "app.kubernetes.io/instance": job,
-           "app.kubernetes.io/component": component, "app.kubernetes.io/part-of": PART_OF,
-           "app.kubernetes.io/managed-by": managed_by, label_job(): job}
-    if stage:
-        out[label_stage()] = stage
-    return out
-
-
 def _meta(doc: dict, name: str, component: str, opts: Options, owner: Owner | None,
           stage: str | None = None, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name,
@@ -107,18 +94,33 @@ def _meta(doc: dict, name: str, component: str, opts: Options, owner: Owner | No
 
 # ----------------------------------------------------------------------------- objects
 
+def config_data(doc: dict) -> dict[str, str]:
+    """The ConfigMap's data: the pods' spec, and the operator's copy of the spec as started
+    (runner/k8s/specfile.py)."""
+    return {SPEC_FILE: specfile.config_text(doc), STARTED_SPEC_FILE: specfile.started_text(doc)}
+
+
 def config_map_name(doc: dict, opts: Options) -> str:
     """`NAME-spec`, or with Options.content_named_config `NAME-spec-<hash of its content>`."""
     job = doc["metadata"]["name"]
     if not opts.content_named_config:
         return names(job)["config"]
-    return child_name(job, f"spec-{specfile.digest(specfile.config_text(doc))}")
+    return child_name(job, f"spec-{specfile.digest(config_data(doc))}")
 
 
 def build_config_map(doc: dict, opts: Options, owner: Owner | None = None) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": _meta(doc, config_map_name(doc, opts), "spec", opts, owner),
-            "data": {SPEC_FILE: specfile.config_text(doc)}}
+            "data": config_data(doc)}
+
+
+def secret_env(spec: dict) -> dict[str, str]:
+    """{variable: its spec.kubernetes.secrets key} for each variable the pods get from a Secret:
+    the Hub token's and the W&B key's, under the names the spec gives them."""
+    secrets = spec.get("kubernetes", {}).get("secrets", {})
+    named = (("hubToken", spec["output"]["hub"].get("tokenEnv")),
+             ("wandbApiKey", spec["tracking"]["wandb"].get("apiKeyEnv")))
+    return {var: key for key, var in named if key in secrets and var}
 
 
 def own_env(doc: dict, stage: str) -> list[dict[str, Any]]:
@@ -130,7 +132,7 @@ def own_env(doc: dict, stage: str) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HOME", "value": "/tmp"},  # any non-root UID can write there
         {"name": "HF_HOME", "value": f"{cache_mount.rstrip('/')}/huggingface"},  # models downloaded once, for both stages
-        {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+        {"name": COMPLETION_INDEX_ENV, "valueFrom": {"fieldRef": {
             "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         # One id per Job run: names the torchrun rendezvous and the cache nodes' markers.
@@ -142,11 +144,9 @@ def own_env(doc: dict, stage: str) -> list[dict[str, Any]]:
         env += [{"name": "MASTER_ADDR", "value": f"{n['train']}-0.{n['service']}"},
                 {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)}]
     secrets = spec.get("kubernetes", {}).get("secrets", {})
-    for key, var in (("hubToken", spec["output"]["hub"].get("tokenEnv")),
-                     ("wandbApiKey", spec["tracking"]["wandb"].get("apiKeyEnv"))):
-        if key in secrets and var:
-            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secrets[key]["name"],
-                                                                    "key": secrets[key]["key"]}}})
+    for var, key in secret_env(spec).items():
+        ref = {"name": secrets[key]["name"], "key": secrets[key]["key"]}
+        env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
     return env
 
 
@@ -216,7 +216,9 @@ def _supplemental_groups(spec: dict) -> list[int]:
 
 
 def _volumes(spec: dict, config_map: str) -> tuple[list[dict], list[dict]]:
-    volumes = [{"name": "spec", "configMap": {"name": config_map}},
+    # Only the pods' own key: the operator's copy (STARTED_SPEC_FILE) is not the trainer's to read.
+    spec_file = {"name": config_map, "items": [{"key": SPEC_FILE, "path": SPEC_FILE}]}
+    volumes = [{"name": "spec", "configMap": spec_file},
                {"name": "dshm", "emptyDir": _shm(spec)},
                {"name": "tmp", "emptyDir": {}}]
     mounts = [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},

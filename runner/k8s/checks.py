@@ -6,9 +6,10 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+from runner.envvars import USER_ENV
 from runner.k8s import podoptions
-from runner.k8s.build import (STAGES, SPEC_DIR, joins_device_groups, labels, own_env, pod_document, pod_memory,
-                              quantity, shm_size)
+from runner.k8s.build import (STAGES, SPEC_DIR, joins_device_groups, own_env, pod_document, pod_memory, quantity,
+                              secret_env, shm_size)
 from runner.spec.localpaths import RESUME_KEYWORDS, mount_paths
 from runner.launch import images
 from runner.spec import schema as schema_mod
@@ -53,30 +54,27 @@ def _env_problems(doc: dict[str, Any]) -> list[str]:
     index, the run id, a Secret's token) or torchrun's: the pods would not find each other, or a
     launcher would take itself for a worker. HOME, HF_HOME and PYTHONUNBUFFERED are only defaults."""
     spec = doc["spec"]
-    secrets = spec.get("kubernetes", {}).get("secrets", {})
-    filled = {spec["output"]["hub"].get("tokenEnv"): "spec.kubernetes.secrets.hubToken",
-              spec["tracking"]["wandb"].get("apiKeyEnv"): "spec.kubernetes.secrets.wandbApiKey"}
+    filled = secret_env(spec)
     own = {var["name"] for stage in STAGES for var in own_env(doc, stage)} - set(podoptions.OVERRIDABLE_ENV)
     problems = []
     for i, var in enumerate(spec.get("kubernetes", {}).get("env") or []):
         name = var.get("name")
-        if name in filled and filled[name].rsplit(".", 1)[1] in secrets:
-            why = f"{filled[name]} fills it from its Secret"
+        if name in filled:
+            why = f"spec.kubernetes.secrets.{filled[name]} fills it from its Secret"
         elif name in own:
             why = "the runner sets it on every pod (the pods find each other and their run by it)"
         else:
             why = podoptions.reserved_env(name)
         if why:
-            problems.append(f"spec.kubernetes.env[{i}].name: {name} is the runner's own: {why}; remove it "
-                            f"(of the runner's variables only {', '.join(podoptions.OVERRIDABLE_ENV)} may be set)")
+            problems.append(f"spec.kubernetes.env[{i}].name: {name} is not yours to set: {why}; remove it (of the "
+                            f"runner's variables only {', '.join(podoptions.OVERRIDABLE_ENV + USER_ENV)} may be set)")
     return problems
 
 
 def _pod_metadata_problems(doc: dict[str, Any]) -> list[str]:
     """Pod labels and annotations that the runner or the Job controller set, and find the pods by."""
     given = doc["spec"].get("kubernetes", {}).get("podMetadata") or {}
-    own = labels(doc["metadata"]["name"], "", "", STAGES[0])
-    found = [("labels", key, podoptions.reserved_label(key, own)) for key in given.get("labels") or {}]
+    found = [("labels", key, podoptions.reserved_label(key)) for key in given.get("labels") or {}]
     found += [("annotations", key, podoptions.reserved_annotation(key)) for key in given.get("annotations") or {}]
     return [f"spec.kubernetes.podMetadata.{kind}: {key} is not yours to set: {why}; remove it"
             for kind, key, why in found if why]
@@ -206,12 +204,33 @@ def warning_events(doc: dict[str, Any]) -> list[tuple[str, str]]:
             + [(reason, w) for reason, w in _read_path_warnings(doc)]
             + [("LowMemoryRequest", w) for w in _memory_warnings(spec)]
             + [("NoRenderGroup", w) for w in _device_group_warnings(spec)]
-            + [("UnusedDeviceGroups", w) for w in _unused_device_group_warnings(spec)])
+            + [("UnusedDeviceGroups", w) for w in _unused_device_group_warnings(spec)]
+            + [("EnvFromUnchecked", w) for w in _env_from_warnings(spec)])
 
 
 def kubernetes_warnings(doc: dict[str, Any]) -> list[str]:
     """The warnings of `warning_events`, as `field.path: message` lines."""
     return [w for _, w in warning_events(doc)]
+
+
+def _env_from_warnings(spec: dict[str, Any]) -> list[str]:
+    """An envFrom source whose keys could set a variable that spec.kubernetes.env may not (torchrun's
+    PET_* and RANK..., the GPU device plugin's CUDA_VISIBLE_DEVICES..., TRAININGJOB_*): its keys are
+    read only when a pod starts, so they cannot be checked here. Kubernetes gives `env` precedence,
+    so the variables the runner sets on the pod are safe; the others are not. A prefix that no such
+    name starts with (`prefix: X_`) makes the source safe. Only warned: most ConfigMaps set none."""
+    reserved = ", ".join([*(f"{p}*" for p in podoptions.RESERVED_ENV_PREFIXES), *podoptions.TORCHRUN_ENV,
+                          *podoptions.GPU_ENV])
+    found = []
+    for i, source in enumerate(spec.get("kubernetes", {}).get("envFrom") or []):
+        kind = "configMapRef" if "configMapRef" in source else "secretRef"
+        if podoptions.prefix_may_set_reserved(source.get("prefix") or ""):
+            found.append(f"spec.kubernetes.envFrom[{i}]: the keys of {kind} {source.get(kind, {}).get('name')} are "
+                         "read only when a pod starts, so they are not checked here; make sure none sets a variable "
+                         f"that spec.kubernetes.env may not ({reserved}): such a key makes the pods wait for "
+                         "nodes that never come, hide their GPUs or take the launcher for a worker; or give the "
+                         "source a `prefix` (e.g. CFG_) that keeps its variables apart")
+    return found
 
 
 def _dataset_warnings(doc: dict[str, Any]) -> list[str]:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner import __version__
+from runner.k8s.labels import own_label
 from runner.launch import images
-from runner.spec import schema as schema_mod
 from runner.spec.podrules import label_value_problem, qualified_name_problem
 
 MANAGER = "trainingjob-operator"
@@ -47,11 +47,6 @@ def add_flags(parser: argparse.ArgumentParser, monitor_help: str) -> None:
                              "e.g. release=kube-prometheus-stack")
 
 
-def _own_label(key: str) -> bool:
-    """A label key the builder sets on every object (runner/k8s/build.labels)."""
-    return key.startswith(("app.kubernetes.io/", f"{schema_mod.api_group()}/"))
-
-
 def monitor_labels(pairs: list[str]) -> tuple[tuple[tuple[str, str], ...], list[str]]:
     """(labels, problems) of the --pod-monitor-label values."""
     labels, problems = {}, []
@@ -59,7 +54,7 @@ def monitor_labels(pairs: list[str]) -> tuple[tuple[tuple[str, str], ...], list[
         key, sep, value = pair.partition("=")
         why = "it is not KEY=VALUE" if not sep else qualified_name_problem(key)
         why = why or label_value_problem(value)
-        if why is None and _own_label(key):
+        if why is None and own_label(key):
             why = "the runner sets that label itself (the operator and the PodMonitor find the job's objects by it)"
         if why:
             problems.append(f"--pod-monitor-label: {pair!r}: {why}")

@@ -106,12 +106,13 @@ def validated(tj: dict) -> tuple[dict, list[str]]:
 
 
 def started_document(tj: dict, children: dict[str, dict]) -> dict | None:
-    """The document a started job runs: the spec in its ConfigMap (paths placed on the volumes;
-    build.pod_document is idempotent, so building from it builds the same children), with the
-    schema's defaults filled in again (the ConfigMap leaves them to the trainer:
-    runner/k8s/specfile.py) and the TrainingJob's current labels (Kueue's). None before the
-    ConfigMap exists."""
-    text = ((children.get("config") or {}).get("data") or {}).get(build.SPEC_FILE)
+    """The document a started job runs: the spec its ConfigMap keeps for the operator, defaults
+    and all (paths placed on the volumes; build.pod_document is idempotent, so building from it
+    builds the same children), and the TrainingJob's current labels (Kueue's). A ConfigMap an
+    older operator made holds only the pods' spec, which leaves defaults to the trainer
+    (runner/k8s/specfile.py): this version's are filled in. None before the ConfigMap exists."""
+    data = (children.get("config") or {}).get("data") or {}
+    text = data.get(build.STARTED_SPEC_FILE) or data.get(build.SPEC_FILE)
     try:
         doc = yaml.safe_load(text) if text else None
     except yaml.YAMLError:

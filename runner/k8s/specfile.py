@@ -1,19 +1,27 @@
-"""The spec the pods read (`/etc/trainingjob/trainingjob.yaml`, from the job's ConfigMap).
+"""What the job's ConfigMap holds: the spec the pods read (`/etc/trainingjob/trainingjob.yaml`) and
+the spec the job started with, which the operator builds every later child from.
 
 - Paths are placed on the volumes (pod_document): what a relative path names on this machine is
   what it names on the volume that holds that kind of thing in the pod.
-- Defaults are the trainer's to apply (config_text): the file holds the spec without the values
-  that equal this version's schema defaults, so an older trainer image (spec.kubernetes.image)
-  does not meet fields it has never heard of. The API server has already filled the CRD's
-  defaults into a TrainingJob, so "what the user wrote" is not known to the operator; what is
-  left out is what the trainer's own defaults give back. The sections the pods themselves are
-  built from (PINNED) are kept whole: the image, GPU count, node count and metrics port of the
-  pod must be what the trainer inside it reads, whatever its version's defaults.
+- The operator's copy (started_text) is that placed spec whole, every default filled in: an
+  operator upgraded mid-run builds the train Job from the values the cache Job was built from,
+  not from its own version's defaults.
+- The pods' copy (config_text) holds only what the trainer reads, so that an older trainer image
+  (spec.kubernetes.image) does not meet fields it has never heard of. Of spec.kubernetes that is
+  TRAINER_KUBERNETES (the volumes, which tell it what lies only in the pod); the rest shapes the
+  pod itself (env, affinity, labels, pull Secrets...). Defaults are the trainer's to apply: the
+  values that equal this version's schema defaults are left out. The API server has already
+  filled the CRD's defaults into a TrainingJob, so "what the user wrote" is not known to the
+  operator; what is left out is what the trainer's own defaults give back. The sections the
+  pods themselves are built from (PINNED) are kept whole: the image, GPU count, node count and
+  metrics port of the pod must be what the trainer inside it reads, whatever its version's
+  defaults.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import posixpath
 from typing import Any
 
@@ -25,6 +33,9 @@ from runner.spec.schema import strip_defaults
 
 # spec sections the pod template is built from (image, GPUs, nodes, the metrics port).
 PINNED = ("hardware", "metrics")
+# What the trainer reads of spec.kubernetes (runner/spec/localpaths.mount_paths: a path under a
+# volume's mountPath exists only in the pod); the other fields are the pod's, not the trainer's.
+TRAINER_KUBERNETES = ("volumes",)
 
 
 def _under(mount: str, path: str) -> str:
@@ -85,10 +96,18 @@ def pod_document(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def started_text(doc: dict[str, Any]) -> str:
+    """The operator's copy: the placed spec, every default as `doc` has it (reconcile.started_document)."""
+    return yaml.safe_dump(pod_document(doc), sort_keys=False, allow_unicode=True)
+
+
 def config_text(doc: dict[str, Any]) -> str:
-    """The file the pods read: the placed spec without the values that equal their schema
-    defaults, but for the PINNED sections."""
+    """The file the pods read: the placed spec with only TRAINER_KUBERNETES of spec.kubernetes,
+    without the values that equal their schema defaults, but for the PINNED sections."""
     full = pod_document(doc)
+    kubernetes = full["spec"].get("kubernetes")
+    if kubernetes is not None:
+        full["spec"]["kubernetes"] = {k: v for k, v in kubernetes.items() if k in TRAINER_KUBERNETES}
     lean = strip_defaults(full)
     lean.setdefault("spec", {})
     for section in PINNED:
@@ -97,7 +116,7 @@ def config_text(doc: dict[str, Any]) -> str:
     return yaml.safe_dump(lean, sort_keys=False, allow_unicode=True)
 
 
-def digest(text: str) -> str:
-    """The short content hash that names a content-named ConfigMap (10 hex digits, as Kustomize's
-    configMapGenerator suffix is 10 characters)."""
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
+def digest(data: dict[str, str]) -> str:
+    """The short content hash of a ConfigMap's data, which names a content-named ConfigMap (10 hex
+    digits, as Kustomize's configMapGenerator suffix is 10 characters)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]

@@ -5,9 +5,11 @@ torchrun restarts the whole worker group after any worker failure, up to --max-r
 a pod: torchrun.POD_MAX_RESTARTS), and has no per-exit-code policy. A restart helps after a
 crash (a worker killed, a CUDA error, a peer pod replaced after an eviction). After exit 2 (bad
 input: a checkpoint that cannot be resumed, a dataset file gone since the cache stage, ...) or
-exit 3 (training diverged, the GPU ran out of memory: the restarted group resumes from the
-checkpoint bit-identically and meets the same step and the same batch shapes) each restart
-loads the model again only to meet the same error; and the survivors that the
+exit 3 (training diverged, the GPU ran out of memory: the restarted group resumes from the same
+checkpoint with the same data and the same batch shapes, so it would very likely fail the same
+way, bit-identically on the CPU; GPU kernels are not deterministic and an OOM may come from
+fragmentation, but a retry rarely gets further) each restart loads the model again, very
+likely only to meet the same error; and the survivors that the
 agent kills on the way exit 1 or by a signal, so the pod could end with a crash's code, which
 the Job's podFailurePolicy retries instead of failing the Job at once.
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from runner.envvars import DEBUG_ENV
 from runner.exitcodes import EXIT_INVALID
 from runner.launch import images
 from runner.spec.plan import job_paths
@@ -24,7 +25,7 @@ from runner.spec.plan import job_paths
 # Read from the host by name (`-e NAME`: the engine copies the value, which never appears in
 # the command line). Spec-named token variables are added to these.
 PASSED_ENV = ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT",
-              "TRAININGJOB_DEBUG", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "NCCL_DEBUG")
+              DEBUG_ENV, "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "NCCL_DEBUG")
 # podman's and docker's own exit codes for a container they could not start.
 ENGINE_FAILURES = {125: "the engine failed, e.g. the image could not be pulled",
                    126: "the container's command could not be invoked", 127: "the container's command was not found"}

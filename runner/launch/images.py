@@ -29,6 +29,11 @@ BUILD_ENGINES = ("podman", "buildah", "docker")
 RUN_ENGINES = ("podman", "docker")
 
 
+# What every training image installs (pyproject extras): the trainer, and the sample photos of
+# `type: samples` datasets.
+TRAIN_EXTRAS = ("train", "samples")
+
+
 @dataclass(frozen=True)
 class ImageFlavour:
     """What one image is built from, and what a pod running it requests."""
@@ -37,7 +42,7 @@ class ImageFlavour:
     base_image: str           # pinned default for ARG BASE_IMAGE
     torch_index: str | None   # pip index that serves the matching torch build; None: no torch
     gpu_resource: str | None  # extended resource a pod requests per GPU; None for CPU
-    extras: tuple[str, ...] = ("train", "samples")  # pyproject extras the image installs (TRAIN_EXTRAS)
+    extras: tuple[str, ...] = TRAIN_EXTRAS  # pyproject extras the image installs
     # Whether a pod's non-root user must join the node's groups that own the GPU device nodes
     # (spec.kubernetes.deviceGroups): AMD's /dev/kfd and /dev/dri/renderD* are 0660 root:render.
     device_groups: bool = False
@@ -49,7 +54,6 @@ class ImageFlavour:
 # 13 image adds `fa4-cu13` (nvidia-cutlass-dsl's CUDA 13 libraries). Without them, `auto` falls
 # back to SDPA and diffusers' feed-forward, and pods run slower than the README's H200 numbers.
 # ROCm has no build of these kernels; the CPU image has no use for them.
-TRAIN_EXTRAS = ("train", "samples")
 CUDA_EXTRAS = (*TRAIN_EXTRAS, "fa4", "fp8")
 
 # Base tags are pinned to exact CUDA/ROCm releases (registry digests cannot be resolved offline).

@@ -11,7 +11,7 @@ is refused at once with who holds it (pid, host, start time: written into the lo
   node 0's. The lock is per stage on Kubernetes, where each stage is its own Job.
 - File systems without flock (some NFS mounts: ENOLCK, EOPNOTSUPP) run without the lock, as
   before it existed, rather than not at all.
-- In a Kubernetes pod the holder can only be a predecessor pod of the same Job, on its way out
+- In a pod of a TrainingJob the holder can only be a predecessor pod of the same Job, on its way out
   (the Job replaces a pod once it has failed, as its podFailurePolicy requires), or a crashed
   node whose NFS lock the server frees when its lease runs out (90 s for NFSv4). So a pod waits
   for the lock (`lock_wait_s`) instead of failing its Job at once; elsewhere a second run is
@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from runner.envvars import in_job_pod
 from runner.launch.torchrun import node_rank
 
 LOCK_FILE = ".trainingjob.lock"
@@ -50,7 +51,7 @@ def takes_lock(env: Mapping[str, str], in_worker: bool) -> bool:
 
 def lock_wait_s(env: Mapping[str, str]) -> float:
     """How long this process waits for a held output folder before it is refused (pure)."""
-    return POD_LOCK_WAIT_S if env.get("KUBERNETES_SERVICE_HOST") else 0
+    return POD_LOCK_WAIT_S if in_job_pod(env) else 0
 
 
 def holder_record(job: str, stage: str, pid: int, host: str, started: float) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from runner.envvars import COMPLETION_INDEX_ENV, in_job_pod
 from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_NOT_RETRYABLE, EXIT_OK, EXIT_STOPPED, NOT_RETRIED, killed_by
 
 # A pod's agent restarts its worker group this often (a worker crash, or a peer pod replaced
@@ -68,7 +69,7 @@ class Topology:
 
 def node_rank(env: Mapping[str, str]) -> int:
     """This node's index: the Indexed Job's completion index in a pod, else 0."""
-    return int(env.get("JOB_COMPLETION_INDEX") or env.get("NODE_RANK") or 0)
+    return int(env.get(COMPLETION_INDEX_ENV) or env.get("NODE_RANK") or 0)
 
 
 def topology(hardware: Mapping[str, Any], stage: str, env: Mapping[str, str]) -> Topology:
@@ -131,7 +132,8 @@ def exit_code(exitcodes: list[int]) -> int:
 def restart_helps(exitcodes: Iterable[int]) -> bool:
     """Whether restarting a failed worker group can end otherwise (pure): not when a worker
     exited 2 (bad input) or 3 (diverged, out of GPU memory), which every restarted worker would
-    meet again: it resumes from the same checkpoint, bit-identically."""
+    very likely meet again: it resumes from the same checkpoint with the same data (bit-identically
+    on the CPU; GPU kernels are not deterministic, and an OOM may come from fragmentation)."""
     return not set(NOT_RETRIED) & set(exitcodes)
 
 
@@ -183,7 +185,7 @@ def launch(spec_file: Path, *, job_name: str, hardware: Mapping[str, Any], stage
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    in_pod = "JOB_COMPLETION_INDEX" in env
+    in_pod = in_job_pod(env)
     timeout = has_shutdown_timeout()
     if not timeout:
         import torch

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from runner.envvars import HOLD_ENV, in_job_pod
 from runner.observe import names as N
 from runner.observe.cacheprogress import CacheProgress
 from runner.observe.runlog import ENDINGS, RunLog
@@ -24,20 +25,19 @@ from runner.observe.runlog import ENDINGS, RunLog
 # After training diverged, a run in a pod keeps serving /metrics this long before it exits, so
 # that Prometheus scrapes trainingjob_train_diverged = 1 at least once (TrainingJobDiverged):
 # more than one scrape interval of a Prometheus at its default 1m (the PodMonitor's is 15 s).
-# Elsewhere a run exits at once. TRAININGJOB_METRICS_HOLD_S sets it (seconds; 0: exit at once).
+# Elsewhere a run exits at once. HOLD_ENV (TRAININGJOB_METRICS_HOLD_S) sets it (seconds; 0: exit at once).
 POD_HOLD_S = 75
-HOLD_ENV = "TRAININGJOB_METRICS_HOLD_S"
 
 
 def hold_seconds(env: Mapping[str, str], port: int) -> float:
     """How long a diverged run keeps /metrics up before it exits (pure): nothing is served with
-    spec.metrics.port 0; a pod (JOB_COMPLETION_INDEX, set on every pod of the Indexed Jobs) holds
-    POD_HOLD_S; HOLD_ENV overrides both."""
+    spec.metrics.port 0; a pod of a TrainingJob (runner.envvars.in_job_pod) holds POD_HOLD_S;
+    HOLD_ENV overrides both."""
     if not port:
         return 0.0
     with contextlib.suppress(ValueError):  # not a number: the default (this runs on the way out of a failure)
         return max(0.0, float(env.get(HOLD_ENV, "")))
-    return float(POD_HOLD_S) if "JOB_COMPLETION_INDEX" in env else 0.0
+    return float(POD_HOLD_S) if in_job_pod(env) else 0.0
 
 
 class Metrics:

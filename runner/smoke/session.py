@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
+from runner.envvars import DEBUG_ENV
 from runner.exitcodes import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK
 from runner.files import atomic_write_bytes
 from runner.smoke import checks as checks_mod
@@ -340,9 +341,9 @@ def _stage(s: Session, name: str, fn) -> bool | int:
     try:
         result = fn()
     except Exception as e:  # noqa: BLE001 - the report and the JUnit file must still be written
-        if os.environ.get("TRAININGJOB_DEBUG"):
+        if os.environ.get(DEBUG_ENV):
             raise
-        s.add(Check("run", name, FAILED, f"internal error: {type(e).__name__}: {e} (rerun with TRAININGJOB_DEBUG=1 "
+        s.add(Check("run", name, FAILED, f"internal error: {type(e).__name__}: {e} (rerun with {DEBUG_ENV}=1 "
                                          "for the traceback)", time.perf_counter() - t0))
         return EXIT_INTERNAL
     seconds = time.perf_counter() - t0

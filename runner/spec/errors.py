@@ -9,6 +9,11 @@ import difflib
 from typing import Any, Iterable, Sequence
 
 
+# The levels of a problem: an error refuses the spec, a warning is printed beside the result.
+ERROR, WARNING = "error", "warning"
+Finding = tuple[str, str]  # (level, "field.path: message"), as the semantic rules yield them
+
+
 class SpecError(Exception):
     """A spec that cannot be used. `problems` holds one line per problem; `warnings` holds
     the warnings found along the way (still worth printing when the spec is rejected)."""

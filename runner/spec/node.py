@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from runner.spec.errors import did_you_mean
+from runner.spec.plan import exported_document
 
 
 def freeze(value: Any, path: str = "", schema: dict[str, Any] | None = None) -> Any:
@@ -106,10 +107,12 @@ class TrainingJob:
         text = json.dumps(self.document.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def effective_yaml(self) -> bytes:
-        """The effective spec as written to `trainingjob.effective.yaml` and, with an export, to
-        `model/trainingjob.yaml`. It holds what the spec file does (the names of the env vars
-        and Secrets that carry tokens, never their values) with every default filled in."""
+    def effective_yaml(self, exported: bool = False) -> bytes:
+        """The effective spec as written to `trainingjob.effective.yaml`, or with `exported` to
+        `model/trainingjob.yaml`, without spec.kubernetes (exported_document). It holds what the
+        spec file does (the names of the env vars and Secrets that carry tokens, never their
+        values) with every default filled in."""
         import yaml
 
-        return yaml.safe_dump(self.document.to_dict(), sort_keys=False).encode()
+        document = self.document.to_dict()
+        return yaml.safe_dump(exported_document(document) if exported else document, sort_keys=False).encode()

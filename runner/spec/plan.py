@@ -14,6 +14,15 @@ MANIFESTS = "manifests"  # in spec.cacheDir: one manifest per cache configuratio
 EXPORTED_SPEC = "trainingjob.yaml"  # in the exported model folder: the effective spec that trained it
 
 
+def exported_document(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The effective spec as it leaves the machine with the model (model/trainingjob.yaml, the
+    Hub model card): without spec.kubernetes, whose env values, pod labels and annotations and
+    affinity describe the cluster (internal mirrors, proxies, node labels), not the model, and
+    would go to a possibly public repo. The run's own trainingjob.effective.yaml keeps it."""
+    spec = {k: v for k, v in document["spec"].items() if k != "kubernetes"}
+    return {**document, "spec": spec}
+
+
 @dataclass(frozen=True)
 class JobPaths:
     cache_dir: Path

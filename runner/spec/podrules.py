@@ -13,9 +13,7 @@ import re
 from typing import Any, Iterator
 
 from runner.spec import redact
-
-ERROR = "error"  # semantics.ERROR (which imports these rules)
-Finding = tuple[str, str]
+from runner.spec.errors import ERROR, Finding
 
 # Values that are flags, never credentials: `HF_HUB_DISABLE_IMPLICIT_TOKEN: "1"` names a token
 # and is none.
@@ -27,14 +25,16 @@ _NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
 
-def _kubernetes(spec: dict[str, Any]) -> dict[str, Any]:
+def pod_options(spec: dict[str, Any]) -> dict[str, Any]:
+    """spec.kubernetes, {} when absent (the pod options read from it: these rules and
+    runner/k8s/podoptions.py)."""
     return spec.get("kubernetes") or {}
 
 
 def _env_values(spec: dict[str, Any]) -> Iterator[Finding]:
     """A secret pasted into env: by the variable's name (HF_TOKEN, AWS_SECRET_ACCESS_KEY), unless
     the value is a flag, or by the value's shape (an hf_ token, a URL with a password)."""
-    for i, var in enumerate(_kubernetes(spec).get("env") or []):
+    for i, var in enumerate(pod_options(spec).get("env") or []):
         if "value" not in var:
             continue
         name, value = var.get("name", ""), var["value"]
@@ -47,13 +47,13 @@ def _env_values(spec: dict[str, Any]) -> Iterator[Finding]:
 
 
 def _value_or_value_from(spec: dict[str, Any]) -> Iterator[Finding]:
-    for i, var in enumerate(_kubernetes(spec).get("env") or []):
+    for i, var in enumerate(pod_options(spec).get("env") or []):
         if "value" in var and "valueFrom" in var:
             yield ERROR, f"spec.kubernetes.env[{i}]: give a variable value or valueFrom, not both"
 
 
 def _env_from_source(spec: dict[str, Any]) -> Iterator[Finding]:
-    for i, source in enumerate(_kubernetes(spec).get("envFrom") or []):
+    for i, source in enumerate(pod_options(spec).get("envFrom") or []):
         if ("configMapRef" in source) == ("secretRef" in source):
             yield ERROR, f"spec.kubernetes.envFrom[{i}]: give one of configMapRef or secretRef"
 
@@ -62,7 +62,7 @@ def _unique_names(spec: dict[str, Any]) -> Iterator[Finding]:
     """env and imagePullSecrets are lists keyed by name (the CRD's list-map keys): each name once."""
     for field in ("env", "imagePullSecrets"):
         seen: dict[str, int] = {}
-        for i, item in enumerate(_kubernetes(spec).get(field) or []):
+        for i, item in enumerate(pod_options(spec).get(field) or []):
             name = item.get("name")
             if name in seen:
                 yield ERROR, (f"spec.kubernetes.{field}[{i}].name: {name} is given twice (also {field}[{seen[name]}]); "
@@ -90,7 +90,7 @@ def label_value_problem(value: str) -> str | None:
 
 
 def _pod_metadata_keys(spec: dict[str, Any]) -> Iterator[Finding]:
-    meta = _kubernetes(spec).get("podMetadata") or {}
+    meta = pod_options(spec).get("podMetadata") or {}
     for kind in ("labels", "annotations"):
         for key in meta.get(kind) or {}:
             if why := qualified_name_problem(str(key)):

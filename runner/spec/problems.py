@@ -13,13 +13,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Sequence
 
 from runner.spec import schema as schema_mod
-from runner.spec.errors import SpecError
+from runner.spec.errors import ERROR, WARNING, SpecError
 from runner.spec.load import STDIN, STDIN_SOURCE, job_from_document, read_spec
 from runner.spec.localpaths import local_path_problems
 from runner.spec.overrides import apply_what_applies
 from runner.spec.parse import parse_document
 
-ERROR, WARNING = "error", "warning"
 
 # A field path as the spec module writes it: spec.datasets[0].crop, metadata.name, (document),
 # and a `--set spec.x` override.

@@ -6,7 +6,8 @@ both deliberately generous (hiding a harmless value costs a little context in a 
 printing a token costs a rotated credential):
 
 - by name: an option whose name has a word like token, key, secret, password, credential,
-  webhook or auth in it (`hub_token`, `aws_secret_access_key`, `apiKeyEnv`, `webhook_config`);
+  webhook or auth in it (`hub_token`, `aws_secret_access_key`, `apiKeyEnv`, `webhook_config`),
+  but for the fields that name a Kubernetes Secret (`imagePullSecrets[0].name`);
 - by value: a value shaped like a credential (Hub, W&B, AWS, GitHub, OpenAI-style keys, a URL
   with a password or a webhook URL, a long random-looking string).
 """
@@ -41,6 +42,12 @@ _SECRET_SHAPES = tuple(re.compile(p) for p in (
 ))
 # A long unbroken run of letters and digits, mixed: random-looking, so likely a key.
 _RANDOM_RUN = re.compile(r"[A-Za-z0-9_+=-]{32,}")
+# Fields in the Kubernetes API's own shapes that name a Secret or a key in it. A Secret's name says
+# where a secret is, not what it is: such a field is judged by its value's shape alone, not by the
+# words of its path (`imagePullSecrets`, `secretKeyRef`). spec.kubernetes.secrets' own name and
+# key stay hidden by name: they sit under `hubToken`, where a pasted token is the likely mistake
+# (reference_hint).
+_SECRET_REFERENCE = re.compile(r"(?:^|\.)(?:imagePullSecrets\[\d+\]\.name|secretRef\.name|secretKeyRef\.(?:name|key))$")
 
 
 def words(name: str) -> list[str]:
@@ -71,7 +78,10 @@ def looks_like_secret_value(value: Any) -> bool:
 
 
 def is_hidden(name: Any, value: Any) -> bool:
-    return looks_secret(name) or looks_like_secret_value(value)
+    """Whether a value of option or field `name` may be a secret: by the name, or by the value's
+    shape; a reference to a Secret (`imagePullSecrets[0].name`) by the value's shape alone."""
+    by_name = looks_secret(name) and not _SECRET_REFERENCE.search(str(name))
+    return by_name or looks_like_secret_value(value)
 
 
 def show(name: Any, value: Any, limit: int = 80) -> str:

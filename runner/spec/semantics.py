@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 from runner.models.registry import traits
 from runner.spec import fieldpath, podrules, redact
+from runner.spec.errors import ERROR, WARNING, Finding
 from runner.spec.names import BUILTIN_PREFIX, LOCAL_PATH_PREFIXES, repo_id_problem
 from runner.spec import schema as schema_mod
 
@@ -33,8 +34,6 @@ _ENV_FIELDS = tuple(p for p, _ in schema_mod.iter_fields() if p.endswith("Env"))
 # Fields holding a directory the runner writes to (or reads checkpoints from).
 _DIRS = ("spec.cacheDir", "spec.textEmbeds.cacheDir", "spec.output.dir")
 
-ERROR, WARNING = "error", "warning"
-Finding = tuple[str, str]
 
 
 def parse_resolutions(text: str) -> list[tuple[int, int]]:

@@ -16,17 +16,27 @@ class Diverged(Exception):
 
 @dataclass
 class Stop:
-    """Set by SIGTERM (preemption, `kubectl delete`): checkpoint after the current step and exit."""
+    """Within `with Stop() as stop:` SIGTERM (preemption, `kubectl delete`) only sets `requested`:
+    the loop checkpoints after the current step and exits. On the way out the handler before it
+    is back (run_job's, which raises StageStopped), so a SIGTERM after training, e.g. during a
+    diverged run's metrics hold or the Hub push, ends the process as it does between stages."""
 
     requested: bool = False
     signal_name: str = ""
+    _before: Any = None
 
-    def install(self) -> None:
+    def __enter__(self) -> "Stop":
         def handler(signum, _frame):
             self.requested, self.signal_name = True, signal.Signals(signum).name
 
-        with contextlib.suppress(ValueError):  # not the main thread
-            signal.signal(signal.SIGTERM, handler)
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to install or restore
+            self._before = signal.signal(signal.SIGTERM, handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._before is not None:
+            signal.signal(signal.SIGTERM, self._before)
+            self._before = None
 
 
 def divergence_advice(training: Mapping[str, Any]) -> str:
@@ -42,7 +52,8 @@ def divergence_advice(training: Mapping[str, Any]) -> str:
     return ("; ".join(tips) + ". No checkpoint was written after that step: after changing the spec, rerun "
             "to resume from the newest checkpoint, or from an earlier one if the loss was already climbing "
             "(spec.training.resume: <output.dir>/checkpoints/step-N), or set spec.training.resume: none to start "
-            "over. Rerunning the same spec would diverge at the same step again (a resume is bit-identical)")
+            "over. Rerunning the same spec would very likely diverge again (it resumes from the same checkpoint with "
+            "the same data)")
 
 
 class Guard:

@@ -228,6 +228,12 @@ def resume_precheck(spec: dict[str, Any], job: str, checkpoints: Path) -> str | 
 
 
 def run_train(ctx: RunContext) -> TrainResult:
+    # Before any collective: a rank stopped early must still take part in the agreement.
+    with Stop() as stop:
+        return _train(ctx, stop)
+
+
+def _train(ctx: RunContext, stop: Stop) -> TrainResult:
     from accelerate.utils import set_seed
 
     from runner.observe.progress import Progress
@@ -237,8 +243,6 @@ def run_train(ctx: RunContext) -> TrainResult:
     spec = ctx.spec_dict
     training = spec["training"]
     family = ctx.family
-    stop = Stop()
-    stop.install()  # before any collective: a rank stopped early must still take part in the agreement
     accelerator = make_accelerator(ctx)
     ctx.rank, ctx.world_size = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
@@ -359,9 +363,10 @@ def run_train(ctx: RunContext) -> TrainResult:
     if accelerator.is_main_process:
         with ctx.metrics.phase("export"):
             # The spec that produced it goes inside: later runs replace trainingjob.effective.yaml
-            # (and .earlier.yaml) as they start, whether or not they finish.
+            # (and .earlier.yaml) as they start, whether or not they finish. Without the pods'
+            # options: the export may go to the Hub.
             model_out = family.export(model_dir, accelerator.unwrap_model(transformer), ctx.paths.model,
-                                      files={ctx.paths.exported_spec.name: ctx.job.effective_yaml()})
+                                      files={ctx.paths.exported_spec.name: ctx.job.effective_yaml(exported=True)})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(state.step, last_loss, last_ckpt, model_out, ctx.paths.validation if validator.enabled else None)

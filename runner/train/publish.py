@@ -30,6 +30,7 @@ import yaml
 from runner.files import atomic_write_bytes
 from runner.models.registry import traits
 from runner.spec.errors import clip
+from runner.spec.plan import exported_document
 
 # After the first attempt: waits of 2, 4, 8 and 16 s. Read at call time, so tests can shorten them.
 PUSH_RETRIES = 4
@@ -86,7 +87,8 @@ def model_card(job_document: dict[str, Any], images: list[Path], repo_id: str) -
         "",
     ]
     lines += [f"![{p.stem}](validation/{p.name})" for p in images]
-    lines += ["", "## TrainingJob", "", "```yaml", yaml.safe_dump(job_document, sort_keys=False).rstrip(), "```", ""]
+    shown = yaml.safe_dump(exported_document(job_document), sort_keys=False).rstrip()
+    lines += ["", "## TrainingJob", "", "```yaml", shown, "```", ""]
     return "\n".join(lines)
 
 

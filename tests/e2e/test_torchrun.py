@@ -197,7 +197,7 @@ OOM_ON_RANK_1 = {"target": "runner.models.pixart_sigma:Objective.__call__", "nth
 def test_a_failure_a_retry_would_repeat_ends_the_pod_with_exit_3_and_no_restarts(tmp_path, tiny_model, cache, fault):
     """Training that diverges (every rank stops at the same step: the verdict is all-reduced)
     or a rank out of GPU memory (its peer loses it mid collective) would fail the same way after
-    every restart: the restarted group resumes from the same checkpoint, bit-identically. In a
+    every restart: the restarted group resumes from the same checkpoint with the same data. In a
     pod the group is started once and the pod exits 3, which the Job's podFailurePolicy fails
     the Job on. Before, both exited 1: 4 starts of the group per pod, then up to 3 more pods per
     node, each loading the model again."""

@@ -2,10 +2,17 @@
 with advice from the spec; a stop request is honoured at the end of the step."""
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from runner.train.guard import Diverged, Guard, divergence_advice
+from runner.exitcodes import sigterm_stops
+from runner.train.guard import Diverged, Guard, Stop, divergence_advice
 
 TRAINING = {"learningRate": 0.5, "maxGradNorm": 0.0, "mixedPrecision": "no", "lrWarmupSteps": 0}
 
@@ -47,3 +54,36 @@ def test_advice_follows_the_spec(training: dict, present: list[str], absent: lis
     text = divergence_advice({**TRAINING, **training})
     assert all(p in text for p in present), text
     assert not any(a in text for a in absent), text
+
+
+def test_sigterm_ends_the_divergence_hold_after_training(monkeypatch) -> None:
+    """run_train's SIGTERM handler only sets a flag for the loop. It stayed after run_train raised
+    Diverged, so in the metrics hold that follows (75 s in a pod) a SIGTERM (`kubectl delete`, a
+    preemption) did nothing, and the pod waited out the hold. run_job's own handler is back now,
+    and ends the hold as it ends a stage."""
+    from runner.observe.metrics import Metrics
+    from runner.train import loop
+
+    def diverge(ctx):
+        raise Diverged("training diverged: the loss is not finite at step 3")
+
+    monkeypatch.setattr(loop, "make_accelerator", diverge)  # the first thing after the handler goes in
+    metrics = Metrics("x")
+    with sigterm_stops():  # run_job
+        before = signal.getsignal(signal.SIGTERM)
+        with pytest.raises(Diverged):
+            loop.run_train(SimpleNamespace(spec_dict={"training": {}}, family=None))
+        assert signal.getsignal(signal.SIGTERM) is before
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        started = time.monotonic()
+        metrics.hold(20)  # as _run_job's `except Diverged` does
+        assert time.monotonic() - started < 10
+
+
+def test_a_stop_inside_sets_its_flag_and_leaves_the_handler_as_it_found_it() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with Stop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+    assert stop.requested and stop.signal_name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before

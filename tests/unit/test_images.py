@@ -168,20 +168,58 @@ def test_train_images_install_what_ci_installs():
 GPU_EXTRAS = ("fa4", "fa4-cu13", "fp8")
 
 
-@pytest.mark.parametrize("hardware, extras", [
-    ("cpu", ()),
-    ("rocm", ()),  # no ROCm build of flash-attn-4's CuTe kernels or of torchao's float8 path
-    ("cuda12", ("fa4", "fp8")),
-    ("cuda13", ("fa4", "fp8", "fa4-cu13")),  # nvidia-cutlass-dsl's CUDA 13 libraries too
+# The module each GPU speed option imports, where (a test below finds the import there), and the
+# distribution that provides it.
+GPU_MODULES = {
+    "flash_attn": ("runner/models/attention_ops.py", "flash-attn-4"),  # spec.model.attention: auto / fa4
+    "quack": ("runner/models/feedforward.py", "quack-kernels"),  # spec.model.feedForward: auto / fused
+    "torchao": ("runner/train/precision.py", "torchao"),  # spec.training.fp8
+}
+
+
+def installed_by(extras: tuple[str, ...]) -> set[str]:
+    """The distributions pip installs for these pyproject extras: their requirements, and what
+    the GPU wheels among them require in turn (GPU_WHEEL_REQUIREMENTS, with their own extras)."""
+    todo = [r for e in extras for r in PYPROJECT["project"]["optional-dependencies"][e]]
+    seen: set[tuple[str, str]] = set()  # (distribution, its extras as required)
+    while todo:
+        req = todo.pop()
+        bracket = re.search(r"\[[\w,-]+\]", req)
+        name, extra = req_name(req), bracket.group(0) if bracket else ""
+        if (name, extra) in seen:
+            continue
+        seen.add((name, extra))
+        for key, requires in GPU_WHEEL_REQUIREMENTS.items():  # "name" itself, "name[extra]" with that extra
+            if req_name(key) == name and ("[" not in key or key[key.index("["):] == extra):
+                todo += requires
+    return {name for name, _ in seen}
+
+
+def test_the_gpu_modules_are_what_the_runner_imports():
+    for module, (path, _) in GPU_MODULES.items():
+        assert re.search(rf"^\s*(?:from|import) {module}\b", (REPO / path).read_text(), re.M), (module, path)
+
+
+@pytest.mark.parametrize("hardware, kernels", [
+    ("cpu", False),
+    ("rocm", False),  # no ROCm build of flash-attn-4's CuTe kernels or of torchao's float8 path
+    ("cuda12", True),
+    ("cuda13", True),
 ])
-def test_cuda_images_carry_the_gpu_kernels(hardware, extras):
+def test_cuda_images_carry_the_gpu_kernels(hardware, kernels):
     """attention: auto and feedForward: auto fall back, silently but for a log line, where the
-    kernels are missing: an image without them runs slower than the H200 numbers say."""
+    kernels are missing: an image without them runs slower than the H200 numbers say. What the
+    image's extras install (pyproject.toml, and what those wheels require) must hold the module
+    of every option, and the Dockerfile must install the extras the build passes it."""
     image = images.FLAVOURS[hardware]
-    assert tuple(e for e in image.extras if e in GPU_EXTRAS) == extras
-    assert image.extras[:2] == ("train", "samples")
-    args = images.build_args(image, version="1", revision="r")
-    assert args["EXTRAS"] == ",".join(image.extras)
+    installed = installed_by(image.extras)
+    assert {dist for _, dist in GPU_MODULES.values()} <= installed if kernels else \
+        not {dist for _, dist in GPU_MODULES.values()} & installed, sorted(installed)
+    # CUDA 13: nvidia-cutlass-dsl's CUDA 13 libraries; the CUDA 12 ones otherwise.
+    cutlass = {"cuda12": "nvidia-cutlass-dsl-libs-cu12", "cuda13": "nvidia-cutlass-dsl-libs-cu13"}.get(hardware)
+    assert cutlass is None or cutlass in installed
+    assert "install" in DOCKERFILE.read_text() and "[${EXTRAS}]" in DOCKERFILE.read_text()
+    assert images.build_args(image, version="1", revision="r")["EXTRAS"].split(",") == list(image.extras)
 
 
 # What the pinned GPU wheels require (their METADATA's Requires-Dist, markers left out): pip
@@ -191,6 +229,7 @@ GPU_WHEEL_REQUIREMENTS = {
                      "torch-c-dlpack-ext", "quack-kernels"],
     "quack-kernels": ["nvidia-cutlass-dsl", "torch", "apache-tvm-ffi", "torch-c-dlpack-ext", "einops"],
     "nvidia-cutlass-dsl": ["nvidia-cutlass-dsl-libs-base", "nvidia-cutlass-dsl-libs-cu12"],
+    "flash-attn-4[cu13]": ["nvidia-cutlass-dsl[cu13]"],
     "nvidia-cutlass-dsl[cu13]": ["nvidia-cutlass-dsl-libs-cu13"],
     "torchao": [],
 }

@@ -132,14 +132,21 @@ def test_without_options_the_pods_are_as_before():
 # --------------------------------------------------------------------------- what the runner keeps
 
 @pytest.mark.parametrize("env_name, refused", [
-    ("MASTER_ADDR", "the runner's own"), ("MASTER_PORT", "the runner's own"),
+    ("MASTER_ADDR", "the runner sets it on every pod"), ("MASTER_PORT", "the runner sets it on every pod"),
     ("JOB_COMPLETION_INDEX", "the runner sets it on every pod"), ("POD_IP", "the runner sets it on every pod"),
     ("TRAININGJOB_RUN_ID", "the runner sets it on every pod"), ("TRAININGJOB_CACHE", "TRAININGJOB_* variables"),
     ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_* variables"),
     ("LOCAL_RANK", "torchrun sets it for each worker"), ("RANK", "torchrun"), ("WORLD_SIZE", "torchrun"),
+    # torchrun reads PET_<OPTION> for an option not on its command line: a one-node job waited for two
+    ("PET_NNODES", "torchrun reads PET_<OPTION>"), ("PET_MAX_RESTARTS", "torchrun reads PET_<OPTION>"),
+    # the GPUs the device plugin gave the pod
+    ("CUDA_VISIBLE_DEVICES", "the GPU device plugin sets it"), ("NVIDIA_VISIBLE_DEVICES", "the GPU device plugin"),
+    ("HIP_VISIBLE_DEVICES", "the GPU device plugin"), ("ROCR_VISIBLE_DEVICES", "the GPU device plugin"),
     ("HF_TOKEN", "spec.kubernetes.secrets.hubToken fills it"),
     ("WANDB_API_KEY", "spec.kubernetes.secrets.wandbApiKey fills it"),
     ("TRAININGJOB_DEBUG", None), ("HF_HOME", None), ("NCCL_DEBUG", None),
+    ("TRAININGJOB_METRICS_HOLD_S", None),  # the divergence hold, which matters in a pod (README: Alerts)
+    ("PETS", None), ("CUDA_MODULE_LOADING", None),
 ])
 def test_env_may_not_set_the_runners_variables(env_name, refused):
     doc = with_options(env=[{"name": "HF_ENDPOINT", "value": "http://m"},
@@ -149,9 +156,41 @@ def test_env_may_not_set_the_runners_variables(env_name, refused):
         assert problems == []
         return
     assert len(problems) == 1, problems
-    assert problems[0].startswith(f"spec.kubernetes.env[1].name: {env_name} is the runner's own: ") and refused in problems[0]
+    assert problems[0].startswith(f"spec.kubernetes.env[1].name: {env_name} is not yours to set: ")
+    assert refused in problems[0]
     with pytest.raises(RenderError):
         render_objects(doc, Options())
+
+
+@pytest.mark.parametrize("source, warned", [
+    ({"configMapRef": {"name": "cluster-net"}}, True),  # any key: PET_NNODES, CUDA_VISIBLE_DEVICES...
+    ({"secretRef": {"name": "extra"}, "prefix": "X_"}, False),  # X_<KEY> is no variable env may not set
+    ({"configMapRef": {"name": "c"}, "prefix": "CFG_"}, False),
+    ({"configMapRef": {"name": "c"}, "prefix": "PET_"}, True),
+    ({"configMapRef": {"name": "c"}, "prefix": "P"}, True),  # P + ET_NNODES
+    ({"configMapRef": {"name": "c"}, "prefix": "CUDA_"}, True),  # CUDA_ + VISIBLE_DEVICES
+    ({"configMapRef": {"name": "c"}, "prefix": "TRAININGJOB_X"}, True),
+])
+def test_an_env_from_source_that_could_set_a_reserved_variable_is_warned_about(source, warned):
+    """Its keys come from a ConfigMap or Secret when a pod starts, so they cannot be refused as env's
+    are; Kubernetes' precedence of `env` protects only what the runner sets on the pod itself."""
+    doc = make_doc(envFrom=[source])
+    assert checks.kubernetes_problems(doc) == []
+    found = [w for reason, w in checks.warning_events(doc) if reason == "EnvFromUnchecked"]
+    assert len(found) == warned, found
+    if warned:
+        kind = next(iter(k for k in source if k.endswith("Ref")))
+        assert found[0].startswith(f"spec.kubernetes.envFrom[0]: the keys of {kind} {source[kind]['name']} are read "
+                                   "only when a pod starts, so they are not checked here")
+        for name in ("PET_*", "TRAININGJOB_*", "LOCAL_RANK", "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+                     "`prefix`"):
+            assert name in found[0]
+
+
+def test_render_warns_about_an_env_from_source(cli):
+    result = cli("render", EXAMPLE, "--set", "spec.kubernetes.envFrom=[{configMapRef: {name: cluster-net}}]")
+    assert result.code == 0, result.err
+    assert "warning: spec.kubernetes.envFrom[0]: the keys of configMapRef cluster-net are read only when" in result.err
 
 
 def test_a_token_variable_is_yours_when_no_secret_fills_it():
@@ -169,6 +208,7 @@ def test_a_token_variable_is_yours_when_no_secret_fills_it():
     ("labels", "job-name", "the Job controller sets it"),
     ("labels", "batch.kubernetes.io/controller-uid", "the Job controller sets it"),
     ("annotations", "batch.kubernetes.io/job-completion-index", "the Job controller sets it"),
+    ("labels", "diffusion.runner.dev/team", "the runner sets it"),  # the runner's API group is its own
     ("labels", "app.kubernetes.io/version", None), ("labels", "team", None), ("annotations", "job-name", None),
 ])
 def test_pod_metadata_may_not_take_the_labels_the_pods_are_found_by(kind, key, refused):
@@ -222,8 +262,12 @@ def test_a_secret_in_an_env_value_is_refused_without_echo(tmp_path, cli, var, re
     ({"env": [{"name": "1A", "value": "x"}]}, "spec.kubernetes.env[0].name: '1A' does not match"),
     ({"envFrom": [{"prefix": "X_"}]}, "spec.kubernetes.envFrom[0]: give one of configMapRef or secretRef"),
     ({"imagePullSecrets": [{"name": "r"}, {"name": "r"}]}, "spec.kubernetes.imagePullSecrets[1].name: r is given twice"),
-    ({"imagePullSecrets": [{"name": "Reg_Cred"}]},  # a field under a `...Secrets` name: its value is not shown
-     "spec.kubernetes.imagePullSecrets[0].name: <hidden: may be a secret> does not match the required pattern"),
+    # A Secret's name is no secret: shown, though the field's path says "Secrets" (a value shaped
+    # like a credential is still hidden: test_a_secret_reference_shows_its_name_never_a_credential)
+    ({"imagePullSecrets": [{"name": "Reg_Cred"}]},
+     "spec.kubernetes.imagePullSecrets[0].name: 'Reg_Cred' does not match the required pattern"),
+    ({"envFrom": [{"secretRef": {"name": "Proxy_Settings"}}]},
+     "spec.kubernetes.envFrom[0].secretRef.name: 'Proxy_Settings' does not match the required pattern"),
     ({"podMetadata": {"labels": {"team": "a b"}}}, "spec.kubernetes.podMetadata.labels.team: 'a b' does not match"),
     ({"podMetadata": {"labels": {"bad key!": "x"}}}, "spec.kubernetes.podMetadata.labels: 'bad key!' is not a Kubernetes"),
     ({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}},
@@ -235,6 +279,18 @@ def test_a_secret_in_an_env_value_is_refused_without_echo(tmp_path, cli, var, re
 def test_pod_options_are_checked_with_the_field_named(tmp_path, cli, k8s, expect):
     result = cli("validate", spec_file(tmp_path, **k8s))
     assert result.code == 2 and expect in result.err, result.err
+
+
+@pytest.mark.parametrize("k8s, field", [
+    ({"imagePullSecrets": [{"name": HF_TOKEN}]}, "spec.kubernetes.imagePullSecrets[0].name"),
+    ({"envFrom": [{"secretRef": {"name": HF_TOKEN}}]}, "spec.kubernetes.envFrom[0].secretRef.name"),
+    ({"env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": HF_TOKEN + "/x"}}}]},
+     "spec.kubernetes.env[0].valueFrom.secretKeyRef.key"),
+])
+def test_a_secret_reference_shows_its_name_never_a_credential(tmp_path, cli, k8s, field):
+    result = cli("validate", spec_file(tmp_path, **k8s))
+    assert result.code == 2 and f"{field}: <hidden: may be a secret>" in result.err, result.err
+    assert HF_TOKEN not in result.text
 
 
 def test_the_options_are_documented_where_users_look(cli):
@@ -284,6 +340,19 @@ def test_render_and_the_operator_take_the_same_flags(command, argv, problem):
         assert problems == []
     else:
         assert len(problems) == 1 and problem in problems[0], problems
+
+
+@pytest.mark.parametrize("key, runners", [
+    ("app.kubernetes.io/instance", True), ("app.kubernetes.io/component", True),
+    ("diffusion.runner.dev/job", True), ("diffusion.runner.dev/anything", True),
+    ("app.kubernetes.io/version", False), ("release", False), ("team", False),
+])
+def test_pods_and_pod_monitors_agree_on_which_labels_are_the_runners(key, runners):
+    """Two definitions disagreed: app.kubernetes.io/version was refused on a PodMonitor (a prefix
+    rule) and taken on the pods (the keys the builder sets)."""
+    on_pods = checks.kubernetes_problems(make_doc(podMetadata={"labels": {key: "x"}}))
+    on_monitors = options.monitor_labels([f"{key}=x"])[1]
+    assert (bool(on_pods), bool(on_monitors)) == (runners, runners), (on_pods, on_monitors)
 
 
 def test_render_names_the_image_it_was_told(cli):

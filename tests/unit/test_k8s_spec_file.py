@@ -100,8 +100,11 @@ def test_the_pods_spec_leaves_defaults_to_the_trainer():
     assert seen["spec"]["hardware"] == full["spec"]["hardware"] == {"accelerator": "cuda12", "nodes": 1,
                                                                      "gpusPerNode": 8}
     assert seen["spec"]["metrics"] == {"port": 9090}
-    # The trainer fills the defaults back: the same spec as before, field for field.
-    assert job_from_document(seen).document.to_dict() == job_from_document(full).document.to_dict()
+    # The trainer fills the defaults back: the same spec as before, field for field, but for the
+    # parts of spec.kubernetes it never reads.
+    back, whole = job_from_document(seen).document.to_dict(), job_from_document(full).document.to_dict()
+    assert back["spec"].pop("kubernetes")["volumes"] == whole["spec"].pop("kubernetes")["volumes"]
+    assert back == whole
 
 
 def older_schema(drop: list[str]) -> dict:
@@ -124,6 +127,66 @@ def test_an_older_trainer_image_reads_the_pods_spec():
     doc = make_doc()
     assert [e.message for e in old.iter_errors(spec_file_doc(doc))] == []
     assert [e.message for e in old.iter_errors(json.loads(json.dumps(build.pod_document(doc))))] != []  # as it was
+
+
+# Fields of spec.kubernetes newer than the lean spec file: only the pods are built from them.
+POD_ONLY = {"env": [{"name": "HF_ENDPOINT", "value": "https://hub-mirror.internal"}],
+            "envFrom": [{"configMapRef": {"name": "cluster-net"}, "prefix": "CFG_"}],
+            "imagePullSecrets": [{"name": "regcred"}], "priorityClassName": "training-high",
+            "runtimeClassName": "nvidia",
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "gpu.product", "operator": "In", "values": ["H200"]}]}]}}},
+            "podMetadata": {"labels": {"team": "vision"}, "annotations": {"proxy": "http://proxy.internal:3128"}}}
+
+
+def test_the_pods_spec_holds_only_what_the_trainer_reads_of_spec_kubernetes():
+    """The pod options stayed in the pods' file though the trainer never reads them, so an older
+    trainer image (its schema without them) refused the spec and every pod exited 2; the test
+    above dropped only fields left at their defaults, so it could not see that."""
+    doc = make_doc(**POD_ONLY)
+    seen = spec_file_doc(doc)
+    assert list(seen["spec"]["kubernetes"]) == ["volumes"]  # what tells the trainer what lies only in the pod
+    old = jsonschema.Draft202012Validator(older_schema([f"spec.kubernetes.{field}" for field in POD_ONLY]))
+    assert [e.message for e in old.iter_errors(seen)] == []
+    # The pods themselves still get every option, and the operator's copy keeps them.
+    template = build.build_job(doc, "train", Options())["spec"]["template"]
+    assert template["spec"]["affinity"] == POD_ONLY["affinity"] and template["metadata"]["labels"]["team"] == "vision"
+    data = build.build_config_map(doc, Options())["data"]
+    assert yaml.safe_load(data[build.STARTED_SPEC_FILE])["spec"]["kubernetes"]["env"] == POD_ONLY["env"]
+    # ...which the pods do not mount: they read their own file only.
+    [volume] = [v for v in template["spec"]["volumes"] if v["name"] == "spec"]
+    assert volume["configMap"]["items"] == [{"key": build.SPEC_FILE, "path": build.SPEC_FILE}]
+
+
+def _changed_defaults() -> dict:
+    """This version's schema with other defaults, as a later operator's could have."""
+    schema = copy.deepcopy(schema_mod.load_schema())
+    spec = schema["properties"]["spec"]["properties"]
+    spec["kubernetes"]["properties"]["imagePullPolicy"]["default"] = "Always"
+    spec["output"]["properties"]["hub"]["properties"]["tokenEnv"]["default"] = "HUGGING_FACE_HUB_TOKEN"
+    spec["model"]["properties"]["textEncoderMaxLength"]["default"] = 512
+    return schema
+
+
+def test_an_upgraded_operator_builds_the_train_job_from_the_values_the_job_started_with(monkeypatch):
+    """started_document filled the defaults left out of the lean spec with the running operator's
+    schema: after an upgrade between the stages, the train Job was built from other values than
+    the cache Job (another pull policy, the Hub token under another variable)."""
+    doc = make_doc(secrets=True)
+    assert doc["spec"]["model"]["textEncoderMaxLength"] != 512
+    owner = Owner("smoke", "uid-1")
+    before = {o["kind"] + "/" + o["metadata"]["name"]: o for o in build.build_children(doc, Options(), owner)}
+    config = before["ConfigMap/smoke-spec"]
+    tj = trainingjob()
+    later = _changed_defaults()
+    monkeypatch.setattr(schema_mod, "load_schema", lambda: later)
+    snapshot = started_document(tj, {"config": config})
+    assert snapshot["spec"] == build.pod_document(doc)["spec"]  # the values it started with, every one
+    after = build.build_children(snapshot, Options(), owner, stages=("train",))
+    assert [o for o in after if o["kind"] == "Job"] == [before["Job/smoke-train"]]
+    # A ConfigMap an older operator made holds the pods' file alone: its defaults are this version's.
+    older = {**config, "data": {build.SPEC_FILE: config["data"][build.SPEC_FILE]}}
+    assert started_document(tj, {"config": older})["spec"]["output"]["hub"]["tokenEnv"] == "HUGGING_FACE_HUB_TOKEN"
 
 
 def test_a_field_the_user_set_to_its_default_is_left_to_the_trainer_too():
@@ -170,7 +233,7 @@ def test_render_names_the_configmap_by_its_content():
     doc = make_doc()
     first = rendered(doc, opts)
     name = first["ConfigMap/spec"]["metadata"]["name"]
-    assert name == f"smoke-spec-{specfile.digest(first['ConfigMap/spec']['data'][build.SPEC_FILE])}"
+    assert name == f"smoke-spec-{specfile.digest(first['ConfigMap/spec']['data'])}"
     assert spec_volume(first["Job/cache"]) == spec_volume(first["Job/train"]) == name
     assert rendered(copy.deepcopy(doc), opts) == first  # the same spec, the same objects
     edited = copy.deepcopy(doc)
@@ -189,12 +252,14 @@ def test_the_operator_keeps_its_configmap_name():
     assert spec_volume(children["Job/train"]) == "smoke-spec"
 
 
-@pytest.mark.parametrize("job", ["a" * 63, "smoke"])
+@pytest.mark.parametrize("job", ["a" * 63, "9" * 63, "0-smoke", "smoke"])
 def test_a_content_named_configmap_fits_the_name_limit(job):
+    """A job name may start with a digit and take all 63 characters; the ConfigMap's name must
+    still be a DNS label that starts with a letter, as the Service's beside it must."""
     doc = make_doc()
     doc["metadata"]["name"] = job
     name = build.config_map_name(doc, Options(content_named_config=True))
-    assert len(name) <= 63 and name[0].isalpha()
+    assert len(name) <= 63 and name[0].isalpha() and name.endswith(f"-spec-{specfile.digest(build.config_data(doc))}")
 
 
 def test_render_cli_prints_the_content_named_configmap(cli):

@@ -127,7 +127,7 @@ def test_exit_code(codes, expected):
     ([2], False),              # bad input: every restart meets it again
     ([2, 1], False),
     ([-15, 2], False),
-    ([3], False),              # diverged or out of GPU memory: the restart resumes bit-identically into it
+    ([3], False),              # diverged or out of GPU memory: the restart would very likely meet it again
     ([1, 3], False),
 ])
 def test_a_restart_is_spent_on_crashes_only(codes, helps):

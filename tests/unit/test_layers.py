@@ -38,7 +38,7 @@ LIGHT_THIRD_PARTY = {"yaml", "jsonschema"}
 OPERATOR_MODULES = ("runner.k8s.operator", "runner.k8s.resync")
 OPERATOR_THIRD_PARTY = {"kopf", "kubernetes", "prometheus_client", "urllib3"}
 LIGHT_PACKAGES = ("runner.spec", "runner.importers", "runner.k8s", "runner.smoke")
-LIGHT_MODULES = ("runner", "runner.__main__", "runner.cli", "runner.files", "runner.exitcodes",
+LIGHT_MODULES = ("runner", "runner.__main__", "runner.cli", "runner.files", "runner.exitcodes", "runner.envvars",
                  "runner.models", "runner.models.registry", "runner.models.family", "runner.observe.names",
                  "runner.launch", "runner.launch.images", "runner.launch.torchrun", "runner.launch.nodes")
 STAGES = ("runner.cache", "runner.train", "runner.launch")

@@ -473,6 +473,7 @@ def test_a_diverged_run_says_so_and_holds_its_endpoint_for_a_scrape(served: Metr
     ({"JOB_COMPLETION_INDEX": "0", "TRAININGJOB_METRICS_HOLD_S": "0"}, 9090, 0.0),
     ({"TRAININGJOB_METRICS_HOLD_S": "4"}, 9090, 4.0),
     ({"JOB_COMPLETION_INDEX": "1", "TRAININGJOB_METRICS_HOLD_S": "x"}, 9090, 75.0),  # not a number: the default
+    ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, 9090, 0.0),  # a pod, but no TrainingJob's: nothing scrapes it
 ])
 def test_hold_seconds(env, port, seconds) -> None:
     from runner.observe.metrics import hold_seconds
@@ -518,7 +519,17 @@ def test_metrics_are_served_on_ipv6_and_ipv4() -> None:
 
 
 def test_a_host_without_ipv6_is_served_on_ipv4(monkeypatch) -> None:
-    monkeypatch.setattr(socket, "has_ipv6", False)
+    """A kernel without IPv6 (or booted with ipv6.disable=1) still has socket.has_ipv6 (Python was
+    built with it): the AF_INET6 socket itself fails, with EAFNOSUPPORT, and serve() falls back."""
+    import errno
+
+    class NoIPv6(socket.socket):
+        def __init__(self, family=-1, *args, **kwargs):
+            if family == socket.AF_INET6:
+                raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+            super().__init__(family, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "socket", NoIPv6)
     m = Metrics("x", port=free_port())
     try:
         assert m.server.socket.family == socket.AF_INET

@@ -170,7 +170,11 @@ def test_the_rerun_of_a_finished_job_touches_nothing(tmp_path, stages, monkeypat
     assert list((tmp_path / "out").iterdir()) == []
 
 
-@pytest.mark.parametrize("env, wait", [({}, 0), ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, POD_LOCK_WAIT_S)])
+@pytest.mark.parametrize("env, wait", [
+    ({}, 0),
+    ({"JOB_COMPLETION_INDEX": "0"}, POD_LOCK_WAIT_S),  # a pod of the TrainingJob's Jobs: a predecessor holds it
+    ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, 0),  # any other pod (a notebook's): a second run, refused at once
+])
 def test_only_a_pod_waits_for_the_lock(env, wait):
     assert lock_wait_s(env) == wait
 

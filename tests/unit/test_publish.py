@@ -82,9 +82,9 @@ def test_model_card(images: list[Path]) -> None:
     for p in images:
         assert f"![{p.stem}](validation/{p.name})" in card
     assert card.count("![") == len(images)
-    # The full TrainingJob YAML is embedded and parses back to the document.
+    # The TrainingJob YAML is embedded and parses back to the document, but for spec.kubernetes.
     yaml_block = card.split("```yaml\n", 1)[1].split("```", 1)[0]
-    assert yaml.safe_load(yaml_block) == DOC
+    assert yaml.safe_load(yaml_block) == {**DOC, "spec": {k: v for k, v in DOC["spec"].items() if k != "kubernetes"}}
     # model_card never reads the environment: that the token stays out of the card is shown by
     # the push tests in test_publish_hub.py, on the code path that reads it.
 
@@ -95,3 +95,37 @@ def test_model_card_base_model_from_document() -> None:
     card = model_card(doc, [], "me/x")
     assert "base_model: PixArt-alpha/PixArt-Sigma-XL-2-1024-MS" in card
     assert "tiny-pixart-sigma" not in card.split("```yaml")[0]
+
+
+# What describes the cluster, not the model: a mirror, a proxy, node labels, pod labels and annotations.
+POD_OPTIONS = {"env": [{"name": "HF_ENDPOINT", "value": "https://hub-mirror.corp.internal"},
+                       {"name": "HTTPS_PROXY", "value": "http://proxy.corp.internal:3128"}],
+               "podMetadata": {"labels": {"team": "vision-secret-project"},
+                               "annotations": {"cost-center": "cc-4711"}},
+               "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                   {"matchExpressions": [{"key": "corp.internal/gpu-pool", "operator": "In",
+                                          "values": ["h200-a"]}]}]}}},
+               "volumes": {"cache": {"claimName": "corp-cache"}, "output": {"claimName": "corp-output"}}}
+CLUSTER_WORDS = ("hub-mirror", "proxy.corp", "vision-secret-project", "cc-4711", "gpu-pool", "corp-cache",
+                 "kubernetes:")
+
+
+def _with_pod_options():
+    doc = yaml.safe_load((REPO / "examples" / "smoke.yaml").read_text())
+    doc["spec"]["output"]["hub"] = {"push": True, "repoId": "me/pixart-ft"}
+    doc["spec"]["kubernetes"] = copy.deepcopy(POD_OPTIONS)
+    return job_from_document(doc)
+
+
+def test_the_model_card_and_the_exported_spec_leave_the_pod_options_out() -> None:
+    """The card went to a possibly public Hub repo with the whole job document: env values, pod
+    labels and annotations, affinity. The run's own effective spec keeps them."""
+    job = _with_pod_options()
+    card = model_card(job.document.to_dict(), [], "me/pixart-ft")
+    exported = job.effective_yaml(exported=True).decode()
+    for text in (card, exported):
+        assert not [w for w in CLUSTER_WORDS if w in text], text
+    assert yaml.safe_load(exported) == yaml.safe_load(card.split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert yaml.safe_load(exported)["spec"]["training"] == job.document.to_dict()["spec"]["training"]
+    own = job.effective_yaml().decode()  # trainingjob.effective.yaml, on the run's own disk
+    assert yaml.safe_load(own)["spec"]["kubernetes"]["env"] == POD_OPTIONS["env"]
