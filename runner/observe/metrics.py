@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import signal
 import sys
 import time
 from pathlib import Path
@@ -216,10 +217,18 @@ class Metrics:
             port = self.server.server_address[1]
             print(f"[{self.job}] keeping /metrics on port {port} up for {seconds:g} s, so that Prometheus records "
                   f"{N.TRAIN_DIVERGED} (TRAININGJOB_METRICS_HOLD_S)", file=sys.stderr, flush=True)
-        deadline = time.monotonic() + seconds
-        with contextlib.suppress(KeyboardInterrupt):  # SIGTERM in a stage raises StageStopped, one of these
-            while (left := deadline - time.monotonic()) > 0:
-                time.sleep(min(left, 0.5))
+        ended: list[int] = []  # SIGTERM ends the wait (whatever handler the failed stage left)
+        before = None
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to install
+            before = signal.signal(signal.SIGTERM, lambda signum, _frame: ended.append(signum))
+        try:
+            deadline = time.monotonic() + seconds
+            with contextlib.suppress(KeyboardInterrupt):
+                while not ended and (left := deadline - time.monotonic()) > 0:
+                    time.sleep(min(left, 0.2))
+        finally:
+            if before is not None:
+                signal.signal(signal.SIGTERM, before)
 
     def checkpoint_saved(self, step: int, seconds: float) -> None:
         self._series[N.CHECKPOINT_DURATION].labels(self.job).observe(seconds)

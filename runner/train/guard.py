@@ -17,9 +17,12 @@ class Diverged(Exception):
 @dataclass
 class Stop:
     """Within `with Stop() as stop:` SIGTERM (preemption, `kubectl delete`) only sets `requested`:
-    the loop checkpoints after the current step and exits. On the way out the handler before it
-    is back (run_job's, which raises StageStopped), so a SIGTERM after training, e.g. during a
-    diverged run's metrics hold or the Hub push, ends the process as it does between stages."""
+    the loop checkpoints after the current step and exits. When the loop ends normally the
+    handler before it is back (run_job's, which raises StageStopped), so a SIGTERM during the Hub
+    push ends the process as it does between stages. When it ends with an error the flag handler
+    stays: torchrun SIGTERMs a worker whose peer failed while that worker is still reporting
+    its own error (a lost peer), and that report must not turn into "stopped (SIGTERM)". A
+    diverged run's metrics hold handles SIGTERM itself (Metrics.hold)."""
 
     requested: bool = False
     signal_name: str = ""
@@ -33,8 +36,8 @@ class Stop:
             self._before = signal.signal(signal.SIGTERM, handler)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._before is not None:
+    def __exit__(self, exc_type: object, *_exc: object) -> None:
+        if self._before is not None and exc_type is None:
             signal.signal(signal.SIGTERM, self._before)
             self._before = None
 

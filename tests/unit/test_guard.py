@@ -57,10 +57,10 @@ def test_advice_follows_the_spec(training: dict, present: list[str], absent: lis
 
 
 def test_sigterm_ends_the_divergence_hold_after_training(monkeypatch) -> None:
-    """run_train's SIGTERM handler only sets a flag for the loop. It stayed after run_train raised
-    Diverged, so in the metrics hold that follows (75 s in a pod) a SIGTERM (`kubectl delete`, a
-    preemption) did nothing, and the pod waited out the hold. run_job's own handler is back now,
-    and ends the hold as it ends a stage."""
+    """run_train's SIGTERM handler only sets a flag for the loop, and stays after run_train raised
+    (Stop's docstring says why), so in the metrics hold that follows (75 s in a pod) a SIGTERM
+    (`kubectl delete`, a preemption) did nothing, and the pod waited out the hold. The hold
+    handles SIGTERM itself now."""
     from runner.observe.metrics import Metrics
     from runner.train import loop
 
@@ -70,14 +70,25 @@ def test_sigterm_ends_the_divergence_hold_after_training(monkeypatch) -> None:
     monkeypatch.setattr(loop, "make_accelerator", diverge)  # the first thing after the handler goes in
     metrics = Metrics("x")
     with sigterm_stops():  # run_job
-        before = signal.getsignal(signal.SIGTERM)
         with pytest.raises(Diverged):
             loop.run_train(SimpleNamespace(spec_dict={"training": {}}, family=None))
-        assert signal.getsignal(signal.SIGTERM) is before
         threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
         started = time.monotonic()
         metrics.hold(20)  # as _run_job's `except Diverged` does
         assert time.monotonic() - started < 10
+
+
+def test_a_stop_left_by_an_error_keeps_its_flag_handler() -> None:
+    """A worker reporting its own error (a lost peer) is not cut short by torchrun's SIGTERM."""
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(RuntimeError), Stop() as stop:
+            raise RuntimeError("Connection closed by peer")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert stop.requested
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_a_stop_inside_sets_its_flag_and_leaves_the_handler_as_it_found_it() -> None:
